@@ -1,0 +1,70 @@
+"""CKKS for Pollen: buyer keys, encrypted update envelopes, aggregation without decryption.
+
+Pure: bytes in, bytes out, numpy arrays. No HTTP, no database, no torch.
+"""
+
+from crypto.aggregate import Accumulator, DecryptedAggregate, decrypt_aggregate
+from crypto.envelope import (
+    EnvelopeBinding,
+    EnvelopeHeader,
+    ValidatedEnvelope,
+    encrypt_update,
+    envelope_size,
+    read_header,
+    validate_envelope,
+)
+from crypto.errors import (
+    AggregateError,
+    BindingMismatchError,
+    CiphertextParameterError,
+    ContextError,
+    CryptoError,
+    EnvelopeError,
+    EnvelopeTooLargeError,
+    FingerprintMismatchError,
+    KeyFileError,
+    MalformedEnvelopeError,
+    PayloadHashError,
+    PollenError,
+    PresetError,
+    ShapeMismatchError,
+    UnsupportedVersionError,
+    ValueRangeError,
+)
+from crypto.keys import BuyerKeys, PublicContext
+from crypto.presets import DEFAULT_PRESET_ID, PRESETS, Preset, get_preset
+
+__all__ = [
+    "DEFAULT_PRESET_ID",
+    "PRESETS",
+    "Accumulator",
+    "AggregateError",
+    "BindingMismatchError",
+    "BuyerKeys",
+    "CiphertextParameterError",
+    "ContextError",
+    "CryptoError",
+    "DecryptedAggregate",
+    "EnvelopeBinding",
+    "EnvelopeError",
+    "EnvelopeHeader",
+    "EnvelopeTooLargeError",
+    "FingerprintMismatchError",
+    "KeyFileError",
+    "MalformedEnvelopeError",
+    "PayloadHashError",
+    "PollenError",
+    "Preset",
+    "PresetError",
+    "PublicContext",
+    "ShapeMismatchError",
+    "UnsupportedVersionError",
+    "ValidatedEnvelope",
+    "ValueRangeError",
+    "decrypt_aggregate",
+    "encrypt_update",
+    "envelope_size",
+    "get_preset",
+    "read_header",
+    "validate_envelope",
+]

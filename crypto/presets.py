@@ -1,0 +1,128 @@
+"""Named, versioned CKKS parameter presets.
+
+A preset fixes everything both ends must agree on: ring degree, coefficient modulus, scale,
+how many real numbers a ciphertext carries, and how many updates may be summed before the
+sum could leave the representable range.
+
+`ckks-add-2048-v1` is the default, chosen by measurement (`python -m bench crypto`): the
+server only ever adds, so one 40-bit data prime suffices; a 14-bit special prime lets SEAL
+encrypt at the key level and divide the fresh noise away; each complex slot carries two
+reals. Ciphertexts are stored 5 bytes per coefficient, 10 bytes per parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import tenseal.sealapi as seal
+
+from crypto.errors import PresetError
+
+# SEAL's table of the largest total coefficient-modulus size that is 128-bit secure.
+_MAX_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One CKKS parameter set; `id` is versioned and never reused for other numbers."""
+
+    id: str
+    poly_modulus_degree: int
+    coeff_mod_bit_sizes: tuple[int, ...]
+    scale_bits: int
+    # How many updates a sum may hold when the job does not say; each job binds its own
+    # count (its max providers), which sets how large one update may be.
+    default_summands: int
+    # Headroom kept between the worst-case sum and q/2, for noise and rounding.
+    safety: float = 0.9
+
+    @property
+    def scale(self) -> float:
+        return float(2**self.scale_bits)
+
+    @property
+    def reals_per_chunk(self) -> int:
+        """Reals per ciphertext: N/2 complex slots, each carrying two reals."""
+        return self.poly_modulus_degree
+
+    @cached_property
+    def all_moduli(self) -> tuple[int, ...]:
+        mods = seal.CoeffModulus.Create(self.poly_modulus_degree, list(self.coeff_mod_bit_sizes))
+        return tuple(int(m.value()) for m in mods)
+
+    @property
+    def data_moduli(self) -> tuple[int, ...]:
+        """Primes of the level ciphertexts live at (all but the special prime)."""
+        mods = self.all_moduli
+        return mods[:-1] if len(mods) > 1 else mods
+
+    @property
+    def coeff_bytes(self) -> tuple[int, ...]:
+        """Bytes used to store one coefficient modulo each data prime."""
+        return tuple((q.bit_length() + 7) // 8 for q in self.data_moduli)
+
+    @property
+    def chunk_payload_bytes(self) -> int:
+        """Stored size of one two-polynomial ciphertext."""
+        return 2 * self.poly_modulus_degree * sum(self.coeff_bytes)
+
+    def max_update_abs(self, summands: int | None = None) -> float:
+        """Largest |entry| one weighted update may hold if `summands` of them are added.
+
+        A coefficient of the encoded plaintext is at most sqrt(2)·max|x|·scale (two reals per
+        slot), so `summands` such updates stay below Q/2 with `safety` headroom.
+        """
+        count = summands or self.default_summands
+        q_total = math.prod(self.data_moduli)
+        return self.safety * (q_total / 2) / (math.sqrt(2) * self.scale * count)
+
+    @property
+    def max_summands(self) -> int:
+        """Most updates one sum may ever hold: beyond it an update's bound falls below 1e-3."""
+        q_total = math.prod(self.data_moduli)
+        return int(self.safety * (q_total / 2) / (math.sqrt(2) * self.scale * 1e-3))
+
+    def chunks_for(self, param_count: int) -> int:
+        return max(1, -(-param_count // self.reals_per_chunk))
+
+    def payload_bytes(self, param_count: int) -> int:
+        return self.chunks_for(param_count) * self.chunk_payload_bytes
+
+    def check_security(self) -> None:
+        limit = _MAX_BITS_128.get(self.poly_modulus_degree)
+        if limit is None or sum(self.coeff_mod_bit_sizes) > limit:
+            raise PresetError(f"preset {self.id} is not 128-bit secure")
+
+
+PRESETS: dict[str, Preset] = {
+    p.id: p
+    for p in (
+        Preset(
+            id="ckks-add-2048-v1",
+            poly_modulus_degree=2048,
+            coeff_mod_bit_sizes=(40, 14),
+            scale_bits=31,
+            default_summands=16,
+        ),
+        # A wider range for large updates or many providers, at 2x the bytes.
+        Preset(
+            id="ckks-add-4096-v1",
+            poly_modulus_degree=4096,
+            coeff_mod_bit_sizes=(40, 40, 20),
+            scale_bits=36,
+            default_summands=256,
+        ),
+    )
+}
+
+DEFAULT_PRESET_ID = "ckks-add-2048-v1"
+
+
+def get_preset(preset_id: str) -> Preset:
+    try:
+        return PRESETS[preset_id]
+    except KeyError:
+        known = ", ".join(sorted(PRESETS))
+        raise PresetError(f"unknown CKKS preset {preset_id!r}; known presets: {known}") from None

@@ -1,0 +1,142 @@
+"""Move SEAL ciphertexts between SEAL's objects and numpy coefficient arrays.
+
+TenSEAL's `sealapi` only saves and loads through file paths, so this module goes through a
+private scratch file (on /dev/shm when present). The layout of a saved ciphertext is SEAL's
+own: a 16-byte SEAL header, then the ciphertext members, then a `DynArray` of uint64
+coefficients in RNS form, `size x coeff_modulus_size x N`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import tenseal.sealapi as seal
+import zstandard
+
+from crypto.errors import CryptoError
+
+_SEAL_MAGIC = 0xA15E
+_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr mode, reserved, size
+# parms_id, is_ntt_form, size, poly_modulus_degree, coeff_modulus_size, scale, correction_factor
+_MEMBERS = struct.Struct("<4QBQQQdQ")
+_COMPR_NONE, _COMPR_ZLIB, _COMPR_ZSTD = 0, 1, 2
+_SCRATCH_DIR = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
+@contextmanager
+def _scratch_path() -> Iterator[str]:
+    fd, path = tempfile.mkstemp(prefix="pollen-ct-", dir=_SCRATCH_DIR)
+    os.close(fd)
+    try:
+        yield path
+    finally:
+        os.unlink(path)
+
+
+def _decompress(mode: int, body: bytes) -> bytes:
+    if mode == _COMPR_NONE:
+        return body
+    if mode == _COMPR_ZSTD:
+        return zstandard.ZstdDecompressor().decompress(body, max_output_size=1 << 31)
+    if mode == _COMPR_ZLIB:
+        import zlib
+
+        return zlib.decompress(body)
+    raise CryptoError(f"SEAL stream uses unknown compression mode {mode}")
+
+
+def _saved(obj: seal.Ciphertext) -> bytes:
+    with _scratch_path() as path:
+        obj.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+@functools.cache
+def _seal_version() -> tuple[int, int]:
+    """The SEAL serialization version of the linked library, read off a real save."""
+    _, _, major, minor, _, _, _ = _HEADER.unpack_from(_saved(seal.Ciphertext()))
+    return major, minor
+
+
+def ciphertext_to_array(ct: seal.Ciphertext) -> np.ndarray:
+    """Coefficients of `ct` as uint64 with shape (size, coeff_modulus_size, N)."""
+    blob = _saved(ct)
+    magic, _, _, _, mode, _, _ = _HEADER.unpack_from(blob)
+    if magic != _SEAL_MAGIC:
+        raise CryptoError("SEAL wrote a stream without its magic number")
+    raw = _decompress(mode, blob[_HEADER.size :])
+    members = _MEMBERS.unpack_from(raw)
+    size, n, k = members[5], members[6], members[7]
+    # The coefficient DynArray follows with its own SEAL header and a uint64 count.
+    offset = _MEMBERS.size + _HEADER.size + 8
+    count = size * k * n
+    data = np.frombuffer(raw, dtype="<u8", count=count, offset=offset)
+    return data.reshape(size, k, n)
+
+
+def array_to_ciphertext(
+    coeffs: np.ndarray,
+    context: seal.SEALContext,
+    *,
+    parms_id: list[int],
+    scale: float,
+) -> seal.Ciphertext:
+    """Build a SEAL ciphertext from coefficients; SEAL re-validates it on load."""
+    size, k, n = coeffs.shape
+    dyn_body = struct.pack("<Q", coeffs.size) + np.ascontiguousarray(coeffs, dtype="<u8").tobytes()
+    dyn = (
+        _HEADER.pack(
+            _SEAL_MAGIC,
+            _HEADER.size,
+            *_seal_version(),
+            _COMPR_NONE,
+            0,
+            _HEADER.size + len(dyn_body),
+        )
+        + dyn_body
+    )
+    members = _MEMBERS.pack(*parms_id, 1, size, n, k, scale, 1)
+    total = _HEADER.size + len(members) + len(dyn)
+    blob = _HEADER.pack(_SEAL_MAGIC, _HEADER.size, *_seal_version(), _COMPR_NONE, 0, total)
+    ct = seal.Ciphertext()
+    with _scratch_path() as path:
+        with open(path, "wb") as f:
+            f.write(blob + members + dyn)
+        try:
+            ct.load(context, path)
+        except Exception as exc:  # SEAL raises plain RuntimeError/ValueError on bad data
+            raise CryptoError(f"SEAL refused the ciphertext: {exc}") from exc
+    return ct
+
+
+def pack_coefficients(coeffs: np.ndarray, widths: tuple[int, ...]) -> bytes:
+    """Store coefficients (…, k, N) in `widths[j]` little-endian bytes per prime j."""
+    parts = []
+    for j, width in enumerate(widths):
+        column = np.ascontiguousarray(coeffs[..., j, :], dtype="<u8")
+        parts.append(column.view(np.uint8).reshape(-1, 8)[:, :width].tobytes())
+    return b"".join(parts)
+
+
+def unpack_coefficients(
+    payload: bytes, shape: tuple[int, ...], widths: tuple[int, ...]
+) -> np.ndarray:
+    """Inverse of `pack_coefficients`; `shape` is (…, k, N)."""
+    *lead, _, n = shape
+    per_prime = int(np.prod(lead)) * n
+    out = np.empty(shape, dtype=np.uint64)
+    offset = 0
+    for j, width in enumerate(widths):
+        raw = np.frombuffer(payload, dtype=np.uint8, count=per_prime * width, offset=offset)
+        wide = np.zeros((per_prime, 8), dtype=np.uint8)
+        wide[:, :width] = raw.reshape(per_prime, width)
+        out[..., j, :] = wide.view("<u8").reshape(*lead, n)
+        offset += per_prime * width
+    return out
