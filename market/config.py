@@ -1,0 +1,51 @@
+"""The service's one settings object, read from `POLLEN_*` environment variables.
+
+Every knob has a default that makes the embedded setup work: a SQLite file and a blob folder
+under `data_dir` (`.pollen` in the working directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of one marketplace process."""
+
+    model_config = SettingsConfigDict(env_prefix="POLLEN_", extra="ignore")
+
+    data_dir: Path = Path(".pollen")
+    # Empty means "derive from data_dir" (see the validator below).
+    database_url: str = ""
+    blob_dir: Path | None = None
+
+    # An admin account with this key is ensured at startup when set.
+    admin_api_key: str | None = None
+
+    # Seconds between two passes of the background deadline enforcer; 0 disables the task
+    # (deadlines are still enforced lazily on requests).
+    deadline_tick_s: float = Field(default=1.0, ge=0)
+
+    # Upper bounds for buyer uploads; envelopes are bounded by the crypto preset instead.
+    max_context_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_model_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+
+    # Apply Alembic migrations at startup so a fresh data directory just works.
+    auto_migrate: bool = True
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'pollen.db'}"
+        if self.blob_dir is None:
+            self.blob_dir = self.data_dir / "blobs"
+        return self
+
+    @property
+    def blob_root(self) -> Path:
+        """The blob folder, always set after validation."""
+        assert self.blob_dir is not None
+        return self.blob_dir

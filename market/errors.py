@@ -1,0 +1,98 @@
+"""The marketplace's exceptions, a branch of the project-wide `PollenError` tree.
+
+    PollenError (crypto.errors)
+    └── MarketError                      status 400 unless a subclass says otherwise
+        ├── AuthenticationError          401 no or unknown API key
+        ├── PermissionDeniedError        403 authenticated but not allowed
+        ├── NotFoundError                404 missing, or not visible to the caller
+        ├── InvalidInputError            422 well-formed JSON that breaks a domain rule
+        ├── PayloadTooLargeError         413 an upload beyond its size limit
+        └── ConflictError                409 the resource is not in a state that allows it
+            ├── InvalidStateError        409 e.g. funding a job that is already running
+            ├── OfferExpiredError        409 accepting an offer after its deadline
+            ├── RoundClosedError         409 submitting to a round that is not collecting
+            ├── DuplicateSubmissionError 409 a second upload; carries the first result
+            └── AggregateUnavailableError 409 aggregate of an open or below-quorum round
+
+Every class has a stable `code` slug and an HTTP `status`; `market.problems` turns any
+`PollenError`, crypto's included, into `application/problem+json` in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crypto.errors import PollenError
+
+
+class MarketError(PollenError):
+    """Base of the service's deliberate errors; `extra` lands in the problem body."""
+
+    status = 400
+    code = "market-error"
+    title = "Request refused"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+class AuthenticationError(MarketError):
+    status = 401
+    code = "unauthenticated"
+    title = "Missing or unknown API key"
+
+
+class PermissionDeniedError(MarketError):
+    status = 403
+    code = "forbidden"
+    title = "Not allowed"
+
+
+class NotFoundError(MarketError):
+    status = 404
+    code = "not-found"
+    title = "Not found"
+
+
+class InvalidInputError(MarketError):
+    status = 422
+    code = "invalid-input"
+    title = "Invalid input"
+
+
+class PayloadTooLargeError(MarketError):
+    status = 413
+    code = "payload-too-large"
+    title = "Upload too large"
+
+
+class ConflictError(MarketError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class InvalidStateError(ConflictError):
+    code = "invalid-state"
+    title = "Not allowed in the current state"
+
+
+class OfferExpiredError(ConflictError):
+    code = "offer-expired"
+    title = "Offer expired"
+
+
+class RoundClosedError(ConflictError):
+    code = "round-not-collecting"
+    title = "Round is not collecting submissions"
+
+
+class DuplicateSubmissionError(ConflictError):
+    code = "duplicate-submission"
+    title = "Already submitted for this round"
+
+
+class AggregateUnavailableError(ConflictError):
+    code = "aggregate-unavailable"
+    title = "Aggregate not available"

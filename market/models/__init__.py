@@ -1,0 +1,54 @@
+"""SQLModel tables (registered on `SQLModel.metadata`) and the API's request/response shapes."""
+
+from market.models.accounts import Account, AccountCreate, AccountCreated, AccountPublic, Role
+from market.models.jobs import (
+    TERMINAL_JOB_STATES,
+    Credit,
+    CreditCreate,
+    CreditPublic,
+    Job,
+    JobCreate,
+    JobPublic,
+    RoundSummary,
+)
+from market.models.listings import Listing, ListingCreate, ListingPublic, ListingUpdate
+from market.models.offers import LIVE_OFFER_STATES, Offer, OfferPublic
+from market.models.rounds import (
+    MetricsCreate,
+    Round,
+    RoundPublic,
+    Submission,
+    SubmissionReceipt,
+)
+from market.models.schema import DatasetSchema, FeatureSpec, LabelSpec
+
+__all__ = [
+    "LIVE_OFFER_STATES",
+    "TERMINAL_JOB_STATES",
+    "Account",
+    "AccountCreate",
+    "AccountCreated",
+    "AccountPublic",
+    "Credit",
+    "CreditCreate",
+    "CreditPublic",
+    "DatasetSchema",
+    "FeatureSpec",
+    "Job",
+    "JobCreate",
+    "JobPublic",
+    "LabelSpec",
+    "Listing",
+    "ListingCreate",
+    "ListingPublic",
+    "ListingUpdate",
+    "MetricsCreate",
+    "Offer",
+    "OfferPublic",
+    "Role",
+    "Round",
+    "RoundPublic",
+    "RoundSummary",
+    "Submission",
+    "SubmissionReceipt",
+]

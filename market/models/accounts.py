@@ -1,0 +1,42 @@
+"""Accounts: buyers, providers and admins, each authenticated by one hashed API key."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, StringConstraints
+from sqlmodel import Field, SQLModel
+
+from market.models.schema import Strict
+from market.models.types import UTCDateTime, utcnow
+
+Role = Literal["buyer", "provider", "admin"]
+DisplayName = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+
+
+class AccountCreate(Strict):
+    """Self-registration; admin accounts are created by an operator, never over HTTP."""
+
+    role: Literal["buyer", "provider"]
+    name: DisplayName
+
+
+class Account(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=32)
+    role: str = Field(max_length=16, index=True)
+    name: str = Field(max_length=100)
+    # SHA-256 of the API key; the key itself is shown once and never stored.
+    key_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class AccountPublic(BaseModel):
+    id: str
+    role: Role
+    name: str
+    created_at: datetime
+
+
+class AccountCreated(AccountPublic):
+    api_key: str

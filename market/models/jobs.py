@@ -1,0 +1,164 @@
+"""Training jobs a buyer posts, and the credits that fund them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from sqlalchemy import JSON, BigInteger
+from sqlmodel import Field as SQLField
+from sqlmodel import SQLModel
+
+from crypto import DEFAULT_PRESET_ID
+from market.models.listings import Cents, Currency
+from market.models.schema import DatasetSchema, Strict
+from market.models.types import UTCDateTime, utcnow
+
+JobState = Literal["draft", "funding", "open", "running", "completed", "cancelled", "failed"]
+TERMINAL_JOB_STATES = ("completed", "cancelled", "failed")
+
+
+class LogRegSpec(Strict):
+    """Multinomial logistic regression: no hidden layer."""
+
+    arch: Literal["logreg"]
+
+
+class MLPSpec(Strict):
+    """A ReLU multilayer perceptron with the given hidden widths."""
+
+    arch: Literal["mlp"]
+    hidden: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=1, max_length=8)]
+
+
+# The registry of architectures a job may ask for; agents build the same ones in torch.
+ModelSpec = Annotated[LogRegSpec | MLPSpec, Field(discriminator="arch")]
+
+
+class JobCreate(Strict):
+    model_config = ConfigDict(
+        extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
+
+    title: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    model: ModelSpec
+    rounds: Annotated[int, Field(ge=1, le=1000)]
+    local_epochs: Annotated[int, Field(ge=1, le=100)] = 1
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.1
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 32
+    dataset_schema: DatasetSchema = Field(alias="schema")
+    min_providers: Annotated[int, Field(ge=2, le=1000)] = 2
+    max_providers: Annotated[int, Field(ge=2, le=1000)] = 10
+    quorum: Annotated[int, Field(ge=2, le=1000)] = 2
+    min_samples: Annotated[int, Field(ge=1, le=10**9)] = 1
+    sample_cap: Annotated[int, Field(ge=1, le=10**9)] = 5000
+    min_reputation: Annotated[float, Field(ge=0, le=1)] = 0.0
+    budget_cents: Annotated[int, Field(ge=1, le=10**12)]
+    currency: Currency = "usd"
+    price_cap_cents: Cents
+    round_deadline_s: Annotated[int, Field(ge=1, le=7 * 86400)] = 3600
+    offer_ttl_s: Annotated[int, Field(ge=1, le=7 * 86400)] = 3600
+    preset: Annotated[str, StringConstraints(min_length=1, max_length=64)] = DEFAULT_PRESET_ID
+
+    @model_validator(mode="after")
+    def _coherent(self) -> JobCreate:
+        if self.quorum > self.min_providers:
+            raise ValueError("quorum cannot exceed min_providers")
+        if self.min_providers > self.max_providers:
+            raise ValueError("min_providers cannot exceed max_providers")
+        return self
+
+
+class Job(SQLModel, table=True):
+    id: str = SQLField(primary_key=True, max_length=32)
+    buyer_id: str = SQLField(foreign_key="account.id", index=True, max_length=32)
+    title: str = SQLField(max_length=200)
+    state: str = SQLField(default="draft", max_length=16, index=True)
+    # The validated JobCreate, by alias; the columns below copy what queries need.
+    spec: dict[str, Any] = SQLField(sa_type=JSON)
+    preset_id: str = SQLField(max_length=64)
+    rounds_total: int
+    current_round: int = 0
+    quorum: int
+    min_providers: int
+    max_providers: int
+    min_samples: int
+    sample_cap: int
+    min_reputation: float
+    budget_cents: int = SQLField(sa_type=BigInteger)
+    currency: str = SQLField(max_length=3)
+    price_cap_cents: int = SQLField(sa_type=BigInteger)
+    round_deadline_s: int
+    offer_ttl_s: int
+    funded_cents: int = SQLField(default=0, sa_type=BigInteger)
+    fingerprint: str | None = SQLField(default=None, max_length=64)
+    context_key: str | None = SQLField(default=None, max_length=200)
+    param_count: int | None = None
+    model_key: str | None = SQLField(default=None, max_length=200)
+    final_model_key: str | None = SQLField(default=None, max_length=200)
+    failure_reason: str | None = SQLField(default=None, max_length=500)
+    created_at: datetime = SQLField(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = SQLField(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Credit(SQLModel, table=True):
+    """Money credited to a job's funding by an operator (the manual rail)."""
+
+    id: str = SQLField(primary_key=True, max_length=32)
+    job_id: str = SQLField(foreign_key="job.id", index=True, max_length=32)
+    amount_cents: int = SQLField(sa_type=BigInteger)
+    # Idempotency key: crediting twice with the same reference returns the first credit.
+    reference: str | None = SQLField(default=None, unique=True, max_length=100)
+    admin_id: str = SQLField(foreign_key="account.id", max_length=32)
+    created_at: datetime = SQLField(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class CreditCreate(Strict):
+    amount_cents: Annotated[int, Field(ge=1, le=10**12)]
+    reference: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+
+
+class CreditPublic(BaseModel):
+    id: str
+    job_id: str
+    amount_cents: int
+    reference: str | None
+    funded_cents: int
+    job_state: str
+    created_at: datetime
+
+
+class RoundSummary(BaseModel):
+    round: int
+    state: str
+    attempt: int
+    deadline: datetime
+    submitted: int
+    included: list[str]
+    metrics: dict[str, float] | None
+
+
+class JobPublic(BaseModel):
+    """A job's status as its viewer may see it (providers see only themselves)."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    id: str
+    buyer_id: str
+    title: str
+    state: str
+    spec: JobCreate
+    rounds_total: int
+    current_round: int
+    accepted_providers: list[str]
+    param_count: int | None
+    fingerprint: str | None
+    budget_cents: int
+    funded_cents: int | None
+    currency: str
+    failure_reason: str | None
+    has_final_model: bool
+    rounds: list[RoundSummary]
+    created_at: datetime
+    updated_at: datetime

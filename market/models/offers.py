@@ -1,0 +1,54 @@
+"""Offers: a job's invitation to one provider's listing, accepted or declined before expiry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel
+from sqlalchemy import BigInteger, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from market.models.types import UTCDateTime, utcnow
+
+OfferState = Literal["pending", "accepted", "declined", "expired", "withdrawn", "dropped"]
+# Offers that hold a listing's capacity and a share of the job's budget.
+LIVE_OFFER_STATES = ("pending", "accepted")
+
+
+class Offer(SQLModel, table=True):
+    # One offer per provider and job, ever: a provider that declined is not asked again.
+    __table_args__ = (UniqueConstraint("job_id", "provider_id"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=32)
+    listing_id: str = Field(foreign_key="listing.id", index=True, max_length=32)
+    provider_id: str = Field(foreign_key="account.id", index=True, max_length=32)
+    state: str = Field(default="pending", max_length=16, index=True)
+    price_cents: int = Field(sa_type=BigInteger)
+    currency: str = Field(max_length=3)
+    # min(listing samples, job sample cap): what the provider trains on and is weighted by.
+    samples: int
+    value: float
+    # Rounds this offer reserves budget for (rounds left when offered; rounds included once
+    # the provider is dropped).
+    rounds_committed: int
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class OfferPublic(BaseModel):
+    id: str
+    job_id: str
+    job_title: str
+    listing_id: str
+    provider_id: str
+    state: OfferState
+    price_cents: int
+    currency: str
+    samples: int
+    rounds: int
+    expires_at: datetime
+    created_at: datetime
+    decided_at: datetime | None

@@ -1,0 +1,55 @@
+"""The dataset schema a listing declares and a job requires.
+
+Only names, types and label classes: counts and lengths are bounded and names are restricted
+to identifier characters, so no field can carry data rows.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+]
+ClassLabel = Annotated[int, Field(ge=0, le=65535)]
+
+MAX_FEATURES = 1024
+MAX_CLASSES = 1000
+
+
+class Strict(BaseModel):
+    """Base of every request body: unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FeatureSpec(Strict):
+    name: Name
+    type: Literal["float", "int"]
+
+
+class LabelSpec(Strict):
+    name: Name
+    classes: Annotated[list[ClassLabel], Field(min_length=2, max_length=MAX_CLASSES)]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> LabelSpec:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("label classes must be distinct")
+        return self
+
+
+class DatasetSchema(Strict):
+    features: Annotated[list[FeatureSpec], Field(min_length=1, max_length=MAX_FEATURES)]
+    label: LabelSpec
+
+    @model_validator(mode="after")
+    def _distinct(self) -> DatasetSchema:
+        names = [f.name for f in self.features]
+        if len(set(names)) != len(names):
+            raise ValueError("feature names must be distinct")
+        if self.label.name in names:
+            raise ValueError("the label cannot also be a feature")
+        return self
