@@ -141,7 +141,9 @@ class Accumulator:
             raise AggregateError(f"this aggregate holds at most {self.summands} updates")
         acc = self.coefficients
         np.add(acc, update.coefficients, out=acc)
-        np.subtract(acc, self._moduli, out=acc, where=acc >= self._moduli)
+        # Reduce mod q without a mask: when acc < q, acc - q wraps around to a huge value
+        # and the minimum keeps acc.
+        np.minimum(acc, acc - self._moduli, out=acc)
         self.count += 1
         self.weight_sum += h.weight
         self.samples_sum += h.samples

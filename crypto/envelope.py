@@ -295,7 +295,7 @@ def validate_envelope(
     if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise PayloadHashError("payload does not match the SHA-256 in its header")
     shape = (chunks, 2, len(preset.data_moduli), preset.poly_modulus_degree)
-    coeffs = unpack_coefficients(bytes(payload), shape, preset.coeff_bytes)
+    coeffs = unpack_coefficients(payload, shape, preset.coeff_bytes)
     moduli = np.array(preset.data_moduli, dtype=np.uint64).reshape(1, 1, -1, 1)
     if np.any(coeffs >= moduli):
         raise CiphertextParameterError("a ciphertext coefficient lies outside its modulus")

@@ -126,7 +126,7 @@ def pack_coefficients(coeffs: np.ndarray, widths: tuple[int, ...]) -> bytes:
 
 
 def unpack_coefficients(
-    payload: bytes, shape: tuple[int, ...], widths: tuple[int, ...]
+    payload: bytes | memoryview, shape: tuple[int, ...], widths: tuple[int, ...]
 ) -> np.ndarray:
     """Inverse of `pack_coefficients`; `shape` is (…, k, N)."""
     *lead, _, n = shape
@@ -134,9 +134,13 @@ def unpack_coefficients(
     out = np.empty(shape, dtype=np.uint64)
     offset = 0
     for j, width in enumerate(widths):
-        raw = np.frombuffer(payload, dtype=np.uint8, count=per_prime * width, offset=offset)
-        wide = np.zeros((per_prime, 8), dtype=np.uint8)
-        wide[:, :width] = raw.reshape(per_prime, width)
-        out[..., j, :] = wide.view("<u8").reshape(*lead, n)
-        offset += per_prime * width
+        size = per_prime * width
+        # Read each coefficient as an unaligned 8-byte word `width` bytes apart, then mask
+        # off the neighbour's bytes: one pass, no per-byte copies.
+        buf = np.zeros(size + 8 - width, dtype=np.uint8)
+        buf[:size] = np.frombuffer(payload, dtype=np.uint8, count=size, offset=offset)
+        words = np.ndarray((per_prime,), dtype="<u8", buffer=buf, strides=(width,))
+        mask = np.uint64((1 << (8 * width)) - 1) if width < 8 else np.uint64(2**64 - 1)
+        out[..., j, :] = (words & mask).reshape(*lead, n)
+        offset += size
     return out
