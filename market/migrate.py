@@ -15,9 +15,12 @@ log = logging.getLogger(__name__)
 
 
 def alembic_config() -> Config:
-    """An Alembic config pointing at the packaged `migrations/` folder, no ini file needed."""
+    """An Alembic config pointing at the packaged `migrations/` folder, no ini file needed.
+
+    `__path__` rather than `__file__`: an editable install may see the folder as a namespace.
+    """
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    cfg.set_main_option("script_location", str(Path(next(iter(migrations.__path__)))))
     return cfg
 
 

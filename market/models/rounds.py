@@ -80,6 +80,8 @@ class RoundPublic(BaseModel):
     weight_norm: int
     param_count: int
     quorum: int
+    # The `summands` every envelope of this job is bound to (the job's max_providers).
+    summands: int
     metrics: dict[str, float] | None
     close_reason: str | None
 

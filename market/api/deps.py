@@ -1,0 +1,106 @@
+"""FastAPI dependencies: session, blob store, clock, the authenticated account and its role."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from market.blobs import BlobStore
+from market.config import Settings
+from market.errors import AuthenticationError, PayloadTooLargeError, PermissionDeniedError
+from market.models import Account
+from market.services import accounts
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    engine: Engine = request.app.state.engine
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+
+
+def get_blobs(request: Request) -> BlobStore:
+    blobs: BlobStore = request.app.state.blobs
+    return blobs
+
+
+def get_now(request: Request) -> datetime:
+    # The clock lives on the app so tests can move time without sleeping.
+    clock: Callable[[], datetime] = request.app.state.clock
+    return clock()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+NowDep = Annotated[datetime, Depends(get_now)]
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api_key>`")
+
+
+def current_account(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Account:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise AuthenticationError("send `Authorization: Bearer <api_key>`")
+    return accounts.authenticate(session, credentials.credentials)
+
+
+CurrentAccount = Annotated[Account, Depends(current_account)]
+
+
+def _role(*roles: str) -> Callable[[Account], Account]:
+    def check(account: CurrentAccount) -> Account:
+        if account.role not in roles:
+            raise PermissionDeniedError(f"this needs a {' or '.join(roles)} account")
+        return account
+
+    return check
+
+
+BuyerAccount = Annotated[Account, Depends(_role("buyer"))]
+ProviderAccount = Annotated[Account, Depends(_role("provider"))]
+AdminAccount = Annotated[Account, Depends(_role("admin"))]
+ProviderOrAdmin = Annotated[Account, Depends(_role("provider", "admin"))]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body, refused with 413 as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"upload exceeds the limit of {limit} bytes", limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"upload exceeds the limit of {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# OpenAPI description of raw binary request bodies (FastAPI cannot infer them).
+def binary_body(description: str) -> dict[str, object]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    }
+
+
+OCTET = "application/octet-stream"

@@ -1,0 +1,1 @@
+"""Thin HTTP routes: parse, authorize, call one service, shape the answer."""

@@ -1,0 +1,22 @@
+"""Account registration and the caller's own account."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from market.api.deps import CurrentAccount, SessionDep
+from market.models import AccountCreate, AccountCreated, AccountPublic
+from market.services import accounts
+
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+
+
+@router.post("", status_code=201, response_model=AccountCreated)
+def register(body: AccountCreate, session: SessionDep) -> AccountCreated:
+    """Create a buyer or provider account; the API key is shown only in this response."""
+    return accounts.create_account(session, role=body.role, name=body.name)
+
+
+@router.get("/me", response_model=AccountPublic)
+def me(account: CurrentAccount) -> AccountPublic:
+    return accounts.public(account)

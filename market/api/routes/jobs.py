@@ -1,0 +1,139 @@
+"""Jobs: the buyer posts, uploads its public context and initial model, funds, cancels,
+completes; everyone allowed to see a job reads its status."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from market.api.deps import (
+    OCTET,
+    BlobsDep,
+    BuyerAccount,
+    CurrentAccount,
+    NowDep,
+    SessionDep,
+    SettingsDep,
+    binary_body,
+    read_body,
+)
+from market.errors import NotFoundError
+from market.models import JobCreate, JobPublic
+from market.services import access, jobs, results, views
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=201, response_model=JobPublic)
+def create(body: JobCreate, account: BuyerAccount, session: SessionDep, now: NowDep) -> JobPublic:
+    return views.job_public(session, jobs.create_job(session, account, body, now=now), account)
+
+
+@router.get("", response_model=list[JobPublic])
+def list_(account: CurrentAccount, session: SessionDep) -> list[JobPublic]:
+    return [views.job_public(session, j, account) for j in jobs.list_jobs(session, account)]
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def status(job_id: str, account: CurrentAccount, session: SessionDep) -> JobPublic:
+    return views.job_public(session, access.visible_job(session, job_id, account), account)
+
+
+@router.put(
+    "/{job_id}/context",
+    response_model=JobPublic,
+    openapi_extra=binary_body("the buyer's public CKKS context (no secret key)"),
+)
+async def put_context(
+    job_id: str,
+    request: Request,
+    account: CurrentAccount,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> JobPublic:
+    job = await run_in_threadpool(access.owned_job, session, job_id, account)
+    data = await read_body(request, settings.max_context_bytes)
+    job = await run_in_threadpool(jobs.put_context, session, blobs, job, data, now=now)
+    return await run_in_threadpool(views.job_public, session, job, account)
+
+
+@router.get("/{job_id}/context", response_class=Response, responses={200: {"content": {OCTET: {}}}})
+def get_context(
+    job_id: str, account: CurrentAccount, session: SessionDep, blobs: BlobsDep
+) -> Response:
+    """The job's public context (buyer and accepted providers)."""
+    job = access.participant_job(session, job_id, account)
+    if job.context_key is None:
+        raise NotFoundError(f"job {job_id} has no context yet")
+    return Response(blobs.get_bytes(job.context_key), media_type=OCTET)
+
+
+@router.put(
+    "/{job_id}/model",
+    response_model=JobPublic,
+    openapi_extra=binary_body("the initial global model, safetensors"),
+)
+async def put_model(
+    job_id: str,
+    request: Request,
+    account: CurrentAccount,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> JobPublic:
+    job = await run_in_threadpool(access.owned_job, session, job_id, account)
+    data = await read_body(request, settings.max_model_bytes)
+    job = await run_in_threadpool(jobs.put_initial_model, session, blobs, job, data, now=now)
+    return await run_in_threadpool(views.job_public, session, job, account)
+
+
+@router.put(
+    "/{job_id}/final-model",
+    response_model=JobPublic,
+    openapi_extra=binary_body("the final model, safetensors"),
+)
+async def put_final_model(
+    job_id: str,
+    request: Request,
+    account: CurrentAccount,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> JobPublic:
+    job = await run_in_threadpool(access.owned_job, session, job_id, account)
+    data = await read_body(request, settings.max_model_bytes)
+    job = await run_in_threadpool(jobs.put_final_model, session, blobs, job, data, now=now)
+    return await run_in_threadpool(views.job_public, session, job, account)
+
+
+@router.get(
+    "/{job_id}/final-model", response_class=Response, responses={200: {"content": {OCTET: {}}}}
+)
+def get_final_model(
+    job_id: str, account: CurrentAccount, session: SessionDep, blobs: BlobsDep
+) -> Response:
+    job = access.participant_job(session, job_id, account)
+    return Response(results.final_model_bytes(blobs, job), media_type=OCTET)
+
+
+@router.post("/{job_id}/fund", response_model=JobPublic)
+def fund(job_id: str, account: CurrentAccount, session: SessionDep, now: NowDep) -> JobPublic:
+    """Ask for funding: the job waits in `funding` until the money is credited."""
+    job = jobs.request_funding(session, access.owned_job(session, job_id, account), now=now)
+    return views.job_public(session, job, account)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel(job_id: str, account: CurrentAccount, session: SessionDep, now: NowDep) -> JobPublic:
+    job = jobs.cancel_job(session, access.owned_job(session, job_id, account), now=now)
+    return views.job_public(session, job, account)
+
+
+@router.post("/{job_id}/complete", response_model=JobPublic)
+def complete(job_id: str, account: CurrentAccount, session: SessionDep, now: NowDep) -> JobPublic:
+    job = jobs.complete_job(session, access.owned_job(session, job_id, account), now=now)
+    return views.job_public(session, job, account)

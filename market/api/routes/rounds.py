@@ -1,0 +1,142 @@
+"""Rounds: status, global models, encrypted submissions, the aggregate and the metrics.
+
+No route here, or anywhere, returns an individual envelope.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from market.api.deps import (
+    OCTET,
+    BlobsDep,
+    CurrentAccount,
+    NowDep,
+    SessionDep,
+    SettingsDep,
+    binary_body,
+    read_body,
+)
+from market.errors import PayloadTooLargeError
+from market.models import MetricsCreate, RoundPublic, SubmissionReceipt
+from market.services import access, results, rounds, submissions, views
+
+router = APIRouter(prefix="/v1/jobs/{job_id}/rounds", tags=["rounds"])
+
+RoundNo = Annotated[int, Path(ge=1, le=1000)]
+
+
+@router.get("/{number}", response_model=RoundPublic)
+def get(
+    job_id: str, number: RoundNo, account: CurrentAccount, session: SessionDep, now: NowDep
+) -> RoundPublic:
+    job = access.visible_job(session, job_id, account)
+    return views.round_public(
+        session, job, rounds.load_round(session, job, number, now=now), account
+    )
+
+
+@router.get("/{number}/model", response_class=Response, responses={200: {"content": {OCTET: {}}}})
+def get_model(
+    job_id: str,
+    number: RoundNo,
+    account: CurrentAccount,
+    session: SessionDep,
+    blobs: BlobsDep,
+    now: NowDep,
+) -> Response:
+    """Round `number`'s global model, safetensors (buyer and accepted providers)."""
+    job = access.participant_job(session, job_id, account)
+    return Response(
+        results.round_model_bytes(session, blobs, job, number, now=now), media_type=OCTET
+    )
+
+
+@router.put(
+    "/{number}/model",
+    response_model=RoundPublic,
+    status_code=201,
+    openapi_extra=binary_body("the global model for this round, safetensors"),
+)
+async def publish_model(
+    job_id: str,
+    number: RoundNo,
+    request: Request,
+    account: CurrentAccount,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> RoundPublic:
+    """Publish the next global model: the previous (closed) round becomes `published`."""
+    job = await run_in_threadpool(access.owned_job, session, job_id, account)
+    data = await read_body(request, settings.max_model_bytes)
+    rnd = await run_in_threadpool(rounds.publish_model, session, blobs, job, number, data, now=now)
+    return await run_in_threadpool(views.round_public, session, job, rnd, account)
+
+
+@router.put(
+    "/{number}/submission",
+    response_model=SubmissionReceipt,
+    status_code=201,
+    openapi_extra=binary_body("an encrypted update envelope (crypto.encrypt_update)"),
+)
+async def submit(
+    job_id: str,
+    number: RoundNo,
+    request: Request,
+    account: CurrentAccount,
+    session: SessionDep,
+    blobs: BlobsDep,
+    now: NowDep,
+) -> SubmissionReceipt:
+    """A provider's encrypted update, streamed to the blob store and added to the round's sum."""
+    job, limit = await run_in_threadpool(
+        submissions.precheck, session, job_id, number, account, now=now
+    )
+    upload = blobs.temp(limit)
+    try:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError(f"envelope exceeds {limit} bytes", limit=limit)
+        async for chunk in request.stream():
+            upload.write(chunk)
+        upload.finish()
+        return await run_in_threadpool(
+            submissions.submit, session, blobs, job, number, account, upload, now=now
+        )
+    finally:
+        upload.discard()
+
+
+@router.get(
+    "/{number}/aggregate", response_class=Response, responses={200: {"content": {OCTET: {}}}}
+)
+def aggregate(
+    job_id: str,
+    number: RoundNo,
+    account: CurrentAccount,
+    session: SessionDep,
+    blobs: BlobsDep,
+    now: NowDep,
+) -> Response:
+    """The round's encrypted sum (buyer only; closed round with at least `quorum` updates)."""
+    job = access.owned_job(session, job_id, account)
+    return Response(results.aggregate_bytes(session, blobs, job, number, now=now), media_type=OCTET)
+
+
+@router.post("/{number}/metrics", response_model=RoundPublic)
+def metrics(
+    job_id: str,
+    number: RoundNo,
+    body: MetricsCreate,
+    account: CurrentAccount,
+    session: SessionDep,
+    now: NowDep,
+) -> RoundPublic:
+    job = access.owned_job(session, job_id, account)
+    rnd = results.record_metrics(session, job, number, body, now=now)
+    return views.round_public(session, job, rnd, account)

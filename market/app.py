@@ -1,0 +1,87 @@
+"""The FastAPI application factory.
+
+`create_app(settings)` wires settings, engine, blob store and routes. At startup the lifespan
+applies migrations (a fresh data directory just works), ensures the configured admin account,
+and starts the deadline enforcer: a background task running `rounds.tick` every
+`deadline_tick_s` seconds, so rounds close and offers expire even when nobody calls the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Engine
+
+from market import problems
+from market.api.routes import accounts, admin, jobs, listings, offers, rounds
+from market.blobs import LocalBlobStore
+from market.config import Settings
+from market.db import make_engine, session_scope
+from market.migrate import upgrade
+from market.models.types import utcnow
+from market.services import accounts as account_service
+from market.services import rounds as round_service
+
+log = logging.getLogger(__name__)
+
+
+def run_tick(engine: Engine, now: datetime) -> int:
+    """One pass of the deadline enforcer in its own session."""
+    with session_scope(engine) as session:
+        return round_service.tick(session, now=now)
+
+
+async def _enforce_deadlines(app: FastAPI, period: float) -> None:
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await run_in_threadpool(run_tick, app.state.engine, app.state.clock())
+        except Exception:  # keep enforcing: one bad pass must not stop the task
+            log.exception("deadline pass failed")
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine: Engine = app.state.engine
+    if settings.auto_migrate:
+        await run_in_threadpool(upgrade, engine)
+    if settings.admin_api_key:
+        with session_scope(engine) as session:
+            account_service.ensure_admin(session, settings.admin_api_key)
+    task = None
+    if settings.deadline_tick_s > 0:
+        task = asyncio.create_task(_enforce_deadlines(app, settings.deadline_tick_s))
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Pollen marketplace",
+        version="0.1.0",
+        summary="Private model training: encrypted federated updates, aggregated blind.",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.database_url)
+    app.state.blobs = LocalBlobStore(settings.blob_root)
+    app.state.clock = utcnow
+    problems.install(app)
+    for module in (accounts, listings, jobs, offers, rounds, admin):
+        app.include_router(module.router)
+    return app

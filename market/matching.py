@@ -1,0 +1,183 @@
+"""Matching of open jobs to dataset listings, as a pure function over plain data.
+
+Eligibility of a listing for a job (all must hold):
+
+- compatible schema: every feature the job requires exists in the listing with the same type,
+  the label has the same name, and every label class of the listing is one the job knows;
+- provider reputation ≥ the job's `min_reputation`;
+- ask per round ≤ the job's `price_cap_cents`, in the job's currency;
+- samples ≥ the job's `min_samples`;
+- free capacity (the listing serves fewer live offers than its capacity);
+- the provider has never had an offer for this job.
+
+Value of an eligible listing to a job: `min(samples, sample_cap) x reputation`, the number of
+useful samples discounted by how likely the provider delivers them. For each job, in the order
+given (oldest first), candidates are taken by value descending (then lower ask, then input
+order), one listing per provider, while `ask x rounds` fits in the job's remaining budget,
+until the job's free provider slots are filled. This greedy choice is an approximation of the
+budgeted maximum; it is deterministic and fast (10,000 listings x 100 jobs in well under 1 s,
+see `python -m bench matching`). Capacity used by one job is not available to the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class SchemaShape:
+    """A dataset schema reduced to what compatibility needs, with a stable `key`."""
+
+    features: frozenset[tuple[str, str]]
+    label: str
+    classes: frozenset[int]
+    key: str = field(default="")
+
+    @classmethod
+    def from_schema(cls, schema: Mapping[str, Any]) -> SchemaShape:
+        canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+        return cls(
+            features=frozenset((f["name"], f["type"]) for f in schema["features"]),
+            label=str(schema["label"]["name"]),
+            classes=frozenset(int(c) for c in schema["label"]["classes"]),
+            key=hashlib.sha256(canonical.encode()).hexdigest(),
+        )
+
+
+def compatible(required: SchemaShape, offered: SchemaShape) -> bool:
+    """Can data with the `offered` schema train a model built for the `required` one?"""
+    return (
+        required.label == offered.label
+        and required.features <= offered.features
+        and offered.classes <= required.classes
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Supply:
+    listing_id: str
+    provider_id: str
+    schema: SchemaShape
+    samples: int
+    ask_cents: int
+    currency: str
+    free_capacity: int
+    reputation: float
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    job_id: str
+    schema: SchemaShape
+    min_samples: int
+    sample_cap: int
+    min_reputation: float
+    price_cap_cents: int
+    currency: str
+    rounds: int
+    slots: int
+    budget_left_cents: int
+    excluded_providers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    job_id: str
+    listing_id: str
+    provider_id: str
+    price_cents: int
+    samples: int
+    value: float
+    rounds: int
+
+
+def match(demands: Sequence[Demand], supplies: Sequence[Supply]) -> list[Proposal]:
+    """Proposals (future offers) for every demand, respecting capacity across demands."""
+    if not demands or not supplies:
+        return []
+    group_of: dict[str, int] = {}
+    shapes: list[SchemaShape] = []
+    group = np.empty(len(supplies), dtype=np.int64)
+    currencies: dict[str, int] = {}
+    currency = np.empty(len(supplies), dtype=np.int64)
+    for i, s in enumerate(supplies):
+        g = group_of.setdefault(s.schema.key, len(shapes))
+        if g == len(shapes):
+            shapes.append(s.schema)
+        group[i] = g
+        currency[i] = currencies.setdefault(s.currency, len(currencies))
+    samples = np.fromiter((s.samples for s in supplies), np.int64, len(supplies))
+    ask = np.fromiter((s.ask_cents for s in supplies), np.int64, len(supplies))
+    rep = np.fromiter((s.reputation for s in supplies), np.float64, len(supplies))
+    free = np.fromiter((s.free_capacity for s in supplies), np.int64, len(supplies))
+
+    proposals: list[Proposal] = []
+    compat_cache: dict[str, np.ndarray] = {}
+    for job in demands:
+        if job.slots <= 0 or job.currency not in currencies:
+            continue
+        compat = compat_cache.get(job.schema.key)
+        if compat is None:
+            compat = np.fromiter((compatible(job.schema, sh) for sh in shapes), bool, len(shapes))
+            compat_cache[job.schema.key] = compat
+        mask = (
+            compat[group]
+            & (currency == currencies[job.currency])
+            & (rep >= job.min_reputation)
+            & (ask <= job.price_cap_cents)
+            & (samples >= job.min_samples)
+            & (free > 0)
+        )
+        idx = np.flatnonzero(mask)
+        if idx.size == 0:
+            continue
+        value = np.minimum(samples[idx], job.sample_cap) * rep[idx]
+        # lexsort: the last key is the primary one; the sort is stable, so ties keep input order.
+        order = idx[np.lexsort((ask[idx], -value))]
+        proposals.extend(_take(job, order, supplies, samples, ask, rep, free))
+    return proposals
+
+
+def _take(
+    job: Demand,
+    order: np.ndarray,
+    supplies: Sequence[Supply],
+    samples: np.ndarray,
+    ask: np.ndarray,
+    rep: np.ndarray,
+    free: np.ndarray,
+) -> list[Proposal]:
+    taken: list[Proposal] = []
+    seen = set(job.excluded_providers)
+    budget = job.budget_left_cents
+    for i in order.tolist():
+        s = supplies[i]
+        if s.provider_id in seen:
+            continue
+        cost = int(ask[i]) * job.rounds
+        if cost > budget:
+            continue
+        seen.add(s.provider_id)
+        budget -= cost
+        free[i] -= 1
+        capped = min(int(samples[i]), job.sample_cap)
+        taken.append(
+            Proposal(
+                job_id=job.job_id,
+                listing_id=s.listing_id,
+                provider_id=s.provider_id,
+                price_cents=int(ask[i]),
+                samples=capped,
+                value=capped * float(rep[i]),
+                rounds=job.rounds,
+            )
+        )
+        if len(taken) >= job.slots:
+            break
+    return taken

@@ -1,0 +1,1 @@
+"""Business logic: functions taking a session and plain values, testable without HTTP."""

@@ -1,0 +1,74 @@
+"""Funding a job: the manual rail, where an operator credits money received off-platform.
+
+When the credited total reaches the budget the job opens and matching runs. A later
+settlement issue replaces this with escrow postings in the ledger and a Stripe rail; callers
+only rely on `credit(...)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from market.errors import ConflictError, InvalidStateError, PermissionDeniedError
+from market.models import Account, Credit, CreditPublic, Job
+from market.models.types import new_id
+from market.services.matching import run_matching
+
+log = logging.getLogger(__name__)
+
+
+def _public(credit: Credit, job: Job) -> CreditPublic:
+    return CreditPublic(
+        id=credit.id,
+        job_id=credit.job_id,
+        amount_cents=credit.amount_cents,
+        reference=credit.reference,
+        funded_cents=job.funded_cents,
+        job_state=job.state,
+        created_at=credit.created_at,
+    )
+
+
+def credit(
+    session: Session,
+    admin: Account,
+    job: Job,
+    amount_cents: int,
+    *,
+    reference: str | None,
+    now: datetime,
+) -> CreditPublic:
+    """Credit a job; the same `reference` twice returns the first credit unchanged."""
+    if admin.role != "admin":
+        raise PermissionDeniedError("only an operator credits funding")
+    if reference is not None:
+        first = session.exec(select(Credit).where(Credit.reference == reference)).first()
+        if first is not None:
+            if first.job_id != job.id or first.amount_cents != amount_cents:
+                raise ConflictError(f"reference {reference!r} was used for another credit")
+            return _public(first, job)
+    if job.state not in ("funding", "open", "running"):
+        raise InvalidStateError(f"job is {job.state}: it cannot receive funds")
+    entry = Credit(
+        id=new_id("crd"),
+        job_id=job.id,
+        amount_cents=amount_cents,
+        reference=reference,
+        admin_id=admin.id,
+        created_at=now,
+    )
+    job.funded_cents += amount_cents
+    job.updated_at = now
+    opened = job.state == "funding" and job.funded_cents >= job.budget_cents
+    if opened:
+        job.state = "open"
+    session.add(entry)
+    session.add(job)
+    session.commit()
+    log.info("job %s credited %d %s", job.id, amount_cents, job.currency)
+    if opened:
+        run_matching(session, now=now)
+    return _public(entry, job)

@@ -1,0 +1,170 @@
+"""Jobs from the buyer's side: post, upload context and initial model, fund, cancel, complete."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from crypto import PublicContext, get_preset
+from market import weights
+from market.blobs import BlobStore
+from market.errors import InvalidInputError, InvalidStateError, PermissionDeniedError
+from market.models import TERMINAL_JOB_STATES, Account, Job, JobCreate, Offer, Round
+from market.models.types import new_id
+from market.services.rounds import find_round
+
+log = logging.getLogger(__name__)
+
+
+def create_job(session: Session, buyer: Account, spec: JobCreate, *, now: datetime) -> Job:
+    if buyer.role != "buyer":
+        raise PermissionDeniedError("only buyers post jobs")
+    preset = get_preset(spec.preset)
+    if spec.max_providers > preset.max_summands:
+        raise InvalidInputError(
+            f"preset {preset.id} sums at most {preset.max_summands} updates: "
+            f"max_providers must not exceed it"
+        )
+    job = Job(
+        id=new_id("job"),
+        buyer_id=buyer.id,
+        title=spec.title,
+        spec=spec.model_dump(mode="json", by_alias=True),
+        preset_id=preset.id,
+        rounds_total=spec.rounds,
+        quorum=spec.quorum,
+        min_providers=spec.min_providers,
+        max_providers=spec.max_providers,
+        min_samples=spec.min_samples,
+        sample_cap=spec.sample_cap,
+        min_reputation=spec.min_reputation,
+        budget_cents=spec.budget_cents,
+        currency=spec.currency,
+        price_cap_cents=spec.price_cap_cents,
+        round_deadline_s=spec.round_deadline_s,
+        offer_ttl_s=spec.offer_ttl_s,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.commit()
+    log.info("buyer %s posted job %s", buyer.id, job.id)
+    return job
+
+
+def _require_draft(job: Job) -> None:
+    if job.state != "draft":
+        raise InvalidStateError(f"job is {job.state}: its context and model are frozen")
+
+
+def put_context(session: Session, blobs: BlobStore, job: Job, data: bytes, *, now: datetime) -> Job:
+    """Store the buyer's public context; refuses garbage and anything holding a secret key."""
+    _require_draft(job)
+    ctx = PublicContext.from_bytes(data)
+    if not ctx.is_public():  # from_bytes refuses secrets already; never store one regardless
+        raise InvalidInputError("the context holds a secret key")
+    if ctx.preset.id != job.preset_id:
+        raise InvalidInputError(f"context is for preset {ctx.preset.id}, job uses {job.preset_id}")
+    key = f"jobs/{job.id}/context-{ctx.fingerprint[:16]}.bin"
+    blobs.put_bytes(key, ctx.to_bytes())
+    job.context_key = key
+    job.fingerprint = ctx.fingerprint
+    job.updated_at = now
+    session.add(job)
+    session.commit()
+    return job
+
+
+def put_initial_model(
+    session: Session, blobs: BlobStore, job: Job, data: bytes, *, now: datetime
+) -> Job:
+    _require_draft(job)
+    count = weights.param_count(data)
+    key = f"jobs/{job.id}/models/round-0001.safetensors"
+    blobs.put_bytes(key, data)
+    job.model_key = key
+    job.param_count = count
+    job.updated_at = now
+    session.add(job)
+    session.commit()
+    return job
+
+
+def put_final_model(
+    session: Session, blobs: BlobStore, job: Job, data: bytes, *, now: datetime
+) -> Job:
+    if job.state not in ("running", "completed"):
+        raise InvalidStateError(f"job is {job.state}")
+    if weights.param_count(data) != job.param_count:
+        raise InvalidInputError(f"the model must have {job.param_count} parameters")
+    key = f"jobs/{job.id}/models/final.safetensors"
+    blobs.put_bytes(key, data)
+    job.final_model_key = key
+    job.updated_at = now
+    session.add(job)
+    session.commit()
+    return job
+
+
+def request_funding(session: Session, job: Job, *, now: datetime) -> Job:
+    """draft → funding; the money arrives through `market.services.funding`."""
+    _require_draft(job)
+    if job.context_key is None or job.model_key is None:
+        raise InvalidStateError("upload the public context and the initial model first")
+    job.state = "funding"
+    job.updated_at = now
+    session.add(job)
+    session.commit()
+    return job
+
+
+def cancel_job(session: Session, job: Job, *, now: datetime) -> Job:
+    if job.state in TERMINAL_JOB_STATES:
+        raise InvalidStateError(f"job is already {job.state}")
+    job.state = "cancelled"
+    job.updated_at = now
+    session.add(job)
+    for offer in session.exec(
+        select(Offer).where(Offer.job_id == job.id, Offer.state == "pending")
+    ):
+        offer.state = "withdrawn"
+        offer.decided_at = now
+        session.add(offer)
+    for rnd in session.exec(
+        select(Round).where(Round.job_id == job.id, Round.state == "collecting")
+    ):
+        rnd.state = "cancelled"
+        rnd.closed_at = now
+        session.add(rnd)
+    # Settlement hook: refund the unspent escrow here.
+    session.commit()
+    log.info("job %s cancelled", job.id)
+    return job
+
+
+def complete_job(session: Session, job: Job, *, now: datetime) -> Job:
+    """running → completed, once the last round is closed. Settlement hook: final payouts."""
+    if job.state != "running":
+        raise InvalidStateError(f"job is {job.state}, not running")
+    last = find_round(session, job.id, job.rounds_total)
+    if last is None or last.state not in ("closed", "published"):
+        raise InvalidStateError(f"round {job.rounds_total} is not closed yet")
+    job.state = "completed"
+    job.updated_at = now
+    session.add(job)
+    session.commit()
+    return job
+
+
+def list_jobs(session: Session, viewer: Account) -> Sequence[Job]:
+    stmt = select(Job).order_by(col(Job.created_at), col(Job.id))
+    if viewer.role == "buyer":
+        stmt = stmt.where(Job.buyer_id == viewer.id)
+    elif viewer.role == "provider":
+        stmt = stmt.where(
+            col(Job.id).in_(select(Offer.job_id).where(Offer.provider_id == viewer.id))
+        )
+    return session.exec(stmt).all()

@@ -1,0 +1,127 @@
+"""Matching as a service: load open jobs and active listings, run `market.matching.match`,
+persist the proposals as offers.
+
+Runs when a job opens, when listings change, when an offer is declined or expires, and for a
+running job whose round is retried (to fill the places of providers that missed it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from market.matching import Demand, SchemaShape, Supply, match
+from market.models import LIVE_OFFER_STATES, TERMINAL_JOB_STATES, Job, Listing, Offer
+from market.models.types import new_id
+from market.services import reputation
+
+log = logging.getLogger(__name__)
+
+# Offers in these states still cost budget (dropped ones for the rounds they were in).
+_SPENDING_OFFER_STATES = (*LIVE_OFFER_STATES, "dropped")
+
+
+def rounds_left(job: Job) -> int:
+    """Rounds a provider joining now would train in."""
+    return job.rounds_total - max(job.current_round, 1) + 1
+
+
+def run_matching(session: Session, *, now: datetime, job_ids: Sequence[str] = ()) -> list[Offer]:
+    """Send offers for every open job, plus the running jobs in `job_ids`; commits."""
+    cond = col(Job.state) == "open"
+    if job_ids:
+        cond = cond | ((col(Job.state) == "running") & col(Job.id).in_(list(job_ids)))
+    jobs = list(session.exec(select(Job).where(cond).order_by(col(Job.created_at), col(Job.id))))
+    if not jobs:
+        return []
+    offers = session.exec(select(Offer).where(col(Offer.job_id).in_([j.id for j in jobs]))).all()
+    by_job: dict[str, list[Offer]] = {}
+    for o in offers:
+        by_job.setdefault(o.job_id, []).append(o)
+    demands = [_demand(job, by_job.get(job.id, [])) for job in jobs]
+    supplies = _supplies(session)
+    proposals = match(demands, supplies)
+    jobs_by_id = {j.id: j for j in jobs}
+    created: list[Offer] = []
+    for p in proposals:
+        job = jobs_by_id[p.job_id]
+        offer = Offer(
+            id=new_id("off"),
+            job_id=p.job_id,
+            listing_id=p.listing_id,
+            provider_id=p.provider_id,
+            price_cents=p.price_cents,
+            currency=job.currency,
+            samples=p.samples,
+            value=p.value,
+            rounds_committed=p.rounds,
+            expires_at=now + timedelta(seconds=job.offer_ttl_s),
+            created_at=now,
+        )
+        session.add(offer)
+        created.append(offer)
+    session.commit()
+    if created:
+        log.info("matching sent %d offers to %d jobs", len(created), len(jobs))
+    return created
+
+
+def _demand(job: Job, offers: list[Offer]) -> Demand:
+    live = sum(1 for o in offers if o.state in LIVE_OFFER_STATES)
+    spent = sum(
+        o.price_cents * o.rounds_committed for o in offers if o.state in _SPENDING_OFFER_STATES
+    )
+    return Demand(
+        job_id=job.id,
+        schema=SchemaShape.from_schema(job.spec["schema"]),
+        min_samples=job.min_samples,
+        sample_cap=job.sample_cap,
+        min_reputation=job.min_reputation,
+        price_cap_cents=job.price_cap_cents,
+        currency=job.currency,
+        rounds=rounds_left(job),
+        slots=job.max_providers - live,
+        budget_left_cents=job.budget_cents - spent,
+        excluded_providers=frozenset(o.provider_id for o in offers),
+    )
+
+
+def _supplies(session: Session) -> list[Supply]:
+    listings = session.exec(
+        select(Listing).where(Listing.state == "active").order_by(col(Listing.id))
+    ).all()
+    used = dict(
+        session.exec(
+            select(Offer.listing_id, func.count())
+            .join(Job, col(Job.id) == col(Offer.job_id))
+            .where(col(Offer.state).in_(LIVE_OFFER_STATES))
+            .where(col(Job.state).not_in(TERMINAL_JOB_STATES))
+            .group_by(col(Offer.listing_id))
+        ).all()
+    )
+    reps = reputation.scores(session, {li.provider_id for li in listings})
+    shapes: dict[str, SchemaShape] = {}
+    supplies = []
+    for li in listings:
+        free = li.capacity - int(used.get(li.id, 0))
+        if free <= 0:
+            continue
+        shape = SchemaShape.from_schema(li.dataset_schema)
+        shape = shapes.setdefault(shape.key, shape)
+        supplies.append(
+            Supply(
+                listing_id=li.id,
+                provider_id=li.provider_id,
+                schema=shape,
+                samples=li.samples,
+                ask_cents=li.ask_cents,
+                currency=li.currency,
+                free_capacity=free,
+                reputation=reps[li.provider_id],
+            )
+        )
+    return supplies

@@ -1,0 +1,79 @@
+"""Offers from the provider's side: list, accept, decline; the job starts at `min_providers`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from market.errors import InvalidStateError, NotFoundError, OfferExpiredError
+from market.models import Account, Job, Offer, OfferPublic
+from market.services.matching import run_matching
+from market.services.rounds import join_round, participants, start_job
+
+log = logging.getLogger(__name__)
+
+
+def public(offer: Offer, job: Job) -> OfferPublic:
+    return OfferPublic.model_validate(
+        {**offer.model_dump(), "job_title": job.title, "rounds": offer.rounds_committed}
+    )
+
+
+def list_offers(session: Session, viewer: Account) -> list[OfferPublic]:
+    stmt = select(Offer, Job).join(Job, col(Job.id) == col(Offer.job_id))
+    if viewer.role != "admin":
+        stmt = stmt.where(Offer.provider_id == viewer.id)
+    rows = session.exec(stmt.order_by(col(Offer.created_at), col(Offer.id))).all()
+    return [public(o, j) for o, j in rows]
+
+
+def _own_pending(session: Session, offer_id: str, provider: Account, now: datetime) -> Offer:
+    offer = session.get(Offer, offer_id)
+    if offer is None or offer.provider_id != provider.id:
+        raise NotFoundError(f"no offer {offer_id}")
+    if offer.state == "pending" and offer.expires_at <= now:
+        offer.state = "expired"
+        offer.decided_at = now
+        session.add(offer)
+        session.commit()
+    if offer.state == "expired":
+        raise OfferExpiredError(f"offer {offer_id} expired at {offer.expires_at.isoformat()}")
+    if offer.state != "pending":
+        raise InvalidStateError(f"offer {offer_id} is {offer.state}")
+    return offer
+
+
+def accept(session: Session, offer_id: str, provider: Account, *, now: datetime) -> Offer:
+    offer = _own_pending(session, offer_id, provider, now)
+    job = session.get(Job, offer.job_id)
+    assert job is not None
+    if job.state not in ("open", "running"):
+        raise InvalidStateError(f"job is {job.state}")
+    offer.state = "accepted"
+    offer.decided_at = now
+    session.add(offer)
+    session.commit()
+    log.info("provider %s accepted job %s", provider.id, job.id)
+    if job.state == "open" and len(participants(session, job.id)) >= job.min_providers:
+        start_job(session, job, now=now)
+    elif job.state == "running":
+        join_round(session, job, offer)
+        session.commit()
+    return offer
+
+
+def decline(session: Session, offer_id: str, provider: Account, *, now: datetime) -> Offer:
+    offer = _own_pending(session, offer_id, provider, now)
+    offer.state = "declined"
+    offer.decided_at = now
+    session.add(offer)
+    session.commit()
+    run_matching(session, now=now, job_ids=[offer.job_id])
+    return offer
+
+
+def offers_for_job(session: Session, job_id: str) -> Sequence[Offer]:
+    return session.exec(select(Offer).where(Offer.job_id == job_id)).all()

@@ -1,0 +1,55 @@
+"""What a round yields: the encrypted aggregate for the buyer, models, and the buyer's metrics.
+
+The aggregate leaves the server only for a closed round holding at least `quorum` updates,
+so a buyer can never isolate one provider's update; no function here returns an envelope.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session
+
+from market.blobs import BlobStore
+from market.errors import AggregateUnavailableError, InvalidStateError, NotFoundError
+from market.models import Job, MetricsCreate, Round
+from market.services.rounds import load_round
+
+
+def aggregate_bytes(
+    session: Session, blobs: BlobStore, job: Job, number: int, *, now: datetime
+) -> bytes:
+    rnd = load_round(session, job, number, now=now)
+    if rnd.state not in ("closed", "published"):
+        raise AggregateUnavailableError(f"round {number} is {rnd.state}, not closed")
+    if rnd.acc_key is None or rnd.acc_count < job.quorum:
+        raise AggregateUnavailableError(
+            f"round {number} holds {rnd.acc_count} updates, fewer than the quorum {job.quorum}"
+        )
+    return blobs.get_bytes(rnd.acc_key)
+
+
+def round_model_bytes(
+    session: Session, blobs: BlobStore, job: Job, number: int, *, now: datetime
+) -> bytes:
+    rnd = load_round(session, job, number, now=now)
+    return blobs.get_bytes(rnd.model_key)
+
+
+def final_model_bytes(blobs: BlobStore, job: Job) -> bytes:
+    if job.final_model_key is None:
+        raise NotFoundError(f"job {job.id} has no final model")
+    return blobs.get_bytes(job.final_model_key)
+
+
+def record_metrics(
+    session: Session, job: Job, number: int, metrics: MetricsCreate, *, now: datetime
+) -> Round:
+    """The buyer's evaluation of the model it derived from round `number`'s aggregate."""
+    rnd = load_round(session, job, number, now=now)
+    if rnd.state not in ("closed", "published"):
+        raise InvalidStateError(f"round {number} is {rnd.state}: no aggregate to evaluate yet")
+    rnd.metrics = metrics.model_dump()
+    session.add(rnd)
+    session.commit()
+    return rnd

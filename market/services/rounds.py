@@ -1,0 +1,216 @@
+"""The round state machine of DESIGN.md, with deadlines enforced by the server.
+
+Job: draft → funding → open → running → completed | cancelled | failed.
+Round: collecting → closed → published (or failed / cancelled).
+
+A round closes when every expected provider has submitted (and at least `quorum` have), or
+at its deadline if at least `quorum` have. Below quorum at the deadline, attempt 1 is retried
+once: same round number, submissions kept, providers that did not submit are dropped from the
+job and matching fills their places with fresh offers, fresh deadline. Attempt 2 below quorum
+fails the job. `tick` applies this to every overdue round (the app's background task calls
+it); `load_round` applies it lazily to the round a request touches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from market import weights
+from market.blobs import BlobStore
+from market.errors import InvalidInputError, InvalidStateError, NotFoundError
+from market.models import Job, Offer, Round, Submission
+from market.models.types import new_id
+from market.services.matching import run_matching
+
+log = logging.getLogger(__name__)
+
+
+def participants(session: Session, job_id: str) -> Sequence[Offer]:
+    return session.exec(
+        select(Offer).where(Offer.job_id == job_id, Offer.state == "accepted")
+    ).all()
+
+
+def submitters(session: Session, rnd: Round) -> list[str]:
+    return list(session.exec(select(Submission.provider_id).where(Submission.round_id == rnd.id)))
+
+
+def find_round(session: Session, job_id: str, number: int) -> Round | None:
+    return session.exec(select(Round).where(Round.job_id == job_id, Round.number == number)).first()
+
+
+def load_round(session: Session, job: Job, number: int, *, now: datetime) -> Round:
+    """The round, after applying any deadline that passed (404 if it does not exist)."""
+    rnd = find_round(session, job.id, number)
+    if rnd is None:
+        raise NotFoundError(f"job {job.id} has no round {number}")
+    check_round(session, job, rnd, now=now)
+    return rnd
+
+
+def start_job(session: Session, job: Job, *, now: datetime) -> Round:
+    """Enough providers accepted: run the job; the uploaded initial model is round 1's."""
+    assert job.model_key is not None
+    job.state = "running"
+    job.current_round = 1
+    job.updated_at = now
+    log.info("job %s starts", job.id)
+    return open_round(session, job, 1, job.model_key, now=now)
+
+
+def open_round(session: Session, job: Job, number: int, model_key: str, *, now: datetime) -> Round:
+    accepted = participants(session, job.id)
+    rnd = Round(
+        id=new_id("rnd"),
+        job_id=job.id,
+        number=number,
+        deadline=now + timedelta(seconds=job.round_deadline_s),
+        opened_at=now,
+        model_key=model_key,
+        weight_norm=max((o.samples for o in accepted), default=1),
+        expected=sorted(o.provider_id for o in accepted),
+    )
+    session.add(rnd)
+    session.add(job)
+    session.commit()
+    return rnd
+
+
+def join_round(session: Session, job: Job, offer: Offer) -> None:
+    """A provider accepted while the job runs: it joins the collecting round, if any."""
+    rnd = find_round(session, job.id, job.current_round)
+    if rnd is None or rnd.state != "collecting" or offer.provider_id in rnd.expected:
+        return
+    rnd.expected = sorted([*rnd.expected, offer.provider_id])
+    # Weights already submitted were computed with the current norm; keep it stable then.
+    # A later joiner with more samples than the norm is weighted as the norm (weight ≤ 1).
+    if rnd.acc_count == 0:
+        rnd.weight_norm = max(rnd.weight_norm, offer.samples)
+    session.add(rnd)
+
+
+def close_round(session: Session, job: Job, rnd: Round, *, now: datetime, reason: str) -> None:
+    """Close a round that holds at least `quorum` updates: its aggregate becomes available.
+
+    Settlement hook: the ledger postings (escrow → payables of the included providers) and
+    the reputation events of the round belong here, in the same transaction.
+    """
+    rnd.state = "closed"
+    rnd.closed_at = now
+    rnd.close_reason = reason
+    session.add(rnd)
+    session.commit()
+    log.info("job %s round %d closed (%s, %d updates)", job.id, rnd.number, reason, rnd.acc_count)
+
+
+def fail_job(session: Session, job: Job, rnd: Round | None, *, now: datetime, reason: str) -> None:
+    """The job cannot go on. Settlement hook: refund the unspent escrow here."""
+    if rnd is not None:
+        rnd.state = "failed"
+        rnd.closed_at = now
+        rnd.close_reason = reason
+        session.add(rnd)
+    job.state = "failed"
+    job.failure_reason = reason
+    job.updated_at = now
+    session.add(job)
+    for offer in session.exec(
+        select(Offer).where(Offer.job_id == job.id, Offer.state == "pending")
+    ):
+        offer.state = "withdrawn"
+        offer.decided_at = now
+        session.add(offer)
+    session.commit()
+    log.warning("job %s failed: %s", job.id, reason)
+
+
+def retry_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> None:
+    done = set(submitters(session, rnd))
+    for offer in participants(session, job.id):
+        if offer.provider_id in done:
+            continue
+        offer.state = "dropped"
+        offer.decided_at = now
+        # Budget stays reserved only for the rounds the provider actually took part in.
+        offer.rounds_committed = int(
+            session.exec(
+                select(func.count())
+                .select_from(Submission)
+                .where(Submission.job_id == job.id, Submission.provider_id == offer.provider_id)
+            ).one()
+        )
+        session.add(offer)
+    rnd.attempt = 2
+    rnd.deadline = now + timedelta(seconds=job.round_deadline_s)
+    rnd.expected = sorted(done)
+    session.add(rnd)
+    session.commit()
+    log.info("job %s round %d retried with %d kept updates", job.id, rnd.number, len(done))
+    run_matching(session, now=now, job_ids=[job.id])
+
+
+def check_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> None:
+    """Apply the closing rules to a collecting round."""
+    if rnd.state != "collecting" or job.state != "running":
+        return
+    all_in = rnd.acc_count >= len(rnd.expected)
+    if rnd.acc_count >= job.quorum and all_in:
+        close_round(session, job, rnd, now=now, reason="all-in")
+    elif rnd.deadline <= now:
+        if rnd.acc_count >= job.quorum:
+            close_round(session, job, rnd, now=now, reason="deadline")
+        elif rnd.attempt == 1:
+            retry_round(session, job, rnd, now=now)
+        else:
+            fail_job(session, job, rnd, now=now, reason=f"round {rnd.number} below quorum twice")
+
+
+def tick(session: Session, *, now: datetime) -> int:
+    """Expire offers and enforce every passed round deadline; returns how many rounds moved."""
+    expired = session.exec(
+        select(Offer).where(Offer.state == "pending", col(Offer.expires_at) <= now)
+    ).all()
+    for offer in expired:
+        offer.state = "expired"
+        offer.decided_at = now
+        session.add(offer)
+    session.commit()
+    if expired:
+        run_matching(session, now=now)
+    overdue = session.exec(
+        select(Round).where(Round.state == "collecting", col(Round.deadline) <= now)
+    ).all()
+    for rnd in overdue:
+        job = session.get(Job, rnd.job_id)
+        assert job is not None
+        check_round(session, job, rnd, now=now)
+    return len(overdue)
+
+
+def publish_model(
+    session: Session, blobs: BlobStore, job: Job, number: int, data: bytes, *, now: datetime
+) -> Round:
+    """The buyer's global model for round `number` (> 1): publishes the previous round."""
+    if job.state != "running":
+        raise InvalidStateError(f"job is {job.state}, not running")
+    if number != job.current_round + 1 or number > job.rounds_total:
+        raise InvalidStateError(
+            f"the next model is for round {job.current_round + 1} of {job.rounds_total}"
+        )
+    prev = load_round(session, job, job.current_round, now=now)
+    if prev.state != "closed":
+        raise InvalidStateError(f"round {prev.number} is {prev.state}, not closed")
+    if weights.param_count(data) != job.param_count:
+        raise InvalidInputError(f"the model must have {job.param_count} parameters")
+    key = f"jobs/{job.id}/models/round-{number:04d}.safetensors"
+    blobs.put_bytes(key, data)
+    prev.state = "published"
+    session.add(prev)
+    job.current_round = number
+    job.updated_at = now
+    return open_round(session, job, number, key, now=now)

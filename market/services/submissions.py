@@ -1,0 +1,184 @@
+"""Encrypted submissions: the server adds envelopes it can never decrypt.
+
+Order of work for one upload, so that a refusal changes nothing and a crash loses nothing:
+
+1. `precheck`: the provider is expected in a collecting round and has not submitted yet
+   (a second upload gets 409 with the first receipt, before any byte is read);
+2. the route streams the body into a temp blob with a hard limit (`upload_limit`) → 413;
+3. `submit`, under the round's lock (a process lock plus `SELECT ... FOR UPDATE`): re-check,
+   validate the envelope against the job's stored public context and the exact binding
+   (job, round, provider, param_count, summands) → 422 on any mismatch; add it to the round's
+   accumulator loaded from its blob; write the new accumulator under a new versioned key;
+   only then commit the rows that point at it. Old accumulator blobs are never overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from crypto import (
+    Accumulator,
+    EnvelopeBinding,
+    PublicContext,
+    envelope_size,
+    get_preset,
+    validate_envelope,
+)
+from market.blobs import BlobStore, TempBlob
+from market.errors import (
+    DuplicateSubmissionError,
+    InvalidStateError,
+    PermissionDeniedError,
+    RoundClosedError,
+)
+from market.models import Account, Job, Round, Submission, SubmissionReceipt
+from market.models.types import new_id
+from market.services import access
+from market.services.rounds import check_round, find_round, load_round
+
+log = logging.getLogger(__name__)
+
+_locks_guard = threading.Lock()
+_round_locks: dict[str, threading.Lock] = {}
+_contexts: OrderedDict[str, PublicContext] = OrderedDict()
+_CONTEXT_CACHE = 16
+
+
+def _round_lock(round_id: str) -> threading.Lock:
+    with _locks_guard:
+        return _round_locks.setdefault(round_id, threading.Lock())
+
+
+def job_context(blobs: BlobStore, job: Job) -> PublicContext:
+    """The job's public context, parsed once per process (keyed by its fingerprint)."""
+    assert job.context_key is not None and job.fingerprint is not None
+    with _locks_guard:
+        ctx = _contexts.get(job.fingerprint)
+        if ctx is not None:
+            _contexts.move_to_end(job.fingerprint)
+            return ctx
+    ctx = PublicContext.from_bytes(blobs.get_bytes(job.context_key))
+    with _locks_guard:
+        _contexts[job.fingerprint] = ctx
+        while len(_contexts) > _CONTEXT_CACHE:
+            _contexts.popitem(last=False)
+    return ctx
+
+
+def receipt(sub: Submission) -> SubmissionReceipt:
+    return SubmissionReceipt(
+        submission_id=sub.id,
+        job_id=sub.job_id,
+        round=sub.round_number,
+        attempt=sub.attempt,
+        payload_sha256=sub.payload_sha256,
+        accepted_at=sub.accepted_at,
+    )
+
+
+def upload_limit(job: Job) -> int:
+    assert job.param_count is not None
+    return envelope_size(get_preset(job.preset_id), job.param_count)
+
+
+def _refuse_if_not_open(session: Session, job: Job, rnd: Round, provider: Account) -> None:
+    existing = session.exec(
+        select(Submission).where(
+            Submission.round_id == rnd.id, Submission.provider_id == provider.id
+        )
+    ).first()
+    if existing is not None:
+        first = receipt(existing)
+        raise DuplicateSubmissionError(
+            f"provider {provider.id} already submitted to round {rnd.number}",
+            first=first.model_dump(mode="json"),
+        )
+    if rnd.state != "collecting":
+        raise RoundClosedError(f"round {rnd.number} is {rnd.state}")
+    if provider.id not in rnd.expected:
+        raise PermissionDeniedError(f"provider {provider.id} is not expected in round {rnd.number}")
+
+
+def precheck(
+    session: Session, job_id: str, number: int, provider: Account, *, now: datetime
+) -> tuple[Job, int]:
+    """Refuse early what can be refused without reading the body; returns the size limit."""
+    if provider.role != "provider":
+        raise PermissionDeniedError("only providers submit updates")
+    job = access.participant_job(session, job_id, provider)
+    if job.state != "running":
+        raise InvalidStateError(f"job is {job.state}, not running")
+    rnd = load_round(session, job, number, now=now)
+    _refuse_if_not_open(session, job, rnd, provider)
+    return job, upload_limit(job)
+
+
+def submit(
+    session: Session,
+    blobs: BlobStore,
+    job: Job,
+    number: int,
+    provider: Account,
+    upload: TempBlob,
+    *,
+    now: datetime,
+) -> SubmissionReceipt:
+    """Validate an uploaded envelope and add it to the round's encrypted sum."""
+    assert job.param_count is not None
+    ctx = job_context(blobs, job)
+    data = upload.read_bytes()
+    binding = EnvelopeBinding(job.id, number, provider.id, job.param_count, job.max_providers)
+    validated = validate_envelope(data, ctx, binding, max_bytes=upload.limit)
+    rnd0 = find_round(session, job.id, number)
+    assert rnd0 is not None
+    with _round_lock(rnd0.id):
+        session.expire_all()
+        rnd = session.exec(select(Round).where(Round.id == rnd0.id).with_for_update()).one()
+        fresh_job = session.get(Job, job.id)
+        assert fresh_job is not None
+        check_round(session, fresh_job, rnd, now=now)
+        _refuse_if_not_open(session, fresh_job, rnd, provider)
+        if rnd.acc_key is None:
+            acc = Accumulator.empty(
+                ctx,
+                job_id=job.id,
+                round=number,
+                param_count=job.param_count,
+                summands=job.max_providers,
+            )
+        else:
+            acc = Accumulator.from_bytes(blobs.get_bytes(rnd.acc_key), ctx)
+        acc.add(validated)
+        sub_id = new_id("sub")
+        base = f"jobs/{job.id}/rounds/{number:04d}"
+        env_key = f"{base}/envelopes/{provider.id}-{sub_id}.bin"
+        acc_key = f"{base}/acc-{acc.count:04d}-{sub_id}.bin"
+        blobs.put_bytes(acc_key, acc.to_bytes())
+        blobs.put_temp(env_key, upload)
+        sub = Submission(
+            id=sub_id,
+            job_id=job.id,
+            round_id=rnd.id,
+            round_number=number,
+            attempt=rnd.attempt,
+            provider_id=provider.id,
+            payload_sha256=validated.header.payload_sha256,
+            envelope_key=env_key,
+            size_bytes=upload.size,
+            samples=validated.header.samples,
+            weight=validated.header.weight,
+            accepted_at=now,
+        )
+        rnd.acc_key = acc_key
+        rnd.acc_count = acc.count
+        session.add(sub)
+        session.add(rnd)
+        session.commit()
+        log.info("job %s round %d: update %d from %s", job.id, number, acc.count, provider.id)
+        check_round(session, fresh_job, rnd, now=now)
+        return receipt(sub)
