@@ -41,7 +41,9 @@ def test_two_round_job_end_to_end(
         assert r.status_code == 200, r.text
         if number == 1:
             r = client.put(
-                f"/v1/jobs/{scn.job_id}/rounds/2/model", content=model_file(seed=1), headers=buyer.headers
+                f"/v1/jobs/{scn.job_id}/rounds/2/model",
+                content=model_file(seed=1),
+                headers=buyer.headers,
             )
             assert r.status_code == 201, r.text
     r = client.post(f"/v1/jobs/{scn.job_id}/complete", headers=buyer.headers)
