@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from crypto import DEFAULT_PRESET_ID
 from market.models.listings import Cents, Currency
-from market.models.schema import DatasetSchema, Strict
+from market.models.schema import JobDatasetSchema, Strict
 from market.models.types import UTCDateTime, utcnow
 
 JobState = Literal["draft", "funding", "open", "running", "completed", "cancelled", "failed"]
@@ -47,7 +47,9 @@ class JobCreate(Strict):
     local_epochs: Annotated[int, Field(ge=1, le=100)] = 1
     learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.1
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 32
-    dataset_schema: DatasetSchema = Field(alias="schema")
+    dataset_schema: JobDatasetSchema = Field(alias="schema")
+    # Seeds the initial model and every provider's local training: runs are reproducible.
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     min_providers: Annotated[int, Field(ge=2, le=1000)] = 2
     max_providers: Annotated[int, Field(ge=2, le=1000)] = 10
     quorum: Annotated[int, Field(ge=2, le=1000)] = 2

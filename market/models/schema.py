@@ -41,6 +41,14 @@ class LabelSpec(Strict):
         return self
 
 
+class JobFeatureSpec(FeatureSpec):
+    """A feature a job requires, with the fixed transform `(x - offset) * scale` every
+    provider applies before training (the buyer fits it on its own data)."""
+
+    offset: Annotated[float, Field(allow_inf_nan=False)] = 0.0
+    scale: Annotated[float, Field(allow_inf_nan=False)] = 1.0
+
+
 class DatasetSchema(Strict):
     features: Annotated[list[FeatureSpec], Field(min_length=1, max_length=MAX_FEATURES)]
     label: LabelSpec
@@ -53,3 +61,12 @@ class DatasetSchema(Strict):
         if self.label.name in names:
             raise ValueError("the label cannot also be a feature")
         return self
+
+
+class JobDatasetSchema(DatasetSchema):
+    """The schema a job requires: a listing's schema plus per-feature transforms."""
+
+    # Narrowing a pydantic field in a subclass is how the model is meant to be extended.
+    features: Annotated[  # type: ignore[assignment]
+        list[JobFeatureSpec], Field(min_length=1, max_length=MAX_FEATURES)
+    ]
