@@ -26,7 +26,7 @@ import importlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,26 +70,35 @@ def _is_integral(col: npt.NDArray[Any]) -> bool:
     return bool(np.all(np.isfinite(col)) and np.all(col == np.round(col)))
 
 
-@dataclass(eq=False)
+@dataclass(init=False, eq=False)
 class Dataset:
     """Features ``X`` (float32, shape (n, d)), labels ``y`` (int64, shape (n,)) and names.
 
-    ``feature_types`` is inferred from the values when not given (integral column → ``int``).
+    The constructor accepts any array-likes and converts them. ``feature_types`` is inferred
+    from the values when not given (integral column → ``int``).
     """
 
     X: FloatMatrix
     y: IntVector
     feature_names: list[str]
-    label_name: str = DEFAULT_LABEL
-    feature_types: list[FeatureType] = field(default_factory=list)
+    label_name: str
+    feature_types: list[FeatureType]
 
-    def __post_init__(self) -> None:
-        self.X = np.ascontiguousarray(self.X, dtype=np.float32)
-        y = np.asarray(self.y)
-        if y.size and not _is_integral(y.astype(np.float64)):
-            raise DataError(f"label column {self.label_name!r} must hold integers")
-        self.y = y.astype(np.int64)
-        self.feature_names = list(self.feature_names)
+    def __init__(
+        self,
+        X: npt.ArrayLike,
+        y: npt.ArrayLike,
+        feature_names: Sequence[str],
+        label_name: str = DEFAULT_LABEL,
+        feature_types: Sequence[FeatureType] | None = None,
+    ) -> None:
+        self.X = np.ascontiguousarray(X, dtype=np.float32)
+        labels = np.asarray(y)
+        if labels.size and not _is_integral(labels.astype(np.float64)):
+            raise DataError(f"label column {label_name!r} must hold integers")
+        self.y = labels.astype(np.int64)
+        self.feature_names = list(feature_names)
+        self.label_name = label_name
         if self.X.ndim != 2:
             raise DataError(f"features must be a 2-D array, got shape {self.X.shape}")
         if self.y.shape != (self.X.shape[0],):
@@ -102,7 +111,9 @@ class Dataset:
             raise DataError(f"duplicate feature names in {self.feature_names}")
         if self.label_name in self.feature_names:
             raise DataError(f"label column {self.label_name!r} is also listed as a feature")
-        if not self.feature_types:
+        if feature_types:
+            self.feature_types = list(feature_types)
+        else:
             self.feature_types = [
                 "int" if _is_integral(self.X[:, j]) else "float" for j in range(self.X.shape[1])
             ]

@@ -15,12 +15,14 @@ The buyer decrypts only the weighted *average* of the providers' updates, ``avg_
 
   without bias correction, as in the paper; ``tau`` bounds the adaptivity.
 
-Pure numpy, no torch. Optimizers keep their state between rounds; :meth:`state_dict` and
-:meth:`load_state_dict` let the buyer's resumable round loop save and restore it.
+Pure numpy, no torch. Optimizers keep their state between rounds; :meth:`state_dict` (JSON-
+serializable: arrays as base64 float64) and :meth:`load_state_dict` let the buyer's resumable
+round loop save and restore it exactly.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 from abc import ABC, abstractmethod
 from typing import Any, Literal
@@ -76,12 +78,18 @@ class FedAvg(ServerOptimizer):
 
 
 class FedAdam(ServerOptimizer):
-    """Adaptive server optimizer of Reddi et al. (2021); defaults from the paper's setup."""
+    """Adaptive server optimizer of Reddi et al. (2021).
+
+    Each coordinate moves by about ``lr`` per round early on (Adam's steps are sign-like), so
+    ``lr`` should be of the order of a round's typical weight change. The paper's grid often
+    picks 0.01, which is too timid for 10-round jobs here: on the digits demo (logreg) 0.01
+    reaches 74% after 10 rounds, 0.1 reaches 91% and 0.3 reaches 94%. β and τ follow the paper.
+    """
 
     def __init__(
         self,
         *,
-        lr: float = 0.01,
+        lr: float = 0.1,
         beta1: float = 0.9,
         beta2: float = 0.99,
         tau: float = 1e-3,
@@ -108,15 +116,24 @@ class FedAdam(ServerOptimizer):
         return new.astype(np.float32)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "m": None if self.m is None else self.m.copy(),
-            "v": None if self.v is None else self.v.copy(),
-        }
+        return {"m": _encode(self.m), "v": _encode(self.v)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        m, v = state.get("m"), state.get("v")
-        self.m = None if m is None else np.asarray(m, dtype=np.float64).copy()
-        self.v = None if v is None else np.asarray(v, dtype=np.float64).copy()
+        self.m = _decode(state.get("m"))
+        self.v = _decode(state.get("v"))
+
+
+def _encode(arr: npt.NDArray[np.float64] | None) -> str | None:
+    # base64 of little-endian float64: exact, JSON-safe and about half the size of a list of floats.
+    return None if arr is None else base64.b64encode(arr.astype("<f8").tobytes()).decode("ascii")
+
+
+def _decode(value: object) -> npt.NDArray[np.float64] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f8").astype(np.float64)
+    return np.array(value, dtype=np.float64)
 
 
 def make_server_optimizer(name: ServerOptimizerName, **kwargs: float) -> ServerOptimizer:
