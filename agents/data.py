@@ -34,6 +34,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from crypto.errors import PollenError
+
 __all__ = [
     "DEFAULT_LABEL",
     "DataError",
@@ -59,8 +61,14 @@ FloatMatrix = npt.NDArray[np.float32]
 IntVector = npt.NDArray[np.int64]
 
 
-class DataError(ValueError):
-    """Local data cannot be read or does not match a schema; the message names the problem."""
+class DataError(PollenError, ValueError):
+    """Local data cannot be read or does not match a schema; the message names the problem.
+
+    Also a ``ValueError``, so callers that only know the standard library still catch it.
+    """
+
+    code = "data-error"
+    title = "Local data error"
 
 
 # --------------------------------------------------------------------------- dataset

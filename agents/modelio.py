@@ -31,6 +31,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from crypto.errors import PollenError
+
 __all__ = [
     "ModelIOError",
     "flatten",
@@ -48,8 +50,11 @@ logger = logging.getLogger(__name__)
 FloatVector = npt.NDArray[np.float32]
 
 
-class ModelIOError(ValueError):
+class ModelIOError(PollenError, ValueError):
     """Bytes or a vector do not fit the model (wrong keys, shapes, length or dtype)."""
+
+    code = "model-io-error"
+    title = "Model file or vector does not fit the model"
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ from agents.data import (
     standardized_schema,
     write_csv,
 )
+from crypto.errors import PollenError
 
 
 def _small() -> Dataset:
@@ -101,11 +102,13 @@ def test_parquet_without_pyarrow_names_the_package(tmp_path: Path) -> None:
 
 
 def test_unknown_file_type_is_refused(tmp_path: Path) -> None:
-    """An unsupported file suffix is refused with the list of supported ones."""
+    """An unsupported file suffix is refused, as a PollenError, listing the supported ones."""
     path = tmp_path / "d.xlsx"
     path.write_bytes(b"")
-    with pytest.raises(DataError, match=r"use .csv, .npz or .parquet"):
+    with pytest.raises(DataError, match=r"use .csv, .npz or .parquet") as info:
         load_dataset(path)
+    assert isinstance(info.value, PollenError)
+    assert info.value.code == "data-error"
 
 
 def test_derived_schema_describes_the_data() -> None:
