@@ -1,0 +1,133 @@
+"""Hostile uploads are refused with a 4xx and change nothing: oversized, garbage, another
+buyer's key, replays into another job or round, someone else's envelope, duplicates, late."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from crypto import BuyerKeys
+from tests.utils.clock import FakeClock
+from tests.utils.scenario import Scenario, draft_job, fund, running_job
+from tests.utils.snapshot import snapshot
+
+
+@pytest.fixture
+def scn(client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys) -> Scenario:
+    return running_job(client, clock, buyer_keys, round_deadline_s=60)
+
+
+def _refused(scn: Scenario, data: bytes, status: int, code: str | None = None) -> None:
+    before = snapshot(scn.client)
+    r = scn.submit(scn.providers[0], 1, data)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    if code is not None:
+        assert r.json()["code"] == code
+    assert snapshot(scn.client) == before
+    assert scn.round(1)["submitted"] == 0
+
+
+def test_oversized_upload_is_413(scn: Scenario) -> None:
+    """An upload larger than any valid envelope for the job is cut off with 413."""
+    good = scn.envelope(scn.providers[0], 1)
+    _refused(scn, good + b"\0" * 2_000_000, 413)
+
+
+def test_oversized_streamed_upload_is_413(scn: Scenario) -> None:
+    """Without a Content-Length the limit still holds while streaming."""
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(64):
+            yield b"\0" * 65536
+
+    before = snapshot(scn.client)
+    p = scn.providers[0]
+    r = scn.client.put(
+        f"/v1/jobs/{scn.job_id}/rounds/1/submission", content=chunks(), headers=p.headers
+    )
+    assert r.status_code == 413
+    assert snapshot(scn.client) == before
+
+
+def test_garbage_envelope_is_422(scn: Scenario) -> None:
+    """Random bytes are refused as a malformed envelope."""
+    _refused(scn, b"PLN-garbage" * 100, 422)
+    _refused(scn, b"", 422)
+
+
+def test_truncated_envelope_is_422(scn: Scenario) -> None:
+    """A genuine envelope cut short is refused."""
+    good = scn.envelope(scn.providers[0], 1)
+    _refused(scn, good[: len(good) // 2], 422)
+
+
+def test_another_buyers_key_is_422(scn: Scenario, other_buyer_keys: BuyerKeys) -> None:
+    """An update encrypted under another buyer's context is refused (fingerprint mismatch)."""
+    data = scn.envelope(scn.providers[0], 1, keys=other_buyer_keys)
+    _refused(scn, data, 422, "fingerprint-mismatch")
+
+
+def test_envelope_for_another_round_is_422(scn: Scenario) -> None:
+    """An envelope bound to round 2 cannot be added to round 1."""
+    _refused(scn, scn.envelope(scn.providers[0], 2), 422, "binding-mismatch")
+
+
+def test_someone_elses_envelope_is_422(scn: Scenario) -> None:
+    """A provider cannot upload an envelope made by (and bound to) another provider."""
+    _refused(scn, scn.envelope(scn.providers[1], 1), 422, "binding-mismatch")
+
+
+def test_replay_into_another_job_is_422(scn: Scenario) -> None:
+    """An envelope accepted in one job, replayed into another job of the same buyer and key,
+    is refused: the binding names the job."""
+    client, p = scn.client, scn.providers[0]
+    other = draft_job(client, scn.keys, scn.buyer, max_providers=3)
+    fund(client, other, scn.buyer, scn.admin, 10_000)
+    other_scn = Scenario(client, scn.clock, scn.keys, scn.buyer, scn.admin, scn.providers, other)
+    for provider in scn.providers:
+        assert other_scn.accept(provider).status_code == 200
+    accepted = scn.envelope(p, 1)
+    assert other_scn.submit(p, 1, accepted).status_code == 422
+    assert scn.submit(p, 1, accepted).status_code == 201
+    before = snapshot(client)
+    assert other_scn.submit(p, 1, accepted).status_code == 422
+    assert snapshot(client) == before
+
+
+def test_second_submission_is_409_with_the_first_result(scn: Scenario) -> None:
+    """A retry returns 409 carrying the first receipt and leaves the sum untouched."""
+    p = scn.providers[0]
+    first = scn.submit(p, 1)
+    assert first.status_code == 201
+    before = snapshot(scn.client)
+    again = scn.submit(p, 1, scn.envelope(p, 1, value=0.9))
+    assert again.status_code == 409
+    body = again.json()
+    assert body["code"] == "duplicate-submission"
+    assert body["first"] == first.json()
+    assert snapshot(scn.client) == before
+    assert scn.round(1)["submitted"] == 1
+
+
+def test_late_submission_is_409(scn: Scenario) -> None:
+    """After the round closed, an upload is refused and the closed sum stays as it was."""
+    for p in scn.providers[:2]:
+        assert scn.submit(p, 1).status_code == 201
+    scn.clock.advance(61)
+    scn.tick()
+    before = snapshot(scn.client)
+    late = scn.submit(scn.providers[2], 1)
+    assert late.status_code == 409 and late.json()["code"] == "round-not-collecting"
+    assert snapshot(scn.client) == before
+
+
+def test_submission_to_unknown_round_is_404(scn: Scenario) -> None:
+    """Round numbers that do not exist yet are not found."""
+    p = scn.providers[0]
+    r = scn.client.put(
+        f"/v1/jobs/{scn.job_id}/rounds/2/submission", content=b"x", headers=p.headers
+    )
+    assert r.status_code == 404
