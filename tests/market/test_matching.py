@@ -65,14 +65,18 @@ def test_schema_compatibility_rules() -> None:
     assert compatible(BASE, WIDER)
     assert not compatible(WIDER, BASE)
     other_label = SchemaShape.from_schema(
-        {"features": [{"name": "a", "type": "float"}, {"name": "b", "type": "int"}],
-         "label": {"name": "z", "classes": [0, 1]}}
-    )  # fmt: skip
+        {
+            "features": [{"name": "a", "type": "float"}, {"name": "b", "type": "int"}],
+            "label": {"name": "z", "classes": [0, 1]},
+        }
+    )
     assert not compatible(BASE, other_label)
     retyped = SchemaShape.from_schema(
-        {"features": [{"name": "a", "type": "int"}, {"name": "b", "type": "int"}],
-         "label": {"name": "y", "classes": [0, 1]}}
-    )  # fmt: skip
+        {
+            "features": [{"name": "a", "type": "int"}, {"name": "b", "type": "int"}],
+            "label": {"name": "y", "classes": [0, 1]},
+        }
+    )
     assert not compatible(BASE, retyped)
 
 

@@ -69,7 +69,7 @@ def test_below_quorum_retries_once_with_rematched_providers(
     """Below quorum at the deadline: attempt 2 keeps the submission, drops the silent
     providers and fills their places through matching; the round then closes normally."""
     scn = _job_round(client, clock, buyer_keys)
-    p1, p2, p3 = scn.providers
+    p1, p2, _p3 = scn.providers
     newcomer = register(client, "provider", "newcomer")
     client.post("/v1/listings", json=listing_body(), headers=newcomer.headers)
     assert scn.offers(newcomer) == []  # the job was full

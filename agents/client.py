@@ -1,0 +1,252 @@
+"""Typed HTTP client for the Pollen marketplace API (one method per endpoint).
+
+Every error answer is `application/problem+json`; it is raised as `ApiError` carrying the
+status, the problem `code` slug, title, detail and the whole body (a duplicate submission's
+body holds the first receipt under `first`). Large uploads given as a `Path` are streamed
+from disk rather than read into memory.
+
+    client = PollenClient("http://127.0.0.1:8000", api_key)
+    job = client.create_job(spec)
+    client.put_context(job["id"], keys.public_context().to_bytes())
+
+For tests, pass `http=` an existing `httpx.Client` (e.g. FastAPI's `TestClient`) or
+`transport=` an `httpx.MockTransport`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["ApiError", "PollenClient"]
+
+Json = dict[str, Any]
+Upload = bytes | Path
+_CHUNK = 1 << 20
+
+
+class ApiError(Exception):
+    """A refused request, parsed from the server's problem+json answer."""
+
+    def __init__(self, status: int, code: str, title: str, detail: str, body: Json) -> None:
+        super().__init__(f"{status} {code}: {detail or title}")
+        self.status = status
+        self.code = code
+        self.title = title
+        self.detail = detail
+        self.body = body
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ApiError:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            text = response.text[:500]
+            return cls(response.status_code, f"http-{response.status_code}", "HTTP error", text, {})
+        return cls(
+            status=int(body.get("status", response.status_code)),
+            code=str(body.get("code", f"http-{response.status_code}")),
+            title=str(body.get("title", "")),
+            detail=str(body.get("detail", "")),
+            body=body,
+        )
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+class PollenClient:
+    """The marketplace API as methods; JSON answers come back as dicts, binaries as bytes."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self._owned = http is None
+        self._http = http or httpx.Client(
+            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        if self._owned:
+            self._http.close()
+
+    def __enter__(self) -> PollenClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _send(
+        self, method: str, path: str, *, json: Any = None, content: Upload | None = None
+    ) -> httpx.Response:
+        headers = {"Accept": "application/json, application/problem+json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        body: bytes | Iterator[bytes] | None = None
+        if isinstance(content, Path):
+            headers["Content-Length"] = str(content.stat().st_size)
+            body = _file_chunks(content)
+        elif content is not None:
+            body = content
+        if content is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        response = self._http.request(method, path, json=json, content=body, headers=headers)
+        if response.status_code >= 400:
+            raise ApiError.from_response(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._send(method, path, **kwargs).json()
+
+    def _bytes(self, path: str) -> bytes:
+        return self._send("GET", path).content
+
+    # -- accounts ------------------------------------------------------------------------
+
+    def register(self, *, role: str, name: str) -> Json:
+        """Create a buyer or provider account; the answer holds the only copy of its key."""
+        result: Json = self._json("POST", "/v1/accounts", json={"role": role, "name": name})
+        return result
+
+    def me(self) -> Json:
+        result: Json = self._json("GET", "/v1/accounts/me")
+        return result
+
+    # -- listings (provider) -------------------------------------------------------------
+
+    def create_listing(self, body: Json) -> Json:
+        result: Json = self._json("POST", "/v1/listings", json=body)
+        return result
+
+    def list_listings(self) -> list[Json]:
+        result: list[Json] = self._json("GET", "/v1/listings")
+        return result
+
+    def get_listing(self, listing_id: str) -> Json:
+        result: Json = self._json("GET", f"/v1/listings/{listing_id}")
+        return result
+
+    def update_listing(self, listing_id: str, changes: Json) -> Json:
+        result: Json = self._json("PATCH", f"/v1/listings/{listing_id}", json=changes)
+        return result
+
+    def withdraw_listing(self, listing_id: str) -> Json:
+        result: Json = self._json("DELETE", f"/v1/listings/{listing_id}")
+        return result
+
+    # -- jobs (buyer) --------------------------------------------------------------------
+
+    def create_job(self, spec: Json) -> Json:
+        result: Json = self._json("POST", "/v1/jobs", json=spec)
+        return result
+
+    def list_jobs(self) -> list[Json]:
+        result: list[Json] = self._json("GET", "/v1/jobs")
+        return result
+
+    def get_job(self, job_id: str) -> Json:
+        result: Json = self._json("GET", f"/v1/jobs/{job_id}")
+        return result
+
+    def put_context(self, job_id: str, context: Upload) -> Json:
+        result: Json = self._json("PUT", f"/v1/jobs/{job_id}/context", content=context)
+        return result
+
+    def get_context(self, job_id: str) -> bytes:
+        return self._bytes(f"/v1/jobs/{job_id}/context")
+
+    def put_model(self, job_id: str, model: Upload) -> Json:
+        result: Json = self._json("PUT", f"/v1/jobs/{job_id}/model", content=model)
+        return result
+
+    def fund_job(self, job_id: str) -> Json:
+        result: Json = self._json("POST", f"/v1/jobs/{job_id}/fund")
+        return result
+
+    def cancel_job(self, job_id: str) -> Json:
+        result: Json = self._json("POST", f"/v1/jobs/{job_id}/cancel")
+        return result
+
+    def complete_job(self, job_id: str) -> Json:
+        result: Json = self._json("POST", f"/v1/jobs/{job_id}/complete")
+        return result
+
+    def put_final_model(self, job_id: str, model: Upload) -> Json:
+        result: Json = self._json("PUT", f"/v1/jobs/{job_id}/final-model", content=model)
+        return result
+
+    def get_final_model(self, job_id: str) -> bytes:
+        return self._bytes(f"/v1/jobs/{job_id}/final-model")
+
+    # -- admin ---------------------------------------------------------------------------
+
+    def credit_job(self, job_id: str, amount_cents: int, reference: str | None = None) -> Json:
+        body: Json = {"amount_cents": amount_cents}
+        if reference is not None:
+            body["reference"] = reference
+        result: Json = self._json("POST", f"/v1/admin/jobs/{job_id}/credit", json=body)
+        return result
+
+    def tick(self) -> Json:
+        result: Json = self._json("POST", "/v1/admin/tick")
+        return result
+
+    # -- offers (provider) ---------------------------------------------------------------
+
+    def list_offers(self) -> list[Json]:
+        result: list[Json] = self._json("GET", "/v1/offers")
+        return result
+
+    def accept_offer(self, offer_id: str) -> Json:
+        result: Json = self._json("POST", f"/v1/offers/{offer_id}/accept")
+        return result
+
+    def decline_offer(self, offer_id: str) -> Json:
+        result: Json = self._json("POST", f"/v1/offers/{offer_id}/decline")
+        return result
+
+    # -- rounds --------------------------------------------------------------------------
+
+    def get_round(self, job_id: str, number: int) -> Json:
+        result: Json = self._json("GET", f"/v1/jobs/{job_id}/rounds/{number}")
+        return result
+
+    def get_round_model(self, job_id: str, number: int) -> bytes:
+        return self._bytes(f"/v1/jobs/{job_id}/rounds/{number}/model")
+
+    def publish_model(self, job_id: str, number: int, model: Upload) -> Json:
+        """The buyer's global model for round `number` (the previous round must be closed)."""
+        path = f"/v1/jobs/{job_id}/rounds/{number}/model"
+        result: Json = self._json("PUT", path, content=model)
+        return result
+
+    def submit(self, job_id: str, number: int, envelope: Upload) -> Json:
+        """Upload an encrypted update; a duplicate raises ApiError(409) with `body["first"]`."""
+        path = f"/v1/jobs/{job_id}/rounds/{number}/submission"
+        result: Json = self._json("PUT", path, content=envelope)
+        return result
+
+    def get_aggregate(self, job_id: str, number: int) -> bytes:
+        return self._bytes(f"/v1/jobs/{job_id}/rounds/{number}/aggregate")
+
+    def post_metrics(self, job_id: str, number: int, metrics: Json) -> Json:
+        path = f"/v1/jobs/{job_id}/rounds/{number}/metrics"
+        result: Json = self._json("POST", path, json=metrics)
+        return result
