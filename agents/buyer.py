@@ -1,0 +1,208 @@
+"""The buyer client: post a job, then drive it round by round to a trained model.
+
+Each round the buyer downloads the round's aggregate (only the sum of at least `quorum`
+updates is ever released), decrypts it with its secret key, divides by the summed weights,
+applies the server optimizer (FedAvg or FedAdam), evaluates on its own held-out data, posts
+the metrics and publishes the next global model. Its progress is kept in a state file next
+to the model it has computed, so a restarted buyer picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.client import PollenClient
+from agents.data import Dataset, DatasetSchema, prepare
+from agents.modelio import flatten, load_safetensors, to_safetensors, unflatten_into
+from agents.models import ModelSpec, build_model
+from agents.optim import ServerOptimizer, make_server_optimizer
+from agents.state import StateFile, write_atomic
+from agents.training import evaluate
+from crypto import BuyerKeys, decrypt_aggregate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundReport:
+    round: int
+    accuracy: float
+    loss: float
+    providers: int
+    samples: int
+    seconds: float
+
+
+@dataclass
+class JobOutcome:
+    job_id: str
+    state: str
+    reports: list[RoundReport] = field(default_factory=list)
+    model_path: Path | None = None
+    metrics_path: Path | None = None
+
+
+def initial_model_bytes(spec: dict[str, Any]) -> bytes:
+    """The job's round-1 global model, built from the registry with the job's seed."""
+    schema = DatasetSchema.model_validate(spec["schema"])
+    model = build_model(
+        ModelSpec.model_validate(spec["model"]),
+        schema.n_features,
+        schema.n_classes,
+        seed=int(spec.get("seed", 0)),
+    )
+    return to_safetensors(model)
+
+
+def post_job(client: PollenClient, keys: BuyerKeys, spec: dict[str, Any]) -> dict[str, Any]:
+    """Create the job, upload the public context and the initial model, ask to fund it."""
+    job = client.create_job(spec)
+    client.put_context(job["id"], keys.public_context().to_bytes())
+    client.put_model(job["id"], initial_model_bytes(job["spec"]))
+    return client.fund_job(job["id"])
+
+
+class BuyerRun:
+    """Drives one job from `running` to `completed`; resumable from its state file."""
+
+    def __init__(
+        self,
+        client: PollenClient,
+        keys: BuyerKeys,
+        job_id: str,
+        test: Dataset,
+        *,
+        out_dir: Path,
+        optimizer: str = "fedavg",
+        notify: Callable[[str], None] | None = None,
+        on_round: Callable[[RoundReport], None] | None = None,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.job_id = job_id
+        self.out_dir = out_dir
+        self.state = StateFile(out_dir / f"{job_id}.state.json")
+        self.notify = notify or (lambda m: logger.info("%s", m))
+        self.on_round = on_round
+        self.poll_s = poll_s
+        job = client.get_job(job_id)
+        self.spec = job["spec"]
+        self.rounds_total = int(job["rounds_total"])
+        schema = DatasetSchema.model_validate(self.spec["schema"])
+        self.test = prepare(test, schema)
+        self.model = build_model(
+            ModelSpec.model_validate(self.spec["model"]),
+            schema.n_features,
+            schema.n_classes,
+            seed=0,
+        )
+        self.optimizer: ServerOptimizer = make_server_optimizer(
+            self.state.get("optimizer", optimizer)
+        )
+        self.state.data.setdefault("optimizer", optimizer)
+        if self.state.get("optimizer_state"):
+            self.optimizer.load_state_dict(self.state.get("optimizer_state"))
+
+    @property
+    def model_path(self) -> Path:
+        return self.out_dir / f"{self.job_id}.model.safetensors"
+
+    def _weights(self) -> np.ndarray:
+        if self.model_path.exists():
+            load_safetensors(self.model, self.model_path.read_bytes())
+        else:
+            load_safetensors(self.model, self.client.get_round_model(self.job_id, 1))
+        return flatten(self.model)
+
+    def _wait(self, predicate: Callable[[], dict[str, Any] | None], what: str) -> dict[str, Any]:
+        while True:
+            result = predicate()
+            if result is not None:
+                return result
+            time.sleep(self.poll_s)
+
+    def _job_if_running(self) -> dict[str, Any] | None:
+        job = self.client.get_job(self.job_id)
+        if job["state"] in ("cancelled", "failed"):
+            raise RuntimeError(f"job {self.job_id} {job['state']}: {job.get('failure_reason')}")
+        return job if job["state"] in ("running", "completed") else None
+
+    def apply_round(self, number: int) -> RoundReport:
+        started = time.perf_counter()
+        blob = self.client.get_aggregate(self.job_id, number)
+        agg = decrypt_aggregate(self.keys, blob)
+        weights = self.optimizer.step(self._weights(), agg.average)
+        unflatten_into(self.model, weights)
+        result = evaluate(self.model, self.test)
+        # Persist before telling anyone: a crash after this line replays only publication.
+        write_atomic(self.model_path, to_safetensors(self.model))
+        report = RoundReport(
+            number,
+            result.accuracy,
+            result.loss,
+            agg.count,
+            agg.samples_sum,
+            time.perf_counter() - started,
+        )
+        self.state.section("rounds")[str(number)] = report.__dict__
+        self.state.data["applied"] = number
+        self.state.data["optimizer_state"] = self.optimizer.state_dict()
+        self.state.save()
+        return report
+
+    def run(self) -> JobOutcome:
+        self._wait(self._job_if_running, "the job to start")
+        outcome = JobOutcome(self.job_id, "running")
+        applied = int(self.state.get("applied", 0))
+        for number in range(applied + 1, self.rounds_total + 1):
+            self._wait(functools.partial(self._closed, number), f"round {number} to close")
+            report = self.apply_round(number)
+            self.client.post_metrics(
+                self.job_id, number, {"loss": report.loss, "accuracy": report.accuracy}
+            )
+            if number < self.rounds_total:
+                self.client.publish_model(self.job_id, number + 1, self.model_path.read_bytes())
+            if self.on_round:
+                self.on_round(report)
+        self._finish(outcome)
+        return outcome
+
+    def _closed(self, number: int) -> dict[str, Any] | None:
+        self._job_if_running()
+        rnd = self.client.get_round(self.job_id, number)
+        return rnd if rnd["state"] in ("closed", "published") else None
+
+    def _finish(self, outcome: JobOutcome) -> None:
+        job = self.client.get_job(self.job_id)
+        if job["state"] != "completed":
+            self.client.put_final_model(self.job_id, self.model_path.read_bytes())
+            job = self.client.complete_job(self.job_id)
+        outcome.state = job["state"]
+        outcome.model_path = self.model_path
+        outcome.metrics_path = self.out_dir / f"{self.job_id}.metrics.csv"
+        rounds = self.state.section("rounds")
+        with outcome.metrics_path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["round", "accuracy", "loss", "providers", "samples"])
+            for key in sorted(rounds, key=int):
+                r = rounds[key]
+                writer.writerow(
+                    [
+                        r["round"],
+                        f"{r['accuracy']:.6f}",
+                        f"{r['loss']:.6f}",
+                        r["providers"],
+                        r["samples"],
+                    ]
+                )
+                outcome.reports.append(RoundReport(**r))

@@ -1,0 +1,408 @@
+"""`pollen`: the command line of the marketplace, for buyers, providers and operators.
+
+pollen server                 run the marketplace
+pollen keys init              create the buyer's CKKS key pair
+pollen account register       create a buyer or provider account (prints its API key)
+pollen job post SPEC.yaml     post a training job (uploads public context + model, funds)
+pollen job run JOB            drive a job round by round (decrypts only the sums)
+pollen job status JOB         show a job's rounds and metrics
+pollen agent run --data FILE  run a provider agent on local data
+pollen demo                   the whole marketplace on this machine, end to end
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from agents.data import DataError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    help="Pollen: a marketplace for private model training with CKKS-encrypted updates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="The buyer's CKKS key pair.", no_args_is_help=True)
+job_app = typer.Typer(help="Post, run and inspect training jobs (buyer).", no_args_is_help=True)
+agent_app = typer.Typer(help="The provider agent.", no_args_is_help=True)
+account_app = typer.Typer(help="Accounts and API keys.", no_args_is_help=True)
+admin_app = typer.Typer(help="Operator commands (admin API key).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(job_app, name="job")
+app.add_typer(agent_app, name="agent")
+app.add_typer(account_app, name="account")
+app.add_typer(admin_app, name="admin")
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+DEFAULT_KEYS = Path.home() / ".pollen" / "buyer.key"
+
+ServerOpt = Annotated[
+    str, typer.Option("--server", envvar="POLLEN_SERVER", help="Marketplace base URL.")
+]
+ApiKeyOpt = Annotated[
+    str,
+    typer.Option("--api-key", envvar="POLLEN_API_KEY", help="Your API key (or POLLEN_API_KEY)."),
+]
+KeysOpt = Annotated[
+    Path,
+    typer.Option("--keys", envvar="POLLEN_KEYS", help="Buyer secret-key file (mode 0600)."),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Turn the errors a user can fix into one clear line and exit status 1."""
+    from agents.client import ApiError
+    from crypto import PollenError
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            err_console.print(f"[red]error:[/red] {exc}")
+        except (PollenError, DataError, FileNotFoundError, ValueError) as exc:
+            err_console.print(f"[red]error:[/red] {exc}")
+        except KeyboardInterrupt:
+            err_console.print("interrupted; state is saved, run the same command to resume")
+        raise typer.Exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _client(server: str, api_key: str | None) -> Any:
+    from agents.client import PollenClient
+
+    if not api_key:
+        raise ValueError("no API key: pass --api-key or set POLLEN_API_KEY")
+    return PollenClient(server, api_key)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# ---------------------------------------------------------------------------- server
+
+
+@app.command()
+def server(
+    data_dir: Annotated[Path, typer.Option(help="Folder for the SQLite file and blobs.")] = Path(
+        ".pollen"
+    ),
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (e.g. PostgreSQL) instead of SQLite.")
+    ] = None,
+) -> None:
+    """Run the marketplace service under uvicorn (API docs at /docs)."""
+    from market.server import serve
+
+    serve(data_dir=str(data_dir), host=host, port=port, database_url=database_url)
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+@keys_app.command("init")
+@friendly
+def keys_init(
+    keys: KeysOpt = DEFAULT_KEYS,
+    preset: Annotated[str, typer.Option(help="CKKS parameter preset.")] = "ckks-add-2048-v1",
+) -> None:
+    """Create the buyer's CKKS key pair; the secret key stays in KEYS (mode 0600)."""
+    from crypto import BuyerKeys
+
+    pair = BuyerKeys.generate(preset)
+    pair.save(keys)
+    console.print(f"secret key written to [bold]{keys}[/bold] (mode 0600, never sent)")
+    console.print(f"public fingerprint {pair.fingerprint}")
+
+
+@keys_app.command("show")
+@friendly
+def keys_show(keys: KeysOpt = DEFAULT_KEYS) -> None:
+    """Print the preset and public fingerprint of a key file."""
+    from crypto import BuyerKeys
+
+    pair = BuyerKeys.load(keys)
+    console.print(f"preset {pair.preset.id}\nfingerprint {pair.fingerprint}")
+
+
+# ---------------------------------------------------------------------------- accounts
+
+
+@account_app.command("register")
+@friendly
+def account_register(
+    role: Annotated[str, typer.Option(help="buyer or provider.")],
+    name: Annotated[str, typer.Option(help="Display name.")],
+    server: ServerOpt = DEFAULT_SERVER,
+) -> None:
+    """Create an account; its API key is printed once and stored only hashed."""
+    from agents.client import PollenClient
+
+    created = PollenClient(server, None).register(role=role, name=name)
+    console.print(f"account {created['id']} ({created['role']})")
+    console.print(f"API key (shown once): [bold]{created['api_key']}[/bold]")
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """Read a job spec YAML; `schema_from: FILE` derives the schema from the buyer's data."""
+    from agents.data import derive_schema, load_dataset, standardized_schema
+
+    if not path.exists():
+        raise FileNotFoundError(f"no job spec at {path}")
+    spec = yaml.safe_load(path.read_text())
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} must hold a mapping of job fields")
+    source = spec.pop("schema_from", None)
+    standardize = bool(spec.pop("standardize", True))
+    if source and "schema" not in spec:
+        data = load_dataset(path.parent / source, label=spec.pop("label", "label"))
+        classes = spec.pop("classes", None)
+        schema = derive_schema(data, classes=classes)
+        if standardize:
+            schema = standardized_schema(schema, data)
+        spec["schema"] = schema.model_dump()
+    return spec
+
+
+@job_app.command("post")
+@friendly
+def job_post(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec (YAML).", metavar="SPEC.yaml")],
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: ApiKeyOpt = "",
+    keys: KeysOpt = DEFAULT_KEYS,
+) -> None:
+    """Post a job: validate the spec, upload the public context and initial model, fund it."""
+    from agents.buyer import post_job
+    from crypto import BuyerKeys
+
+    job = post_job(_client(server, api_key), BuyerKeys.load(keys), load_spec(spec_file))
+    console.print(f"job [bold]{job['id']}[/bold] is {job['state']}")
+    console.print(f"next: pollen job run {job['id']} --test YOUR_HELD_OUT.csv")
+
+
+@job_app.command("run")
+@friendly
+def job_run(
+    job_id: Annotated[str, typer.Argument(metavar="JOB")],
+    test: Annotated[Path, typer.Option(help="The buyer's held-out data (CSV/npz/Parquet).")],
+    label: Annotated[str, typer.Option(help="Label column.")] = "label",
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: ApiKeyOpt = "",
+    keys: KeysOpt = DEFAULT_KEYS,
+    out: Annotated[Path, typer.Option(help="Where the model and metrics go.")] = Path("pollen-out"),
+    optimizer: Annotated[str, typer.Option(help="fedavg or fedadam.")] = "fedavg",
+) -> None:
+    """Drive a job: each round decrypt the sum, step the model, evaluate, publish the next."""
+    from agents.buyer import BuyerRun, RoundReport
+    from agents.data import load_dataset
+    from crypto import BuyerKeys
+
+    def show(r: RoundReport) -> None:
+        console.print(
+            f"round {r.round:>3}: accuracy {r.accuracy:.4f}  loss {r.loss:.4f}  "
+            f"providers {r.providers}  samples {r.samples}"
+        )
+
+    run = BuyerRun(
+        _client(server, api_key),
+        BuyerKeys.load(keys),
+        job_id,
+        load_dataset(test, label=label),
+        out_dir=out,
+        optimizer=optimizer,
+        on_round=show,
+    )
+    outcome = run.run()
+    console.print(
+        f"job {job_id} {outcome.state}; model {outcome.model_path}, metrics {outcome.metrics_path}"
+    )
+
+
+@job_app.command("status")
+@friendly
+def job_status(
+    job_id: Annotated[str, typer.Argument(metavar="JOB")],
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: ApiKeyOpt = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON.")] = False,
+) -> None:
+    """Show a job's state, providers and per-round metrics."""
+    job = _client(server, api_key).get_job(job_id)
+    if as_json:
+        console.print_json(json.dumps(job))
+        return
+    console.print(
+        f"[bold]{job['id']}[/bold] {job['title']!r}: {job['state']} "
+        f"(round {job['current_round']}/{job['rounds_total']})"
+    )
+    table = Table("round", "state", "attempt", "submitted", "accuracy", "loss")
+    for r in job["rounds"]:
+        m = r.get("metrics") or {}
+        table.add_row(
+            str(r["round"]),
+            r["state"],
+            str(r["attempt"]),
+            str(r["submitted"]),
+            f"{m['accuracy']:.4f}" if "accuracy" in m else "",
+            f"{m['loss']:.4f}" if "loss" in m else "",
+        )
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------- agent
+
+
+@agent_app.command("run")
+@friendly
+def agent_run(
+    data: Annotated[Path, typer.Option(help="Local dataset: CSV, .npz or Parquet.")],
+    label: Annotated[str, typer.Option(help="Label column.")] = "label",
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: Annotated[
+        str, typer.Option(envvar="POLLEN_API_KEY", help="Provider API key; registers if empty.")
+    ] = "",
+    name: Annotated[str, typer.Option(help="Account and listing name.")] = "provider",
+    state_dir: Annotated[Path, typer.Option(help="Local state (resume after a crash).")] = Path(
+        ".pollen-agent"
+    ),
+    ask_cents: Annotated[int, typer.Option(help="Ask price per round, in cents.")] = 100,
+    currency: Annotated[str, typer.Option(help="Currency of the ask.")] = "usd",
+    min_price_cents: Annotated[int, typer.Option(help="Decline offers paying less.")] = 0,
+    max_jobs: Annotated[int, typer.Option(help="Most jobs at once.")] = 1,
+    classes: Annotated[
+        str | None, typer.Option(help="Label classes to declare, e.g. 0-9 or 0,1.")
+    ] = None,
+    dp_clip: Annotated[float | None, typer.Option(help="DP: clip updates to this L2 norm.")] = None,
+    dp_noise: Annotated[float, typer.Option(help="DP: noise multiplier σ.")] = 1.0,
+    dp_delta: Annotated[float, typer.Option(help="DP: δ for ε accounting.")] = 1e-5,
+    seed: Annotated[int, typer.Option(help="Seed for local training.")] = 0,
+    poll: Annotated[float, typer.Option(help="Seconds between polls.")] = 1.0,
+    exit_after_jobs: Annotated[
+        int | None, typer.Option(help="Exit after this many jobs ended.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a provider agent: publish a listing, accept offers, train and submit encrypted."""
+    import torch
+
+    from agents.client import PollenClient
+    from agents.data import load_dataset
+    from agents.privacy import DPConfig
+    from agents.provider import AgentPolicy, ProviderAgent
+    from agents.state import StateFile
+
+    _logging(verbose)
+    torch.set_num_threads(1)
+    dataset = load_dataset(data, label=label)
+    state = StateFile(state_dir / "agent-state.json")
+    key = api_key or state.get("api_key")
+    if not key:
+        created = PollenClient(server, None).register(role="provider", name=name)
+        state.data.update(api_key=created["api_key"], account_id=created["id"])
+        state.save()
+        key = created["api_key"]
+        console.print(f"[{name}] registered provider account {created['id']}")
+    dp = DPConfig(clip=dp_clip, noise_multiplier=dp_noise, delta=dp_delta) if dp_clip else None
+    agent = ProviderAgent(
+        PollenClient(server, key),
+        dataset,
+        state_dir=state_dir,
+        listing_name=name,
+        ask_cents=ask_cents,
+        currency=currency,
+        policy=AgentPolicy(min_price_cents, max_jobs),
+        dp=dp,
+        seed=seed,
+        notify=lambda m: console.print(f"[{name}] {m}"),
+    )
+    agent.ensure_listing(classes=_parse_classes(classes))
+    agent.run(poll_s=poll, exit_after_jobs=exit_after_jobs)
+
+
+def _parse_classes(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    if "-" in text and "," not in text:
+        lo, hi = text.split("-", 1)
+        return list(range(int(lo), int(hi) + 1))
+    return [int(c) for c in text.split(",")]
+
+
+# ---------------------------------------------------------------------------- admin
+
+
+@admin_app.command("credit")
+@friendly
+def admin_credit(
+    job_id: Annotated[str, typer.Argument(metavar="JOB")],
+    amount_cents: Annotated[int, typer.Argument(help="Amount in minor units.")],
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: ApiKeyOpt = "",
+) -> None:
+    """Manual rail: credit a job's funding after the money arrived by other means."""
+    credit = _client(server, api_key).credit_job(job_id, amount_cents)
+    console.print(f"credited {amount_cents} to {job_id}: job is {credit['job_state']}")
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    providers: Annotated[int, typer.Option(help="Provider agents to run.")] = 4,
+    rounds: Annotated[int, typer.Option(help="Training rounds.")] = 10,
+    data_dir: Annotated[Path, typer.Option(help="Demo state folder (wiped first).")] = Path(
+        ".pollen-demo"
+    ),
+    keep_serving: Annotated[
+        bool, typer.Option(help="Leave the server running for a person to look.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="Port for the demo server (0: any free).")] = 0,
+) -> None:
+    """Run the whole marketplace on this machine: server, agents on private data, a buyer."""
+    from agents.demo import run_demo
+
+    code = run_demo(
+        providers=providers,
+        rounds=rounds,
+        data_dir=data_dir,
+        keep_serving=keep_serving,
+        port=port,
+        console=console,
+    )
+    raise typer.Exit(code)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

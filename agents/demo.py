@@ -1,0 +1,284 @@
+"""`pollen demo`: the whole marketplace on one machine, with real processes on loopback.
+
+Splits scikit-learn's digits set non-IID (Dirichlet α = 0.5) across provider agents that run
+as separate processes, starts the server on the embedded default (SQLite, blob folder), and
+drives a buyer through every round. Then it trains the same model the same way without
+encryption (plaintext FedAvg) and on the union of the data (centralized), so the cost of
+privacy is printed beside the result. State stays under the demo folder, so
+`pollen server --data-dir .pollen-demo` shows the finished marketplace again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from agents.buyer import BuyerRun, RoundReport, post_job
+from agents.client import PollenClient
+from agents.data import concat, write_csv
+from agents.experiment import centralized, fedavg_plaintext, load_digits_split, prepared
+from agents.models import ModelSpec
+from agents.training import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR
+from crypto import BuyerKeys
+
+SEED = 7
+RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "demo.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(
+    data_dir: Path, port: int, admin_key: str, *, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "POLLEN_ADMIN_API_KEY": admin_key, **(extra_env or {})}
+    log = (data_dir / "server.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "market", "--data-dir", str(data_dir), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see its log")
+        try:
+            if httpx.get(f"{url}/openapi.json", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server at {url} not ready after {timeout:.0f}s")
+
+
+def start_agent(
+    url: str, csv: Path, state_dir: Path, index: int, log_path: Path
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "agents.cli",
+        "agent",
+        "run",
+        "--data",
+        str(csv),
+        "--server",
+        url,
+        "--name",
+        f"provider-{index}",
+        "--state-dir",
+        str(state_dir),
+        "--seed",
+        str(index),
+        "--classes",
+        "0-9",
+        "--ask-cents",
+        str(100 + 10 * index),
+        "--exit-after-jobs",
+        "1",
+        "--poll",
+        "0.3",
+    ]
+    return subprocess.Popen(
+        cmd,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def job_spec(rounds: int, providers: int, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "title": "Handwritten digits (demo)",
+        "model": {"arch": "logreg"},
+        "rounds": rounds,
+        "local_epochs": DEFAULT_EPOCHS,
+        "learning_rate": DEFAULT_LR,
+        "batch_size": DEFAULT_BATCH_SIZE,
+        "seed": SEED,
+        "schema": schema,
+        "min_providers": providers,
+        "max_providers": providers,
+        "quorum": 2,
+        "min_samples": 20,
+        "sample_cap": 5000,
+        "budget_cents": 20_000,
+        "currency": "usd",
+        "price_cap_cents": 500,
+        "round_deadline_s": 300,
+        "offer_ttl_s": 600,
+    }
+
+
+def run_demo(
+    *, providers: int, rounds: int, data_dir: Path, keep_serving: bool, port: int, console: Console
+) -> int:
+    started = time.perf_counter()
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    (data_dir / "providers").mkdir(parents=True)
+    (data_dir / "buyer").mkdir(parents=True)
+    (data_dir / "agents").mkdir(parents=True)
+
+    split = load_digits_split(providers, alpha=0.5, seed=SEED)
+    for i, ds in enumerate(split.providers):
+        write_csv(ds, data_dir / "providers" / f"provider-{i}.csv")
+    write_csv(split.test, data_dir / "buyer" / "test.csv")
+    console.rule("[bold]Pollen demo")
+    console.print(
+        f"digits split non-IID (Dirichlet α=0.5) over {providers} providers: "
+        + ", ".join(f"{len(d)} rows" for d in split.providers)
+        + f"; buyer keeps {len(split.test)} rows held out"
+    )
+
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    admin_key = secrets.token_urlsafe(24)
+    with ExitStack() as stack:
+        server = start_server(data_dir, port, admin_key)
+        if not keep_serving:
+            stack.callback(stop, server)
+        wait_ready(url, server)
+        console.print(f"marketplace on {url} (SQLite + blobs in {data_dir}/)")
+
+        keys = BuyerKeys.generate()
+        keys.save(data_dir / "buyer" / "buyer.key")
+        anon = PollenClient(url, None)
+        buyer_acct = anon.register(role="buyer", name="demo-buyer")
+        buyer = PollenClient(url, buyer_acct["api_key"])
+        admin = PollenClient(url, admin_key)
+        spec = job_spec(rounds, providers, split.schema.model_dump())
+        job = post_job(buyer, keys, spec)
+        admin.credit_job(job["id"], spec["budget_cents"])
+        console.print(
+            f"buyer posted job {job['id']} (fingerprint {keys.fingerprint[:16]}…), "
+            f"funded {spec['budget_cents'] / 100:.2f} {spec['currency'].upper()}"
+        )
+
+        agents = []
+        for i in range(providers):
+            log = data_dir / "agents" / f"provider-{i}.log"
+            proc = start_agent(
+                url,
+                data_dir / "providers" / f"provider-{i}.csv",
+                data_dir / "agents" / f"provider-{i}",
+                i,
+                log,
+            )
+            stack.callback(stop, proc)
+            agents.append(proc)
+        console.print(f"{providers} provider agents started (logs in {data_dir}/agents/)")
+
+        def show(r: RoundReport) -> None:
+            console.print(
+                f"  round {r.round:>2}/{rounds}: accuracy {r.accuracy:.4f}  "
+                f"loss {r.loss:.4f}  ({r.providers} providers, {r.samples} samples, "
+                f"decrypt+step {r.seconds:.2f}s)"
+            )
+
+        run = BuyerRun(
+            buyer,
+            keys,
+            job["id"],
+            split.test,
+            out_dir=data_dir / "buyer",
+            on_round=show,
+            poll_s=0.2,
+        )
+        outcome = run.run()
+        for proc in agents:
+            proc.wait(timeout=120)
+        encrypted = [r.accuracy for r in outcome.reports]
+
+        console.print("computing the baselines (plaintext FedAvg, centralized)…")
+        train, test = prepared(split)
+        model = ModelSpec.model_validate(spec["model"])
+        n_classes = split.schema.n_classes
+        plain = fedavg_plaintext(
+            model,
+            train,
+            test,
+            rounds=rounds,
+            local_epochs=DEFAULT_EPOCHS,
+            lr=DEFAULT_LR,
+            batch_size=DEFAULT_BATCH_SIZE,
+            seed=SEED,
+            n_classes=n_classes,
+        )
+        central = centralized(
+            model,
+            concat(train),
+            test,
+            epochs=rounds * DEFAULT_EPOCHS,
+            lr=DEFAULT_LR,
+            batch_size=DEFAULT_BATCH_SIZE,
+            seed=SEED,
+            n_classes=n_classes,
+        )
+
+        table = Table(title=f"Job {job['id']}: accuracy on the buyer's held-out data")
+        table.add_column("round", justify="right")
+        table.add_column("encrypted (Pollen)", justify="right")
+        table.add_column("plaintext FedAvg", justify="right")
+        for i, (e, p) in enumerate(zip(encrypted, plain, strict=True), start=1):
+            table.add_row(str(i), f"{e:.4f}", f"{p:.4f}")
+        table.add_row("centralized", "", f"{central:.4f}")
+        console.print(table)
+        gap = (encrypted[-1] - plain[-1]) * 100
+        console.print(
+            f"final: encrypted {encrypted[-1]:.4f}, plaintext FedAvg {plain[-1]:.4f} "
+            f"({gap:+.2f} points), centralized {central:.4f} "
+            f"({(encrypted[-1] - central) * 100:+.2f} points)"
+        )
+        figures: dict[str, Any] = {
+            "providers": providers,
+            "rounds": rounds,
+            "encrypted_accuracy": encrypted[-1],
+            "plaintext_accuracy": plain[-1],
+            "centralized_accuracy": central,
+            "encrypted_per_round": encrypted,
+            "plaintext_per_round": plain,
+            "job_id": job["id"],
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+        console.print(
+            f"model: {outcome.model_path}; metrics: {outcome.metrics_path}; figures: {RESULTS}"
+        )
+        console.print(f"demo finished in {figures['seconds']}s")
+        if keep_serving:
+            console.print(
+                f"server still running at {url} (pid {server.pid}); admin key {admin_key}"
+            )
+    return 0

@@ -1,0 +1,259 @@
+"""The provider agent: trains on local data that never leaves, returns encrypted updates.
+
+One agent owns one dataset and one listing. It polls the marketplace, accepts offers that
+meet its policy, and for every round it is expected in: fetches the global model, trains
+locally with torch, computes `delta = w_local - w_r`, weights it, optionally clips and
+noises it (differential privacy), encrypts it under the buyer's public context and submits
+the envelope. Every step that matters is recorded in a local state file first, so that a
+restart after kill -9 resumes without ever submitting twice: an envelope is written to disk
+before it is sent, and re-sent byte for byte after a crash (the server answers 409 with the
+first result if it had already accepted it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from agents.client import ApiError, PollenClient
+from agents.data import Dataset, DatasetSchema, derive_schema, prepare
+from agents.modelio import flatten, load_safetensors
+from agents.models import ModelSpec, build_model
+from agents.privacy import DPConfig, epsilon_spent, privatize
+from agents.state import StateFile, write_atomic
+from agents.training import EpochInfo, compute_update, train_local
+from crypto import EnvelopeBinding, PublicContext, encrypt_update
+
+logger = logging.getLogger(__name__)
+
+Notify = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AgentPolicy:
+    """When the agent says yes to an offer."""
+
+    min_price_cents: int = 0
+    max_concurrent_jobs: int = 1
+
+
+def train_seed(job_seed: int, round_number: int, agent_seed: int) -> int:
+    """The seed of one local training run; the plaintext baseline uses the same formula."""
+    return job_seed * 1_000_003 + (round_number - 1) * 1009 + agent_seed
+
+
+class ProviderAgent:
+    def __init__(
+        self,
+        client: PollenClient,
+        data: Dataset,
+        *,
+        state_dir: Path,
+        listing_name: str,
+        ask_cents: int,
+        currency: str = "usd",
+        capacity: int = 1,
+        policy: AgentPolicy | None = None,
+        dp: DPConfig | None = None,
+        seed: int = 0,
+        notify: Notify | None = None,
+        on_epoch: Callable[[EpochInfo], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.data = data
+        self.state_dir = state_dir
+        self.state = StateFile(state_dir / "agent-state.json")
+        self.listing_name = listing_name
+        self.ask_cents = ask_cents
+        self.currency = currency
+        self.capacity = capacity
+        self.policy = policy or AgentPolicy()
+        self.dp = dp
+        self.seed = seed
+        self.notify = notify or (lambda msg: logger.info("%s", msg))
+        self.on_epoch = on_epoch
+        self._contexts: dict[str, PublicContext] = {}
+
+    # ------------------------------------------------------------------ listing & offers
+
+    def schema(self) -> DatasetSchema:
+        return derive_schema(self.data)
+
+    def ensure_listing(self, classes: list[int] | None = None) -> str:
+        """Publish the listing once; afterwards keep its id in the state file."""
+        listing_id = self.state.get("listing_id")
+        if listing_id:
+            return str(listing_id)
+        schema = derive_schema(self.data, classes=classes)
+        body = {
+            "name": self.listing_name,
+            "schema": schema.model_dump(
+                include={"features": {"__all__": {"name", "type"}}, "label": True}
+            ),
+            "samples": len(self.data),
+            "ask_cents": self.ask_cents,
+            "currency": self.currency,
+            "capacity": self.capacity,
+        }
+        listing = self.client.create_listing(body)
+        self.state.data["listing_id"] = listing["id"]
+        self.state.save()
+        self.notify(f"published listing {listing['id']} ({len(self.data)} samples)")
+        return str(listing["id"])
+
+    def _active_jobs(self) -> dict[str, Any]:
+        return self.state.section("jobs")
+
+    def handle_offers(self) -> None:
+        jobs = self._active_jobs()
+        for offer in self.client.list_offers():
+            if offer["state"] != "pending":
+                continue
+            busy = sum(1 for j in jobs.values() if not j.get("done"))
+            price = int(offer.get("price_cents", 0))
+            if price < self.policy.min_price_cents or busy >= self.policy.max_concurrent_jobs:
+                self.client.decline_offer(offer["id"])
+                self.notify(f"declined offer {offer['id']} (price {price}, busy {busy})")
+                continue
+            self.client.accept_offer(offer["id"])
+            jobs[offer["job_id"]] = {"offer_id": offer["id"], "submitted": {}, "done": False}
+            self.state.save()
+            self.notify(f"accepted offer for job {offer['job_id']} at {price} cents/round")
+
+    # ------------------------------------------------------------------ rounds
+
+    def _context(self, job_id: str) -> PublicContext:
+        if job_id not in self._contexts:
+            path = self.state_dir / "contexts" / f"{job_id}.ctx"
+            if not path.exists():
+                write_atomic(path, self.client.get_context(job_id))
+            self._contexts[job_id] = PublicContext.from_bytes(path.read_bytes())
+        return self._contexts[job_id]
+
+    def _envelope_path(self, job_id: str, round_number: int) -> Path:
+        return self.state_dir / "envelopes" / f"{job_id}-r{round_number}.bin"
+
+    def _build_envelope(self, job: dict[str, Any], rnd: dict[str, Any], me: str) -> bytes:
+        spec = job["spec"]
+        schema = DatasetSchema.model_validate(spec["schema"])
+        local = prepare(self.data, schema)
+        model_spec = ModelSpec.model_validate(spec["model"])
+        number = int(rnd["round"])
+        model = build_model(model_spec, schema.n_features, schema.n_classes, seed=0)
+        load_safetensors(model, self.client.get_round_model(job["id"], number))
+        global_vec = flatten(model)
+        result = train_local(
+            model,
+            local,
+            epochs=int(spec["local_epochs"]),
+            lr=float(spec["learning_rate"]),
+            batch_size=int(spec["batch_size"]),
+            seed=train_seed(int(spec.get("seed", 0)), number, self.seed),
+            progress=self.on_epoch,
+        )
+        delta = compute_update(global_vec, flatten(model))
+        entry = self._active_jobs()[job["id"]]
+        if self.dp is not None:
+            rng = np.random.default_rng(train_seed(int(spec.get("seed", 0)), number, self.seed))
+            delta = privatize(delta, self.dp, rng)
+            entry["dp_rounds"] = int(entry.get("dp_rounds", 0)) + 1
+            entry["epsilon"] = epsilon_spent(self.dp, entry["dp_rounds"])
+        samples = min(len(local), int(spec["sample_cap"]))
+        weight = samples / max(int(rnd["weight_norm"]), samples)
+        binding = EnvelopeBinding(
+            job["id"], number, me, int(job["param_count"]), int(rnd["summands"])
+        )
+        envelope = encrypt_update(
+            self._context(job["id"]), delta, binding=binding, weight=weight, samples=samples
+        )
+        self.notify(
+            f"job {job['id']} round {number}: trained on {result.samples} samples, "
+            f"loss {result.loss:.4f}, envelope {len(envelope) / 1e6:.2f} MB"
+        )
+        return envelope
+
+    def work_round(self, job_id: str, me: str) -> bool:
+        """Do this job's current round if it is ours to do; True if something was sent."""
+        entry = self._active_jobs()[job_id]
+        job = self.client.get_job(job_id)
+        if job["state"] in ("completed", "cancelled", "failed"):
+            entry["done"] = True
+            entry["final_state"] = job["state"]
+            self.state.save()
+            self.notify(f"job {job_id} is {job['state']}")
+            return False
+        if job["state"] != "running" or not job["current_round"]:
+            return False
+        number = int(job["current_round"])
+        if str(number) in entry["submitted"]:
+            return False
+        rnd = self.client.get_round(job_id, number)
+        if rnd["state"] != "collecting" or me not in rnd["expected_providers"]:
+            return False
+        if rnd.get("you_submitted"):
+            entry["submitted"][str(number)] = "accepted-earlier"
+            self.state.save()
+            return False
+        path = self._envelope_path(job_id, number)
+        if path.exists():
+            envelope = path.read_bytes()  # prepared before a crash: send the same bytes
+        else:
+            envelope = self._build_envelope(job, rnd, me)
+            write_atomic(path, envelope)
+        try:
+            receipt = self.client.submit(job_id, number, envelope)
+        except ApiError as exc:
+            if exc.status == 409 and exc.code == "duplicate-submission":
+                receipt = exc.body.get("first", exc.body)
+            else:
+                raise
+        entry["submitted"][str(number)] = hashlib.sha256(envelope).hexdigest()
+        self.state.save()
+        path.unlink(missing_ok=True)
+        self.notify(
+            f"job {job_id} round {number}: submitted ({receipt.get('payload_sha256', '')[:12]})"
+        )
+        return True
+
+    def step(self, me: str) -> None:
+        self.handle_offers()
+        for job_id, entry in list(self._active_jobs().items()):
+            if not entry.get("done"):
+                self.work_round(job_id, me)
+
+    def finished_jobs(self) -> int:
+        return sum(1 for j in self._active_jobs().values() if j.get("done"))
+
+    def run(
+        self,
+        *,
+        poll_s: float = 1.0,
+        exit_after_jobs: int | None = None,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        me = self.client.me()["id"]
+        backoff = poll_s
+        while True:
+            try:
+                self.step(me)
+                backoff = poll_s
+            except (httpx.TransportError, ApiError) as exc:
+                # Network trouble or a server hiccup: the state file holds everything, so
+                # wait and try again; client errors (4xx) other than conflicts are real bugs.
+                if isinstance(exc, ApiError) and exc.status < 500:
+                    raise
+                self.notify(f"server unreachable ({exc}); retrying in {backoff:.0f}s")
+                time.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff_s)
+                continue
+            if exit_after_jobs is not None and self.finished_jobs() >= exit_after_jobs:
+                return
+            time.sleep(poll_s)
