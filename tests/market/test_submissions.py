@@ -4,11 +4,13 @@ buyer's key, replays into another job or round, someone else's envelope, duplica
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from crypto import BuyerKeys
+from crypto import BuyerKeys, decrypt_aggregate
 from tests.utils.clock import FakeClock
 from tests.utils.scenario import Scenario, draft_job, fund, running_job
 from tests.utils.snapshot import snapshot
@@ -131,3 +133,18 @@ def test_submission_to_unknown_round_is_404(scn: Scenario) -> None:
         f"/v1/jobs/{scn.job_id}/rounds/2/submission", content=b"x", headers=p.headers
     )
     assert r.status_code == 404
+
+
+def test_concurrent_submissions_all_land_in_the_sum(scn: Scenario) -> None:
+    """Uploads racing on one round are serialized: none is lost from the encrypted sum."""
+    envelopes = {p.id: scn.envelope(p, 1, value=0.1 * (i + 1)) for i, p in enumerate(scn.providers)}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        codes = list(
+            pool.map(lambda p: scn.submit(p, 1, envelopes[p.id]).status_code, scn.providers)
+        )
+    assert codes == [201, 201, 201]
+    assert scn.round(1)["state"] == "closed"
+    agg = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
+    total = decrypt_aggregate(scn.keys, agg.content)
+    assert total.count == 3
+    np.testing.assert_allclose(total.total, np.full(scn.param_count, 0.6), atol=1e-3)
