@@ -11,7 +11,8 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func
+from sqlalchemy import func, insert
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from market.matching import Demand, SchemaShape, Supply, match
@@ -30,8 +31,11 @@ def rounds_left(job: Job) -> int:
     return job.rounds_total - max(job.current_round, 1) + 1
 
 
-def run_matching(session: Session, *, now: datetime, job_ids: Sequence[str] = ()) -> list[Offer]:
-    """Send offers for every open job, plus the running jobs in `job_ids`; commits."""
+def run_matching(session: Session, *, now: datetime, job_ids: Sequence[str] = ()) -> list[str]:
+    """Send offers for every open job, plus the running jobs in `job_ids`; commits.
+
+    Returns the new offers' ids.
+    """
     cond = col(Job.state) == "open"
     if job_ids:
         cond = cond | ((col(Job.state) == "running") & col(Job.id).in_(list(job_ids)))
@@ -46,28 +50,31 @@ def run_matching(session: Session, *, now: datetime, job_ids: Sequence[str] = ()
     supplies = _supplies(session)
     proposals = match(demands, supplies)
     jobs_by_id = {j.id: j for j in jobs}
-    created: list[Offer] = []
-    for p in proposals:
-        job = jobs_by_id[p.job_id]
-        offer = Offer(
-            id=new_id("off"),
-            job_id=p.job_id,
-            listing_id=p.listing_id,
-            provider_id=p.provider_id,
-            price_cents=p.price_cents,
-            currency=job.currency,
-            samples=p.samples,
-            value=p.value,
-            rounds_committed=p.rounds,
-            expires_at=now + timedelta(seconds=job.offer_ttl_s),
-            created_at=now,
-        )
-        session.add(offer)
-        created.append(offer)
+    rows = [
+        {
+            "id": new_id("off"),
+            "job_id": p.job_id,
+            "listing_id": p.listing_id,
+            "provider_id": p.provider_id,
+            "state": "pending",
+            "price_cents": p.price_cents,
+            "currency": jobs_by_id[p.job_id].currency,
+            "samples": p.samples,
+            "value": p.value,
+            "rounds_committed": p.rounds,
+            "expires_at": now + timedelta(seconds=jobs_by_id[p.job_id].offer_ttl_s),
+            "created_at": now,
+            "decided_at": None,
+        }
+        for p in proposals
+    ]
+    # A Core bulk insert: thousands of offers must not cost thousands of ORM objects.
+    if rows:
+        session.execute(insert(Offer), rows)
     session.commit()
-    if created:
-        log.info("matching sent %d offers to %d jobs", len(created), len(jobs))
-    return created
+    if rows:
+        log.info("matching sent %d offers to %d jobs", len(rows), len(jobs))
+    return [str(r["id"]) for r in rows]
 
 
 def _demand(job: Job, offers: list[Offer]) -> Demand:
@@ -91,9 +98,24 @@ def _demand(job: Job, offers: list[Offer]) -> Demand:
 
 
 def _supplies(session: Session) -> list[Supply]:
-    listings = session.exec(
-        select(Listing).where(Listing.state == "active").order_by(col(Listing.id))
-    ).all()
+    # Plain columns, not ORM objects: this loads every active listing on each pass.
+    listings = (
+        session.connection()
+        .execute(
+            sa_select(
+                col(Listing.id),
+                col(Listing.provider_id),
+                col(Listing.dataset_schema),
+                col(Listing.samples),
+                col(Listing.ask_cents),
+                col(Listing.currency),
+                col(Listing.capacity),
+            )
+            .where(col(Listing.state) == "active")
+            .order_by(col(Listing.id))
+        )
+        .all()
+    )
     used = dict(
         session.exec(
             select(Offer.listing_id, func.count())
@@ -103,25 +125,25 @@ def _supplies(session: Session) -> list[Supply]:
             .group_by(col(Offer.listing_id))
         ).all()
     )
-    reps = reputation.scores(session, {li.provider_id for li in listings})
+    reps = reputation.scores(session, {row[1] for row in listings})
     shapes: dict[str, SchemaShape] = {}
     supplies = []
-    for li in listings:
-        free = li.capacity - int(used.get(li.id, 0))
+    for listing_id, provider_id, schema, samples, ask, currency, capacity in listings:
+        free = capacity - int(used.get(listing_id, 0))
         if free <= 0:
             continue
-        shape = SchemaShape.from_schema(li.dataset_schema)
+        shape = SchemaShape.from_schema(schema)
         shape = shapes.setdefault(shape.key, shape)
         supplies.append(
             Supply(
-                listing_id=li.id,
-                provider_id=li.provider_id,
+                listing_id=listing_id,
+                provider_id=provider_id,
                 schema=shape,
-                samples=li.samples,
-                ask_cents=li.ask_cents,
-                currency=li.currency,
+                samples=samples,
+                ask_cents=ask,
+                currency=currency,
                 free_capacity=free,
-                reputation=reps[li.provider_id],
+                reputation=reps[provider_id],
             )
         )
     return supplies
