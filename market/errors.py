@@ -12,7 +12,15 @@
             ├── OfferExpiredError        409 accepting an offer after its deadline
             ├── RoundClosedError         409 submitting to a round that is not collecting
             ├── DuplicateSubmissionError 409 a second upload; carries the first result
-            └── AggregateUnavailableError 409 aggregate of an open or below-quorum round
+            ├── AggregateUnavailableError 409 aggregate of an open or below-quorum round
+            └── IdempotencyConflictError 409 a key reused for a different request
+        ├── LedgerError                  422 a posting that breaks an accounting rule
+        │   ├── UnbalancedTransactionError  postings do not sum to zero
+        │   ├── TooFewPostingsError         fewer than two postings
+        │   ├── ZeroPostingError            a posting of zero
+        │   ├── InsufficientFundsError      an account would go below zero where it must not
+        │   └── ImmutableLedgerError        an update or delete of a journal row (500)
+        └── PaymentError                 502 the payment rail (Stripe) failed or refused
 
 Every class has a stable `code` slug and an HTTP `status`; `market.problems` turns any
 `PollenError`, crypto's included, into `application/problem+json` in one place.
@@ -96,3 +104,49 @@ class DuplicateSubmissionError(ConflictError):
 class AggregateUnavailableError(ConflictError):
     code = "aggregate-unavailable"
     title = "Aggregate not available"
+
+
+class IdempotencyConflictError(ConflictError):
+    code = "idempotency-conflict"
+    title = "Idempotency key reused for a different request"
+
+
+class LedgerError(MarketError):
+    """A ledger transaction that breaks one of the rules of `market.ledger`."""
+
+    status = 422
+    code = "ledger-error"
+    title = "Ledger rule broken"
+
+
+class UnbalancedTransactionError(LedgerError):
+    code = "ledger-unbalanced"
+    title = "Postings do not sum to zero"
+
+
+class TooFewPostingsError(LedgerError):
+    code = "ledger-too-few-postings"
+    title = "A transaction needs at least two postings"
+
+
+class ZeroPostingError(LedgerError):
+    code = "ledger-zero-posting"
+    title = "A posting is never zero"
+
+
+class InsufficientFundsError(LedgerError):
+    status = 409
+    code = "ledger-insufficient-funds"
+    title = "Account balance would go negative"
+
+
+class ImmutableLedgerError(LedgerError):
+    status = 500
+    code = "ledger-immutable"
+    title = "Ledger entries are never updated or deleted"
+
+
+class PaymentError(MarketError):
+    status = 502
+    code = "payment-rail-error"
+    title = "Payment rail error"

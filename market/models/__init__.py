@@ -11,6 +11,12 @@ from market.models.jobs import (
     JobPublic,
     RoundSummary,
 )
+from market.models.ledger import (
+    LedgerAccount,
+    LedgerPosting,
+    LedgerReport,
+    LedgerTransaction,
+)
 from market.models.listings import Listing, ListingCreate, ListingPublic, ListingUpdate
 from market.models.offers import LIVE_OFFER_STATES, Offer, OfferPublic
 from market.models.rounds import (
@@ -38,6 +44,10 @@ __all__ = [
     "JobCreate",
     "JobPublic",
     "LabelSpec",
+    "LedgerAccount",
+    "LedgerPosting",
+    "LedgerReport",
+    "LedgerTransaction",
     "Listing",
     "ListingCreate",
     "ListingPublic",
