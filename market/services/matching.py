@@ -8,10 +8,11 @@ running job whose round is retried (to fill the places of providers that missed 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert
+from sqlalchemy import func, insert, text
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -31,11 +32,27 @@ def rounds_left(job: Job) -> int:
     return job.rounds_total - max(job.current_round, 1) + 1
 
 
+# Two matching passes at once (say two listings published in the same instant) would both
+# see "no offer yet" and both propose one: passes are serialized, within the process by this
+# lock and across processes on PostgreSQL by an advisory lock.
+_matching_lock = threading.Lock()
+_PG_MATCHING_LOCK_ID = 0x706F6C6C656E  # "pollen"
+
+
 def run_matching(session: Session, *, now: datetime, job_ids: Sequence[str] = ()) -> list[str]:
     """Send offers for every open job, plus the running jobs in `job_ids`; commits.
 
     Returns the new offers' ids.
     """
+    with _matching_lock:
+        # Commit what the caller did so the pass below reads a snapshot taken under the lock.
+        session.commit()
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_MATCHING_LOCK_ID})
+        return _run_matching(session, now=now, job_ids=job_ids)
+
+
+def _run_matching(session: Session, *, now: datetime, job_ids: Sequence[str]) -> list[str]:
     cond = col(Job.state) == "open"
     if job_ids:
         cond = cond | ((col(Job.state) == "running") & col(Job.id).in_(list(job_ids)))
