@@ -6,10 +6,13 @@ Binary layout (little-endian), format version 1:
     fingerprint 32s | param_count u64 | chunk_count u32 | summands u32 | round u32 | weight f64
     samples u64 | scale f64 | parms_id 4xu64 | payload_len u64 | payload_sha256 32s
     preset_id, job_id, provider_id: each u16 length + UTF-8
+    header_sha256 32s: SHA-256 of every header byte before it
     payload: chunk_count two-polynomial ciphertexts, coefficients packed per data prime
 
-The header binds the ciphertexts to a key (fingerprint), a job, a round and a provider, so
-an envelope replayed anywhere else is refused. Validation needs only the public context and
+The header checksum catches corruption of any field (a flipped weight would silently skew
+the average otherwise); the payload hash covers the ciphertexts. The header binds them to a
+key (fingerprint), a job, a round and a provider, so an envelope replayed anywhere else is
+refused. Validation needs only the public context and
 never trusts a length or count it has not checked against the preset.
 """
 
@@ -44,6 +47,7 @@ FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<4sHI")
 _FIXED = struct.Struct("<32sQIIIdQd4QQ32s")
 _MAX_ID_BYTES = 256
+_DIGEST = 32
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class ValidatedEnvelope:
 
 def envelope_size(preset: Preset, param_count: int, *, id_bytes: int = 3 * _MAX_ID_BYTES) -> int:
     """Upper bound on the size of any valid envelope for `param_count` parameters."""
-    return _PREFIX.size + _FIXED.size + 6 + id_bytes + preset.payload_bytes(param_count)
+    return _PREFIX.size + _FIXED.size + 6 + id_bytes + _DIGEST + preset.payload_bytes(param_count)
 
 
 def _encode_str(value: str) -> bytes:
@@ -172,8 +176,8 @@ def encrypt_update(
         len(payload),
         hashlib.sha256(payload).digest(),
     )
-    header_len = len(fixed) + len(tail)
-    return _PREFIX.pack(MAGIC, FORMAT_VERSION, header_len) + fixed + tail + payload
+    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(fixed) + len(tail) + _DIGEST) + fixed + tail
+    return head + hashlib.sha256(head).digest() + payload
 
 
 def _read_str(data: bytes, offset: int, end: int) -> tuple[str, int]:
@@ -201,14 +205,17 @@ def read_header(data: bytes) -> EnvelopeHeader:
             f"envelope format version {version}; this server reads version {FORMAT_VERSION}"
         )
     end = _PREFIX.size + header_len
-    if header_len < _FIXED.size or end > len(data):
+    if header_len < _FIXED.size + _DIGEST or end > len(data):
         raise MalformedEnvelopeError("envelope header is truncated")
+    if hashlib.sha256(data[: end - _DIGEST]).digest() != data[end - _DIGEST : end]:
+        raise MalformedEnvelopeError("envelope header is corrupted (checksum mismatch)")
     fields = _FIXED.unpack_from(data, _PREFIX.size)
     offset = _PREFIX.size + _FIXED.size
-    preset_id, offset = _read_str(data, offset, end)
-    job_id, offset = _read_str(data, offset, end)
-    provider_id, offset = _read_str(data, offset, end)
-    if offset != end:
+    strings_end = end - _DIGEST
+    preset_id, offset = _read_str(data, offset, strings_end)
+    job_id, offset = _read_str(data, offset, strings_end)
+    provider_id, offset = _read_str(data, offset, strings_end)
+    if offset != strings_end:
         raise MalformedEnvelopeError("envelope header length does not match its fields")
     fp, params, chunks, summands, rnd, weight, samples, scale, p0, p1, p2, p3, plen, digest = fields
     return EnvelopeHeader(
