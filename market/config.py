@@ -36,6 +36,25 @@ class Settings(BaseSettings):
     # Apply Alembic migrations at startup so a fresh data directory just works.
     auto_migrate: bool = True
 
+    # Money. No Stripe key selects the `manual` rail (an operator credits funding and pays
+    # out a CSV batch); a key selects `stripe` (PaymentIntents, Refunds, Connect transfers).
+    stripe_api_key: str | None = None
+    # Where the Stripe API lives (localstripe on loopback in tests and the demo).
+    stripe_api_base: str | None = None
+    stripe_webhook_secret: str | None = None
+    # Connect (accounts, transfers); unset on the stripe rail means payouts go out as a
+    # manual CSV batch (localstripe has no Connect).
+    stripe_connect_api_base: str | None = None
+    # The platform's fee in basis points of a job's budget (500 = 5%).
+    platform_fee_bps: int = Field(default=500, ge=0, le=10_000)
+    # Reputation: an event `age` days old counts decay**age.
+    reputation_decay: float = Field(default=0.98, gt=0, le=1)
+
+    @property
+    def rail(self) -> str:
+        """The payment rail this process runs: `stripe` or `manual`."""
+        return "stripe" if self.stripe_api_key else "manual"
+
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
         if not self.database_url:

@@ -18,6 +18,20 @@ from market.models.ledger import (
     LedgerTransaction,
 )
 from market.models.listings import Listing, ListingCreate, ListingPublic, ListingUpdate
+from market.models.money import (
+    ConnectedAccount,
+    Payment,
+    PaymentPublic,
+    Payout,
+    PayoutBatch,
+    PayoutBatchPublic,
+    PayoutPublic,
+    ProviderEarnings,
+    Receipt,
+    ReputationEvent,
+    ReputationEventPublic,
+    ReputationPublic,
+)
 from market.models.offers import LIVE_OFFER_STATES, Offer, OfferPublic
 from market.models.rounds import (
     MetricsCreate,
@@ -35,6 +49,7 @@ __all__ = [
     "AccountCreate",
     "AccountCreated",
     "AccountPublic",
+    "ConnectedAccount",
     "Credit",
     "CreditCreate",
     "CreditPublic",
@@ -55,6 +70,17 @@ __all__ = [
     "MetricsCreate",
     "Offer",
     "OfferPublic",
+    "Payment",
+    "PaymentPublic",
+    "Payout",
+    "PayoutBatch",
+    "PayoutBatchPublic",
+    "PayoutPublic",
+    "ProviderEarnings",
+    "Receipt",
+    "ReputationEvent",
+    "ReputationEventPublic",
+    "ReputationPublic",
     "Role",
     "Round",
     "RoundPublic",

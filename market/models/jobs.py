@@ -94,6 +94,8 @@ class Job(SQLModel, table=True):
     round_deadline_s: int
     offer_ttl_s: int
     funded_cents: int = SQLField(default=0, sa_type=BigInteger)
+    # The platform fee in basis points, fixed when funding is requested (see settlement).
+    fee_bps: int = 500
     fingerprint: str | None = SQLField(default=None, max_length=64)
     context_key: str | None = SQLField(default=None, max_length=200)
     param_count: int | None = None

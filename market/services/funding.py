@@ -1,8 +1,9 @@
 """Funding a job: the manual rail, where an operator credits money received off-platform.
 
-When the credited total reaches the budget the job opens and matching runs. A later
-settlement issue replaces this with escrow postings in the ledger and a Stripe rail; callers
-only rely on `credit(...)`.
+Each credit is also a ledger transaction (clearing → the job's escrow, key `credit:<id>`),
+in the same database transaction. When the credited total reaches the budget the job opens
+and matching runs. The Stripe rail arrives through `market.payments.service.apply_funding`,
+which shares `open_if_funded`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlmodel import Session, select
 from market.errors import ConflictError, InvalidStateError, PermissionDeniedError
 from market.models import Account, Credit, CreditPublic, Job
 from market.models.types import new_id
+from market.services import settlement
 from market.services.matching import run_matching
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,17 @@ def _public(credit: Credit, job: Job) -> CreditPublic:
         job_state=job.state,
         created_at=credit.created_at,
     )
+
+
+def open_if_funded(session: Session, job: Job, amount_cents: int, *, now: datetime) -> bool:
+    """Count received money on the job; `funding` → `open` at the budget (not committed)."""
+    job.funded_cents += amount_cents
+    job.updated_at = now
+    opened = job.state == "funding" and job.funded_cents >= job.budget_cents
+    if opened:
+        job.state = "open"
+    session.add(job)
+    return opened
 
 
 def credit(
@@ -60,13 +73,11 @@ def credit(
         admin_id=admin.id,
         created_at=now,
     )
-    job.funded_cents += amount_cents
-    job.updated_at = now
-    opened = job.state == "funding" and job.funded_cents >= job.budget_cents
-    if opened:
-        job.state = "open"
     session.add(entry)
-    session.add(job)
+    settlement.record_funding(
+        session, job, amount_cents, key=f"credit:{entry.id}", source="manual", now=now
+    )
+    opened = open_if_funded(session, job, amount_cents, now=now)
     session.commit()
     log.info("job %s credited %d %s", job.id, amount_cents, job.currency)
     if opened:

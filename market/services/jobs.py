@@ -14,6 +14,7 @@ from market.blobs import BlobStore
 from market.errors import InvalidInputError, InvalidStateError, PermissionDeniedError
 from market.models import TERMINAL_JOB_STATES, Account, Job, JobCreate, Offer, Round
 from market.models.types import new_id
+from market.services import settlement
 from market.services.rounds import find_round
 
 log = logging.getLogger(__name__)
@@ -139,14 +140,14 @@ def cancel_job(session: Session, job: Job, *, now: datetime) -> Job:
         rnd.state = "cancelled"
         rnd.closed_at = now
         session.add(rnd)
-    # Settlement hook: refund the unspent escrow here.
+    settlement.on_job_ended(session, job, now=now)
     session.commit()
     log.info("job %s cancelled", job.id)
     return job
 
 
 def complete_job(session: Session, job: Job, *, now: datetime) -> Job:
-    """running → completed, once the last round is closed. Settlement hook: final payouts."""
+    """running → completed, once the last round is closed; leftover escrow is refunded."""
     if job.state != "running":
         raise InvalidStateError(f"job is {job.state}, not running")
     last = find_round(session, job.id, job.rounds_total)
@@ -155,6 +156,7 @@ def complete_job(session: Session, job: Job, *, now: datetime) -> Job:
     job.state = "completed"
     job.updated_at = now
     session.add(job)
+    settlement.on_job_ended(session, job, now=now)
     session.commit()
     return job
 

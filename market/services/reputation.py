@@ -1,23 +1,168 @@
-"""Provider reputation as matching reads it.
+"""Provider reputation: a Beta score with time decay over recorded events.
 
-A minimal lookup for now: every provider scores the prior 0.5 (Beta(1, 1)). A later issue
-records events and computes the time-decayed Beta score of DESIGN.md behind the same functions.
+    score = α / (α + β),  α = 1 + Σ decay^age · w  over positive events (w > 0),
+                          β = 1 + Σ decay^age · |w| over negative events (w < 0),
+
+with `age` in days since the event and `decay` per day (default 0.98, `POLLEN_REPUTATION_DECAY`).
+A provider with no history scores the prior 0.5. Events, each with a recorded reason and an
+idempotency key (recording the same event twice counts it once):
+
+| kind                  | weight | when                                                    |
+| --------------------- | ------ | ------------------------------------------------------- |
+| on-time-submission    | +1     | a valid envelope accepted before the round's deadline   |
+| included              | +1     | the provider's update is in a closed round's aggregate  |
+| job-completed         | +2     | the provider took part in a job that completed          |
+| missed-deadline       | −2     | expected in a round that closed or retried without it   |
+| invalid-submission    | −2     | an envelope refused by validation                       |
+| refused-after-accept  | −3     | the provider withdrew from a job it had accepted        |
+
+Matching reads `scores` (a job's `min_reputation` filters listings) and settlement weighs each
+provider's share by `factor_milli`.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
+
+from market.models import Account, ReputationEvent, ReputationEventPublic, ReputationPublic
+from market.models.types import new_id, utcnow
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SCORE = 0.5
+WEIGHTS = {
+    "on-time-submission": 1.0,
+    "included": 1.0,
+    "job-completed": 2.0,
+    "missed-deadline": -2.0,
+    "invalid-submission": -2.0,
+    "refused-after-accept": -3.0,
+}
+_config = {"decay": 0.98}
 
 
-def score(session: Session, provider_id: str) -> float:
+def configure(*, decay: float) -> None:
+    """Set the per-day decay (the app does this from its Settings at startup)."""
+    _config["decay"] = decay
+
+
+def record(
+    session: Session,
+    provider_id: str,
+    kind: str,
+    reason: str,
+    *,
+    key: str,
+    now: datetime,
+    job_id: str | None = None,
+    round_number: int | None = None,
+) -> ReputationEvent:
+    """Add one event (not committed); the same `key` twice records it once."""
+    first = session.exec(select(ReputationEvent).where(ReputationEvent.key == key)).first()
+    if first is not None:
+        return first
+    event = ReputationEvent(
+        id=new_id("rep"),
+        provider_id=provider_id,
+        kind=kind,
+        weight=WEIGHTS[kind],
+        reason=reason[:300],
+        job_id=job_id,
+        round_number=round_number,
+        key=key,
+        at=now,
+    )
+    session.add(event)
+    log.info("reputation %s %s: %s", provider_id, kind, reason)
+    return event
+
+
+def _alpha_beta(events: Iterable[ReputationEvent], now: datetime) -> tuple[float, float]:
+    alpha = beta = 1.0
+    decay = _config["decay"]
+    for e in events:
+        age_days = max((now - e.at).total_seconds(), 0.0) / 86400
+        w = e.weight * decay**age_days
+        if w > 0:
+            alpha += w
+        else:
+            beta -= w
+    return alpha, beta
+
+
+def _events(session: Session, provider_ids: Iterable[str]) -> dict[str, list[ReputationEvent]]:
+    ids = list(provider_ids)
+    out: dict[str, list[ReputationEvent]] = defaultdict(list)
+    if not ids:
+        return out
+    rows = session.exec(
+        select(ReputationEvent)
+        .where(col(ReputationEvent.provider_id).in_(ids))
+        .order_by(col(ReputationEvent.at), col(ReputationEvent.id))
+    ).all()
+    for e in rows:
+        out[e.provider_id].append(e)
+    return out
+
+
+def score(session: Session, provider_id: str, *, now: datetime | None = None) -> float:
     """The provider's reputation in [0, 1]."""
-    return scores(session, [provider_id])[provider_id]
+    return scores(session, [provider_id], now=now)[provider_id]
 
 
-def scores(session: Session, provider_ids: Iterable[str]) -> dict[str, float]:
+def scores(
+    session: Session, provider_ids: Iterable[str], *, now: datetime | None = None
+) -> dict[str, float]:
     """Bulk form of `score`, used by matching over many listings."""
-    return {pid: DEFAULT_SCORE for pid in provider_ids}
+    ids = list(provider_ids)
+    now = now or utcnow()
+    events = _events(session, ids)
+    out = {}
+    for pid in ids:
+        alpha, beta = _alpha_beta(events.get(pid, []), now)
+        out[pid] = alpha / (alpha + beta)
+    return out
+
+
+def factor_milli(score_value: float) -> int:
+    """Settlement's reputation factor in thousandths: 500 (score 0) to 1000 (score 1)."""
+    return 500 + round(500 * score_value)
+
+
+def public(
+    session: Session, account: Account, *, now: datetime, limit: int = 200
+) -> ReputationPublic:
+    events = _events(session, [account.id]).get(account.id, [])
+    alpha, beta = _alpha_beta(events, now)
+    return ReputationPublic(
+        provider_id=account.id,
+        name=account.name,
+        score=alpha / (alpha + beta),
+        alpha=alpha,
+        beta=beta,
+        events=len(events),
+        history=[
+            ReputationEventPublic(
+                kind=e.kind,
+                weight=e.weight,
+                reason=e.reason,
+                job_id=e.job_id,
+                round=e.round_number,
+                at=e.at,
+            )
+            for e in reversed(events[-limit:])
+        ],
+    )
+
+
+def providers(session: Session) -> list[Account]:
+    return list(
+        session.exec(
+            select(Account).where(Account.role == "provider").order_by(col(Account.created_at))
+        ).all()
+    )

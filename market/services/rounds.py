@@ -25,6 +25,7 @@ from market.blobs import BlobStore
 from market.errors import InvalidInputError, InvalidStateError, NotFoundError
 from market.models import Job, Offer, Round, Submission
 from market.models.types import new_id
+from market.services import settlement
 from market.services.matching import run_matching
 
 log = logging.getLogger(__name__)
@@ -97,20 +98,24 @@ def join_round(session: Session, job: Job, offer: Offer) -> None:
 def close_round(session: Session, job: Job, rnd: Round, *, now: datetime, reason: str) -> None:
     """Close a round that holds at least `quorum` updates: its aggregate becomes available.
 
-    Settlement hook: the ledger postings (escrow → payables of the included providers) and
-    the reputation events of the round belong here, in the same transaction.
+    The round's settlement (escrow → payables of the included providers, and fees) and its
+    reputation events are written in the same database transaction.
     """
     rnd.state = "closed"
     rnd.closed_at = now
     rnd.close_reason = reason
     session.add(rnd)
+    settlement.on_round_closed(session, job, rnd, now=now)
     session.commit()
     log.info("job %s round %d closed (%s, %d updates)", job.id, rnd.number, reason, rnd.acc_count)
 
 
 def fail_job(session: Session, job: Job, rnd: Round | None, *, now: datetime, reason: str) -> None:
-    """The job cannot go on. Settlement hook: refund the unspent escrow here."""
+    """The job cannot go on: the unspent escrow is refunded to the buyer."""
     if rnd is not None:
+        settlement.on_round_missed(
+            session, job, rnd, sorted(set(rnd.expected) - set(submitters(session, rnd))), now=now
+        )
         rnd.state = "failed"
         rnd.closed_at = now
         rnd.close_reason = reason
@@ -125,12 +130,14 @@ def fail_job(session: Session, job: Job, rnd: Round | None, *, now: datetime, re
         offer.state = "withdrawn"
         offer.decided_at = now
         session.add(offer)
+    settlement.on_job_ended(session, job, now=now)
     session.commit()
     log.warning("job %s failed: %s", job.id, reason)
 
 
 def retry_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> None:
     done = set(submitters(session, rnd))
+    settlement.on_round_missed(session, job, rnd, sorted(set(rnd.expected) - done), now=now)
     for offer in participants(session, job.id):
         if offer.provider_id in done:
             continue

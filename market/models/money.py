@@ -1,0 +1,179 @@
+"""Rows that track money outside the ledger: payment-rail objects (a job's PaymentIntent and
+refunds), payout batches and payouts, providers' connected accounts, and reputation events.
+
+These rows are mutable status trackers; the amounts that count are the ledger's.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import BigInteger, Text
+from sqlmodel import Field, SQLModel
+
+from market.models.types import UTCDateTime, utcnow
+
+
+class Payment(SQLModel, table=True):
+    """A movement with the buyer on a rail: `funding` (a PaymentIntent) or `refund`."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=32)
+    rail: str = Field(max_length=16)
+    kind: str = Field(max_length=16)
+    amount_cents: int = Field(sa_type=BigInteger)
+    currency: str = Field(max_length=3)
+    # requires_payment_method, processing, succeeded, failed (funding); recorded, succeeded
+    # (refund).
+    status: str = Field(max_length=32, index=True)
+    external_id: str | None = Field(default=None, unique=True, max_length=100)
+    client_secret: str | None = Field(default=None, max_length=200)
+    key: str = Field(unique=True, max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ConnectedAccount(SQLModel, table=True):
+    """A provider's Stripe Connect account, created on its first payout."""
+
+    __tablename__ = "connected_account"
+
+    provider_id: str = Field(primary_key=True, foreign_key="account.id", max_length=32)
+    external_id: str = Field(unique=True, max_length=100)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PayoutBatch(SQLModel, table=True):
+    """One payout run: Stripe transfers sent at once, or a manual CSV to be marked paid."""
+
+    __tablename__ = "payout_batch"
+
+    id: str = Field(primary_key=True, max_length=32)
+    rail: str = Field(max_length=16)
+    status: str = Field(max_length=16, index=True)  # exported, paid, partial
+    total_cents: int = Field(sa_type=BigInteger)
+    csv: str = Field(default="", sa_type=Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    paid_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Payout(SQLModel, table=True):
+    """What one provider is paid for one job in one batch."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    batch_id: str = Field(foreign_key="payout_batch.id", index=True, max_length=32)
+    provider_id: str = Field(foreign_key="account.id", index=True, max_length=32)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=32)
+    amount_cents: int = Field(sa_type=BigInteger)
+    currency: str = Field(max_length=3)
+    status: str = Field(max_length=16, index=True)  # pending, paid, failed
+    external_id: str | None = Field(default=None, max_length=100)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    paid_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ReputationEvent(SQLModel, table=True):
+    """One recorded reason for a provider's reputation to move (never edited)."""
+
+    __tablename__ = "reputation_event"
+
+    id: str = Field(primary_key=True, max_length=32)
+    provider_id: str = Field(foreign_key="account.id", index=True, max_length=32)
+    kind: str = Field(max_length=32)
+    # > 0 feeds α (good behaviour), < 0 feeds β.
+    weight: float
+    reason: str = Field(max_length=300)
+    job_id: str | None = Field(default=None, index=True, max_length=32)
+    round_number: int | None = None
+    key: str = Field(unique=True, max_length=200)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
+class PaymentPublic(BaseModel):
+    id: str
+    rail: str
+    kind: str
+    amount_cents: int
+    currency: str
+    status: str
+    external_id: str | None
+    client_secret: str | None
+
+
+class PayoutPublic(BaseModel):
+    id: str
+    batch_id: str
+    provider_id: str
+    job_id: str
+    amount_cents: int
+    currency: str
+    status: str
+    external_id: str | None
+    created_at: datetime
+    paid_at: datetime | None
+
+
+class PayoutBatchPublic(BaseModel):
+    id: str
+    rail: str
+    status: str
+    total_cents: int
+    payouts: list[PayoutPublic]
+    csv: str | None
+    created_at: datetime
+
+
+class ProviderEarnings(BaseModel):
+    """One provider's money, in one currency, with the per-job breakdown."""
+
+    provider_id: str
+    currency: str
+    earned_cents: int
+    paid_cents: int
+    balance_cents: int
+    jobs: list[dict[str, Any]]
+    payouts: list[PayoutPublic]
+
+
+class ReputationEventPublic(BaseModel):
+    kind: str
+    weight: float
+    reason: str
+    job_id: str | None
+    round: int | None
+    at: datetime
+
+
+class ReputationPublic(BaseModel):
+    provider_id: str
+    name: str
+    score: float
+    alpha: float
+    beta: float
+    events: int
+    history: list[ReputationEventPublic]
+
+
+class Receipt(BaseModel):
+    """What the buyer paid and where it went, to the cent."""
+
+    job_id: str
+    state: str
+    currency: str
+    rail: str
+    budget_cents: int
+    funded_cents: int
+    paid_cents: int
+    fees_cents: int
+    refunded_cents: int
+    escrow_cents: int
+    balanced: bool
+    fee_bps: int
+    providers: list[dict[str, Any]]
+    rounds: list[dict[str, Any]]
+    payments: list[PaymentPublic]
+    meta: dict[str, Any] = {}
+
+

@@ -1,0 +1,240 @@
+"""Settlement: the ledger postings of funding, of each closed round, and of a job's end.
+
+Per round (in `close_round`, in the same database transaction):
+
+- fee   = budget × fee_bps // 10 000 (the job's `fee_bps`, `POLLEN_PLATFORM_FEE_BPS` when it was
+  funded); each round takes fee // rounds, the last round the remainder;
+- pool  = (budget − fee) // rounds, the last round the remainder, so all rounds together
+  spend exactly the budget;
+- the pool is split among the round's included providers (those whose update is in the
+  aggregate; late and invalid providers have none and get nothing) in proportion to their
+  **contribution weight** = min(samples declared in the envelope, the job's sample_cap) ×
+  reputation factor (500 + 500 × score, in thousandths, see `reputation.factor_milli`),
+  with **largest-remainder rounding** (ties by provider id) so the shares add up to the pool
+  to the cent;
+- postings: escrow −(pool + fee), each provider's payable +share, platform fees +fee;
+  idempotency key `round:<round id>:settle`.
+
+At the end of a job (completed, cancelled or failed) whatever is still in escrow goes to the
+buyer's refunds account, and a refund is queued on the payment rail (a Stripe Refund, or a
+line for the operator on the manual rail).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from market import ledger
+from market.ledger.journal import find
+from market.models import Job, LedgerTransaction, Payment, Round, Submission
+from market.models.types import new_id
+from market.services import reputation
+
+log = logging.getLogger(__name__)
+
+
+def fee_total(job: Job) -> int:
+    return job.budget_cents * job.fee_bps // 10_000
+
+
+def _nth_share(total: int, n: int, number: int) -> int:
+    """Round `number`'s part of `total` over `n` rounds; the last round takes the remainder."""
+    per = total // n
+    return total - per * (n - 1) if number >= n else per
+
+
+def round_amounts(job: Job, number: int) -> tuple[int, int]:
+    """(provider pool, platform fee) of round `number`."""
+    fee = fee_total(job)
+    return (
+        _nth_share(job.budget_cents - fee, job.rounds_total, number),
+        _nth_share(fee, job.rounds_total, number),
+    )
+
+
+def split(pool: int, weights: Mapping[str, int]) -> dict[str, int]:
+    """Largest-remainder split of `pool` cents in proportion to integer `weights`.
+
+    Every share is ⌊pool·w/W⌋ plus one cent for the largest remainders (ties: provider id),
+    so the shares sum to `pool` exactly. Zero total weight splits evenly.
+    """
+    if not weights:
+        return {}
+    if pool < 0 or any(w < 0 for w in weights.values()):
+        raise ValueError("pool and weights must not be negative")
+    total = sum(weights.values())
+    if total == 0:
+        weights, total = dict.fromkeys(weights, 1), len(weights)
+    shares = {pid: pool * w // total for pid, w in weights.items()}
+    left = pool - sum(shares.values())
+    by_remainder = sorted(weights, key=lambda pid: (-(pool * weights[pid] % total), pid))
+    for pid in by_remainder[:left]:
+        shares[pid] += 1
+    return shares
+
+
+def contribution_weights(
+    samples: Mapping[str, int], cap: int, scores: Mapping[str, float]
+) -> dict[str, int]:
+    return {
+        pid: min(max(n, 0), cap) * reputation.factor_milli(scores[pid])
+        for pid, n in samples.items()
+    }
+
+
+def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> dict[str, int]:
+    """Post the round's settlement (not committed); returns each included provider's share."""
+    subs = session.exec(select(Submission).where(Submission.round_id == rnd.id)).all()
+    samples = {s.provider_id: s.samples for s in subs}
+    weights = contribution_weights(
+        samples, job.sample_cap, reputation.scores(session, samples, now=now)
+    )
+    pool, fee = round_amounts(job, rnd.number)
+    escrow = ledger.job_escrow(job.id)
+    available = ledger.balance(session, escrow, job.currency)
+    # Never more than the escrow holds: a job opens only once funded to its budget, so this
+    # only bites if funds were refunded early.
+    fee = min(fee, available)
+    pool = min(pool, available - fee)
+    shares = split(pool, weights) if weights else {}
+    if not shares:
+        pool = 0
+    legs = [(ledger.provider_payable(pid), x) for pid, x in sorted(shares.items()) if x > 0]
+    if fee > 0:
+        legs.append((ledger.FEES, fee))
+    spent = sum(x for _, x in legs)
+    if spent > 0:
+        ledger.post(
+            session,
+            key=f"round:{rnd.id}:settle",
+            kind="settle",
+            currency=job.currency,
+            legs=[(escrow, -spent), *legs],
+            job_id=job.id,
+            memo=f"round {rnd.number} of {job.rounds_total}",
+            meta={"round": rnd.number, "weights": weights},
+            now=now,
+        )
+    return shares
+
+
+def record_funding(
+    session: Session, job: Job, amount_cents: int, *, key: str, source: str, now: datetime
+) -> LedgerTransaction:
+    """Money received for a job: clearing → escrow (not committed)."""
+    return ledger.post(
+        session,
+        key=key,
+        kind="fund",
+        currency=job.currency,
+        legs=[(ledger.CLEARING, -amount_cents), (ledger.job_escrow(job.id), amount_cents)],
+        job_id=job.id,
+        memo=f"funding via {source}",
+        meta={"source": source},
+        now=now,
+    )
+
+
+def close_out(session: Session, job: Job, *, rail: str, now: datetime) -> Payment | None:
+    """Move what is left in escrow to the buyer's refunds and queue the refund (not committed).
+
+    Keyed by the job's last funding transaction: calling it again refunds nothing twice, and
+    money arriving after the job ended (a late webhook) is refunded by the next call.
+    """
+    escrow = ledger.job_escrow(job.id)
+    left = ledger.balance(session, escrow, job.currency)
+    if left <= 0:
+        return None
+    last_fund = session.exec(
+        select(LedgerTransaction)
+        .where(LedgerTransaction.job_id == job.id, LedgerTransaction.kind == "fund")
+        .order_by(col(LedgerTransaction.seq).desc())
+    ).first()
+    key = f"job:{job.id}:refund:{last_fund.seq if last_fund else 0}"
+    if find(session, key) is not None:
+        return None
+    ledger.post(
+        session,
+        key=key,
+        kind="refund",
+        currency=job.currency,
+        legs=[(escrow, -left), (ledger.buyer_refunds(job.buyer_id), left)],
+        job_id=job.id,
+        memo=f"unspent escrow of a {job.state} job",
+        now=now,
+    )
+    payment = Payment(
+        id=new_id("pay"),
+        job_id=job.id,
+        rail=rail,
+        kind="refund",
+        amount_cents=left,
+        currency=job.currency,
+        status="pending" if rail == "stripe" else "recorded",
+        key=key,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(payment)
+    log.info("job %s: %d %s refunded to %s", job.id, left, job.currency, job.buyer_id)
+    return payment
+
+
+def job_rail(session: Session, job: Job) -> str:
+    """The rail that funded the job: `stripe` if a PaymentIntent did, else `manual`."""
+    paid = session.exec(
+        select(Payment).where(
+            Payment.job_id == job.id, Payment.kind == "funding", Payment.rail == "stripe"
+        )
+    ).first()
+    return "stripe" if paid is not None else "manual"
+
+
+def on_round_closed(session: Session, job: Job, rnd: Round, *, now: datetime) -> None:
+    """Settle a round that just closed and record its reputation events (not committed)."""
+    shares = settle_round(session, job, rnd, now=now)
+    for pid in sorted(shares):
+        where = f"job {job.id} round {rnd.number}"
+        reputation.record(
+            session, pid, "on-time-submission", f"valid update before the deadline ({where})",
+            key=f"rep:{rnd.id}:{pid}:on-time", now=now, job_id=job.id, round_number=rnd.number,
+        )  # fmt: skip
+        reputation.record(
+            session, pid, "included", f"update included in the aggregate ({where})",
+            key=f"rep:{rnd.id}:{pid}:included", now=now, job_id=job.id, round_number=rnd.number,
+        )  # fmt: skip
+    missing = sorted(set(rnd.expected) - set(shares))
+    on_round_missed(session, job, rnd, missing, now=now)
+
+
+def on_round_missed(
+    session: Session, job: Job, rnd: Round, missing: list[str], *, now: datetime
+) -> None:
+    """Expected providers that had not submitted when the round's deadline passed."""
+    if rnd.deadline > now:
+        return
+    for pid in missing:
+        reputation.record(
+            session, pid, "missed-deadline",
+            f"no update by the deadline of job {job.id} round {rnd.number}",
+            key=f"rep:{rnd.id}:{rnd.attempt}:{pid}:missed", now=now, job_id=job.id,
+            round_number=rnd.number,
+        )  # fmt: skip
+
+
+def on_job_ended(session: Session, job: Job, *, now: datetime) -> Payment | None:
+    """A job reached a terminal state: reputation for a completed job, refund of the escrow."""
+    if job.state == "completed":
+        included = session.exec(
+            select(Submission.provider_id).where(Submission.job_id == job.id).distinct()
+        ).all()
+        for pid in sorted(included):
+            reputation.record(
+                session, pid, "job-completed", f"took part in job {job.id}, which completed",
+                key=f"rep:{job.id}:{pid}:completed", now=now, job_id=job.id,
+            )  # fmt: skip
+    return close_out(session, job, rail=job_rail(session, job), now=now)
