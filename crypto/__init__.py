@@ -32,10 +32,11 @@ from crypto.errors import (
     ValueRangeError,
 )
 from crypto.keys import BuyerKeys, PublicContext
-from crypto.presets import DEFAULT_PRESET_ID, PRESETS, Preset, get_preset
+from crypto.presets import DEFAULT_PRESET_ID, PLAIN_PRESET_ID, PRESETS, Preset, get_preset
 
 __all__ = [
     "DEFAULT_PRESET_ID",
+    "PLAIN_PRESET_ID",
     "PRESETS",
     "Accumulator",
     "AggregateError",

@@ -66,7 +66,9 @@ class _Reader:
             raise AggregateError("aggregate holds a non-UTF-8 identifier") from None
 
 
-def _zeros(preset: Preset, chunks: int) -> np.ndarray:
+def _zeros(preset: Preset, chunks: int, param_count: int) -> np.ndarray:
+    if preset.is_plain:
+        return np.zeros(param_count, dtype=np.float64)
     shape = (chunks, 2, len(preset.data_moduli), preset.poly_modulus_degree)
     return np.zeros(shape, dtype=np.uint64)
 
@@ -100,7 +102,11 @@ class Accumulator:
         self.weight_sum = weight_sum
         self.samples_sum = samples_sum
         self.provider_ids = list(provider_ids or [])
-        self._moduli = np.array(preset.data_moduli, dtype=np.uint64).reshape(1, 1, -1, 1)
+        self._moduli = (
+            None
+            if preset.is_plain
+            else np.array(preset.data_moduli, dtype=np.uint64).reshape(1, 1, -1, 1)
+        )
 
     @classmethod
     def empty(
@@ -121,7 +127,7 @@ class Accumulator:
             round=round,
             param_count=param_count,
             summands=binding.resolved_summands(preset),
-            coefficients=_zeros(preset, preset.chunks_for(param_count)),
+            coefficients=_zeros(preset, preset.chunks_for(param_count), param_count),
         )
 
     def add(self, update: ValidatedEnvelope) -> None:
@@ -141,20 +147,25 @@ class Accumulator:
             raise AggregateError(f"this aggregate holds at most {self.summands} updates")
         acc = self.coefficients
         np.add(acc, update.coefficients, out=acc)
-        # Reduce mod q without a mask: when acc < q, acc - q wraps around to a huge value
-        # and the minimum keeps acc.
-        np.minimum(acc, acc - self._moduli, out=acc)
+        if self._moduli is not None:
+            # Reduce mod q without a mask: when acc < q, acc - q wraps around to a huge value
+            # and the minimum keeps acc.
+            np.minimum(acc, acc - self._moduli, out=acc)
         self.count += 1
         self.weight_sum += h.weight
         self.samples_sum += h.samples
         self.provider_ids.append(h.provider_id)
 
     def to_bytes(self) -> bytes:
-        payload = pack_coefficients(self.coefficients, self.preset.coeff_bytes)
+        payload = (
+            self.coefficients.astype("<f8").tobytes()
+            if self.preset.is_plain
+            else pack_coefficients(self.coefficients, self.preset.coeff_bytes)
+        )
         fixed = _FIXED.pack(
             bytes.fromhex(self.fingerprint),
             self.param_count,
-            self.coefficients.shape[0],
+            self.preset.chunks_for(self.param_count),
             self.summands,
             self.round,
             self.count,
@@ -200,12 +211,16 @@ class Accumulator:
         if chunks != preset.chunks_for(params):
             raise AggregateError("aggregate chunk count does not match its parameter count")
         payload = data[reader.offset :]
-        if len(payload) != preset.payload_bytes(params):
+        expected = 8 * params if preset.is_plain else preset.payload_bytes(params)
+        if len(payload) != expected:
             raise AggregateError("aggregate payload has the wrong size")
         if hashlib.sha256(payload).digest() != digest:
             raise AggregateError("aggregate payload does not match its hash")
-        shape = (preset.chunks_for(params), 2, len(preset.data_moduli), preset.poly_modulus_degree)
-        coeffs = unpack_coefficients(payload, shape, preset.coeff_bytes)
+        if preset.is_plain:
+            coeffs = np.frombuffer(payload, dtype="<f8").copy()
+        else:
+            shape = (chunks, 2, len(preset.data_moduli), preset.poly_modulus_degree)
+            coeffs = unpack_coefficients(payload, shape, preset.coeff_bytes)
         assert isinstance(rnd, int) and isinstance(wsum, float) and isinstance(ssum, int)
         return cls(
             preset=preset,
@@ -246,6 +261,14 @@ def decrypt_aggregate(keys: BuyerKeys, data: bytes) -> DecryptedAggregate:
     if acc.count == 0:
         raise AggregateError("aggregate holds no updates")
     preset = acc.preset
+    if preset.is_plain:
+        return DecryptedAggregate(
+            total=acc.coefficients.astype(np.float32),
+            count=acc.count,
+            weight_sum=acc.weight_sum,
+            samples_sum=acc.samples_sum,
+            provider_ids=acc.provider_ids,
+        )
     parms_id = list(keys.seal_context.first_parms_id())
     out = np.empty(acc.coefficients.shape[0] * preset.reals_per_chunk, dtype=np.float64)
     plain = seal.Plaintext()

@@ -150,6 +150,9 @@ def encrypt_update(
             f"(clip the update, lower the job's max providers or choose a wider preset)"
         )
     chunks = preset.chunks_for(flat.size)
+    if preset.is_plain:
+        payload = weighted.astype("<f4").tobytes()
+        return _assemble(ctx, binding, flat.size, chunks, summands, weight, samples, payload)
     padded = np.zeros(chunks * preset.reals_per_chunk, dtype=np.float64)
     padded[: flat.size] = weighted
     slots = (padded[0::2] + 1j * padded[1::2]).reshape(chunks, -1)
@@ -161,18 +164,32 @@ def encrypt_update(
         ctx.encryptor.encrypt(plain, cipher)
         coeffs[i] = ciphertext_to_array(cipher)
     payload = pack_coefficients(coeffs, preset.coeff_bytes)
+    return _assemble(ctx, binding, flat.size, chunks, summands, weight, samples, payload)
 
+
+def _assemble(
+    ctx: PublicContext,
+    binding: EnvelopeBinding,
+    params: int,
+    chunks: int,
+    summands: int,
+    weight: float,
+    samples: int,
+    payload: bytes,
+) -> bytes:
+    preset = ctx.preset
+    parms_id = [0, 0, 0, 0] if preset.is_plain else ctx.data_parms_id
     tail = _encode_str(preset.id) + _encode_str(binding.job_id) + _encode_str(binding.provider_id)
     fixed = _FIXED.pack(
         bytes.fromhex(ctx.fingerprint),
-        flat.size,
+        params,
         chunks,
         summands,
         binding.round,
         weight,
         samples,
         preset.scale,
-        *ctx.data_parms_id,
+        *parms_id,
         len(payload),
         hashlib.sha256(payload).digest(),
     )
@@ -285,7 +302,8 @@ def validate_envelope(
     chunks = preset.chunks_for(binding.param_count)
     if header.chunk_count != chunks:
         raise ShapeMismatchError(f"envelope has {header.chunk_count} chunks; expected {chunks}")
-    if header.scale != preset.scale or list(header.parms_id) != ctx.data_parms_id:
+    expected_parms = [0, 0, 0, 0] if preset.is_plain else ctx.data_parms_id
+    if header.scale != preset.scale or list(header.parms_id) != expected_parms:
         raise CiphertextParameterError(
             "ciphertexts are at the wrong level or scale for the job's preset"
         )
@@ -301,6 +319,11 @@ def validate_envelope(
         )
     if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise PayloadHashError("payload does not match the SHA-256 in its header")
+    if preset.is_plain:
+        values = np.frombuffer(payload, dtype="<f4").astype(np.float64)
+        if not np.all(np.isfinite(values)):
+            raise CiphertextParameterError("plaintext update holds NaN or infinite values")
+        return ValidatedEnvelope(header=header, coefficients=values)
     shape = (chunks, 2, len(preset.data_moduli), preset.poly_modulus_degree)
     coeffs = unpack_coefficients(payload, shape, preset.coeff_bytes)
     moduli = np.array(preset.data_moduli, dtype=np.uint64).reshape(1, 1, -1, 1)

@@ -75,6 +75,17 @@ class PublicContext:
     def to_bytes(self) -> bytes:
         return self._canonical
 
+    def for_preset(self, preset_id: str) -> PublicContext:
+        """This context as used by a job of `preset_id`: itself, or the plaintext view."""
+        if preset_id == self.preset.id:
+            return self
+        preset = get_preset(preset_id)
+        if not preset.is_plain:
+            raise ContextError(f"context is for preset {self.preset.id}, not {preset_id}")
+        view = PublicContext(self._context, preset)
+        view.__dict__["_canonical"] = self._canonical
+        return view
+
     @cached_property
     def _canonical(self) -> bytes:
         return _public_bytes(self._context)

@@ -37,6 +37,13 @@ class Preset:
     default_summands: int
     # Headroom kept between the worst-case sum and q/2, for noise and rounding.
     safety: float = 0.9
+    # "ckks", or "plain" for the benchmark-only preset that sends float32 in the clear (the
+    # server refuses such jobs unless started with POLLEN_ALLOW_PLAINTEXT_JOBS).
+    scheme: str = "ckks"
+
+    @property
+    def is_plain(self) -> bool:
+        return self.scheme == "plain"
 
     @property
     def scale(self) -> float:
@@ -75,26 +82,38 @@ class Preset:
         slot), so `summands` such updates stay below Q/2 with `safety` headroom.
         """
         count = summands or self.default_summands
+        if self.is_plain:
+            return 1e30 / count
         q_total = math.prod(self.data_moduli)
         return self.safety * (q_total / 2) / (math.sqrt(2) * self.scale * count)
 
     @property
     def max_summands(self) -> int:
         """Most updates one sum may ever hold: beyond it an update's bound falls below 1e-3."""
+        if self.is_plain:
+            return 1_000_000
         q_total = math.prod(self.data_moduli)
         return int(self.safety * (q_total / 2) / (math.sqrt(2) * self.scale * 1e-3))
 
     def chunks_for(self, param_count: int) -> int:
+        if self.is_plain:
+            return 1
         return max(1, -(-param_count // self.reals_per_chunk))
 
     def payload_bytes(self, param_count: int) -> int:
+        if self.is_plain:
+            return 4 * param_count
         return self.chunks_for(param_count) * self.chunk_payload_bytes
 
     def check_security(self) -> None:
+        if self.is_plain:
+            raise PresetError(f"preset {self.id} does not encrypt; it exists for benchmarks")
         limit = _MAX_BITS_128.get(self.poly_modulus_degree)
         if limit is None or sum(self.coeff_mod_bit_sizes) > limit:
             raise PresetError(f"preset {self.id} is not 128-bit secure")
 
+
+PLAIN_PRESET_ID = "plain-f32-v1"
 
 PRESETS: dict[str, Preset] = {
     p.id: p
@@ -105,6 +124,16 @@ PRESETS: dict[str, Preset] = {
             coeff_mod_bit_sizes=(40, 14),
             scale_bits=31,
             default_summands=16,
+        ),
+        # Float32 in the clear, through the same envelopes and accumulators: the baseline
+        # `python -m bench round` compares against. Never accepted by a default server.
+        Preset(
+            id=PLAIN_PRESET_ID,
+            poly_modulus_degree=0,
+            coeff_mod_bit_sizes=(),
+            scale_bits=0,
+            default_summands=16,
+            scheme="plain",
         ),
         # A wider range for large updates or many providers, at 2x the bytes.
         Preset(

@@ -12,6 +12,7 @@ from crypto import (
     Accumulator,
     AggregateError,
     BuyerKeys,
+    CiphertextParameterError,
     EnvelopeBinding,
     PublicContext,
     decrypt_aggregate,
@@ -179,3 +180,28 @@ def test_tampered_or_foreign_aggregate_refused(
     empty = Accumulator.empty(public, job_id="j", round=1, param_count=100).to_bytes()
     with pytest.raises(AggregateError, match="no updates"):
         decrypt_aggregate(keys, empty)
+
+
+def test_plaintext_preset_is_a_faithful_baseline(keys: BuyerKeys, public: PublicContext) -> None:
+    """The benchmark-only plaintext preset sums through the same envelope/accumulator path."""
+    from crypto import PLAIN_PRESET_ID, PresetError, get_preset
+
+    plain = public.for_preset(PLAIN_PRESET_ID)
+    assert plain.fingerprint == public.fingerprint
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(0, 1, 777).astype(np.float32) for _ in range(3)]
+    acc = Accumulator.empty(plain, job_id="j", round=1, param_count=777, summands=3)
+    for i, x in enumerate(xs):
+        binding = EnvelopeBinding("j", 1, f"p{i}", 777, 3)
+        env = encrypt_update(plain, x, binding=binding, weight=0.5, samples=10)
+        assert len(env) < 4 * 777 + 400
+        acc.add(validate_envelope(env, plain, binding))
+    out = decrypt_aggregate(keys, Accumulator.from_bytes(acc.to_bytes(), plain).to_bytes())
+    assert np.allclose(out.total, 0.5 * np.sum(xs, axis=0), atol=1e-5)
+    with pytest.raises(PresetError, match="does not encrypt"):
+        get_preset(PLAIN_PRESET_ID).check_security()
+    # A plaintext envelope is never accepted by an encrypted job, nor the reverse.
+    binding = EnvelopeBinding("j", 1, "p0", 777, 3)
+    env = encrypt_update(plain, xs[0], binding=binding, weight=1.0, samples=1)
+    with pytest.raises(CiphertextParameterError):
+        validate_envelope(env, public, binding)
