@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     max_context_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_model_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
 
+    # The plaintext preset sends updates in the clear: only `python -m bench round` turns
+    # this on, to measure what encryption costs through the same API and processes.
+    allow_plaintext_jobs: bool = False
+
     # Apply Alembic migrations at startup so a fresh data directory just works.
     auto_migrate: bool = True
 

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from crypto import PublicContext, get_preset
+from crypto import ContextError, PublicContext, get_preset
 from market import weights
 from market.blobs import BlobStore
 from market.errors import InvalidInputError, InvalidStateError, PermissionDeniedError
@@ -20,10 +20,22 @@ from market.services.rounds import find_round
 log = logging.getLogger(__name__)
 
 
-def create_job(session: Session, buyer: Account, spec: JobCreate, *, now: datetime) -> Job:
+def create_job(
+    session: Session,
+    buyer: Account,
+    spec: JobCreate,
+    *,
+    now: datetime,
+    allow_plaintext: bool = False,
+) -> Job:
     if buyer.role != "buyer":
         raise PermissionDeniedError("only buyers post jobs")
     preset = get_preset(spec.preset)
+    if preset.is_plain and not allow_plaintext:
+        raise InvalidInputError(
+            f"preset {preset.id} sends updates in the clear; this server refuses it "
+            "(only benchmark servers started with POLLEN_ALLOW_PLAINTEXT_JOBS=1 accept it)"
+        )
     if spec.max_providers > preset.max_summands:
         raise InvalidInputError(
             f"preset {preset.id} sums at most {preset.max_summands} updates: "
@@ -67,8 +79,12 @@ def put_context(session: Session, blobs: BlobStore, job: Job, data: bytes, *, no
     ctx = PublicContext.from_bytes(data)
     if not ctx.is_public():  # from_bytes refuses secrets already; never store one regardless
         raise InvalidInputError("the context holds a secret key")
-    if ctx.preset.id != job.preset_id:
-        raise InvalidInputError(f"context is for preset {ctx.preset.id}, job uses {job.preset_id}")
+    try:
+        ctx = ctx.for_preset(job.preset_id)
+    except ContextError:
+        raise InvalidInputError(
+            f"context is for preset {ctx.preset.id}, job uses {job.preset_id}"
+        ) from None
     key = f"jobs/{job.id}/context-{ctx.fingerprint[:16]}.bin"
     blobs.put_bytes(key, ctx.to_bytes())
     job.context_key = key

@@ -61,13 +61,13 @@ def job_context(blobs: BlobStore, job: Job) -> PublicContext:
         ctx = _contexts.get(job.fingerprint)
         if ctx is not None:
             _contexts.move_to_end(job.fingerprint)
-            return ctx
+            return ctx.for_preset(job.preset_id)
     ctx = PublicContext.from_bytes(blobs.get_bytes(job.context_key))
     with _locks_guard:
         _contexts[job.fingerprint] = ctx
         while len(_contexts) > _CONTEXT_CACHE:
             _contexts.popitem(last=False)
-    return ctx
+    return ctx.for_preset(job.preset_id)
 
 
 def receipt(sub: Submission) -> SubmissionReceipt:

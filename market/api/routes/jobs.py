@@ -25,8 +25,13 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=201, response_model=JobPublic)
-def create(body: JobCreate, account: BuyerAccount, session: SessionDep, now: NowDep) -> JobPublic:
-    return views.job_public(session, jobs.create_job(session, account, body, now=now), account)
+def create(
+    body: JobCreate, account: BuyerAccount, session: SessionDep, now: NowDep, settings: SettingsDep
+) -> JobPublic:
+    job = jobs.create_job(
+        session, account, body, now=now, allow_plaintext=settings.allow_plaintext_jobs
+    )
+    return views.job_public(session, job, account)
 
 
 @router.get("", response_model=list[JobPublic])
