@@ -73,8 +73,14 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
 
 
 def start_agent(
-    url: str, csv: Path, state_dir: Path, index: int, log_path: Path
+    url: str,
+    csv: Path,
+    state_dir: Path,
+    index: int,
+    log_path: Path,
+    extra: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """A provider agent process; options in `extra` override the defaults (last one wins)."""
     cmd = [
         sys.executable,
         "-m",
@@ -99,6 +105,7 @@ def start_agent(
         "1",
         "--poll",
         "0.3",
+        *(extra or []),
     ]
     return subprocess.Popen(
         cmd,
