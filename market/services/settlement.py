@@ -30,7 +30,7 @@ from sqlmodel import Session, col, select
 
 from market import ledger
 from market.ledger.journal import find
-from market.models import Job, LedgerTransaction, Payment, Round, Submission
+from market.models import TERMINAL_JOB_STATES, Job, LedgerTransaction, Payment, Round, Submission
 from market.models.types import new_id
 from market.services import reputation
 
@@ -145,6 +145,8 @@ def close_out(session: Session, job: Job, *, rail: str, now: datetime) -> Paymen
     Keyed by the job's last funding transaction: calling it again refunds nothing twice, and
     money arriving after the job ended (a late webhook) is refunded by the next call.
     """
+    if job.state not in TERMINAL_JOB_STATES:
+        return None
     escrow = ledger.job_escrow(job.id)
     left = ledger.balance(session, escrow, job.currency)
     if left <= 0:
