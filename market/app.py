@@ -20,29 +20,35 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 
 from market import problems
-from market.api.routes import accounts, admin, jobs, listings, offers, rounds
+from market.api.routes import accounts, admin, jobs, listings, money, offers, rounds
 from market.blobs import LocalBlobStore
 from market.config import Settings
 from market.db import make_engine, session_scope
 from market.migrate import upgrade
 from market.models.types import utcnow
+from market.payments import PaymentRail, rail_for
 from market.services import accounts as account_service
+from market.services import payments as payment_service
+from market.services import reputation
 from market.services import rounds as round_service
 
 log = logging.getLogger(__name__)
 
 
-def run_tick(engine: Engine, now: datetime) -> int:
-    """One pass of the deadline enforcer in its own session."""
+def run_tick(engine: Engine, now: datetime, rail: PaymentRail | None = None) -> int:
+    """One pass of the deadline enforcer in its own session; then queued refunds go out."""
     with session_scope(engine) as session:
-        return round_service.tick(session, now=now)
+        moved = round_service.tick(session, now=now)
+        if rail is not None:
+            payment_service.process_refunds(session, rail, now=now)
+        return moved
 
 
 async def _enforce_deadlines(app: FastAPI, period: float) -> None:
     while True:
         await asyncio.sleep(period)
         try:
-            await run_in_threadpool(run_tick, app.state.engine, app.state.clock())
+            await run_in_threadpool(run_tick, app.state.engine, app.state.clock(), app.state.rail)
         except Exception:  # keep enforcing: one bad pass must not stop the task
             log.exception("deadline pass failed")
 
@@ -81,7 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings.database_url)
     app.state.blobs = LocalBlobStore(settings.blob_root)
     app.state.clock = utcnow
+    app.state.rail = rail_for(settings)
+    reputation.configure(decay=settings.reputation_decay)
     problems.install(app)
-    for module in (accounts, listings, jobs, offers, rounds, admin):
+    for module in (accounts, listings, jobs, offers, rounds, admin, money):
         app.include_router(module.router)
     return app

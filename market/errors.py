@@ -20,7 +20,8 @@
         │   ├── ZeroPostingError            a posting of zero
         │   ├── InsufficientFundsError      an account would go below zero where it must not
         │   └── ImmutableLedgerError        an update or delete of a journal row (500)
-        └── PaymentError                 502 the payment rail (Stripe) failed or refused
+        ├── PaymentError                 502 the payment rail (Stripe) failed or refused
+        └── WebhookSignatureError        400 a webhook whose signature does not verify
 
 Every class has a stable `code` slug and an HTTP `status`; `market.problems` turns any
 `PollenError`, crypto's included, into `application/problem+json` in one place.
@@ -150,3 +151,9 @@ class PaymentError(MarketError):
     status = 502
     code = "payment-rail-error"
     title = "Payment rail error"
+
+
+class WebhookSignatureError(MarketError):
+    status = 400
+    code = "webhook-signature"
+    title = "Webhook signature invalid"

@@ -15,6 +15,7 @@ from market.blobs import BlobStore
 from market.config import Settings
 from market.errors import AuthenticationError, PayloadTooLargeError, PermissionDeniedError
 from market.models import Account
+from market.payments import PaymentRail
 from market.services import accounts
 
 
@@ -34,6 +35,11 @@ def get_blobs(request: Request) -> BlobStore:
     return blobs
 
 
+def get_rail(request: Request) -> PaymentRail:
+    rail: PaymentRail = request.app.state.rail
+    return rail
+
+
 def get_now(request: Request) -> datetime:
     # The clock lives on the app so tests can move time without sleeping.
     clock: Callable[[], datetime] = request.app.state.clock
@@ -44,6 +50,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 NowDep = Annotated[datetime, Depends(get_now)]
+RailDep = Annotated[PaymentRail, Depends(get_rail)]
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api_key>`")
 
@@ -58,6 +65,19 @@ def current_account(
 
 
 CurrentAccount = Annotated[Account, Depends(current_account)]
+
+
+def optional_account(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Account | None:
+    """The caller if it sent a key (which must be valid), else None: for public reads."""
+    if credentials is None:
+        return None
+    return current_account(session, credentials)
+
+
+MaybeAccount = Annotated[Account | None, Depends(optional_account)]
 
 
 def _role(*roles: str) -> Callable[[Account], Account]:

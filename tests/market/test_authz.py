@@ -57,6 +57,8 @@ def world(client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys) -> World:
         "draft": draft,
         "listing": scn.listings[accepted.id],
         "offer": scn.offers(pending)[0]["id"],
+        "provider": accepted.id,
+        "batch": "pob_unknown",
     }
     return World(scn, actors, ids)
 
@@ -111,6 +113,14 @@ CASES: list[tuple[str, str, Body | None, dict[str, int]]] = [
     ("PUT", "/v1/jobs/{job}/rounds/1/submission", _envelope, _m(401, 403, 403, 201, 403, 404, 403)),
     ("GET", "/v1/jobs/{job}/rounds/1/aggregate", None, _m(401, 409, 404, 403, 403, 404, 403)),
     ("POST", "/v1/jobs/{job}/rounds/1/metrics", _json({"loss": 1.0, "accuracy": 0.5}), _m(401, 409, 404, 403, 403, 404, 403)),
+    ("GET", "/v1/payouts", None, _m(401, 403, 403, 200, 200, 200, 200)),
+    ("POST", "/v1/admin/payouts/run", None, _m(401, 403, 403, 403, 403, 403, 200)),
+    ("POST", "/v1/admin/payouts/{batch}/mark-paid", None, _m(401, 403, 403, 403, 403, 403, 404)),
+    ("GET", "/v1/reputation", None, _m(200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/v1/reputation/{provider}", None, _m(200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/v1/ledger/verify", None, _m(200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/v1/jobs/{job}/receipt", None, _m(401, 200, 404, 403, 403, 404, 200)),
+    ("POST", "/v1/webhooks/stripe", _json({"type": "payment_intent.succeeded"}), _m(400, 400, 400, 400, 400, 400, 400)),
 ]  # fmt: skip
 
 
@@ -149,6 +159,8 @@ def test_matrix_covers_every_route(client: TestClient) -> None:
         "{offer}": "{offer_id}",
         "{draft}": "{job_id}",
         "{job}": "{job_id}",
+        "{provider}": "{provider_id}",
+        "{batch}": "{batch_id}",
     }
     covered = set()
     for method, path, _, _ in CASES:

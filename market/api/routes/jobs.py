@@ -12,14 +12,15 @@ from market.api.deps import (
     BuyerAccount,
     CurrentAccount,
     NowDep,
+    RailDep,
     SessionDep,
     SettingsDep,
     binary_body,
     read_body,
 )
 from market.errors import NotFoundError
-from market.models import JobCreate, JobPublic
-from market.services import access, jobs, results, views
+from market.models import JobCreate, JobPublic, PaymentPublic
+from market.services import access, jobs, payments, results, views
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -125,20 +126,47 @@ def get_final_model(
     return Response(results.final_model_bytes(blobs, job), media_type=OCTET)
 
 
-@router.post("/{job_id}/fund", response_model=JobPublic)
-def fund(job_id: str, account: CurrentAccount, session: SessionDep, now: NowDep) -> JobPublic:
-    """Ask for funding: the job waits in `funding` until the money is credited."""
-    job = jobs.request_funding(session, access.owned_job(session, job_id, account), now=now)
-    return views.job_public(session, job, account)
+class JobFunding(JobPublic):
+    """The job, plus on the `stripe` rail the PaymentIntent to confirm (id, client_secret)."""
+
+    payment: PaymentPublic | None = None
+
+
+@router.post("/{job_id}/fund", response_model=JobFunding)
+def fund(
+    job_id: str,
+    account: CurrentAccount,
+    session: SessionDep,
+    settings: SettingsDep,
+    rail: RailDep,
+    now: NowDep,
+) -> JobFunding:
+    """Ask for funding: the job waits in `funding` until the money arrives (a credit on the
+    manual rail, the PaymentIntent's success on the stripe rail; calling again polls it)."""
+    job = access.owned_job(session, job_id, account)
+    payment = payments.start_funding(session, rail, job, fee_bps=settings.platform_fee_bps, now=now)
+    view = views.job_public(session, job, account)
+    return JobFunding(
+        **view.model_dump(by_alias=False),
+        payment=payments.public(payment, with_secret=True) if payment else None,
+    )
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel(job_id: str, account: CurrentAccount, session: SessionDep, now: NowDep) -> JobPublic:
+def cancel(
+    job_id: str, account: CurrentAccount, session: SessionDep, rail: RailDep, now: NowDep
+) -> JobPublic:
+    """Stop the job; the unspent escrow is refunded (a Stripe Refund on the stripe rail)."""
     job = jobs.cancel_job(session, access.owned_job(session, job_id, account), now=now)
+    payments.process_refunds(session, rail, now=now)
     return views.job_public(session, job, account)
 
 
 @router.post("/{job_id}/complete", response_model=JobPublic)
-def complete(job_id: str, account: CurrentAccount, session: SessionDep, now: NowDep) -> JobPublic:
+def complete(
+    job_id: str, account: CurrentAccount, session: SessionDep, rail: RailDep, now: NowDep
+) -> JobPublic:
+    """Finish a job whose last round closed; whatever escrow is left is refunded."""
     job = jobs.complete_job(session, access.owned_job(session, job_id, account), now=now)
+    payments.process_refunds(session, rail, now=now)
     return views.job_public(session, job, account)

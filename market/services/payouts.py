@@ -1,0 +1,249 @@
+"""Payouts: what providers earned (their payable balances) leaves the platform.
+
+`run` groups each provider's payable balance by job and currency (from the ledger: the
+postings on `provider:<id>:payable` of the job's transactions), minus what a pending payout
+already covers, into one batch:
+
+- on a rail with transfers (Stripe Connect): one connected account per provider (created once,
+  key `connect:<provider>`), one Transfer per provider and job (`transfer_group` = job id,
+  key `payout:<payout id>`); each transfer that went through posts payable → paid
+  (ledger key `payout:<payout id>`). A failed transfer stays pending for the next run;
+- otherwise (manual rail): the batch is exported as CSV, and `mark_paid` posts the ledger
+  transactions once the operator has sent the money.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections import defaultdict
+from datetime import datetime
+
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
+
+from market import ledger
+from market.errors import InvalidStateError, NotFoundError, PaymentError
+from market.ledger.names import owner_of
+from market.models import (
+    Account,
+    ConnectedAccount,
+    LedgerPosting,
+    LedgerTransaction,
+    Payout,
+    PayoutBatch,
+    PayoutBatchPublic,
+    PayoutPublic,
+    ProviderEarnings,
+)
+from market.models.types import new_id
+from market.payments import PaymentRail
+
+log = logging.getLogger(__name__)
+
+
+def payable_by_job(
+    session: Session, provider_id: str | None = None
+) -> dict[tuple[str, str, str], int]:
+    """(provider, job, currency) → payable balance still owed, net of pending payouts."""
+    stmt = (
+        select(
+            LedgerPosting.account,
+            LedgerTransaction.job_id,
+            LedgerTransaction.currency,
+            LedgerPosting.amount,
+        )
+        .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerPosting.txn_id))
+        .where(col(LedgerPosting.account).endswith(":payable"))
+    )
+    if provider_id is not None:
+        stmt = stmt.where(LedgerPosting.account == ledger.provider_payable(provider_id))
+    owed: dict[tuple[str, str, str], int] = defaultdict(int)
+    for account, job_id, currency, amount in session.exec(stmt).all():
+        pid = owner_of(account)
+        assert pid is not None and job_id is not None
+        owed[(pid, job_id, currency)] += amount
+    for p in session.exec(select(Payout).where(Payout.status == "pending")).all():
+        owed[(p.provider_id, p.job_id, p.currency)] -= p.amount_cents
+    return {k: v for k, v in owed.items() if v > 0}
+
+
+def _post_paid(session: Session, payout: Payout, *, now: datetime) -> None:
+    ledger.post(
+        session,
+        key=f"payout:{payout.id}",
+        kind="payout",
+        currency=payout.currency,
+        legs=[
+            (ledger.provider_payable(payout.provider_id), -payout.amount_cents),
+            (ledger.provider_paid(payout.provider_id), payout.amount_cents),
+        ],
+        job_id=payout.job_id,
+        memo=f"payout {payout.id} ({payout.external_id or 'manual'})",
+        now=now,
+    )
+    payout.status = "paid"
+    payout.paid_at = now
+    session.add(payout)
+
+
+def _connected(session: Session, rail: PaymentRail, provider_id: str) -> str:
+    known = session.get(ConnectedAccount, provider_id)
+    if known is not None:
+        return known.external_id
+    account = session.get(Account, provider_id)
+    name = account.name if account else provider_id
+    external = rail.connected_account(
+        provider_id=provider_id, name=name, key=f"connect:{provider_id}"
+    )
+    session.add(ConnectedAccount(provider_id=provider_id, external_id=external))
+    session.commit()
+    return external
+
+
+def _csv(payouts: list[Payout]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["payout_id", "provider_id", "job_id", "amount_cents", "currency"])
+    for p in payouts:
+        writer.writerow([p.id, p.provider_id, p.job_id, p.amount_cents, p.currency])
+    return out.getvalue()
+
+
+def run(session: Session, rail: PaymentRail, *, now: datetime) -> PayoutBatch | None:
+    """Pay every provider what it is owed; None when nobody is owed anything."""
+    owed = payable_by_job(session)
+    if not owed:
+        return None
+    batch = PayoutBatch(
+        id=new_id("pob"), rail=rail.name if rail.transfers else "manual", status="exported",
+        total_cents=sum(owed.values()), created_at=now,
+    )  # fmt: skip
+    payouts = [
+        Payout(
+            id=new_id("pyo"),
+            batch_id=batch.id,
+            provider_id=pid,
+            job_id=job_id,
+            amount_cents=amount,
+            currency=currency,
+            status="pending",
+            created_at=now,
+        )
+        for (pid, job_id, currency), amount in sorted(owed.items())
+    ]
+    batch.csv = _csv(payouts)
+    session.add(batch)
+    session.add_all(payouts)
+    session.commit()
+    if rail.transfers:
+        _transfer(session, rail, batch, payouts, now=now)
+    log.info("payout batch %s: %d payouts, %d cents", batch.id, len(payouts), batch.total_cents)
+    return batch
+
+
+def _transfer(
+    session: Session, rail: PaymentRail, batch: PayoutBatch, payouts: list[Payout], *, now: datetime
+) -> None:
+    for payout in payouts:
+        try:
+            destination = _connected(session, rail, payout.provider_id)
+            payout.external_id = rail.transfer(
+                destination=destination,
+                amount_cents=payout.amount_cents,
+                currency=payout.currency,
+                transfer_group=payout.job_id,
+                key=f"payout:{payout.id}",
+                metadata={"payout_id": payout.id, "provider_id": payout.provider_id},
+            )
+        except PaymentError:
+            log.warning("payout %s not transferred; it stays pending", payout.id)
+            continue
+        _post_paid(session, payout, now=now)
+        session.commit()
+    done = all(p.status == "paid" for p in payouts)
+    batch.status = "paid" if done else "partial"
+    batch.paid_at = now if done else None
+    session.add(batch)
+    session.commit()
+
+
+def mark_paid(session: Session, batch_id: str, *, now: datetime) -> PayoutBatch:
+    """The operator sent a manual batch's money: post each payout; idempotent."""
+    batch = session.get(PayoutBatch, batch_id)
+    if batch is None:
+        raise NotFoundError(f"no payout batch {batch_id}")
+    if batch.rail != "manual":
+        raise InvalidStateError("only manual batches are marked paid by hand")
+    for payout in batch_payouts(session, batch.id):
+        if payout.status == "pending":
+            _post_paid(session, payout, now=now)
+    batch.status = "paid"
+    batch.paid_at = batch.paid_at or now
+    session.add(batch)
+    session.commit()
+    return batch
+
+
+def batch_payouts(session: Session, batch_id: str) -> list[Payout]:
+    return list(
+        session.exec(
+            select(Payout).where(Payout.batch_id == batch_id).order_by(col(Payout.id))
+        ).all()
+    )
+
+
+def payout_public(p: Payout) -> PayoutPublic:
+    return PayoutPublic.model_validate(p, from_attributes=True)
+
+
+def batch_public(session: Session, batch: PayoutBatch) -> PayoutBatchPublic:
+    return PayoutBatchPublic(
+        id=batch.id,
+        rail=batch.rail,
+        status=batch.status,
+        total_cents=batch.total_cents,
+        payouts=[payout_public(p) for p in batch_payouts(session, batch.id)],
+        csv=batch.csv or None,
+        created_at=batch.created_at,
+    )
+
+
+def earnings(session: Session, provider_id: str) -> list[ProviderEarnings]:
+    """One provider's earned, paid and owed money per currency, with a per-job breakdown."""
+    rows = session.execute(
+        sa_select(col(LedgerPosting.account), col(LedgerTransaction.job_id),
+                  col(LedgerTransaction.currency), col(LedgerTransaction.kind),
+                  col(LedgerPosting.amount))
+        .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerPosting.txn_id))
+        .where(col(LedgerPosting.account).in_(
+            [ledger.provider_payable(provider_id), ledger.provider_paid(provider_id)]))
+    ).all()  # fmt: skip
+    jobs: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
+    for account, job_id, currency, kind, amount in rows:
+        entry = jobs[currency].setdefault(
+            str(job_id), {"earned_cents": 0, "paid_cents": 0, "rounds": 0}
+        )
+        if kind == "settle":
+            entry["earned_cents"] += amount
+            entry["rounds"] += 1
+        elif account.endswith(":paid"):
+            entry["paid_cents"] += amount
+    payouts = session.exec(
+        select(Payout).where(Payout.provider_id == provider_id).order_by(col(Payout.created_at))
+    ).all()
+    out = []
+    for currency, per_job in sorted(jobs.items()):
+        earned = sum(j["earned_cents"] for j in per_job.values())
+        paid = sum(j["paid_cents"] for j in per_job.values())
+        out.append(
+            ProviderEarnings(
+                provider_id=provider_id, currency=currency, earned_cents=earned,
+                paid_cents=paid, balance_cents=earned - paid,
+                jobs=[{"job_id": j, **v, "owed_cents": v["earned_cents"] - v["paid_cents"]}
+                      for j, v in sorted(per_job.items())],
+                payouts=[payout_public(p) for p in payouts if p.currency == currency],
+            )
+        )  # fmt: skip
+    return out
