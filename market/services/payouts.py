@@ -135,6 +135,7 @@ def run(session: Session, rail: PaymentRail, *, now: datetime) -> PayoutBatch | 
     ]
     batch.csv = _csv(payouts)
     session.add(batch)
+    session.flush()
     session.add_all(payouts)
     session.commit()
     if rail.transfers:

@@ -22,6 +22,7 @@ provider's share by `factor_milli`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -166,3 +167,25 @@ def providers(session: Session) -> list[Account]:
             select(Account).where(Account.role == "provider").order_by(col(Account.created_at))
         ).all()
     )
+
+
+def record_invalid(
+    session: Session,
+    job_id: str,
+    round_number: int,
+    provider_id: str,
+    data: bytes,
+    error: Exception,
+    *,
+    now: datetime,
+) -> None:
+    """An envelope refused by validation: a negative event, committed on its own (the same
+    bytes sent twice count once)."""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    record(
+        session, provider_id, "invalid-submission",
+        f"envelope refused for job {job_id} round {round_number}: {error}",
+        key=f"rep:{job_id}:{round_number}:{provider_id}:invalid:{digest}", now=now,
+        job_id=job_id, round_number=round_number,
+    )  # fmt: skip
+    session.commit()

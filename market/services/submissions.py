@@ -23,6 +23,7 @@ from sqlmodel import Session, select
 
 from crypto import (
     Accumulator,
+    CryptoError,
     EnvelopeBinding,
     PublicContext,
     envelope_size,
@@ -38,7 +39,7 @@ from market.errors import (
 )
 from market.models import Account, Job, Round, Submission, SubmissionReceipt
 from market.models.types import new_id
-from market.services import access
+from market.services import access, reputation
 from market.services.rounds import check_round, find_round, load_round
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,12 @@ def submit(
     ctx = job_context(blobs, job)
     data = upload.read_bytes()
     binding = EnvelopeBinding(job.id, number, provider.id, job.param_count, job.max_providers)
-    validated = validate_envelope(data, ctx, binding, max_bytes=upload.limit)
+    try:
+        validated = validate_envelope(data, ctx, binding, max_bytes=upload.limit)
+    except CryptoError as exc:
+        # The refusal changes nothing in the round; it is noted in the sender's reputation.
+        reputation.record_invalid(session, job.id, number, provider.id, data, exc, now=now)
+        raise
     rnd0 = find_round(session, job.id, number)
     assert rnd0 is not None
     with _round_lock(rnd0.id):

@@ -1,0 +1,96 @@
+"""Reputation: Beta score with decay, events with reasons, and matching's use of it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from crypto import BuyerKeys
+from market.services import reputation
+from tests.utils.clock import FakeClock
+from tests.utils.factories import admin, listing_body, register
+from tests.utils.scenario import draft_job, fund, running_job
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def _session(client: TestClient) -> Session:
+    app: Any = client.app
+    return Session(app.state.engine, expire_on_commit=False)
+
+
+def test_score_is_beta_with_decay(client: TestClient) -> None:
+    """α/(α+β) from the events; an old event counts decay^days, the prior is 0.5."""
+    p = register(client, "provider")
+    with _session(client) as s:
+        assert reputation.score(s, p.id, now=T0) == 0.5
+        reputation.record(s, p.id, "included", "r1", key="a", now=T0)
+        reputation.record(s, p.id, "included", "r1 again", key="a", now=T0)  # same key: once
+        reputation.record(s, p.id, "invalid-submission", "bad", key="b", now=T0)
+        s.commit()
+        # α = 1 + 1, β = 1 + 2
+        assert reputation.score(s, p.id, now=T0) == pytest.approx(2 / 5)
+        later = T0 + timedelta(days=30)
+        d = 0.98**30
+        assert reputation.score(s, p.id, now=later) == pytest.approx(
+            (1 + d) / ((1 + d) + (1 + 2 * d))
+        )
+
+
+def test_rounds_write_reputation_with_reasons(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """Submitting on time raises a score; missing the deadline lowers it; each has a reason."""
+    scn = running_job(client, clock, buyer_keys, round_deadline_s=5)
+    p1, p2, p3 = scn.providers
+    scn.submit(p1, 1)
+    scn.submit(p2, 1)
+    clock.advance(6)
+    scn.tick()
+    good = client.get(f"/v1/reputation/{p1.id}").json()
+    bad = client.get(f"/v1/reputation/{p3.id}").json()
+    assert good["score"] > 0.5 > bad["score"]
+    assert {e["kind"] for e in good["history"]} == {"on-time-submission", "included"}
+    assert [e["kind"] for e in bad["history"]] == ["missed-deadline"]
+    assert scn.job_id in bad["history"][0]["reason"] and bad["history"][0]["round"] == 1
+    everyone = client.get("/v1/reputation").json()
+    assert {r["provider_id"] for r in everyone} >= {p1.id, p2.id, p3.id}
+    assert client.get(f"/v1/reputation/{scn.buyer.id}").status_code == 404
+
+
+def test_invalid_submission_costs_reputation(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """An envelope refused by validation is a recorded negative event for its sender."""
+    scn = running_job(client, clock, buyer_keys)
+    p1 = scn.providers[0]
+    assert scn.submit(p1, 1, b"\x00garbage").status_code == 422
+    rep = client.get(f"/v1/reputation/{p1.id}").json()
+    assert [e["kind"] for e in rep["history"]] == ["invalid-submission"]
+    assert rep["score"] < 0.5
+
+
+def test_matching_filters_by_min_reputation(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """A job's min_reputation keeps providers with a poor record from getting offers."""
+    good, bad = register(client, "provider", "good"), register(client, "provider", "bad")
+    for p in (good, bad):
+        assert (
+            client.post("/v1/listings", json=listing_body(), headers=p.headers).status_code == 201
+        )
+    with _session(client) as s:
+        now = clock()
+        reputation.record(s, good.id, "included", "ok", key="g", now=now)
+        reputation.record(s, bad.id, "missed-deadline", "late", key="b", now=now)
+        s.commit()
+    buyer = register(client, "buyer")
+    job_id = draft_job(client, buyer_keys, buyer, min_reputation=0.5)
+    fund(client, job_id, buyer, admin(client), 10_000)
+    offers = client.get("/v1/offers", headers=admin(client).headers).json()
+    offered = {o["provider_id"] for o in offers if o["job_id"] == job_id}
+    assert offered == {good.id}
