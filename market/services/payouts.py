@@ -111,8 +111,19 @@ def _csv(payouts: list[Payout]) -> str:
     return out.getvalue()
 
 
+def retry_pending(session: Session, rail: PaymentRail, *, now: datetime) -> int:
+    """Transfers that failed earlier, again under their first idempotency keys."""
+    if not rail.transfers:
+        return 0
+    batches = session.exec(select(PayoutBatch).where(PayoutBatch.status == "partial")).all()
+    for batch in batches:
+        _transfer(session, rail, batch, batch_payouts(session, batch.id), now=now)
+    return len(batches)
+
+
 def run(session: Session, rail: PaymentRail, *, now: datetime) -> PayoutBatch | None:
-    """Pay every provider what it is owed; None when nobody is owed anything."""
+    """Pay every provider what it is owed; None when nobody is owed anything new."""
+    retry_pending(session, rail, now=now)
     owed = payable_by_job(session)
     if not owed:
         return None
@@ -148,6 +159,8 @@ def _transfer(
     session: Session, rail: PaymentRail, batch: PayoutBatch, payouts: list[Payout], *, now: datetime
 ) -> None:
     for payout in payouts:
+        if payout.status != "pending":
+            continue
         try:
             destination = _connected(session, rail, payout.provider_id)
             payout.external_id = rail.transfer(
