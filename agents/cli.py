@@ -400,6 +400,12 @@ def demo(
     raise typer.Exit(code)
 
 
+# Money and reputation review commands (payouts, reputation, ledger verify, job receipt).
+from agents.cli_money import register as _register_money  # noqa: E402
+
+_register_money(app, job_app)
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app()
 

@@ -250,3 +250,35 @@ class PollenClient:
         path = f"/v1/jobs/{job_id}/rounds/{number}/metrics"
         result: Json = self._json("POST", path, json=metrics)
         return result
+
+    # -- money and reputation --------------------------------------------------------------
+
+    def payouts(self) -> Json:
+        """A provider's own earnings and payouts; an admin's view holds everyone's."""
+        result: Json = self._json("GET", "/v1/payouts")
+        return result
+
+    def run_payouts(self) -> Json:
+        """Admin: pay every provider what it is owed (transfers, or a CSV batch)."""
+        result: Json = self._json("POST", "/v1/admin/payouts/run")
+        return result
+
+    def mark_payout_batch_paid(self, batch_id: str) -> Json:
+        result: Json = self._json("POST", f"/v1/admin/payouts/{batch_id}/mark-paid")
+        return result
+
+    def reputations(self) -> list[Json]:
+        result: list[Json] = self._json("GET", "/v1/reputation")
+        return result
+
+    def reputation(self, provider_id: str) -> Json:
+        result: Json = self._json("GET", f"/v1/reputation/{provider_id}")
+        return result
+
+    def verify_ledger(self) -> Json:
+        result: Json = self._json("GET", "/v1/ledger/verify")
+        return result
+
+    def receipt(self, job_id: str) -> Json:
+        result: Json = self._json("GET", f"/v1/jobs/{job_id}/receipt")
+        return result
