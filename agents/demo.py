@@ -30,6 +30,7 @@ from rich.table import Table
 from agents.buyer import BuyerRun, RoundReport, post_job
 from agents.client import PollenClient
 from agents.data import concat, write_csv
+from agents.demo_money import fund, settle_and_report, start_rail
 from agents.experiment import centralized, fedavg_plaintext, load_digits_split, prepared
 from agents.models import ModelSpec
 from agents.training import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR
@@ -172,11 +173,14 @@ def run_demo(
     url = f"http://127.0.0.1:{port}"
     admin_key = secrets.token_urlsafe(24)
     with ExitStack() as stack:
-        server = start_server(data_dir, port, admin_key)
+        rail = start_rail(data_dir, free_port(), console)
+        if not keep_serving:
+            stack.callback(rail.stop)
+        server = start_server(data_dir, port, admin_key, extra_env=rail.env)
         if not keep_serving:
             stack.callback(stop, server)
         wait_ready(url, server)
-        console.print(f"marketplace on {url} (SQLite + blobs in {data_dir}/)")
+        console.print(f"marketplace on {url} (SQLite + blobs in {data_dir}/, {rail.name} rail)")
 
         keys = BuyerKeys.generate()
         keys.save(data_dir / "buyer" / "buyer.key")
@@ -186,11 +190,8 @@ def run_demo(
         admin = PollenClient(url, admin_key)
         spec = job_spec(rounds, providers, split.schema.model_dump())
         job = post_job(buyer, keys, spec)
-        admin.credit_job(job["id"], spec["budget_cents"])
-        console.print(
-            f"buyer posted job {job['id']} (fingerprint {keys.fingerprint[:16]}…), "
-            f"funded {spec['budget_cents'] / 100:.2f} {spec['currency'].upper()}"
-        )
+        console.print(f"buyer posted job {job['id']} (fingerprint {keys.fingerprint[:16]}…)")
+        fund(rail, url, buyer, admin, job, console)
 
         agents = []
         for i in range(providers):
@@ -267,6 +268,8 @@ def run_demo(
             f"({gap:+.2f} points), centralized {central:.4f} "
             f"({(encrypted[-1] - central) * 100:+.2f} points)"
         )
+        console.rule("[bold]Settlement")
+        settled = settle_and_report(admin, buyer, job["id"], console)
         figures: dict[str, Any] = {
             "providers": providers,
             "rounds": rounds,
@@ -276,6 +279,7 @@ def run_demo(
             "encrypted_per_round": encrypted,
             "plaintext_per_round": plain,
             "job_id": job["id"],
+            **settled,
             "seconds": round(time.perf_counter() - started, 1),
         }
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
