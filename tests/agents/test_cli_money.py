@@ -1,0 +1,87 @@
+"""`pollen payouts`, `reputation`, `ledger verify` and `job receipt` against a live server."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session
+from typer.testing import CliRunner
+
+from agents.cli import app
+from market import Settings, create_app
+from market.models.types import utcnow
+from market.services import jobs, rounds
+from tests.utils.factories import ADMIN_KEY
+from tests.utils.money import running_job, submit
+from tests.utils.stripe_env import serve_in_thread
+
+runner = CliRunner()
+
+
+@dataclass
+class Live:
+    url: str
+    job_id: str
+    providers: list[str]
+    db: Path
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    """A server with one completed, settled 1-round job (two providers)."""
+    settings = Settings(data_dir=tmp_path / "d", admin_api_key=ADMIN_KEY, deadline_tick_s=0)
+    web = create_app(settings)
+    with serve_in_thread(web) as url:
+        now = utcnow()
+        with Session(web.state.engine, expire_on_commit=False) as s:
+            mj = running_job(s, now=now, providers=2, rounds=1, budget=10_000)
+            rnd = rounds.find_round(s, mj.job.id, 1)
+            assert rnd is not None
+            submit(s, rnd, mj.providers[0], 300, now)
+            submit(s, rnd, mj.providers[1], 100, now)
+            rounds.check_round(s, mj.job, rnd, now=now + timedelta(seconds=1))
+            jobs.complete_job(s, mj.job, now=now)
+        yield Live(url, mj.job.id, mj.providers, tmp_path / "d" / "pollen.db")
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def test_receipt_and_ledger_verify(live: Live) -> None:
+    """The receipt shows where the money went; `ledger verify` says the chain is intact."""
+    code, out = _run("job", "receipt", live.job_id, "--server", live.url, "--api-key", ADMIN_KEY)
+    assert code == 0, out
+    assert "100.00 USD" in out and "95.00 USD" in out and "5.00 USD" in out and "yes" in out
+    code, out = _run("ledger", "verify", "--server", live.url)
+    assert code == 0 and "ledger verified" in out and "hash chain intact" in out
+
+
+def test_payouts_and_reputation(live: Live) -> None:
+    """An admin runs payouts (CSV batch); reputation lists scores and reasons publicly."""
+    code, out = _run("payouts", "--run", "--server", live.url, "--api-key", ADMIN_KEY)
+    assert code == 0, out
+    assert "payout_id,provider_id,job_id,amount_cents,currency" in out
+    assert "71.25 USD" in out and "23.75 USD" in out  # 95.00 split 3:1
+    code, out = _run("reputation", "--server", live.url)
+    assert code == 0 and "p0" in out and "0.8" in out
+    code, out = _run("reputation", live.providers[1], "--server", live.url)
+    assert code == 0 and "included" in out and "job-completed" in out
+
+
+def test_ledger_verify_fails_on_a_rewritten_posting(live: Live) -> None:
+    """A posting rewritten behind the database's back makes `ledger verify` exit 1 and name
+    the transaction."""
+    conn = sqlite3.connect(live.db)
+    conn.execute("DROP TRIGGER ledger_posting_no_update")
+    conn.execute("UPDATE ledger_posting SET amount = amount + 100 WHERE position = 1")
+    conn.commit()
+    conn.close()
+    code, out = _run("ledger", "verify", "--server", live.url)
+    assert code == 1 and "first broken link" in out and "#1" in out
