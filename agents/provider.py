@@ -172,7 +172,11 @@ class ProviderAgent:
             job["id"], number, me, int(job["param_count"]), int(rnd["summands"])
         )
         envelope = encrypt_update(
-            self._context(job["id"]), delta, binding=binding, weight=weight, samples=samples
+            self._context(job["id"]).for_preset(str(spec["preset"])),
+            delta,
+            binding=binding,
+            weight=weight,
+            samples=samples,
         )
         self.notify(
             f"job {job['id']} round {number}: trained on {result.samples} samples, "

@@ -1,0 +1,116 @@
+"""`python -m bench round`: what encryption costs per round, through the same API and processes.
+
+An MLP of about a million parameters trained by 10 provider agents, each its own process,
+against the marketplace under uvicorn on loopback. Two jobs run one after the other with the
+same agents, data and buyer code: one with the default CKKS preset, one with the
+benchmark-only plaintext preset (float32 in the clear, same envelopes and accumulators). A
+round is timed from the buyer publishing the global model to the buyer holding the next one
+(train, encrypt, upload, validate + add, close, download, decrypt, optimizer step, evaluate).
+Writes bench/results/round.json.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from agents.buyer import BuyerRun, post_job
+from agents.client import PollenClient
+from agents.data import write_csv
+from agents.demo import free_port, job_spec, start_agent, start_server, stop, wait_ready
+from agents.experiment import load_digits_split
+from bench.common import console, print_table, write_result
+from crypto import DEFAULT_PRESET_ID, PLAIN_PRESET_ID, BuyerKeys
+
+PROVIDERS = int(os.environ.get("POLLEN_BENCH_PROVIDERS", 10))
+HIDDEN = [1200, 760]  # 64·1200 + 1200 + 1200·760 + 760 + 760·10 + 10 = 998,370 parameters
+ROUNDS = 3  # round 1 includes start-up; rounds 2.. are timed
+
+
+def _timed_job(url: str, admin: PollenClient, keys: BuyerKeys, split: Any, preset: str,
+               workdir: Path) -> tuple[list[float], int, float]:
+    anon = PollenClient(url, None)
+    buyer = PollenClient(url, anon.register(role="buyer", name=f"bench-{preset}")["api_key"])
+    spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
+    spec.update(
+        title=f"round bench ({preset})", preset=preset, local_epochs=1,
+        model={"arch": "mlp", "hidden": HIDDEN}, quorum=PROVIDERS, round_deadline_s=600,
+    )
+    job = post_job(buyer, keys, spec)
+    admin.credit_job(job["id"], spec["budget_cents"])
+    run = BuyerRun(buyer, keys, job["id"], split.test, out_dir=workdir / preset, poll_s=0.05)
+    run._wait(run._job_if_running, "the job to start")
+    times: list[float] = []
+    accuracy = 0.0
+    for number in range(1, ROUNDS + 1):
+        started = time.perf_counter()
+        if number > 1:
+            buyer.publish_model(job["id"], number, run.model_path.read_bytes())
+        run._wait(functools.partial(run._closed, number), f"round {number}")
+        report = run.apply_round(number)
+        buyer.post_metrics(job["id"], number, {"loss": report.loss, "accuracy": report.accuracy})
+        accuracy = report.accuracy
+        if number > 1:
+            times.append(time.perf_counter() - started)
+        console.print(f"  {preset}: round {number} in {time.perf_counter() - started:.2f}s")
+    buyer.put_final_model(job["id"], run.model_path.read_bytes())
+    buyer.complete_job(job["id"])
+    params = int(buyer.get_job(job["id"])["param_count"])
+    return times, params, accuracy
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="pollen-bench-round-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "server").mkdir()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        admin_key = secrets.token_urlsafe(16)
+        server = start_server(workdir / "server", port, admin_key,
+                              extra_env={"POLLEN_ALLOW_PLAINTEXT_JOBS": "1",
+                                         "POLLEN_DEADLINE_TICK_S": "0.2"})
+        agents = []
+        try:
+            wait_ready(url, server)
+            split = load_digits_split(PROVIDERS, alpha=1.0, seed=1)
+            for i, ds in enumerate(split.providers):
+                csv = workdir / f"p{i}.csv"
+                write_csv(ds, csv)
+                proc = start_agent(url, csv, workdir / f"agent{i}", i, workdir / f"agent{i}.log",
+                                   extra=["--max-jobs", "2", "--exit-after-jobs", "2",
+                                          "--poll", "0.05"])
+                agents.append(proc)
+            keys = BuyerKeys.generate()
+            admin = PollenClient(url, admin_key)
+            console.print(f"{PROVIDERS} agents, MLP {HIDDEN}, {ROUNDS} rounds per job")
+            enc, params, enc_acc = _timed_job(url, admin, keys, split, DEFAULT_PRESET_ID,
+                                              workdir)
+            plain, _, plain_acc = _timed_job(url, admin, keys, split, PLAIN_PRESET_ID, workdir)
+        finally:
+            for proc in agents:
+                stop(proc)
+            stop(server)
+    encrypted_s, plaintext_s = statistics.mean(enc), statistics.mean(plain)
+    print_table(
+        f"One round, {params:,} parameters, {PROVIDERS} providers (mean of {len(enc)} rounds)",
+        ["config", "round seconds", "accuracy after last round"],
+        [["encrypted (CKKS)", f"{encrypted_s:.2f}", f"{enc_acc:.4f}"],
+         ["plaintext", f"{plaintext_s:.2f}", f"{plain_acc:.4f}"]],
+    )
+    ratio = encrypted_s / plaintext_s
+    console.print(f"encrypted / plaintext = {ratio:.2f}")
+    write_result("round", {
+        "params": params, "providers": PROVIDERS, "encrypted_round_s": encrypted_s,
+        "plaintext_round_s": plaintext_s, "ratio": ratio,
+        "encrypted_rounds_s": enc, "plaintext_rounds_s": plain,
+    })
+
+
+if __name__ == "__main__":
+    main()
