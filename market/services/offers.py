@@ -9,9 +9,10 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from market.errors import InvalidStateError, NotFoundError, OfferExpiredError
-from market.models import Account, Job, Offer, OfferPublic
+from market.models import Account, Job, Offer, OfferPublic, Submission
+from market.services import reputation
 from market.services.matching import run_matching
-from market.services.rounds import join_round, participants, start_job
+from market.services.rounds import check_round, find_round, join_round, participants, start_job
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ def accept(session: Session, offer_id: str, provider: Account, *, now: datetime)
 
 
 def decline(session: Session, offer_id: str, provider: Account, *, now: datetime) -> Offer:
+    """Refuse a pending offer; refusing one already accepted withdraws from the job, which
+    costs reputation."""
+    mine = session.get(Offer, offer_id)
+    if mine is not None and mine.provider_id == provider.id and mine.state == "accepted":
+        return withdraw(session, mine, now=now)
     offer = _own_pending(session, offer_id, provider, now)
     offer.state = "declined"
     offer.decided_at = now
@@ -77,3 +83,37 @@ def decline(session: Session, offer_id: str, provider: Account, *, now: datetime
 
 def offers_for_job(session: Session, job_id: str) -> Sequence[Offer]:
     return session.exec(select(Offer).where(Offer.job_id == job_id)).all()
+
+
+def withdraw(session: Session, offer: Offer, *, now: datetime) -> Offer:
+    """An accepted provider backs out: dropped from the job (paid for the rounds it was
+    included in), out of the collecting round if it has not submitted, a negative event."""
+    job = session.get(Job, offer.job_id)
+    assert job is not None
+    if job.state not in ("open", "running"):
+        raise InvalidStateError(f"job is {job.state}")
+    done = session.exec(
+        select(Submission).where(
+            Submission.job_id == job.id, Submission.provider_id == offer.provider_id
+        )
+    ).all()
+    offer.state = "dropped"
+    offer.decided_at = now
+    offer.rounds_committed = len(done)
+    session.add(offer)
+    rnd = find_round(session, job.id, job.current_round)
+    submitted = rnd is not None and any(s.round_id == rnd.id for s in done)
+    if rnd is not None and rnd.state == "collecting" and not submitted:
+        rnd.expected = [p for p in rnd.expected if p != offer.provider_id]
+        session.add(rnd)
+    reputation.record(
+        session, offer.provider_id, "refused-after-accept",
+        f"withdrew from job {job.id} after accepting its offer",
+        key=f"rep:{offer.id}:withdrawn", now=now, job_id=job.id,
+    )  # fmt: skip
+    session.commit()
+    log.info("provider %s withdrew from job %s", offer.provider_id, job.id)
+    if rnd is not None and job.state == "running":
+        check_round(session, job, rnd, now=now)
+    run_matching(session, now=now, job_ids=[job.id])
+    return offer

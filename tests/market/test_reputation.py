@@ -94,3 +94,21 @@ def test_matching_filters_by_min_reputation(
     offers = client.get("/v1/offers", headers=admin(client).headers).json()
     offered = {o["provider_id"] for o in offers if o["job_id"] == job_id}
     assert offered == {good.id}
+
+
+def test_withdrawing_after_accepting_costs_reputation(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """Declining an offer already accepted drops the provider from the job and the round,
+    with a recorded negative event; the others' round then closes without it."""
+    scn = running_job(client, clock, buyer_keys)
+    p1, p2, p3 = scn.providers
+    scn.submit(p1, 1)
+    scn.submit(p2, 1)
+    (offer,) = scn.offers(p3)
+    r = client.post(f"/v1/offers/{offer['id']}/decline", headers=p3.headers)
+    assert r.status_code == 200 and r.json()["state"] == "dropped"
+    assert scn.round(1)["state"] == "closed"
+    rep = client.get(f"/v1/reputation/{p3.id}").json()
+    assert [e["kind"] for e in rep["history"]] == ["refused-after-accept"]
+    assert rep["score"] < 0.5
