@@ -4,9 +4,11 @@ conserves money to the cent and never takes an account below zero."""
 from __future__ import annotations
 
 import shutil
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session
@@ -15,6 +17,7 @@ from market import ledger
 from market.db import make_engine
 from market.models import TERMINAL_JOB_STATES, Job, Round
 from market.services import jobs, rounds, settlement
+from tests.utils import postgres
 from tests.utils.money import running_job, submit
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -44,22 +47,8 @@ def check_invariants(session: Session, job: Job) -> None:
     assert report.negative_accounts == []
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
-    providers=st.integers(2, 4),
-    n_rounds=st.integers(1, 4),
-    budget=st.integers(1, 10**7),
-    fee_bps=st.integers(0, 3000),
-    extra=st.integers(0, 500),
-    steps=st.lists(step, min_size=1, max_size=6),
-)
-def test_money_is_conserved(
-    sqlite_template: Path,
-    tmp_path_factory: object,
+def run_sequence(
+    url: str,
     providers: int,
     n_rounds: int,
     budget: int,
@@ -67,12 +56,7 @@ def test_money_is_conserved(
     extra: int,
     steps: list[tuple[int, str, int]],
 ) -> None:
-    """funded = paid + fees + refunded + escrow after every step; terminal jobs hold no escrow;
-    replays of settlement and refunds post nothing."""
-    folder = Path(str(tmp_path_factory.mktemp("prop")))  # type: ignore[attr-defined]
-    path = folder / "p.db"
-    shutil.copyfile(sqlite_template, path)
-    engine = make_engine(f"sqlite:///{path}")
+    engine = make_engine(url)
     now = NOW
     with Session(engine, expire_on_commit=False) as s:
         mj = running_job(
@@ -119,3 +103,55 @@ def test_money_is_conserved(
             jobs.cancel_job(s, job, now=now)
             check_invariants(s, job)
     engine.dispose()
+
+
+SEQUENCES = {
+    "providers": st.integers(2, 4),
+    "n_rounds": st.integers(1, 4),
+    "budget": st.integers(1, 10**7),
+    "fee_bps": st.integers(0, 3000),
+    "extra": st.integers(0, 500),
+    "steps": st.lists(step, min_size=1, max_size=6),
+}
+SLOW_OK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=SLOW_OK)
+@given(**SEQUENCES)
+def test_money_is_conserved(
+    sqlite_template: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    providers: int,
+    n_rounds: int,
+    budget: int,
+    fee_bps: int,
+    extra: int,
+    steps: list[tuple[int, str, int]],
+) -> None:
+    """funded = paid + fees + refunded + escrow after every step; terminal jobs hold no escrow;
+    replays of settlement and refunds post nothing (SQLite)."""
+    path = tmp_path_factory.mktemp("prop") / "p.db"
+    shutil.copyfile(sqlite_template, path)
+    run_sequence(f"sqlite:///{path}", providers, n_rounds, budget, fee_bps, extra, steps)
+
+
+@pytest.mark.postgres
+@settings(max_examples=8, deadline=None, suppress_health_check=SLOW_OK)
+@given(**SEQUENCES)
+def test_money_is_conserved_on_postgres(
+    pg_server: str,
+    pg_template: str,
+    providers: int,
+    n_rounds: int,
+    budget: int,
+    fee_bps: int,
+    extra: int,
+    steps: list[tuple[int, str, int]],
+) -> None:
+    """The same property on PostgreSQL, where the deferred balance trigger checks each commit."""
+    name = f"pollen_p_{uuid.uuid4().hex[:12]}"
+    url = postgres.create_database(pg_server, name, template=pg_template)
+    try:
+        run_sequence(url, providers, n_rounds, budget, fee_bps, extra, steps)
+    finally:
+        postgres.drop_database(pg_server, name)
