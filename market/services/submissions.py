@@ -45,6 +45,10 @@ from market.services.rounds import check_round, find_round, load_round
 log = logging.getLogger(__name__)
 
 _locks_guard = threading.Lock()
+# round id -> (acc_key, accumulator): the last committed sum of each collecting round, so a
+# submission does not parse the whole persisted sum again. Taken out under the round lock.
+_accumulators: dict[str, tuple[str, Accumulator]] = {}
+_ACC_CACHE = 8
 _round_locks: dict[str, threading.Lock] = {}
 _contexts: OrderedDict[str, PublicContext] = OrderedDict()
 _CONTEXT_CACHE = 16
@@ -149,7 +153,11 @@ def submit(
         assert fresh_job is not None
         check_round(session, fresh_job, rnd, now=now)
         _refuse_if_not_open(session, fresh_job, rnd, provider)
-        if rnd.acc_key is None:
+        with _locks_guard:
+            cached = _accumulators.pop(rnd.id, None)
+        if cached is not None and cached[0] == rnd.acc_key:
+            acc = cached[1]  # the persisted sum, already parsed: skip re-reading 10 MB
+        elif rnd.acc_key is None:
             acc = Accumulator.empty(
                 ctx,
                 job_id=job.id,
@@ -185,6 +193,12 @@ def submit(
         session.add(sub)
         session.add(rnd)
         session.commit()
+        # Only a committed sum goes back in the cache; any failure above leaves it out, so
+        # the next submission re-reads the persisted blob the database points to.
+        with _locks_guard:
+            _accumulators[rnd.id] = (acc_key, acc)
+            while len(_accumulators) > _ACC_CACHE:
+                _accumulators.pop(next(iter(_accumulators)))
         log.info("job %s round %d: update %d from %s", job.id, number, acc.count, provider.id)
         check_round(session, fresh_job, rnd, now=now)
         return receipt(sub)
