@@ -17,7 +17,10 @@
         │   └── EnvelopeTooLargeError       larger than any valid envelope could be
         └── AggregateError           an accumulator refused an add, or an aggregate is bad
 
-Every class carries a stable `code` slug; the service maps the tree to HTTP in one place.
+Other packages hang their branches under `PollenError` too: `market/errors.py` (the
+service's errors, the ledger's accounting rules) and `agents/` (`DataError`,
+`ModelIOError`). Every class carries a stable `code` slug; the service maps the whole tree to
+HTTP in one place (`market/problems.py`).
 """
 
 from __future__ import annotations
