@@ -15,7 +15,7 @@ from market.errors import InvalidInputError, InvalidStateError, PermissionDenied
 from market.models import TERMINAL_JOB_STATES, Account, Job, JobCreate, Offer, Round
 from market.models.types import new_id
 from market.services import settlement
-from market.services.rounds import find_round
+from market.services.rounds import find_round, withdraw_pending_offers
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,7 @@ def cancel_job(session: Session, job: Job, *, now: datetime) -> Job:
     job.state = "cancelled"
     job.updated_at = now
     session.add(job)
-    for offer in session.exec(
-        select(Offer).where(Offer.job_id == job.id, Offer.state == "pending")
-    ):
-        offer.state = "withdrawn"
-        offer.decided_at = now
-        session.add(offer)
+    withdraw_pending_offers(session, job, now=now)
     for rnd in session.exec(
         select(Round).where(Round.job_id == job.id, Round.state == "collecting")
     ):

@@ -124,12 +124,7 @@ def fail_job(session: Session, job: Job, rnd: Round | None, *, now: datetime, re
     job.failure_reason = reason
     job.updated_at = now
     session.add(job)
-    for offer in session.exec(
-        select(Offer).where(Offer.job_id == job.id, Offer.state == "pending")
-    ):
-        offer.state = "withdrawn"
-        offer.decided_at = now
-        session.add(offer)
+    withdraw_pending_offers(session, job, now=now)
     settlement.on_job_ended(session, job, now=now)
     session.commit()
     log.warning("job %s failed: %s", job.id, reason)
@@ -175,6 +170,16 @@ def check_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> Non
             retry_round(session, job, rnd, now=now)
         else:
             fail_job(session, job, rnd, now=now, reason=f"round {rnd.number} below quorum twice")
+
+
+def withdraw_pending_offers(session: Session, job: Job, *, now: datetime) -> None:
+    """A job that ended no longer wants the offers nobody answered."""
+    for offer in session.exec(
+        select(Offer).where(Offer.job_id == job.id, Offer.state == "pending")
+    ):
+        offer.state = "withdrawn"
+        offer.decided_at = now
+        session.add(offer)
 
 
 def tick(session: Session, *, now: datetime) -> int:
