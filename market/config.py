@@ -54,6 +54,16 @@ class Settings(BaseSettings):
     # Reputation: an event `age` days old counts decay**age.
     reputation_decay: float = Field(default=0.98, gt=0, le=1)
 
+    # Failed authentication: more than `auth_fail_limit` bad keys from one client address
+    # within `auth_fail_window_s` seconds are refused with 429 until the window passes.
+    auth_fail_limit: int = Field(default=20, ge=1)
+    auth_fail_window_s: float = Field(default=60.0, gt=0)
+
+    # The web dashboard under /ui: a signed session cookie set at login with an API key.
+    # Empty secret means one is generated into `data_dir` (mode 0600) on first use.
+    ui_session_secret: str = ""
+    ui_session_ttl_s: int = Field(default=8 * 3600, gt=0)
+
     @property
     def rail(self) -> str:
         """The payment rail this process runs: `stripe` or `manual`."""
