@@ -7,6 +7,7 @@
         ├── NotFoundError                404 missing, or not visible to the caller
         ├── InvalidInputError            422 well-formed JSON that breaks a domain rule
         ├── PayloadTooLargeError         413 an upload beyond its size limit
+        ├── TooManyFailedAttemptsError   429 too many failed authentications from one address
         └── ConflictError                409 the resource is not in a state that allows it
             ├── InvalidStateError        409 e.g. funding a job that is already running
             ├── OfferExpiredError        409 accepting an offer after its deadline
@@ -74,6 +75,18 @@ class PayloadTooLargeError(MarketError):
     status = 413
     code = "payload-too-large"
     title = "Upload too large"
+
+
+class TooManyFailedAttemptsError(MarketError):
+    """Refused without looking at the key; `retry_after` (seconds) becomes `Retry-After`."""
+
+    status = 429
+    code = "too-many-failed-attempts"
+    title = "Too many failed authentication attempts"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
 
 
 class ConflictError(MarketError):

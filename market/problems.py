@@ -23,7 +23,7 @@ from crypto.errors import (
     KeyFileError,
     PollenError,
 )
-from market.errors import MarketError
+from market.errors import MarketError, TooManyFailedAttemptsError
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,12 @@ async def _pollen_error(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         log.error("unexpected domain error on %s: %r", request.url.path, exc)
     extra = exc.extra if isinstance(exc, MarketError) else {}
-    return problem(
+    response = problem(
         request, status=status, code=exc.code, title=exc.title, detail=exc.message, **extra
     )
+    if isinstance(exc, TooManyFailedAttemptsError):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

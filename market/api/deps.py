@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from market import ratelimit
 from market.blobs import BlobStore
 from market.config import Settings
 from market.errors import AuthenticationError, PayloadTooLargeError, PermissionDeniedError
@@ -55,26 +56,32 @@ RailDep = Annotated[PaymentRail, Depends(get_rail)]
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api_key>`")
 
 
-def current_account(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Account:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def current_account(request: Request, session: SessionDep, credentials: Credentials) -> Account:
+    """The account whose key the request carries; failed keys count against its address."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthenticationError("send `Authorization: Bearer <api_key>`")
-    return accounts.authenticate(session, credentials.credentials)
+    # Checked before the key is looked at: an address over the limit learns nothing.
+    ratelimit.check(request)
+    try:
+        return accounts.authenticate(session, credentials.credentials)
+    except AuthenticationError:
+        ratelimit.record_failure(request)
+        raise
 
 
 CurrentAccount = Annotated[Account, Depends(current_account)]
 
 
 def optional_account(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request, session: SessionDep, credentials: Credentials
 ) -> Account | None:
     """The caller if it sent a key (which must be valid), else None: for public reads."""
     if credentials is None:
         return None
-    return current_account(session, credentials)
+    return current_account(request, session, credentials)
 
 
 MaybeAccount = Annotated[Account | None, Depends(optional_account)]
