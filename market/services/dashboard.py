@@ -1,0 +1,480 @@
+"""What each page of the web dashboard shows, gathered for one viewer.
+
+Every function takes a session, the viewer (`None` for an anonymous visitor) and plain
+values, and reuses the services the JSON API uses, so the pages obey the same visibility rules:
+
+- public: providers ranked by reputation, one provider's reputation history with reasons, and
+  the ledger's hash-chain verification (without the platform's totals);
+- a buyer sees its own jobs in full (included providers, funded / spent / escrow);
+- a provider sees the jobs it has an offer for, only itself among their providers, and only
+  its own money: its payouts page refuses anybody else but an admin (403);
+- an admin sees everything.
+
+Nothing here renders HTML: pages get dataclasses and chart series (`market.ui.charts`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from market import ledger
+from market.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from market.models import (
+    TERMINAL_JOB_STATES,
+    Account,
+    AccountPublic,
+    Job,
+    JobPublic,
+    LedgerPosting,
+    LedgerReport,
+    LedgerTransaction,
+    ListingPublic,
+    OfferPublic,
+    PayoutBatch,
+    PayoutBatchPublic,
+    ProviderEarnings,
+    Receipt,
+    ReputationEvent,
+    ReputationPublic,
+    Round,
+)
+from market.models.ledger import PostingPublic, TransactionPublic
+from market.services import (
+    access,
+    accounts,
+    listings,
+    offers,
+    payouts,
+    receipts,
+    reputation,
+    views,
+)
+from market.services import jobs as job_service
+from market.services.rounds import participants
+from market.ui.charts import Point, Series
+from market.ui.format import money
+
+# Pages list at most this many journal entries and reputation points (the newest).
+JOURNAL_LIMIT = 100
+HISTORY_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class Named:
+    """An account id with its display name, for links."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ProviderRank:
+    rank: int
+    provider: Named
+    score: float
+    events: int
+    latest_reason: str | None
+    latest_at: datetime | None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: str
+    title: str
+    state: str
+    arch: str
+    rounds_done: int
+    rounds_total: int
+    providers: int
+    max_providers: int
+    budget_cents: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class MarketplacePage:
+    open_jobs: list[JobRow]
+    finished_jobs: list[JobRow]
+    providers: list[ProviderRank]
+
+
+@dataclass(frozen=True)
+class RoundLine:
+    number: int
+    state: str
+    attempt: int
+    opened_at: datetime
+    closed_at: datetime | None
+    deadline: datetime
+    submitted: int
+    expected: int
+    included: list[Named]
+    close_reason: str | None
+    accuracy: float | None
+    loss: float | None
+
+
+@dataclass(frozen=True)
+class JobPage:
+    job: JobPublic
+    buyer: Named
+    sees_all: bool
+    providers: list[Named]
+    rounds: list[RoundLine]
+    accuracy: Series
+    loss: Series
+    # The buyer's and admins' view of the money; None for a provider.
+    receipt: Receipt | None
+    names: dict[str, str]
+    # A provider's own earnings on this job (earned, paid, owed), else None.
+    own_earnings: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ProviderPage:
+    reputation: ReputationPublic
+    series: Series
+    may_see_money: bool
+
+
+@dataclass(frozen=True)
+class PayoutsPage:
+    provider: Named
+    earnings: list[ProviderEarnings]
+    # Per currency: cumulative earned and cumulative paid out, one point per ledger entry.
+    charts: list[tuple[str, list[Series]]]
+    job_titles: dict[str, str]
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    txn: TransactionPublic
+    # Legs on other parties' accounts that this viewer may not see.
+    hidden_legs: int
+
+
+@dataclass(frozen=True)
+class LedgerPage:
+    report: LedgerReport
+    scope: str
+    entries: list[JournalEntry]
+    total_entries: int
+
+
+@dataclass
+class AccountPage:
+    account: AccountPublic
+    jobs: list[JobRow] = field(default_factory=list)
+    receipts: dict[str, Receipt] = field(default_factory=dict)
+    listings: list[ListingPublic] = field(default_factory=list)
+    offers: list[OfferPublic] = field(default_factory=list)
+    earnings: list[ProviderEarnings] = field(default_factory=list)
+    batches: list[PayoutBatchPublic] = field(default_factory=list)
+    providers: list[Named] = field(default_factory=list)
+
+
+def require(viewer: Account | None) -> Account:
+    """The viewer, or AuthenticationError for a page that needs a session."""
+    if viewer is None:
+        raise AuthenticationError("sign in to see this page")
+    return viewer
+
+
+def names_of(session: Session, ids: Iterable[str]) -> dict[str, str]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = session.exec(select(Account).where(col(Account.id).in_(wanted))).all()
+    return {a.id: a.name for a in rows}
+
+
+def _named(ids: Iterable[str], names: dict[str, str]) -> list[Named]:
+    return [Named(i, names.get(i, i)) for i in ids]
+
+
+def _job_row(session: Session, job: Job) -> JobRow:
+    accepted = len(participants(session, job.id))
+    done = sum(
+        1
+        for r in session.exec(select(Round).where(Round.job_id == job.id)).all()
+        if r.state in ("closed", "published")
+    )
+    return JobRow(
+        id=job.id, title=job.title, state=job.state, arch=str(job.spec["model"]["arch"]),
+        rounds_done=done, rounds_total=job.rounds_total, providers=accepted,
+        max_providers=job.max_providers, budget_cents=job.budget_cents, currency=job.currency,
+    )  # fmt: skip
+
+
+def provider_ranking(session: Session, *, now: datetime) -> list[ProviderRank]:
+    """Every provider by reputation, best first (what `GET /v1/reputation` shows)."""
+    reps = [reputation.public(session, p, now=now, limit=1) for p in reputation.providers(session)]
+    reps.sort(key=lambda r: (-r.score, r.name, r.provider_id))
+    return [
+        ProviderRank(
+            rank=i,
+            provider=Named(r.provider_id, r.name),
+            score=r.score,
+            events=r.events,
+            latest_reason=r.history[0].reason if r.history else None,
+            latest_at=r.history[0].at if r.history else None,
+        )
+        for i, r in enumerate(reps, start=1)
+    ]
+
+
+def marketplace(session: Session, viewer: Account | None, *, now: datetime) -> MarketplacePage:
+    """Providers ranked by reputation for everyone; jobs only as far as the viewer sees them
+    (the API lists jobs to their buyer, their providers and admins, never anonymously)."""
+    rows = (
+        [_job_row(session, j) for j in job_service.list_jobs(session, viewer)]
+        if viewer is not None
+        else []
+    )
+    rows.reverse()  # newest first
+    return MarketplacePage(
+        open_jobs=[r for r in rows if r.state not in TERMINAL_JOB_STATES],
+        finished_jobs=[r for r in rows if r.state in TERMINAL_JOB_STATES],
+        providers=provider_ranking(session, now=now),
+    )
+
+
+def _metric(metrics: dict[str, float] | None, key: str) -> float | None:
+    value = (metrics or {}).get(key)
+    return None if value is None else float(value)
+
+
+def job_page(session: Session, job_id: str, viewer: Account | None) -> JobPage:
+    """A job's status, rounds and metrics; money in full for its buyer and admins only."""
+    account = require(viewer)
+    job = access.visible_job(session, job_id, account)
+    view = views.job_public(session, job, account)
+    sees_all = account.role == "admin" or account.id == job.buyer_id
+    rows = {r.number: r for r in session.exec(select(Round).where(Round.job_id == job.id)).all()}
+    ids = {job.buyer_id, *view.accepted_providers}
+    for summary in view.rounds:
+        ids.update(summary.included)
+    rec = receipts.receipt(session, job) if sees_all else None
+    if rec is not None:
+        ids.update(p["provider_id"] for p in rec.providers)
+    names = names_of(session, ids)
+    lines = []
+    for s in view.rounds:
+        row = rows[s.round]
+        lines.append(
+            RoundLine(
+                number=s.round, state=s.state, attempt=s.attempt, opened_at=row.opened_at,
+                closed_at=row.closed_at, deadline=s.deadline, submitted=s.submitted,
+                expected=len(row.expected), included=_named(s.included, names),
+                close_reason=row.close_reason, accuracy=_metric(s.metrics, "accuracy"),
+                loss=_metric(s.metrics, "loss"),
+            )
+        )  # fmt: skip
+    measured = [r for r in lines if r.accuracy is not None and r.loss is not None]
+    accuracy = Series(
+        "accuracy",
+        [Point(r.number, r.accuracy or 0.0, f"Round {r.number}: accuracy {r.accuracy:.4f}")
+         for r in measured],
+    )  # fmt: skip
+    loss = Series(
+        "loss",
+        [Point(r.number, r.loss or 0.0, f"Round {r.number}: loss {r.loss:.4f}") for r in measured],
+    )
+    own = None
+    if account.role == "provider":
+        for e in payouts.earnings(session, account.id):
+            for j in e.jobs:
+                if j["job_id"] == job.id:
+                    own = {**j, "currency": e.currency}
+    return JobPage(
+        job=view, buyer=Named(job.buyer_id, names.get(job.buyer_id, job.buyer_id)),
+        sees_all=sees_all, providers=_named(view.accepted_providers, names), rounds=lines,
+        accuracy=accuracy, loss=loss, receipt=rec, names=names, own_earnings=own,
+    )  # fmt: skip
+
+
+def _provider(session: Session, provider_id: str) -> Account:
+    account = session.get(Account, provider_id)
+    if account is None or account.role != "provider":
+        raise NotFoundError(f"no provider {provider_id}")
+    return account
+
+
+def _may_see_money(viewer: Account | None, provider_id: str) -> bool:
+    return viewer is not None and (viewer.role == "admin" or viewer.id == provider_id)
+
+
+def reputation_series(session: Session, provider_id: str) -> Series:
+    """The score just after each recorded event (the newest `HISTORY_LIMIT` of them)."""
+    events = list(
+        session.exec(
+            select(ReputationEvent)
+            .where(ReputationEvent.provider_id == provider_id)
+            .order_by(col(ReputationEvent.at), col(ReputationEvent.id))
+        ).all()
+    )
+    first = max(0, len(events) - HISTORY_LIMIT)
+    points = []
+    for i in range(first, len(events)):
+        e = events[i]
+        # The score as it stood at the event's own time: older events decayed, none newer.
+        alpha, beta = reputation._alpha_beta(events[: i + 1], e.at)
+        value = alpha / (alpha + beta)
+        points.append(
+            Point(i + 1, value, f"Event {i + 1}, {e.kind} ({e.weight:+g}): score {value:.3f}")
+        )
+    return Series("reputation", points)
+
+
+def provider_page(
+    session: Session, provider_id: str, viewer: Account | None, *, now: datetime
+) -> ProviderPage:
+    """A provider's public reputation: score, history with reasons, score over time."""
+    account = _provider(session, provider_id)
+    return ProviderPage(
+        reputation=reputation.public(session, account, now=now, limit=HISTORY_LIMIT),
+        series=reputation_series(session, provider_id),
+        may_see_money=_may_see_money(viewer, provider_id),
+    )
+
+
+def _earnings_series(session: Session, provider_id: str) -> list[tuple[str, list[Series]]]:
+    rows = session.exec(
+        select(LedgerPosting, LedgerTransaction)
+        .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerPosting.txn_id))
+        .where(col(LedgerPosting.account).in_(
+            [ledger.provider_payable(provider_id), ledger.provider_paid(provider_id)]))
+        .order_by(col(LedgerTransaction.seq), col(LedgerPosting.position))
+    ).all()  # fmt: skip
+    earned: dict[str, list[Point]] = defaultdict(list)
+    paid: dict[str, list[Point]] = defaultdict(list)
+    totals: dict[tuple[str, str], int] = defaultdict(int)
+    step: dict[str, int] = defaultdict(int)
+    for posting, txn in rows:
+        cur = txn.currency
+        if txn.kind == "settle":
+            which, target = "earned", earned
+        elif posting.account.endswith(":paid"):
+            which, target = "paid out", paid
+        else:
+            continue
+        step[cur] += 1
+        totals[(cur, which)] += posting.amount
+        where = f"round {txn.meta.get('round')}" if txn.kind == "settle" else "payout"
+        # Amounts stay integer cents; the chart formats its axis with `money`.
+        target[cur].append(
+            Point(step[cur], totals[(cur, which)],
+                  f"{txn.created_at:%Y-%m-%d %H:%M} {where} of job {txn.job_id}: {which} "
+                  f"{money(totals[(cur, which)], cur)} in total")
+        )  # fmt: skip
+    return [
+        (cur, [Series("earned", earned[cur]), Series("paid out", paid[cur])])
+        for cur in sorted(set(earned) | set(paid))
+    ]
+
+
+def payouts_page(session: Session, provider_id: str, viewer: Account | None) -> PayoutsPage:
+    """A provider's earnings and payouts: the provider itself and admins, nobody else."""
+    account = require(viewer)
+    provider = _provider(session, provider_id)
+    if not _may_see_money(account, provider_id):
+        raise PermissionDeniedError("a provider's payouts are shown to that provider only")
+    earnings = payouts.earnings(session, provider_id)
+    job_ids = {j["job_id"] for e in earnings for j in e.jobs}
+    titles = {
+        j.id: j.title for j in session.exec(select(Job).where(col(Job.id).in_(job_ids))).all()
+    }
+    return PayoutsPage(
+        provider=Named(provider.id, provider.name),
+        earnings=earnings,
+        charts=_earnings_series(session, provider_id),
+        job_titles=titles,
+    )
+
+
+def _journal_scope(viewer: Account) -> tuple[str, list[str] | None]:
+    """The journal scope of a viewer and, unless it sees everything, its accounts."""
+    if viewer.role == "admin":
+        return "all", None
+    if viewer.role == "buyer":
+        return "jobs", None
+    return "own", [ledger.provider_payable(viewer.id), ledger.provider_paid(viewer.id)]
+
+
+def _journal(session: Session, viewer: Account) -> tuple[str, list[JournalEntry], int]:
+    scope, own_accounts = _journal_scope(viewer)
+    stmt = select(LedgerTransaction)
+    if scope == "jobs":
+        mine = select(Job.id).where(Job.buyer_id == viewer.id)
+        stmt = stmt.where(col(LedgerTransaction.job_id).in_(mine))
+    elif own_accounts is not None:
+        touching = select(LedgerPosting.txn_id).where(col(LedgerPosting.account).in_(own_accounts))
+        stmt = stmt.where(col(LedgerTransaction.id).in_(touching))
+    txns = list(session.exec(stmt.order_by(col(LedgerTransaction.seq).desc())).all())
+    shown = txns[:JOURNAL_LIMIT]
+    legs: dict[str, list[LedgerPosting]] = defaultdict(list)
+    if shown:
+        for p in session.exec(
+            select(LedgerPosting)
+            .where(col(LedgerPosting.txn_id).in_([t.id for t in shown]))
+            .order_by(col(LedgerPosting.position))
+        ).all():
+            legs[p.txn_id].append(p)
+    entries = []
+    for t in shown:
+        visible = [p for p in legs[t.id] if own_accounts is None or p.account in own_accounts]
+        entries.append(
+            JournalEntry(
+                txn=TransactionPublic(
+                    id=t.id, seq=t.seq, key=t.key, kind=t.kind, job_id=t.job_id,
+                    currency=t.currency, memo=t.memo if own_accounts is None else "",
+                    created_at=t.created_at, hash=t.hash,
+                    postings=[PostingPublic(account=p.account, amount_cents=p.amount)
+                              for p in visible],
+                ),
+                hidden_legs=len(legs[t.id]) - len(visible),
+            )
+        )  # fmt: skip
+    return scope, entries, len(txns)
+
+
+def ledger_page(session: Session, viewer: Account | None) -> LedgerPage:
+    """The chain's verification for everyone; journal entries as far as the viewer's money
+    goes (admins all, a buyer its jobs', a provider its own legs); totals for admins."""
+    report = ledger.verify(session)
+    if viewer is None or viewer.role != "admin":
+        report.totals = {}
+        report.negative_accounts = []
+    if viewer is None:
+        return LedgerPage(report=report, scope="public", entries=[], total_entries=0)
+    scope, entries, total = _journal(session, viewer)
+    return LedgerPage(report=report, scope=scope, entries=entries, total_entries=total)
+
+
+def account_page(session: Session, viewer: Account | None) -> AccountPage:
+    """The signed-in account and what it owns: jobs and receipts, listings and offers, or
+    (admins) the payout batches."""
+    account = require(viewer)
+    page = AccountPage(account=accounts.public(account))
+    if account.role in ("buyer", "admin"):
+        visible: Sequence[Job] = job_service.list_jobs(session, account)
+        page.jobs = [_job_row(session, j) for j in reversed(visible)]
+        if account.role == "buyer":
+            page.receipts = {j.id: receipts.receipt(session, j) for j in visible}
+    if account.role == "provider":
+        page.listings = [listings.public(li) for li in listings.list_listings(session, account)]
+        page.offers = list(reversed(offers.list_offers(session, account)))
+        page.earnings = payouts.earnings(session, account.id)
+    if account.role == "admin":
+        batches = session.exec(
+            select(PayoutBatch).order_by(col(PayoutBatch.created_at).desc())
+        ).all()
+        page.batches = [payouts.batch_public(session, b) for b in batches]
+        page.providers = [Named(p.id, p.name) for p in reputation.providers(session)]
+    return page

@@ -1,0 +1,159 @@
+"""Line charts as inline SVG, rendered on the server: no JavaScript, no CDN.
+
+`line_chart` draws one or more series on shared axes. Every point is a `<circle>` carrying a
+`<title>` (its tooltip and its accessible text); the chart itself is `role="img"` with a title
+and a description, and both axes carry a label. Pure: strings in, a string out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from html import escape
+
+from markupsafe import Markup
+
+__all__ = ["Point", "Series", "line_chart", "nice_ticks"]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One value; `label` is what a reader hears or sees on hover."""
+
+    x: float
+    y: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    points: Sequence[Point]
+
+
+# Margins leave room for tick labels and the two axis titles; the left one grows with the
+# widest y tick label (about 9 units per character at the largest tick font size).
+_RIGHT, _TOP, _BOTTOM = 16, 16, 48
+_CHAR_W, _Y_TITLE_W = 9.0, 40
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values covering [lo, hi]: steps of 1, 2 or 5 times a power of ten."""
+    if hi < lo:
+        lo, hi = hi, lo
+    if math.isclose(lo, hi):
+        pad = abs(lo) * 0.1 or 1.0
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    start = math.floor(lo / step) * step
+    ticks = []
+    value = start
+    while value <= hi + step * 1e-9:
+        ticks.append(round(value, 12))
+        value += step
+    if ticks[-1] < hi:
+        ticks.append(round(value, 12))
+    return ticks
+
+
+def _fmt_tick(value: float) -> str:
+    if float(value).is_integer():
+        return f"{int(value)}"
+    return f"{value:.6g}"
+
+
+def line_chart(
+    series: Sequence[Series],
+    *,
+    chart_id: str,
+    title: str,
+    description: str,
+    x_label: str,
+    y_label: str,
+    y_min: float | None = None,
+    y_max: float | None = None,
+    y_format: Callable[[float], str] = _fmt_tick,
+    x_ticks: Sequence[tuple[float, str]] | None = None,
+    width: int = 480,
+    height: int = 280,
+    empty_text: str = "No data yet",
+) -> Markup:
+    """An SVG line chart; `x_ticks` defaults to every integer x (rounds)."""
+    points = [p for s in series for p in s.points]
+    xs = [p.x for p in points] or [1.0]
+    ys = [p.y for p in points] or [0.0, 1.0]
+    x_lo, x_hi = min(xs), max(xs)
+    if math.isclose(x_lo, x_hi):
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+    if x_ticks is None:
+        step = max(1, math.ceil((x_hi - x_lo) / 10))
+        x_ticks = [(float(v), str(v)) for v in range(math.ceil(x_lo), math.floor(x_hi) + 1, step)]
+    # A little air on both sides so the first and last points are not cut by the axes.
+    pad = (x_hi - x_lo) * 0.05
+    x_lo, x_hi = x_lo - pad, x_hi + pad
+    y_ticks = nice_ticks(min(ys) if y_min is None else y_min, max(ys) if y_max is None else y_max)
+    y_lo, y_hi = y_ticks[0], y_ticks[-1]
+    y_labels = [y_format(t) for t in y_ticks]
+    left = round(_Y_TITLE_W + _CHAR_W * max(len(t) for t in y_labels))
+    plot_w, plot_h = width - left - _RIGHT, height - _TOP - _BOTTOM
+
+    def sx(x: float) -> float:
+        return left + (x - x_lo) / (x_hi - x_lo) * plot_w
+
+    def sy(y: float) -> float:
+        return _TOP + plot_h - (y - y_lo) / (y_hi - y_lo) * plot_h
+
+    title_id, desc_id = f"{chart_id}-title", f"{chart_id}-desc"
+    out = [
+        f'<svg class="chart" id="{escape(chart_id)}" data-chart="{escape(chart_id)}" '
+        f'viewBox="0 0 {width} {height}" role="img" preserveAspectRatio="xMidYMid meet" '
+        f'aria-labelledby="{title_id} {desc_id}" xmlns="http://www.w3.org/2000/svg">',
+        f'<title id="{title_id}">{escape(title)}</title>',
+        f'<desc id="{desc_id}">{escape(description)}</desc>',
+        '<g class="grid" aria-hidden="true">',
+    ]
+    for t, text in zip(y_ticks, y_labels, strict=True):
+        y = sy(t)
+        out.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}"/>'
+            f'<text class="tick" x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">'
+            f"{escape(text)}</text>"
+        )
+    for x, label in x_ticks:
+        px = sx(x)
+        out.append(
+            f'<text class="tick" x="{px:.1f}" y="{_TOP + plot_h + 18}" text-anchor="middle">'
+            f"{escape(label)}</text>"
+        )
+    out.append("</g>")
+    out.append(
+        f'<g class="axes" aria-hidden="true">'
+        f'<line x1="{left}" y1="{_TOP + plot_h}" x2="{left + plot_w}" y2="{_TOP + plot_h}"/>'
+        f'<line x1="{left}" y1="{_TOP}" x2="{left}" y2="{_TOP + plot_h}"/>'
+        f'<text class="axis-label x-label" x="{left + plot_w / 2:.1f}" y="{height - 6}" '
+        f'text-anchor="middle">{escape(x_label)}</text>'
+        f'<text class="axis-label y-label" x="14" y="{_TOP + plot_h / 2:.1f}" '
+        f'text-anchor="middle" transform="rotate(-90 14 {_TOP + plot_h / 2:.1f})">'
+        f"{escape(y_label)}</text></g>"
+    )
+    if not points:
+        out.append(
+            f'<text class="empty" x="{left + plot_w / 2:.1f}" y="{_TOP + plot_h / 2:.1f}" '
+            f'text-anchor="middle">{escape(empty_text)}</text>'
+        )
+    for i, s in enumerate(series):
+        out.append(f'<g class="series s{i}" data-series="{escape(s.name)}">')
+        if len(s.points) > 1:
+            path = " ".join(f"{sx(p.x):.1f},{sy(p.y):.1f}" for p in s.points)
+            out.append(f'<polyline points="{path}" aria-hidden="true"/>')
+        for p in s.points:
+            out.append(
+                f'<circle cx="{sx(p.x):.1f}" cy="{sy(p.y):.1f}" r="4">'
+                f"<title>{escape(p.label)}</title></circle>"
+            )
+        out.append("</g>")
+    out.append("</svg>")
+    return Markup("".join(out))

@@ -1,0 +1,150 @@
+"""The dashboard's routes under /ui: parse, find the viewer, call `services.dashboard`,
+render. Sign-in exchanges an API key for a signed session cookie (`market.ui.session`).
+
+Kept out of the OpenAPI schema: these are pages for people, not API.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from market.api.deps import NowDep, SessionDep, SettingsDep
+from market.errors import AuthenticationError, NotFoundError
+from market.models import Account
+from market.services import accounts
+from market.services import dashboard as pages
+from market.ui import session as ui_session
+from market.ui.render import HtmlRoute, page
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/ui", route_class=HtmlRoute, include_in_schema=False)
+
+
+def _secret(request: Request, settings: SettingsDep) -> bytes:
+    secret: bytes | None = getattr(request.app.state, "ui_session_secret", None)
+    if secret is None:
+        secret = ui_session.load_secret(settings)
+        request.app.state.ui_session_secret = secret
+    return secret
+
+
+SecretDep = Annotated[bytes, Depends(_secret)]
+
+
+def _viewer(
+    request: Request, session: SessionDep, secret: SecretDep, now: NowDep
+) -> Account | None:
+    account = ui_session.resolve(session, request.cookies.get(ui_session.COOKIE), secret, now=now)
+    # Error pages rendered later in the request still show who is signed in.
+    request.state.ui_viewer = account
+    return account
+
+
+Viewer = Annotated[Account | None, Depends(_viewer)]
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a dashboard path: never another site (`//host`, `https://...`)."""
+    if target and target.startswith("/ui") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ui/account"
+
+
+@router.get("", response_class=HTMLResponse)
+def marketplace(request: Request, viewer: Viewer, session: SessionDep, now: NowDep) -> Response:
+    data = pages.marketplace(session, viewer, now=now)
+    return page(request, "marketplace.html", viewer=viewer, title="Marketplace", page=data)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, viewer: Viewer, next: str | None = None) -> Response:
+    return page(
+        request, "login.html", viewer=viewer, title="Sign in", next=_safe_next(next), error=None
+    )
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    secret: SecretDep,
+    now: NowDep,
+    api_key: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "",
+) -> Response:
+    """Exchange an API key for a session cookie; a wrong key gets the form back (401)."""
+    target = _safe_next(next)
+    try:
+        account = accounts.authenticate(session, api_key.strip())
+    except AuthenticationError:
+        client = request.client.host if request.client else "?"
+        log.info("dashboard sign-in refused from %s", client)
+        return page(
+            request, "login.html", viewer=None, title="Sign in", status_code=401, next=target,
+            error="That API key is not valid. Check it and try again.",
+        )  # fmt: skip
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        ui_session.COOKIE,
+        ui_session.issue(account, secret, now=now, ttl_s=settings.ui_session_ttl_s),
+        max_age=settings.ui_session_ttl_s,
+        path="/ui",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    response = RedirectResponse("/ui", status_code=303)
+    response.delete_cookie(ui_session.COOKIE, path="/ui", httponly=True, samesite="strict")
+    return response
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job(request: Request, job_id: str, viewer: Viewer, session: SessionDep) -> Response:
+    data = pages.job_page(session, job_id, viewer)
+    return page(request, "job.html", viewer=viewer, title=data.job.title, page=data)
+
+
+@router.get("/providers/{provider_id}", response_class=HTMLResponse)
+def provider(
+    request: Request, provider_id: str, viewer: Viewer, session: SessionDep, now: NowDep
+) -> Response:
+    data = pages.provider_page(session, provider_id, viewer, now=now)
+    title = f"Provider {data.reputation.name}"
+    return page(request, "provider.html", viewer=viewer, title=title, page=data)
+
+
+@router.get("/providers/{provider_id}/payouts", response_class=HTMLResponse)
+def provider_payouts(
+    request: Request, provider_id: str, viewer: Viewer, session: SessionDep
+) -> Response:
+    data = pages.payouts_page(session, provider_id, viewer)
+    title = f"Payouts of {data.provider.name}"
+    return page(request, "payouts.html", viewer=viewer, title=title, page=data)
+
+
+@router.get("/ledger", response_class=HTMLResponse)
+def ledger(request: Request, viewer: Viewer, session: SessionDep) -> Response:
+    data = pages.ledger_page(session, viewer)
+    return page(request, "ledger.html", viewer=viewer, title="Ledger", page=data)
+
+
+@router.get("/account", response_class=HTMLResponse)
+def account(request: Request, viewer: Viewer, session: SessionDep) -> Response:
+    data = pages.account_page(session, viewer)
+    return page(request, "account.html", viewer=viewer, title="My account", page=data)
+
+
+@router.get("/{rest:path}", response_class=HTMLResponse)
+def unknown(rest: str, viewer: Viewer) -> Response:
+    raise NotFoundError(f"there is no page /ui/{rest}")
