@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 
-from market import problems
+from market import problems, ui
 from market.api.routes import accounts, admin, jobs, listings, money, offers, rounds
 from market.blobs import LocalBlobStore
 from market.config import Settings
@@ -92,4 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     for module in (accounts, listings, jobs, offers, rounds, admin, money):
         app.include_router(module.router)
+    # The dashboard: the static mount goes first, before the pages' catch-all 404 route.
+    app.mount("/ui/static", ui.static_files(), name="ui-static")
+    app.include_router(ui.router, include_in_schema=False)
     return app
