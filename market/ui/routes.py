@@ -12,8 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from market import ratelimit
 from market.api.deps import NowDep, SessionDep, SettingsDep
-from market.errors import AuthenticationError, NotFoundError
+from market.errors import AuthenticationError, NotFoundError, TooManyFailedAttemptsError
 from market.models import Account
 from market.services import accounts
 from market.services import dashboard as pages
@@ -81,16 +82,25 @@ def login(
     """Exchange an API key for a session cookie; a wrong key gets the form back (401)."""
     target = _safe_next(next)
     try:
+        # The same per-address limit as the API's bearer keys: the form is no side door.
+        ratelimit.check(request)
         account = accounts.authenticate(session, api_key.strip())
+    except TooManyFailedAttemptsError as exc:
+        refused = page(
+            request, "login.html", viewer=None, title="Sign in", status_code=429, next=target,
+            error=f"Too many failed sign-ins from this address. Try again in {exc.retry_after} s.",
+        )  # fmt: skip
+        refused.headers["Retry-After"] = str(exc.retry_after)
+        return refused
     except AuthenticationError:
-        client = request.client.host if request.client else "?"
-        log.info("dashboard sign-in refused from %s", client)
+        ratelimit.record_failure(request)
+        log.info("dashboard sign-in refused from %s", ratelimit.client_address(request))
         return page(
             request, "login.html", viewer=None, title="Sign in", status_code=401, next=target,
             error="That API key is not valid. Check it and try again.",
         )  # fmt: skip
-    response = RedirectResponse(target, status_code=303)
-    response.set_cookie(
+    signed_in = RedirectResponse(target, status_code=303)
+    signed_in.set_cookie(
         ui_session.COOKIE,
         ui_session.issue(account, secret, now=now, ttl_s=settings.ui_session_ttl_s),
         max_age=settings.ui_session_ttl_s,
@@ -99,7 +109,7 @@ def login(
         samesite="strict",
         secure=request.url.scheme == "https",
     )
-    return response
+    return signed_in
 
 
 @router.post("/logout")
