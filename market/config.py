@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # Upper bounds for buyer uploads; envelopes are bounded by the crypto preset instead.
     max_context_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_model_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    # An envelope upload that sends no byte for this long is abandoned with 408 and its temp
+    # file removed: uvicorn has no timeout for a request body that stalls mid-way.
+    upload_idle_timeout_s: float = Field(default=30.0, gt=0)
 
     # The plaintext preset sends updates in the clear: only `python -m bench round` turns
     # this on, to measure what encryption costs through the same API and processes.
