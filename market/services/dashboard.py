@@ -345,6 +345,8 @@ def provider_page(
 
 
 def _earnings_series(session: Session, provider_id: str) -> list[tuple[str, list[Series]]]:
+    """Per currency, cumulative earned and paid out after each ledger entry that moved the
+    provider's money (a settled round or a payout): both lines have a point at every entry."""
     rows = session.exec(
         select(LedgerPosting, LedgerTransaction)
         .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerPosting.txn_id))
@@ -352,31 +354,26 @@ def _earnings_series(session: Session, provider_id: str) -> list[tuple[str, list
             [ledger.provider_payable(provider_id), ledger.provider_paid(provider_id)]))
         .order_by(col(LedgerTransaction.seq), col(LedgerPosting.position))
     ).all()  # fmt: skip
-    earned: dict[str, list[Point]] = defaultdict(list)
-    paid: dict[str, list[Point]] = defaultdict(list)
-    totals: dict[tuple[str, str], int] = defaultdict(int)
-    step: dict[str, int] = defaultdict(int)
+    moves: dict[str, list[tuple[LedgerTransaction, int, int]]] = defaultdict(list)
     for posting, txn in rows:
-        cur = txn.currency
-        if txn.kind == "settle":
-            which, target = "earned", earned
-        elif posting.account.endswith(":paid"):
-            which, target = "paid out", paid
-        else:
-            continue
-        step[cur] += 1
-        totals[(cur, which)] += posting.amount
-        where = f"round {txn.meta.get('round')}" if txn.kind == "settle" else "payout"
-        # Amounts stay integer cents; the chart formats its axis with `money`.
-        target[cur].append(
-            Point(step[cur], totals[(cur, which)],
-                  f"{txn.created_at:%Y-%m-%d %H:%M} {where} of job {txn.job_id}: {which} "
-                  f"{money(totals[(cur, which)], cur)} in total")
-        )  # fmt: skip
-    return [
-        (cur, [Series("earned", earned[cur]), Series("paid out", paid[cur])])
-        for cur in sorted(set(earned) | set(paid))
-    ]
+        earned = posting.amount if txn.kind == "settle" else 0
+        paid = posting.amount if posting.account.endswith(":paid") else 0
+        if earned or paid:
+            moves[txn.currency].append((txn, earned, paid))
+    out = []
+    for cur, entries in sorted(moves.items()):
+        earned_pts, paid_pts = [], []
+        earned_sum = paid_sum = 0
+        for n, (txn, earned, paid) in enumerate(entries, start=1):
+            earned_sum += earned
+            paid_sum += paid
+            what = f"round {txn.meta.get('round')}" if txn.kind == "settle" else "payout"
+            when = f"{txn.created_at:%Y-%m-%d %H:%M} UTC, {what} of job {txn.job_id}"
+            # Amounts stay integer cents; the chart formats its axis with `money`.
+            earned_pts.append(Point(n, earned_sum, f"{when}: earned {money(earned_sum, cur)}"))
+            paid_pts.append(Point(n, paid_sum, f"{when}: paid out {money(paid_sum, cur)}"))
+        out.append((cur, [Series("earned", earned_pts), Series("paid out", paid_pts)]))
+    return out
 
 
 def payouts_page(session: Session, provider_id: str, viewer: Account | None) -> PayoutsPage:
