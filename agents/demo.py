@@ -4,7 +4,9 @@ Splits scikit-learn's digits set non-IID (Dirichlet α = 0.5) across provider ag
 as separate processes, starts the server on the embedded default (SQLite, blob folder), and
 drives a buyer through every round. Then it trains the same model the same way without
 encryption (plaintext FedAvg) and on the union of the data (centralized), so the cost of
-privacy is printed beside the result. State stays under the demo folder, so
+privacy is printed beside the result. At the end it prints the web dashboard's address
+(`http://127.0.0.1:PORT/ui`) and the demo accounts' keys to sign in with; `--keep-serving`
+keeps the server up until Ctrl-C. State stays under the demo folder, so
 `pollen server --data-dir .pollen-demo` shows the finished marketplace again.
 """
 
@@ -33,6 +35,7 @@ from agents.data import concat, write_csv
 from agents.demo_money import fund, settle_and_report, start_rail
 from agents.experiment import centralized, fedavg_plaintext, load_digits_split, prepared
 from agents.models import ModelSpec
+from agents.state import StateFile
 from agents.training import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR
 from crypto import BuyerKeys
 
@@ -174,13 +177,12 @@ def run_demo(
     admin_key = secrets.token_urlsafe(24)
     with ExitStack() as stack:
         rail = start_rail(data_dir, free_port(), console)
-        if not keep_serving:
-            stack.callback(rail.stop)
+        stack.callback(rail.stop)
         server = start_server(data_dir, port, admin_key, extra_env=rail.env)
-        if not keep_serving:
-            stack.callback(stop, server)
+        stack.callback(stop, server)
         wait_ready(url, server)
         console.print(f"marketplace on {url} (SQLite + blobs in {data_dir}/, {rail.name} rail)")
+        console.print(f"dashboard live at {url}/ui while the demo runs")
 
         keys = BuyerKeys.generate()
         keys.save(data_dir / "buyer" / "buyer.key")
@@ -288,8 +290,57 @@ def run_demo(
             f"model: {outcome.model_path}; metrics: {outcome.metrics_path}; figures: {RESULTS}"
         )
         console.print(f"demo finished in {figures['seconds']}s")
+        console.rule("[bold]Dashboard")
+        sign_ins = {"buyer (demo-buyer)": buyer_acct["api_key"], "operator": admin_key}
+        for i in range(providers):
+            state = StateFile(data_dir / "agents" / f"provider-{i}" / "agent-state.json")
+            if state.get("api_key"):
+                sign_ins[f"provider-{i}"] = state.get("api_key")
+        show_dashboard(console, url, sign_ins, data_dir=data_dir, port=port, live=keep_serving)
         if keep_serving:
-            console.print(
-                f"server still running at {url} (pid {server.pid}); admin key {admin_key}"
-            )
+            serve_until_interrupted(server, console)
     return 0
+
+
+def show_dashboard(
+    console: Console,
+    url: str,
+    sign_ins: dict[str, str],
+    *,
+    data_dir: Path,
+    port: int,
+    live: bool,
+) -> None:
+    """Print the dashboard's address and the demo accounts' keys to sign in with."""
+    console.print(f"dashboard: [bold]{url}/ui[/bold]")
+    table = Table(title="Sign in at /ui/login with one of these API keys (demo accounts)")
+    table.add_column("account")
+    table.add_column("API key")
+    for who, key in sign_ins.items():
+        table.add_row(who, key)
+    console.print(table)
+    if not live:
+        console.print(
+            "the demo's server has stopped; to look again: "
+            f"`pollen server --data-dir {data_dir} --port {port}` and open {url}/ui, "
+            "or run `pollen demo --keep-serving`"
+        )
+
+
+def serve_until_interrupted(server: subprocess.Popen[bytes], console: Console) -> None:
+    """Keep the demo's server (and payment rail) up until Ctrl-C or SIGTERM; the caller's
+    cleanup then stops them, so nothing is left running behind the demo."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    console.print(f"server running (pid {server.pid}); press Ctrl-C to stop it")
+    try:
+        while server.poll() is None:
+            time.sleep(0.5)
+        console.print(f"[yellow]the server exited with {server.returncode}[/yellow]")
+    except KeyboardInterrupt:
+        console.print("stopping the server")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
