@@ -3,8 +3,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The dashboard's browser tests drive Debian's Chromium (never a Playwright download).
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup test lint typecheck pytest demo bench clean
+.PHONY: setup browser test lint typecheck pytest demo bench clean
 
 setup: $(STAMP)
 
@@ -23,8 +25,18 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy --strict crypto market
 
-pytest: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+# Installs Chromium when missing (as root, e.g. CI on a fresh Debian 12); otherwise says how.
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "need $(CHROMIUM): sudo apt-get install -y chromium"; exit 1; \
+	  fi; }
+
+# POLLEN_REQUIRE_BROWSER=1: a missing browser fails the dashboard tests instead of skipping.
+pytest: setup browser
+	POLLEN_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
