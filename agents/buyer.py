@@ -4,13 +4,15 @@ Each round the buyer downloads the round's aggregate (only the sum of at least `
 updates is ever released), decrypts it with its secret key, divides by the summed weights,
 applies the server optimizer (FedAvg or FedAdam), evaluates on its own held-out data, posts
 the metrics and publishes the next global model. Its progress is kept in a state file next
-to the model it has computed, so a restarted buyer picks up where it stopped.
+to the model it has computed, so a restarted buyer picks up where it stopped: each step is
+derived from the server's view of the job and the state file, never from where the previous
+process happened to be, so a round is applied once and published once whatever the instant
+of a crash. While the server is away the buyer waits with backoff (`Backoff`).
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -18,9 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from agents.client import PollenClient
+from agents.client import Backoff, PollenClient
 from agents.data import Dataset, DatasetSchema, prepare
 from agents.modelio import flatten, load_safetensors, to_safetensors, unflatten_into
 from agents.models import ModelSpec, build_model
@@ -86,6 +86,7 @@ class BuyerRun:
         notify: Callable[[str], None] | None = None,
         on_round: Callable[[RoundReport], None] | None = None,
         poll_s: float = 0.5,
+        backoff: Backoff | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -95,7 +96,8 @@ class BuyerRun:
         self.notify = notify or (lambda m: logger.info("%s", m))
         self.on_round = on_round
         self.poll_s = poll_s
-        job = client.get_job(job_id)
+        self.backoff = backoff or Backoff(first_wait_s=max(poll_s, 0.1), notify=self.notify)
+        job = self.backoff.call(client.get_job, job_id)
         self.spec = job["spec"]
         self.rounds_total = int(job["rounds_total"])
         schema = DatasetSchema.model_validate(self.spec["schema"])
@@ -117,16 +119,10 @@ class BuyerRun:
     def model_path(self) -> Path:
         return self.out_dir / f"{self.job_id}.model.safetensors"
 
-    def _weights(self) -> np.ndarray:
-        if self.model_path.exists():
-            load_safetensors(self.model, self.model_path.read_bytes())
-        else:
-            load_safetensors(self.model, self.client.get_round_model(self.job_id, 1))
-        return flatten(self.model)
-
     def _wait(self, predicate: Callable[[], dict[str, Any] | None], what: str) -> dict[str, Any]:
+        logger.debug("waiting for %s", what)
         while True:
-            result = predicate()
+            result = self.backoff.call(predicate)
             if result is not None:
                 return result
             time.sleep(self.poll_s)
@@ -138,13 +134,21 @@ class BuyerRun:
         return job if job["state"] in ("running", "completed") else None
 
     def apply_round(self, number: int) -> RoundReport:
+        """Decrypt round `number`'s sum and step from that round's global model.
+
+        The starting point is the model the server holds for the round, not the local model
+        file: after a crash between writing that file and saving the state, the file already
+        holds this round's result, and stepping from it would apply the round twice.
+        """
         started = time.perf_counter()
         blob = self.client.get_aggregate(self.job_id, number)
         agg = decrypt_aggregate(self.keys, blob)
-        weights = self.optimizer.step(self._weights(), agg.average)
+        load_safetensors(self.model, self.client.get_round_model(self.job_id, number))
+        weights = self.optimizer.step(flatten(self.model), agg.average)
         unflatten_into(self.model, weights)
         result = evaluate(self.model, self.test)
-        # Persist before telling anyone: a crash after this line replays only publication.
+        # The model first, then the state that says it is done: a crash in between only
+        # makes a restart redo this round from the same inputs.
         write_atomic(self.model_path, to_safetensors(self.model))
         report = RoundReport(
             number,
@@ -163,19 +167,45 @@ class BuyerRun:
     def run(self) -> JobOutcome:
         self._wait(self._job_if_running, "the job to start")
         outcome = JobOutcome(self.job_id, "running")
+        while not self.backoff.call(self._advance):
+            time.sleep(self.poll_s)
+        self.backoff.call(self._finish, outcome)
+        return outcome
+
+    def _advance(self) -> bool:
+        """One step towards the end of the job, chosen from what the server and the state
+        file say now; safe to repeat after any failure. True once every round is applied
+        and published."""
+        job = self._job_if_running()
+        if job is None:
+            return False
+        if job["state"] == "completed":
+            return True
         applied = int(self.state.get("applied", 0))
-        for number in range(applied + 1, self.rounds_total + 1):
-            self._wait(functools.partial(self._closed, number), f"round {number} to close")
-            report = self.apply_round(number)
+        current = int(job["current_round"])
+        if applied < current:
+            if self._closed(applied + 1) is None:
+                return False
+            self.apply_round(applied + 1)
+            applied += 1
+        if int(self.state.get("reported", 0)) < applied:
+            report = RoundReport(**self.state.section("rounds")[str(applied)])
             self.client.post_metrics(
-                self.job_id, number, {"loss": report.loss, "accuracy": report.accuracy}
+                self.job_id, applied, {"loss": report.loss, "accuracy": report.accuracy}
             )
-            if number < self.rounds_total:
-                self.client.publish_model(self.job_id, number + 1, self.model_path.read_bytes())
+            self.state.data["reported"] = applied
+            self.state.save()
             if self.on_round:
                 self.on_round(report)
-        self._finish(outcome)
-        return outcome
+        if applied >= self.rounds_total:
+            return True
+        if current == applied:
+            # The server still runs the round we applied: the next one is ours to open.
+            # Checked against the server each time, so a publication whose answer was lost
+            # is never sent twice.
+            self.client.publish_model(self.job_id, applied + 1, self.model_path.read_bytes())
+            self.notify(f"job {self.job_id}: published the model of round {applied + 1}")
+        return False
 
     def _closed(self, number: int) -> dict[str, Any] | None:
         self._job_if_running()

@@ -62,12 +62,24 @@ KeysOpt = Annotated[
     typer.Option("--keys", envvar="POLLEN_KEYS", help="Buyer secret-key file (mode 0600)."),
 ]
 
+RetryForOpt = Annotated[
+    float,
+    typer.Option(
+        "--retry-for",
+        envvar="POLLEN_RETRY_FOR",
+        help="Seconds to keep retrying while the server is unreachable, then give up.",
+    ),
+]
+MaxRetryWaitOpt = Annotated[
+    float, typer.Option("--max-retry-wait", help="Longest wait between two retries, seconds.")
+]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def friendly(fn: F) -> F:
     """Turn the errors a user can fix into one clear line and exit status 1."""
-    from agents.client import ApiError
+    from agents.client import ApiError, ServerUnreachableError
     from crypto import PollenError
 
     @functools.wraps(fn)
@@ -76,6 +88,8 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except ApiError as exc:
             err_console.print(f"[red]error:[/red] {exc}")
+        except ServerUnreachableError as exc:
+            err_console.print(f"[red]error:[/red] {exc}; state is saved, run again to resume")
         except (PollenError, DataError, FileNotFoundError, ValueError) as exc:
             err_console.print(f"[red]error:[/red] {exc}")
         except KeyboardInterrupt:
@@ -218,11 +232,19 @@ def job_run(
     keys: KeysOpt = DEFAULT_KEYS,
     out: Annotated[Path, typer.Option(help="Where the model and metrics go.")] = Path("pollen-out"),
     optimizer: Annotated[str, typer.Option(help="fedavg or fedadam.")] = "fedavg",
+    poll: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.5,
+    retry_for: RetryForOpt = 300.0,
+    max_retry_wait: MaxRetryWaitOpt = 10.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Drive a job: each round decrypt the sum, step the model, evaluate, publish the next."""
     from agents.buyer import BuyerRun, RoundReport
+    from agents.client import Backoff
     from agents.data import load_dataset
     from crypto import BuyerKeys
+
+    _logging(verbose)
+    say = functools.partial(_say, "buyer")
 
     def show(r: RoundReport) -> None:
         console.print(
@@ -237,7 +259,15 @@ def job_run(
         load_dataset(test, label=label),
         out_dir=out,
         optimizer=optimizer,
+        notify=say,
         on_round=show,
+        poll_s=poll,
+        backoff=Backoff(
+            give_up_after_s=retry_for,
+            first_wait_s=min(poll, max_retry_wait),
+            max_wait_s=max_retry_wait,
+            notify=say,
+        ),
     )
     outcome = run.run()
     console.print(
@@ -307,14 +337,15 @@ def agent_run(
     exit_after_jobs: Annotated[
         int | None, typer.Option(help="Exit after this many jobs ended.")
     ] = None,
+    retry_for: RetryForOpt = 300.0,
+    max_retry_wait: MaxRetryWaitOpt = 10.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a provider agent: publish a listing, accept offers, train and submit encrypted."""
     import torch
 
-    from agents.client import PollenClient
+    from agents.client import Backoff, PollenClient
     from agents.data import load_dataset
-    from agents.privacy import DPConfig
     from agents.provider import AgentPolicy, ProviderAgent
     from agents.state import StateFile
 
@@ -322,14 +353,26 @@ def agent_run(
     torch.set_num_threads(1)
     dataset = load_dataset(data, label=label)
     state = StateFile(state_dir / "agent-state.json")
+    say = functools.partial(_say, name)
+    backoff = Backoff(
+        give_up_after_s=retry_for,
+        first_wait_s=min(poll, max_retry_wait),
+        max_wait_s=max_retry_wait,
+        notify=say,
+    )
     key = api_key or state.get("api_key")
     if not key:
+        # Not retried: a registration whose answer was lost would leave an orphan account.
         created = PollenClient(server, None).register(role="provider", name=name)
         state.data.update(api_key=created["api_key"], account_id=created["id"])
         state.save()
         key = created["api_key"]
         console.print(f"[{name}] registered provider account {created['id']}")
-    dp = DPConfig(clip=dp_clip, noise_multiplier=dp_noise, delta=dp_delta) if dp_clip else None
+    dp = None
+    if dp_clip:
+        from agents.privacy import DPConfig
+
+        dp = DPConfig(clip=dp_clip, noise_multiplier=dp_noise, delta=dp_delta)
     agent = ProviderAgent(
         PollenClient(server, key),
         dataset,
@@ -340,10 +383,17 @@ def agent_run(
         policy=AgentPolicy(min_price_cents, max_jobs),
         dp=dp,
         seed=seed,
-        notify=lambda m: console.print(f"[{name}] {m}"),
+        notify=say,
     )
-    agent.ensure_listing(classes=_parse_classes(classes))
-    agent.run(poll_s=poll, exit_after_jobs=exit_after_jobs)
+    backoff.call(agent.ensure_listing, classes=_parse_classes(classes))
+    agent.run(poll_s=poll, exit_after_jobs=exit_after_jobs, backoff=backoff)
+
+
+def _say(name: str, message: str) -> None:
+    from rich.markup import escape
+
+    # Escaped: "[provider-0]" or an "[Errno 111]" in a message would be eaten as markup.
+    console.print(escape(f"[{name}] {message}"), highlight=False)
 
 
 def _parse_classes(text: str | None) -> list[int] | None:

@@ -11,17 +11,27 @@ from disk rather than read into memory.
 
 For tests, pass `http=` an existing `httpx.Client` (e.g. FastAPI's `TestClient`) or
 `transport=` an `httpx.MockTransport`.
+
+`Backoff` lets the agent and the buyer ride out a server that is down or restarting: a call
+that gets no answer (or a 5xx) is retried with exponential waits, with one log line when the
+outage starts and one when it ends, until `give_up_after_s` passed without a single answer;
+then `ServerUnreachableError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
-__all__ = ["ApiError", "PollenClient"]
+__all__ = ["ApiError", "Backoff", "PollenClient", "ServerUnreachableError", "is_transient"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Json = dict[str, Any]
 Upload = bytes | Path
@@ -55,6 +65,100 @@ class ApiError(Exception):
             detail=str(body.get("detail", "")),
             body=body,
         )
+
+
+class ServerUnreachableError(Exception):
+    """The server gave no usable answer for longer than the client was told to wait."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: no answer at all (refused, reset, timed out) or a failure on the
+    server's side (5xx); a 4xx is a decision the server made and retrying will not change."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, ApiError) and exc.status >= 500
+
+
+class Backoff:
+    """Retries transient failures with exponential waits for up to `give_up_after_s`.
+
+    One instance follows one client through its life: the clock starts at the first failure
+    of an outage and resets at the next success, so a server that restarts every hour is
+    ridden out every time while one that stays down makes the caller give up.
+    """
+
+    def __init__(
+        self,
+        *,
+        give_up_after_s: float = 300.0,
+        first_wait_s: float = 0.5,
+        max_wait_s: float = 10.0,
+        notify: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.give_up_after_s = give_up_after_s
+        self.first_wait_s = first_wait_s
+        self.max_wait_s = max(max_wait_s, first_wait_s)
+        self.notify = notify or (lambda msg: logger.warning("%s", msg))
+        self._clock = clock
+        self._sleep = sleep
+        self._down_since: float | None = None
+        self._wait = first_wait_s
+        self._failures = 0
+
+    @property
+    def outage(self) -> bool:
+        return self._down_since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        """Wait before the next attempt, or raise `ServerUnreachableError` once out of time."""
+        now = self._clock()
+        if self._down_since is None:
+            self._down_since = now
+            self._wait = self.first_wait_s
+            self._failures = 0
+            self.notify(
+                f"server unreachable ({_describe(exc)}); retrying for up to "
+                f"{self.give_up_after_s:.0f}s"
+            )
+        self._failures += 1
+        down_for = now - self._down_since
+        if down_for >= self.give_up_after_s:
+            self.notify(f"giving up: no answer from the server for {down_for:.0f}s")
+            raise ServerUnreachableError(
+                f"no answer from the server for {down_for:.0f}s "
+                f"({self._failures} attempts): {_describe(exc)}"
+            ) from exc
+        wait = min(self._wait, self.give_up_after_s - down_for)
+        logger.debug("attempt %d failed (%s); next in %.1fs", self._failures, exc, wait)
+        self._sleep(wait)
+        self._wait = min(self._wait * 2, self.max_wait_s)
+
+    def succeeded(self) -> None:
+        if self._down_since is not None:
+            down_for = self._clock() - self._down_since
+            self.notify(f"server reachable again after {down_for:.1f}s")
+            self._down_since = None
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)`, retried while it fails transiently; `fn` must be safe to
+        repeat (every caller re-derives what to do from the server's and its own state)."""
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.failed(exc)
+                continue
+            self.succeeded()
+            return result
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

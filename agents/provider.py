@@ -7,7 +7,8 @@ noises it (differential privacy), encrypts it under the buyer's public context a
 the envelope. Every step that matters is recorded in a local state file first, so that a
 restart after kill -9 resumes without ever submitting twice: an envelope is written to disk
 before it is sent, and re-sent byte for byte after a crash (the server answers 409 with the
-first result if it had already accepted it).
+first result if it had already accepted it). While the server is down or restarting the agent
+waits with backoff (`Backoff`) and says so; it gives up only after `give_up_after_s`.
 """
 
 from __future__ import annotations
@@ -18,19 +19,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 
-from agents.client import ApiError, PollenClient
+from agents.client import ApiError, Backoff, PollenClient
 from agents.data import Dataset, DatasetSchema, derive_schema, prepare
 from agents.modelio import flatten, load_safetensors
 from agents.models import ModelSpec, build_model
-from agents.privacy import DPConfig, epsilon_spent, privatize
 from agents.state import StateFile, write_atomic
 from agents.training import EpochInfo, compute_update, train_local
 from crypto import EnvelopeBinding, PublicContext, encrypt_update
+
+if TYPE_CHECKING:
+    # Imported when used: its accountant (opacus) costs seconds at every agent start.
+    from agents.privacy import DPConfig
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +118,13 @@ class ProviderAgent:
     def handle_offers(self) -> None:
         jobs = self._active_jobs()
         for offer in self.client.list_offers():
+            if offer["state"] == "accepted" and offer["job_id"] not in jobs:
+                # Accepted by an earlier life whose answer never arrived (crash, lost
+                # response): the server counts on us, so take the job up.
+                jobs[offer["job_id"]] = {"offer_id": offer["id"], "submitted": {}, "done": False}
+                self.state.save()
+                self.notify(f"resuming job {offer['job_id']} (offer accepted earlier)")
+                continue
             if offer["state"] != "pending":
                 continue
             busy = sum(1 for j in jobs.values() if not j.get("done"))
@@ -150,6 +160,10 @@ class ProviderAgent:
         model = build_model(model_spec, schema.n_features, schema.n_classes, seed=0)
         load_safetensors(model, self.client.get_round_model(job["id"], number))
         global_vec = flatten(model)
+        self.notify(
+            f"job {job['id']} round {number}: training on {len(local)} samples "
+            f"({spec['local_epochs']} epochs)"
+        )
         result = train_local(
             model,
             local,
@@ -162,6 +176,8 @@ class ProviderAgent:
         delta = compute_update(global_vec, flatten(model))
         entry = self._active_jobs()[job["id"]]
         if self.dp is not None:
+            from agents.privacy import epsilon_spent, privatize
+
             rng = np.random.default_rng(train_seed(int(spec.get("seed", 0)), number, self.seed))
             delta = privatize(delta, self.dp, rng)
             entry["dp_rounds"] = int(entry.get("dp_rounds", 0)) + 1
@@ -217,6 +233,14 @@ class ProviderAgent:
         except ApiError as exc:
             if exc.status == 409 and exc.code == "duplicate-submission":
                 receipt = exc.body.get("first", exc.body)
+            elif exc.status == 409 and exc.code == "round-not-collecting":
+                # Too late (the round closed at its deadline while we trained or the server
+                # was away): nothing was added, so drop this update and wait for the next.
+                entry.setdefault("missed", {})[str(number)] = exc.detail
+                self.state.save()
+                path.unlink(missing_ok=True)
+                self.notify(f"job {job_id} round {number}: too late, {exc.detail}")
+                return False
             else:
                 raise
         entry["submitted"][str(number)] = hashlib.sha256(envelope).hexdigest()
@@ -241,23 +265,17 @@ class ProviderAgent:
         *,
         poll_s: float = 1.0,
         exit_after_jobs: int | None = None,
-        max_backoff_s: float = 30.0,
+        backoff: Backoff | None = None,
     ) -> None:
-        me = self.client.me()["id"]
-        backoff = poll_s
+        """Poll and work until `exit_after_jobs` jobs ended; ride out server outages.
+
+        Every step re-derives what to do from the server and the state file, so a step cut
+        short by a dropped connection is simply done again once the server answers.
+        """
+        backoff = backoff or Backoff(first_wait_s=poll_s, notify=self.notify)
+        me = str(backoff.call(self.client.me)["id"])
         while True:
-            try:
-                self.step(me)
-                backoff = poll_s
-            except (httpx.TransportError, ApiError) as exc:
-                # Network trouble or a server hiccup: the state file holds everything, so
-                # wait and try again; client errors (4xx) other than conflicts are real bugs.
-                if isinstance(exc, ApiError) and exc.status < 500:
-                    raise
-                self.notify(f"server unreachable ({exc}); retrying in {backoff:.0f}s")
-                time.sleep(backoff)
-                backoff = min(backoff * 2, max_backoff_s)
-                continue
+            backoff.call(self.step, me)
             if exit_after_jobs is not None and self.finished_jobs() >= exit_after_jobs:
                 return
             time.sleep(poll_s)
