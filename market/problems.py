@@ -2,7 +2,8 @@
 
 Domain errors (`PollenError`, crypto's included), FastAPI validation errors and Starlette's
 HTTP errors (404 for unknown paths, 405, ...) all leave the service in the same shape:
-{type, title, status, detail, instance, code, ...extra}.
+{type, title, status, detail, instance, code, ...extra}. So does an unexpected exception
+(500, logged, no internals in the body). `install` also writes this into the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -109,8 +110,66 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details; `code` is a stable slug, other members vary.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "instance", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "code": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Make the OpenAPI schema say what the service really sends on errors: every operation
+    answers 4xx with `application/problem+json` (FastAPI documents only a 422 in its own
+    `HTTPValidationError` shape, which this service never sends)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Problem"] = PROBLEM_SCHEMA
+        content = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                if "422" in responses:
+                    responses["422"] = {"description": "Validation failed", "content": content}
+                responses["4XX"] = {"description": "Refused (problem details)", "content": content}
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # A bug: logged in full here, answered without internals (the server still re-raises it).
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(
+        request,
+        status=500,
+        code="internal-error",
+        title="Internal server error",
+        detail="the server failed to handle this request; it has been logged",
+    )
+
+
 def install(app: FastAPI) -> None:
-    """Register the handlers on an app."""
+    """Register the handlers on an app, and document them in its OpenAPI schema."""
+    app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(PollenError, _pollen_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    _document_problems(app)

@@ -175,5 +175,3 @@ class Receipt(BaseModel):
     rounds: list[dict[str, Any]]
     payments: list[PaymentPublic]
     meta: dict[str, Any] = {}
-
-

@@ -6,7 +6,7 @@ to identifier characters, so no field can carry data rows.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -19,10 +19,28 @@ MAX_FEATURES = 1024
 MAX_CLASSES = 1000
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 class Strict(BaseModel):
     """Base of every request body: unknown fields are refused, not ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # PostgreSQL cannot store NUL in text or JSON: refuse it here (422), not there (500).
+        if _holds_nul(data):
+            raise ValueError("text must not contain NUL characters")
+        return data
 
 
 class FeatureSpec(Strict):

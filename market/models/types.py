@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,18 @@ from sqlalchemy.types import TypeDecorator
 def new_id(prefix: str) -> str:
     """A random, prefixed string id such as `job_3f9a...`."""
     return f"{prefix}_{secrets.token_hex(8)}"
+
+
+_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+
+
+def could_be_id(value: str) -> bool:
+    """Whether `value` could name a row; anything else is not looked up at all.
+
+    Ids come from URLs: PostgreSQL refuses text holding NUL bytes with an error (a 500), so
+    a path like `/v1/jobs/%00` must be answered "not found" before it reaches a query.
+    """
+    return _ID.fullmatch(value) is not None
 
 
 def utcnow() -> datetime:

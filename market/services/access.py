@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 
 from market.errors import NotFoundError, PermissionDeniedError
 from market.models import Account, Job, Listing, Offer
+from market.models.types import could_be_id
 
 
 def offer_of(session: Session, job_id: str, provider_id: str) -> Offer | None:
@@ -28,7 +29,7 @@ def is_participant(session: Session, job_id: str, provider_id: str) -> bool:
 
 
 def visible_job(session: Session, job_id: str, viewer: Account) -> Job:
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if could_be_id(job_id) else None
     if job is None:
         raise NotFoundError(f"no job {job_id}")
     if viewer.role == "admin" or (viewer.role == "buyer" and job.buyer_id == viewer.id):
@@ -57,7 +58,7 @@ def participant_job(session: Session, job_id: str, viewer: Account) -> Job:
 
 
 def owned_listing(session: Session, listing_id: str, viewer: Account) -> Listing:
-    listing = session.get(Listing, listing_id)
+    listing = session.get(Listing, listing_id) if could_be_id(listing_id) else None
     if listing is None:
         raise NotFoundError(f"no listing {listing_id}")
     if viewer.role == "admin" or listing.provider_id == viewer.id:

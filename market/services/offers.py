@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 
 from market.errors import InvalidStateError, NotFoundError, OfferExpiredError
 from market.models import Account, Job, Offer, OfferPublic, Submission
+from market.models.types import could_be_id
 from market.services import reputation
 from market.services.matching import run_matching
 from market.services.rounds import check_round, find_round, join_round, participants, start_job
@@ -32,7 +33,7 @@ def list_offers(session: Session, viewer: Account) -> list[OfferPublic]:
 
 
 def _own_pending(session: Session, offer_id: str, provider: Account, now: datetime) -> Offer:
-    offer = session.get(Offer, offer_id)
+    offer = session.get(Offer, offer_id) if could_be_id(offer_id) else None
     if offer is None or offer.provider_id != provider.id:
         raise NotFoundError(f"no offer {offer_id}")
     if offer.state == "pending" and offer.expires_at <= now:

@@ -37,7 +37,7 @@ from market.models import (
     PayoutPublic,
     ProviderEarnings,
 )
-from market.models.types import new_id
+from market.models.types import could_be_id, new_id
 from market.payments import PaymentRail
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def _transfer(
 
 def mark_paid(session: Session, batch_id: str, *, now: datetime) -> PayoutBatch:
     """The operator sent a manual batch's money: post each payout; idempotent."""
-    batch = session.get(PayoutBatch, batch_id)
+    batch = session.get(PayoutBatch, batch_id) if could_be_id(batch_id) else None
     if batch is None:
         raise NotFoundError(f"no payout batch {batch_id}")
     if batch.rail != "manual":

@@ -177,3 +177,29 @@ def test_unknown_paths_and_methods_are_problems(client: TestClient) -> None:
     assert r.status_code == 405 and r.json()["code"] == "method-not-allowed"
     r = client.get("/v1/accounts/me", headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+
+
+def test_nul_bytes_are_refused_not_crashed_on(client: TestClient) -> None:
+    """Ids and text holding NUL get 404/422 on every backend (PostgreSQL answered 500)."""
+    buyer = register(client, "buyer")
+    provider = register(client, "provider")
+    operator = admin(client)
+    for method, url, actor in [
+        ("GET", "/v1/jobs/job%00x", buyer),
+        ("GET", "/v1/jobs/job%00x/rounds/1", buyer),
+        ("PUT", "/v1/jobs/job%00x/rounds/1/submission", provider),
+        ("GET", "/v1/listings/lst%00x", provider),
+        ("POST", "/v1/offers/off%00x/accept", provider),
+        ("POST", "/v1/admin/jobs/job%00x/credit", operator),
+        ("POST", "/v1/admin/payouts/pob%00x/mark-paid", operator),
+    ]:
+        kw: dict[str, Any] = {"json": {"amount_cents": 5}} if "credit" in url else {}
+        _refused(client, method, url, actor, 404, **kw)
+    r = client.get("/v1/reputation/prv%00x")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    _refused(client, "POST", "/v1/listings", provider, 422, json=listing_body(name="a\x00b"))
+    _refused(client, "POST", "/v1/jobs", buyer, 422, json=job_body(title="a\x00b"))
+    schema = {**SCHEMA, "label": {"name": "y", "classes": [0, 1], "x\x00": 1}}
+    _refused(client, "POST", "/v1/listings", provider, 422, json=listing_body(schema=schema))
+    r = client.post("/v1/accounts", json={"role": "buyer", "name": "a\x00b"})
+    assert r.status_code == 422 and r.json()["code"] == "validation-error"

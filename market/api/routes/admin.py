@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from market.api.deps import AdminAccount, NowDep, SessionDep
 from market.errors import NotFoundError
 from market.models import CreditCreate, CreditPublic, Job
+from market.models.types import could_be_id
 from market.services import funding, rounds
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -18,7 +19,7 @@ def credit(
     job_id: str, body: CreditCreate, account: AdminAccount, session: SessionDep, now: NowDep
 ) -> CreditPublic:
     """Credit money received for a job; at the budget the job opens and matching runs."""
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if could_be_id(job_id) else None
     if job is None:
         raise NotFoundError(f"no job {job_id}")
     return funding.credit(

@@ -33,6 +33,7 @@ from market.models import (
     Receipt,
     ReputationPublic,
 )
+from market.models.types import could_be_id
 from market.services import access, payments, payouts, receipts, reputation
 
 router = APIRouter(tags=["money"])
@@ -82,7 +83,7 @@ def mark_paid(
 
 
 def _provider(session: Session, provider_id: str) -> Account:
-    account = session.get(Account, provider_id)
+    account = session.get(Account, provider_id) if could_be_id(provider_id) else None
     if account is None or account.role != "provider":
         raise NotFoundError(f"no provider {provider_id}")
     return account
