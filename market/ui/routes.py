@@ -155,6 +155,11 @@ def account(request: Request, viewer: Viewer, session: SessionDep) -> Response:
     return page(request, "account.html", viewer=viewer, title="My account", page=data)
 
 
+@router.get("/")
+def trailing_slash() -> Response:
+    return RedirectResponse("/ui", status_code=308)
+
+
 @router.get("/{rest:path}", response_class=HTMLResponse)
 def unknown(rest: str, viewer: Viewer) -> Response:
     raise NotFoundError(f"there is no page /ui/{rest}")

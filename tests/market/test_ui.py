@@ -109,6 +109,7 @@ def test_refusals_are_html_pages_with_their_status(done: Done) -> None:
     c = done.client
     missing = c.get("/ui/no-such-page")
     assert missing.status_code == 404 and "<h1>Not found</h1>" in missing.text
+    assert c.get("/ui/", follow_redirects=False).headers["location"] == "/ui"
     stranger = register(c, "buyer", "stranger")
     sign_in(c, stranger)
     hidden = c.get(f"/ui/jobs/{done.job_id}")
