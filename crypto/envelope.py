@@ -320,10 +320,11 @@ def validate_envelope(
     if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise PayloadHashError("payload does not match the SHA-256 in its header")
     if preset.is_plain:
-        values = np.frombuffer(payload, dtype="<f4").astype(np.float64)
-        if not np.all(np.isfinite(values)):
+        floats = np.frombuffer(payload, dtype="<f4")
+        # Checked before widening: casting a signalling NaN raises an FP "invalid" warning.
+        if not np.all(np.isfinite(floats)):
             raise CiphertextParameterError("plaintext update holds NaN or infinite values")
-        return ValidatedEnvelope(header=header, coefficients=values)
+        return ValidatedEnvelope(header=header, coefficients=floats.astype(np.float64))
     shape = (chunks, 2, len(preset.data_moduli), preset.poly_modulus_degree)
     coeffs = unpack_coefficients(payload, shape, preset.coeff_bytes)
     moduli = np.array(preset.data_moduli, dtype=np.uint64).reshape(1, 1, -1, 1)
