@@ -11,11 +11,20 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.numpy import save
 
-from crypto import BuyerKeys
+from crypto import BuyerKeys, envelope_size
 from market import Settings, create_app
 from tests.utils.clock import FakeClock
-from tests.utils.factories import SCHEMA, Actor, admin, job_body, listing_body, register
-from tests.utils.scenario import draft_job, open_job
+from tests.utils.factories import (
+    ADMIN_KEY,
+    SCHEMA,
+    Actor,
+    admin,
+    job_body,
+    listing_body,
+    model_file,
+    register,
+)
+from tests.utils.scenario import PARAMS, draft_job, open_job, running_job
 from tests.utils.snapshot import snapshot
 
 
@@ -203,3 +212,35 @@ def test_nul_bytes_are_refused_not_crashed_on(client: TestClient) -> None:
     _refused(client, "POST", "/v1/listings", provider, 422, json=listing_body(schema=schema))
     r = client.post("/v1/accounts", json={"role": "buyer", "name": "a\x00b"})
     assert r.status_code == 422 and r.json()["code"] == "validation-error"
+
+
+def test_upload_limits_on_model_and_submission_routes(
+    tmp_path: Path, buyer_keys: BuyerKeys
+) -> None:
+    """Final and round models beyond `max_model_bytes`, and envelopes beyond the largest
+    valid one, declared or streamed without a length, are cut off with 413."""
+    limit = len(model_file()) + 64
+    settings = Settings(
+        data_dir=tmp_path, deadline_tick_s=0, admin_api_key=ADMIN_KEY, max_model_bytes=limit
+    )
+    clock = FakeClock()
+    app = create_app(settings)
+    app.state.clock = clock
+    with TestClient(app) as client:
+        scn = running_job(client, clock, buyer_keys)
+        big = model_file(param_count=2000)
+        assert len(big) > limit
+        job = f"/v1/jobs/{scn.job_id}"
+        _refused(client, "PUT", f"{job}/final-model", scn.buyer, 413, content=big)
+        _refused(client, "PUT", f"{job}/rounds/2/model", scn.buyer, 413, content=big)
+        p0 = scn.providers[0]
+        envelope = scn.envelope(p0, 1)
+        oversize = envelope + b"\x00" * (
+            envelope_size(buyer_keys.public_context().preset, PARAMS) + 1
+        )
+        url = f"{job}/rounds/1/submission"
+        body = _refused(client, "PUT", url, p0, 413, content=oversize)
+        assert body["code"] == "payload-too-large"
+        streamed = (oversize[i : i + 65536] for i in range(0, len(oversize), 65536))
+        _refused(client, "PUT", url, p0, 413, content=streamed)
+        assert scn.submit(p0, 1, envelope).status_code == 201
