@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-console = Console()
+# Wide enough for the tables when the output is a file or a pipe.
+console = Console(width=None if sys.stdout.isatty() else 140)
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:

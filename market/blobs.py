@@ -3,7 +3,9 @@
 `BlobStore` is the interface the services use (an S3-compatible store can implement it later);
 `LocalBlobStore` keeps blobs as files under one folder. Writes are atomic (temp file in the
 same folder, fsync, rename) so a reader never sees half a blob and a crash never corrupts one.
-Uploads are streamed into a `TempBlob` with a hard size limit before anything is parsed.
+Uploads are streamed into a `TempBlob` with a hard size limit before anything is parsed, and
+abandoned when the sender stalls (`receive`): uvicorn itself never times out a request body
+that stops arriving, so a stalled upload would otherwise keep its temp file forever.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from market.errors import PayloadTooLargeError
+import anyio
+
+from market.errors import MarketError, PayloadTooLargeError
 
 _KEY = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 
@@ -60,6 +65,29 @@ class TempBlob:
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+class UploadStalledError(MarketError):
+    """The sender stopped sending an upload's body before it was complete."""
+
+    status = 408
+    code = "upload-stalled"
+
+
+async def receive(chunks: AsyncIterator[bytes], upload: TempBlob, *, idle_timeout_s: float) -> None:
+    """Write a request body into `upload`; 408 once no byte came for `idle_timeout_s`."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            with anyio.fail_after(idle_timeout_s):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadStalledError(
+                f"no byte of the upload arrived for {idle_timeout_s:g} s after {upload.size} bytes"
+            ) from None
+        upload.write(chunk)
 
 
 class BlobStore(ABC):

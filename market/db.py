@@ -2,20 +2,34 @@
 
 SQLite (the embedded default) gets WAL journaling, enforced foreign keys and a busy timeout so
 API threads and the deadline task can share one file; PostgreSQL is reached through psycopg 3.
+
+Both use a pool of `POOL_CAPACITY` connections. A request whose session holds a connection
+while it awaits something (another thread hop, a request body) can starve the pool: once
+every API thread is blocked waiting for a connection and every connection belongs to a
+request waiting for a thread, nothing moves until the pool's 30 s timeout fails them all.
+Routes that await with a session open take a `ConnectionTurn` first (at most half the pool).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 from sqlalchemy import Engine, event
 from sqlmodel import Session, create_engine
 
 log = logging.getLogger(__name__)
+
+POOL_SIZE = 10
+POOL_OVERFLOW = 10
+POOL_CAPACITY = POOL_SIZE + POOL_OVERFLOW
 
 
 def normalize_url(url: str) -> str:
@@ -37,10 +51,15 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        pool: dict[str, Any] = {}
+        if path and path != ":memory:":
+            pool = {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -60,3 +79,36 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+_turns_guard = threading.Lock()
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _turns_of_this_loop() -> anyio.Semaphore:
+    loop = asyncio.get_running_loop()
+    with _turns_guard:
+        turns = _turns.get(loop)
+        if turns is None:
+            turns = _turns[loop] = anyio.Semaphore(POOL_CAPACITY // 2)
+        return turns
+
+
+class ConnectionTurn:
+    """Leave to hold a pooled connection across awaits; half the pool is handed out."""
+
+    def __init__(self) -> None:
+        self._turns = _turns_of_this_loop()
+        self._held = False
+
+    async def acquire(self) -> None:
+        await self._turns.acquire()
+        self._held = True
+
+    def release(self) -> None:
+        """Give the turn back (idempotent) once the session released its connection."""
+        if self._held:
+            self._held = False
+            self._turns.release()

@@ -10,15 +10,23 @@ Order of work for one upload, so that a refusal changes nothing and a crash lose
    (job, round, provider, param_count, summands) → 422 on any mismatch; add it to the round's
    accumulator loaded from its blob; write the new accumulator under a new versioned key;
    only then commit the rows that point at it. Old accumulator blobs are never overwritten.
+
+Memory stays O(model) under any number of concurrent uploads: bodies stream to temp files,
+and `submit` runs on its own small thread limiter (`validation_limiter`, `VALIDATION_SLOTS`
+threads), since each envelope being parsed costs a few times its size. Uploads waiting for a
+slot hold neither memory, an API thread, nor a database connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import weakref
 from collections import OrderedDict
 from datetime import datetime
 
+import anyio
 from sqlmodel import Session, select
 
 from crypto import (
@@ -52,6 +60,23 @@ _ACC_CACHE = 8
 _round_locks: dict[str, threading.Lock] = {}
 _contexts: OrderedDict[str, PublicContext] = OrderedDict()
 _CONTEXT_CACHE = 16
+
+# Envelopes validated and added at the same time, per event loop (one per server process).
+# Two: one thread adds under the round lock while the next envelope is parsed.
+VALIDATION_SLOTS = 2
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def validation_limiter() -> anyio.CapacityLimiter:
+    """The threads `submit` runs on, `VALIDATION_SLOTS` of them (call from the event loop)."""
+    loop = asyncio.get_running_loop()
+    with _locks_guard:
+        limiter = _limiters.get(loop)
+        if limiter is None:
+            limiter = _limiters[loop] = anyio.CapacityLimiter(VALIDATION_SLOTS)
+        return limiter
 
 
 def _round_lock(round_id: str) -> threading.Lock:

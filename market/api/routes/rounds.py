@@ -5,10 +5,14 @@ No route here, or anywhere, returns an individual envelope.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from sqlmodel import Session
 
 from market.api.deps import (
     OCTET,
@@ -20,13 +24,28 @@ from market.api.deps import (
     binary_body,
     read_body,
 )
+from market.blobs import BlobStore, TempBlob, receive
+from market.db import ConnectionTurn
 from market.errors import PayloadTooLargeError
-from market.models import MetricsCreate, RoundPublic, SubmissionReceipt
+from market.models import Account, Job, MetricsCreate, RoundPublic, SubmissionReceipt
 from market.services import access, results, rounds, submissions, views
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/rounds", tags=["rounds"])
 
 RoundNo = Annotated[int, Path(ge=1, le=1000)]
+
+
+async def _connection_turn() -> AsyncIterator[ConnectionTurn]:
+    turn = ConnectionTurn()
+    await turn.acquire()
+    try:
+        yield turn
+    finally:
+        turn.release()
+
+
+# Taken before the session is first used; see market.db on why.
+Turn = Annotated[ConnectionTurn, Depends(_connection_turn)]
 
 
 @router.get("/{number}", response_model=RoundPublic)
@@ -87,29 +106,60 @@ async def publish_model(
 async def submit(
     job_id: str,
     number: RoundNo,
+    turn: Turn,  # before the account: authenticating takes the session's connection
     request: Request,
     account: CurrentAccount,
     session: SessionDep,
     blobs: BlobsDep,
+    settings: SettingsDep,
     now: NowDep,
 ) -> SubmissionReceipt:
     """A provider's encrypted update, streamed to the blob store and added to the round's sum."""
-    job, limit = await run_in_threadpool(
-        submissions.precheck, session, job_id, number, account, now=now
-    )
+    try:
+        job, limit = await run_in_threadpool(_precheck, session, job_id, number, account, now)
+    finally:
+        turn.release()
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"envelope exceeds {limit} bytes", limit=limit)
     upload = blobs.temp(limit)
     try:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLargeError(f"envelope exceeds {limit} bytes", limit=limit)
-        async for chunk in request.stream():
-            upload.write(chunk)
-        upload.finish()
-        return await run_in_threadpool(
-            submissions.submit, session, blobs, job, number, account, upload, now=now
-        )
+        await receive(request.stream(), upload, idle_timeout_s=settings.upload_idle_timeout_s)
+        # Parsing an envelope costs a few times its size in memory: only a few at a time, on
+        # their own threads, so waiting uploads hold neither memory nor an API thread.
+        return await anyio.to_thread.run_sync(
+            _submit, session, blobs, job, number, account, upload, now,
+            limiter=submissions.validation_limiter(),
+        )  # fmt: skip
     finally:
         upload.discard()
+
+
+def _precheck(
+    session: Session, job_id: str, number: int, account: Account, now: datetime
+) -> tuple[Job, int]:
+    try:
+        return submissions.precheck(session, job_id, number, account, now=now)
+    finally:
+        # The body may take minutes to arrive: no database connection is held meanwhile.
+        session.close()
+
+
+def _submit(
+    session: Session,
+    blobs: BlobStore,
+    job: Job,
+    number: int,
+    account: Account,
+    upload: TempBlob,
+    now: datetime,
+) -> SubmissionReceipt:
+    try:
+        upload.finish()  # fsync here, not on the event loop
+        return submissions.submit(session, blobs, job, number, account, upload, now=now)
+    finally:
+        # Back to the pool on this thread, not after the response in another one.
+        session.close()
 
 
 @router.get(
