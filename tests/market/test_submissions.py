@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -148,3 +149,30 @@ def test_concurrent_submissions_all_land_in_the_sum(scn: Scenario) -> None:
     total = decrypt_aggregate(scn.keys, agg.content)
     assert total.count == 3
     np.testing.assert_allclose(total.total, np.full(scn.param_count, 0.6), atol=1e-3)
+
+
+def _temp_uploads(scn: Scenario) -> list[str]:
+    app: Any = scn.client.app
+    return sorted(p.name for p in (app.state.blobs.root / ".tmp").glob("*"))
+
+
+def test_refused_uploads_leave_no_temp_file(scn: Scenario) -> None:
+    """Uploads refused with 413 (declared too large, or streamed past the limit without a
+    Content-Length), 422 or 409 leave no partial file in the blob store; an accepted one's
+    file becomes the stored envelope."""
+    p = scn.providers[0]
+    url = f"/v1/jobs/{scn.job_id}/rounds/1/submission"
+    good = scn.envelope(p, 1)
+    oversize = good + b"\0" * 2_000_000
+    assert scn.submit(p, 1, oversize).status_code == 413
+    assert _temp_uploads(scn) == []
+    streamed = (oversize[i : i + 65536] for i in range(0, len(oversize), 65536))
+    r = scn.client.put(url, content=streamed, headers=p.headers)
+    assert r.status_code == 413 and "content-length" not in r.request.headers
+    assert _temp_uploads(scn) == []
+    assert scn.submit(p, 1, good[:-10]).status_code == 422
+    assert _temp_uploads(scn) == []
+    assert scn.submit(p, 1, good).status_code == 201
+    assert scn.submit(p, 1, good).status_code == 409
+    assert _temp_uploads(scn) == []
+    assert scn.round(1)["submitted"] == 1
