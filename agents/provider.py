@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from agents.client import ApiError, Backoff, PollenClient
 from agents.data import Dataset, DatasetSchema, derive_schema, prepare
@@ -51,6 +52,13 @@ class AgentPolicy:
 def train_seed(job_seed: int, round_number: int, agent_seed: int) -> int:
     """The seed of one local training run; the plaintext baseline uses the same formula."""
     return job_seed * 1_000_003 + (round_number - 1) * 1009 + agent_seed
+
+
+def warm_up() -> None:
+    """Pay torch's one-off start-up cost now rather than inside the first round's deadline:
+    the first optimizer built in a process imports torch's compiler stack, which takes
+    seconds on a busy machine."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 class ProviderAgent:
@@ -273,6 +281,7 @@ class ProviderAgent:
         short by a dropped connection is simply done again once the server answers.
         """
         backoff = backoff or Backoff(first_wait_s=poll_s, notify=self.notify)
+        warm_up()
         me = str(backoff.call(self.client.me)["id"])
         while True:
             backoff.call(self.step, me)
