@@ -89,7 +89,11 @@ def friendly(fn: F) -> F:
         except ApiError as exc:
             err_console.print(f"[red]error:[/red] {exc}")
         except ServerUnreachableError as exc:
-            err_console.print(f"[red]error:[/red] {exc}; state is saved, run again to resume")
+            from rich.markup import escape
+
+            err_console.print(
+                f"[red]error:[/red] {escape(str(exc))}; state is saved, run again to resume"
+            )
         except (PollenError, DataError, FileNotFoundError, ValueError) as exc:
             err_console.print(f"[red]error:[/red] {exc}")
         except KeyboardInterrupt:
@@ -344,7 +348,7 @@ def agent_run(
     """Run a provider agent: publish a listing, accept offers, train and submit encrypted."""
     import torch
 
-    from agents.client import Backoff, PollenClient
+    from agents.client import Backoff, PollenClient, never_sent
     from agents.data import load_dataset
     from agents.provider import AgentPolicy, ProviderAgent
     from agents.state import StateFile
@@ -362,8 +366,10 @@ def agent_run(
     )
     key = api_key or state.get("api_key")
     if not key:
-        # Not retried: a registration whose answer was lost would leave an orphan account.
-        created = PollenClient(server, None).register(role="provider", name=name)
+        # Retried only while no connection can be made: a registration whose answer was
+        # lost would leave an orphan account.
+        anon = PollenClient(server, None)
+        created = backoff.call_if(never_sent, anon.register, role="provider", name=name)
         state.data.update(api_key=created["api_key"], account_id=created["id"])
         state.save()
         key = created["api_key"]

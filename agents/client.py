@@ -28,7 +28,14 @@ from typing import Any, TypeVar
 
 import httpx
 
-__all__ = ["ApiError", "Backoff", "PollenClient", "ServerUnreachableError", "is_transient"]
+__all__ = [
+    "ApiError",
+    "Backoff",
+    "PollenClient",
+    "ServerUnreachableError",
+    "is_transient",
+    "never_sent",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,6 +84,12 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, httpx.TransportError):
         return True
     return isinstance(exc, ApiError) and exc.status >= 500
+
+
+def never_sent(exc: BaseException) -> bool:
+    """The request cannot have reached the server (no connection was made): safe to repeat
+    even when repeating it would otherwise do the work twice."""
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
 
 
 class Backoff:
@@ -144,11 +157,22 @@ class Backoff:
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)`, retried while it fails transiently; `fn` must be safe to
         repeat (every caller re-derives what to do from the server's and its own state)."""
+        return self.call_if(is_transient, fn, *args, **kwargs)
+
+    def call_if(
+        self,
+        retry: Callable[[BaseException], bool],
+        fn: Callable[..., T],
+        *args: Any,
+        **kwargs: Any,
+    ) -> T:
+        """`call`, retrying only the failures `retry` accepts (e.g. `never_sent` for a request
+        that must not be repeated once the server may have seen it)."""
         while True:
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                if not is_transient(exc):
+                if not retry(exc):
                     raise
                 self.failed(exc)
                 continue

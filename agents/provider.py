@@ -226,11 +226,13 @@ class ProviderAgent:
         rnd = self.client.get_round(job_id, number)
         if rnd["state"] != "collecting" or me not in rnd["expected_providers"]:
             return False
+        path = self._envelope_path(job_id, number)
         if rnd.get("you_submitted"):
+            # Accepted before a crash cut the answer off: record it, drop the spare copy.
             entry["submitted"][str(number)] = "accepted-earlier"
             self.state.save()
+            path.unlink(missing_ok=True)
             return False
-        path = self._envelope_path(job_id, number)
         if path.exists():
             envelope = path.read_bytes()  # prepared before a crash: send the same bytes
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import subprocess
 import uuid
@@ -494,3 +495,42 @@ def test_buyer_restarted_mid_round_and_before_publishing(market_factory: Any) ->
     metrics = (market.tmp / "buyer" / f"{market.job_id}.metrics.csv").read_text().splitlines()
     assert len(metrics) == ROUNDS + 1
     np.testing.assert_allclose(final_weights(market), plaintext_fedavg(market), atol=2e-3)
+
+
+# ---------------------------------------------------------------------------- giving up
+
+
+def test_agent_and_buyer_give_up_after_retry_for(tmp_path: Path) -> None:
+    """With no server for longer than --retry-for, agent and buyer retry, then exit 1 saying so."""
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    split = load_digits_split(PROVIDERS, alpha=0.5, seed=3)
+    write_csv(split.providers[0], tmp_path / "p0.csv")
+    write_csv(split.test, tmp_path / "test.csv")
+    BuyerKeys.generate().save(tmp_path / "buyer.key")
+    options = ["--retry-for", "3", "--max-retry-wait", "1"]
+    agent = start_agent(
+        url, tmp_path / "p0.csv", tmp_path / "agent0", 0, tmp_path / "agent0.log", options
+    )
+    buyer = start_buyer(
+        url,
+        "job_0123456789abcdef",
+        "pk_unused",
+        tmp_path / "buyer.key",
+        tmp_path / "test.csv",
+        tmp_path / "buyer",
+        tmp_path / "buyer.log",
+        retry_for=3,
+    )
+    try:
+        codes = [agent.wait(timeout=90), buyer.wait(timeout=90)]
+    finally:
+        stop(agent)
+        stop(buyer)
+    for name, code in zip(("agent0", "buyer"), codes, strict=True):
+        log = (tmp_path / f"{name}.log").read_text()
+        assert code == 1, log
+        assert "server unreachable" in log and "retrying for up to 3s" in log
+        attempts = re.search(r"no answer from the server for (\d+)s \((\d+) attempts\)", log)
+        assert attempts is not None, log
+        assert int(attempts[1]) >= 3 and int(attempts[2]) >= 3
+        assert "run again to resume" in log
