@@ -14,8 +14,10 @@ O(providers × model)" can be judged. Afterwards the round must be closed with e
 accepted submissions, and the buyer decrypts the aggregate to check every accepted update is
 in the sum once. Writes bench/results/load.json: {"sqlite": {...}, "postgresql": {...}}.
 
-`POLLEN_BENCH_LOAD_AGENTS` (default 100) and `POLLEN_BENCH_LOAD_BACKENDS` (default
-`sqlite,postgresql`) change the run; `POLLEN_BENCH_LOAD_NAME` names the result file.
+`POLLEN_BENCH_LOAD_AGENTS` (default 100), `POLLEN_BENCH_LOAD_HIDDEN` (the hidden width,
+default 1330) and `POLLEN_BENCH_LOAD_BACKENDS` (default `sqlite,postgresql`) change the run,
+e.g. to see how memory scales with agents or with the model; `POLLEN_BENCH_LOAD_NAME` names
+the result file.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update
 AGENTS = int(os.environ.get("POLLEN_BENCH_LOAD_AGENTS", 100))
 BACKENDS = tuple(os.environ.get("POLLEN_BENCH_LOAD_BACKENDS", "sqlite,postgresql").split(","))
 NAME = os.environ.get("POLLEN_BENCH_LOAD_NAME", "load")
-HIDDEN = [1330]  # 64·1330 + 1330 + 1330·10 + 10 = 99,760 parameters
+# 64·1330 + 1330 + 1330·10 + 10 = 99,760 parameters
+HIDDEN = [int(os.environ.get("POLLEN_BENCH_LOAD_HIDDEN", 1330))]
 FEATURES = 64
 CLASSES = 10
 SAMPLES = 200
@@ -159,8 +162,9 @@ def _setup(url: str, admin_key: str, keys: BuyerKeys) -> tuple[Party, list[Party
 
 async def _burst(
     url: str, job_id: str, providers: list[Party], envelopes: list[bytes]
-) -> list[tuple[int | None, float, str]]:
-    """Release every submitter at once; (status or None, seconds, detail) per agent."""
+) -> tuple[list[tuple[int | None, float, str]], float]:
+    """Release every submitter at once: (status or None, seconds, detail) per agent, and the
+    seconds from the release to the last answer."""
     clients = [
         httpx.AsyncClient(
             base_url=url,
@@ -192,8 +196,10 @@ async def _burst(
 
         tasks = [asyncio.create_task(one(c, e)) for c, e in zip(clients, envelopes, strict=True)]
         await asyncio.sleep(0.05)
+        released = time.perf_counter()
         go.set()
-        return list(await asyncio.gather(*tasks))
+        outcomes = list(await asyncio.gather(*tasks))
+        return outcomes, time.perf_counter() - released
     finally:
         for client in clients:
             await client.aclose()
@@ -242,9 +248,7 @@ def run_backend(backend: str) -> dict[str, Any]:
             baseline_kb = sampler.status_kb("VmRSS")
             hwm_before_kb = sampler.status_kb("VmHWM")
             with sampler:
-                burst_started = time.perf_counter()
-                outcomes = asyncio.run(_burst(url, job_id, providers, envelopes))
-                burst_s = time.perf_counter() - burst_started
+                outcomes, burst_s = asyncio.run(_burst(url, job_id, providers, envelopes))
             hwm_kb = sampler.status_kb("VmHWM")
             verdict = _verify(buyer, keys, job_id, providers, outcomes)
         except BaseException:

@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 from pathlib import Path
 
 import uvicorn
 
 from market.app import create_app
 from market.config import Settings
+
+log = logging.getLogger(__name__)
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+_LARGE_BUFFER = 128 * 1024
+
+
+def return_large_buffers_to_the_os() -> bool:
+    """Have glibc give every freed buffer of 128 KiB or more straight back to the system.
+
+    Envelopes, their coefficients and the running sums are megabytes each. By default glibc
+    raises its mmap threshold once such a buffer is freed, and from then on keeps freed
+    megabytes in the arena of whichever thread freed them, so resident memory grows with the
+    number of threads that ever parsed an envelope instead of with the model. Measured with
+    `python -m bench load` (100 concurrent 2.9 MB envelopes): peak RSS 181 MB above the idle
+    server by default, 49 MB with this fixed threshold (which also turns the adjustment off).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _LARGE_BUFFER))
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def serve(*, data_dir: str, host: str, port: int, database_url: str | None = None) -> None:
@@ -20,4 +46,6 @@ def serve(*, data_dir: str, host: str, port: int, database_url: str | None = Non
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not return_large_buffers_to_the_os():
+        log.info("could not set the allocator's mmap threshold; large buffers may linger")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
