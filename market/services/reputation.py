@@ -11,7 +11,7 @@ idempotency key (recording the same event twice counts it once):
 | --------------------- | ------ | ------------------------------------------------------- |
 | on-time-submission    | +1     | a valid envelope accepted before the round's deadline   |
 | included              | +1     | the provider's update is in a closed round's aggregate  |
-| job-completed         | +2     | the provider took part in a job that completed          |
+| job-completed         | +2     | its update is in the last round of a completed job      |
 | missed-deadline       | −2     | expected in a round that closed or retried without it   |
 | invalid-submission    | −2     | an envelope refused by validation                       |
 | refused-after-accept  | −3     | the provider withdrew from a job it had accepted        |

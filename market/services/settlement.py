@@ -231,12 +231,16 @@ def on_round_missed(
 def on_job_ended(session: Session, job: Job, *, now: datetime) -> Payment | None:
     """A job reached a terminal state: reputation for a completed job, refund of the escrow."""
     if job.state == "completed":
-        included = session.exec(
-            select(Submission.provider_id).where(Submission.job_id == job.id).distinct()
+        # Credit for seeing the job through: a provider that left before the last round has
+        # its missed deadlines on record and no completion to offset them.
+        finishers = session.exec(
+            select(Submission.provider_id)
+            .where(Submission.job_id == job.id, Submission.round_number == job.rounds_total)
+            .distinct()
         ).all()
-        for pid in sorted(included):
+        for pid in sorted(finishers):
             reputation.record(
-                session, pid, "job-completed", f"took part in job {job.id}, which completed",
+                session, pid, "job-completed", f"saw job {job.id} through to completion",
                 key=f"rep:{job.id}:{pid}:completed", now=now, job_id=job.id,
             )  # fmt: skip
     return close_out(session, job, rail=job_rail(session, job), now=now)

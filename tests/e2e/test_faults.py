@@ -458,6 +458,10 @@ def test_provider_gone_for_good_round_closes_at_deadline(market_factory: Any) ->
     missed = [e for e in gone["history"] if e["kind"] == "missed-deadline"]
     assert [e["round"] for e in missed] == [2]
     assert "no update by the deadline" in missed[0]["reason"]
+    # Leaving mid-job earns no completion credit to offset the miss; staying does.
+    assert "job-completed" not in {e["kind"] for e in gone["history"]}
+    for pid in ids[1:]:
+        assert "job-completed" in {e["kind"] for e in market.buyer.reputation(pid)["history"]}
     assert_ledger_intact(market)
 
 
