@@ -373,7 +373,7 @@ def agent_run(
         state.data.update(api_key=created["api_key"], account_id=created["id"])
         state.save()
         key = created["api_key"]
-        console.print(f"[{name}] registered provider account {created['id']}")
+        say(f"registered provider account {created['id']}")
     dp = None
     if dp_clip:
         from agents.privacy import DPConfig
