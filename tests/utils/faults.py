@@ -231,11 +231,11 @@ def _close(sock: socket.socket) -> None:
 
 
 def wait_for(predicate: Callable[[], T | None], what: str, *, timeout: float = 60.0) -> T:
-    """Poll `predicate` until it returns something other than None/False."""
+    """Poll `predicate` until it returns something truthy (a match, a non-empty list, True)."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
-        if result is not None and result is not False:
+        if result:
             return result
         if time.monotonic() > deadline:
             raise TimeoutError(f"still waiting for {what} after {timeout:.0f}s")
