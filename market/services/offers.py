@@ -12,6 +12,7 @@ from market.errors import InvalidStateError, NotFoundError, OfferExpiredError
 from market.models import Account, Job, Offer, OfferPublic, Submission
 from market.models.types import could_be_id
 from market.services import reputation
+from market.services.locks import locked_job
 from market.services.matching import run_matching
 from market.services.rounds import check_round, find_round, join_round, participants, start_job
 
@@ -49,35 +50,38 @@ def _own_pending(session: Session, offer_id: str, provider: Account, now: dateti
 
 
 def accept(session: Session, offer_id: str, provider: Account, *, now: datetime) -> Offer:
-    offer = _own_pending(session, offer_id, provider, now)
-    job = session.get(Job, offer.job_id)
-    assert job is not None
-    if job.state not in ("open", "running"):
-        raise InvalidStateError(f"job is {job.state}")
-    offer.state = "accepted"
-    offer.decided_at = now
-    session.add(offer)
-    session.commit()
-    log.info("provider %s accepted job %s", provider.id, job.id)
-    if job.state == "open" and len(participants(session, job.id)) >= job.min_providers:
-        start_job(session, job, now=now)
-    elif job.state == "running":
-        join_round(session, job, offer)
-        session.commit()
+    job_id = _own_pending(session, offer_id, provider, now).job_id
+    with locked_job(session, job_id) as job:
+        # Checked again under the job's lock: a concurrent accept may have decided already.
+        offer = _own_pending(session, offer_id, provider, now)
+        if job.state not in ("open", "running"):
+            raise InvalidStateError(f"job is {job.state}")
+        offer.state = "accepted"
+        offer.decided_at = now
+        session.add(offer)
+        if job.state == "open" and len(participants(session, job.id)) >= job.min_providers:
+            start_job(session, job, now=now)  # commits the acceptance with the new round
+        else:
+            if job.state == "running":
+                join_round(session, job, offer)
+            session.commit()
+    log.info("provider %s accepted job %s", provider.id, job_id)
     return offer
 
 
 def decline(session: Session, offer_id: str, provider: Account, *, now: datetime) -> Offer:
     """Refuse a pending offer; refusing one already accepted withdraws from the job, which
     costs reputation."""
-    mine = session.get(Offer, offer_id)
+    mine = session.get(Offer, offer_id) if could_be_id(offer_id) else None
     if mine is not None and mine.provider_id == provider.id and mine.state == "accepted":
         return withdraw(session, mine, now=now)
-    offer = _own_pending(session, offer_id, provider, now)
-    offer.state = "declined"
-    offer.decided_at = now
-    session.add(offer)
-    session.commit()
+    job_id = _own_pending(session, offer_id, provider, now).job_id
+    with locked_job(session, job_id):
+        offer = _own_pending(session, offer_id, provider, now)
+        offer.state = "declined"
+        offer.decided_at = now
+        session.add(offer)
+        session.commit()
     run_matching(session, now=now, job_ids=[offer.job_id])
     return offer
 
@@ -89,30 +93,31 @@ def offers_for_job(session: Session, job_id: str) -> Sequence[Offer]:
 def withdraw(session: Session, offer: Offer, *, now: datetime) -> Offer:
     """An accepted provider backs out: dropped from the job (paid for the rounds it was
     included in), out of the collecting round if it has not submitted, a negative event."""
-    job = session.get(Job, offer.job_id)
-    assert job is not None
-    if job.state not in ("open", "running"):
-        raise InvalidStateError(f"job is {job.state}")
-    done = session.exec(
-        select(Submission).where(
-            Submission.job_id == job.id, Submission.provider_id == offer.provider_id
-        )
-    ).all()
-    offer.state = "dropped"
-    offer.decided_at = now
-    offer.rounds_committed = len(done)
-    session.add(offer)
-    rnd = find_round(session, job.id, job.current_round)
-    submitted = rnd is not None and any(s.round_id == rnd.id for s in done)
-    if rnd is not None and rnd.state == "collecting" and not submitted:
-        rnd.expected = [p for p in rnd.expected if p != offer.provider_id]
-        session.add(rnd)
-    reputation.record(
-        session, offer.provider_id, "refused-after-accept",
-        f"withdrew from job {job.id} after accepting its offer",
-        key=f"rep:{offer.id}:withdrawn", now=now, job_id=job.id,
-    )  # fmt: skip
-    session.commit()
+    with locked_job(session, offer.job_id) as job:
+        if offer.state != "accepted":  # re-read under the lock: withdrawn meanwhile?
+            raise InvalidStateError(f"offer {offer.id} is {offer.state}")
+        if job.state not in ("open", "running"):
+            raise InvalidStateError(f"job is {job.state}")
+        done = session.exec(
+            select(Submission).where(
+                Submission.job_id == job.id, Submission.provider_id == offer.provider_id
+            )
+        ).all()
+        offer.state = "dropped"
+        offer.decided_at = now
+        offer.rounds_committed = len(done)
+        session.add(offer)
+        rnd = find_round(session, job.id, job.current_round)
+        submitted = rnd is not None and any(s.round_id == rnd.id for s in done)
+        if rnd is not None and rnd.state == "collecting" and not submitted:
+            rnd.expected = [p for p in rnd.expected if p != offer.provider_id]
+            session.add(rnd)
+        reputation.record(
+            session, offer.provider_id, "refused-after-accept",
+            f"withdrew from job {job.id} after accepting its offer",
+            key=f"rep:{offer.id}:withdrawn", now=now, job_id=job.id,
+        )  # fmt: skip
+        session.commit()
     log.info("provider %s withdrew from job %s", offer.provider_id, job.id)
     if rnd is not None and job.state == "running":
         check_round(session, job, rnd, now=now)
