@@ -66,10 +66,15 @@ def current_account(request: Request, session: SessionDep, credentials: Credenti
     # Checked before the key is looked at: an address over the limit learns nothing.
     ratelimit.check(request)
     try:
-        return accounts.authenticate(session, credentials.credentials)
+        account = accounts.authenticate(session, credentials.credentials)
     except AuthenticationError:
         ratelimit.record_failure(request)
         raise
+    # Give the connection back: the route runs on another worker thread (or awaits a body)
+    # and takes one again when it needs it. Holding it across that hop starves the pool
+    # under load (see market/db.py).
+    session.commit()
+    return account
 
 
 CurrentAccount = Annotated[Account, Depends(current_account)]
