@@ -148,6 +148,13 @@ def precheck(
     return job, upload_limit(job)
 
 
+def _discard(blobs: BlobStore, key: str) -> None:
+    try:
+        blobs.delete(key)
+    except OSError:
+        log.warning("could not delete the superseded sum %s", key, exc_info=True)
+
+
 def submit(
     session: Session,
     blobs: BlobStore,
@@ -213,11 +220,16 @@ def submit(
             weight=validated.header.weight,
             accepted_at=now,
         )
+        superseded = rnd.acc_key
         rnd.acc_key = acc_key
         rnd.acc_count = acc.count
         session.add(sub)
         session.add(rnd)
         session.commit()
+        # The database now points at the new sum; the previous one is garbage. A crash
+        # before this line leaves an orphan file, never a dangling pointer.
+        if superseded is not None:
+            _discard(blobs, superseded)
         # Only a committed sum goes back in the cache; any failure above leaves it out, so
         # the next submission re-reads the persisted blob the database points to.
         with _locks_guard:

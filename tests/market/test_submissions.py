@@ -176,3 +176,17 @@ def test_refused_uploads_leave_no_temp_file(scn: Scenario) -> None:
     assert scn.submit(p, 1, good).status_code == 409
     assert _temp_uploads(scn) == []
     assert scn.round(1)["submitted"] == 1
+
+
+def test_round_keeps_only_its_latest_sum(scn: Scenario) -> None:
+    """Each accepted update supersedes the round's stored sum: one sum file remains, and it
+    decrypts to the total of every update (disk stays O(model) per round, not O(updates))."""
+    app: Any = scn.client.app
+    round_dir = app.state.blobs.root / "jobs" / scn.job_id / "rounds" / "0001"
+    for i, p in enumerate(scn.providers):
+        assert scn.submit(p, 1, scn.envelope(p, 1, value=0.1 * (i + 1))).status_code == 201
+        assert len(list(round_dir.glob("acc-*.bin"))) == 1
+    agg = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
+    assert agg.status_code == 200
+    total = decrypt_aggregate(scn.keys, agg.content)
+    np.testing.assert_allclose(total.total, np.full(scn.param_count, 0.6), atol=1e-3)
