@@ -59,6 +59,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine: Engine = app.state.engine
     if settings.auto_migrate:
         await run_in_threadpool(upgrade, engine)
+    # Uploads cut off by a crash of this server: their bodies never became blobs.
+    swept = app.state.blobs.sweep_temp(older_than_s=max(600.0, 2 * settings.upload_idle_timeout_s))
+    if swept:
+        log.info("removed %d upload(s) left behind by an earlier process", swept)
     if settings.admin_api_key:
         with session_scope(engine) as session:
             account_service.ensure_admin(session, settings.admin_api_key)

@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import BinaryIO
 
 import anyio
 
-from market.errors import MarketError, PayloadTooLargeError
+from market.errors import PayloadTooLargeError, UploadStalledError
 
 _KEY = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 
@@ -65,13 +66,6 @@ class TempBlob:
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-
-
-class UploadStalledError(MarketError):
-    """The sender stopped sending an upload's body before it was complete."""
-
-    status = 408
-    code = "upload-stalled"
 
 
 async def receive(chunks: AsyncIterator[bytes], upload: TempBlob, *, idle_timeout_s: float) -> None:
@@ -160,3 +154,18 @@ class LocalBlobStore(BlobStore):
 
     def temp(self, limit: int) -> TempBlob:
         return TempBlob(self._tmp, limit)
+
+    def sweep_temp(self, older_than_s: float) -> int:
+        """Delete uploads left behind by a process that died mid-upload; returns how many.
+
+        Only files untouched for `older_than_s`: another worker on the same folder may be
+        receiving one right now, and a live upload's file changes as its body arrives.
+        """
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self._tmp.glob("upload-*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed

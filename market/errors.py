@@ -7,6 +7,7 @@
         ├── NotFoundError                404 missing, or not visible to the caller
         ├── InvalidInputError            422 well-formed JSON that breaks a domain rule
         ├── PayloadTooLargeError         413 an upload beyond its size limit
+        ├── UploadStalledError           408 an upload's body stopped arriving
         ├── TooManyFailedAttemptsError   429 too many failed authentications from one address
         └── ConflictError                409 the resource is not in a state that allows it
             ├── InvalidStateError        409 e.g. funding a job that is already running
@@ -75,6 +76,14 @@ class PayloadTooLargeError(MarketError):
     status = 413
     code = "payload-too-large"
     title = "Upload too large"
+
+
+class UploadStalledError(MarketError):
+    """The sender stopped sending an upload's body before it was complete."""
+
+    status = 408
+    code = "upload-stalled"
+    title = "Upload stalled"
 
 
 class TooManyFailedAttemptsError(MarketError):
