@@ -27,7 +27,7 @@ from agents.models import ModelSpec, build_model
 from agents.optim import ServerOptimizer, make_server_optimizer
 from agents.state import StateFile, write_atomic
 from agents.training import evaluate
-from crypto import BuyerKeys, decrypt_aggregate
+from crypto import BuyerKeys, PollenError, decrypt_aggregate
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ def post_job(client: PollenClient, keys: BuyerKeys, spec: dict[str, Any]) -> dic
     client.put_context(job["id"], keys.public_context().to_bytes())
     client.put_model(job["id"], initial_model_bytes(job["spec"]))
     return client.fund_job(job["id"])
+
+
+class JobEndedError(PollenError):
+    """The job was cancelled or failed: there is nothing left for the buyer to run."""
 
 
 class BuyerRun:
@@ -130,7 +134,8 @@ class BuyerRun:
     def _job_if_running(self) -> dict[str, Any] | None:
         job = self.client.get_job(self.job_id)
         if job["state"] in ("cancelled", "failed"):
-            raise RuntimeError(f"job {self.job_id} {job['state']}: {job.get('failure_reason')}")
+            reason = job.get("failure_reason") or "no reason recorded"
+            raise JobEndedError(f"job {self.job_id} is {job['state']} ({reason}); nothing to run")
         return job if job["state"] in ("running", "completed") else None
 
     def apply_round(self, number: int) -> RoundReport:
