@@ -324,7 +324,7 @@ def reputation_series(session: Session, provider_id: str) -> Series:
     for i in range(first, len(events)):
         e = events[i]
         # The score as it stood at the event's own time: older events decayed, none newer.
-        alpha, beta = reputation._alpha_beta(events[: i + 1], e.at)
+        alpha, beta = reputation.alpha_beta(events[: i + 1], e.at)
         value = alpha / (alpha + beta)
         points.append(
             Point(i + 1, value, f"Event {i + 1}, {e.kind} ({e.weight:+g}): score {value:.3f}")

@@ -83,7 +83,8 @@ def record(
     return event
 
 
-def _alpha_beta(events: Iterable[ReputationEvent], now: datetime) -> tuple[float, float]:
+def alpha_beta(events: Iterable[ReputationEvent], now: datetime) -> tuple[float, float]:
+    """The Beta evidence (α, β) of `events` as seen at `now` (older events count less)."""
     alpha = beta = 1.0
     decay = _config["decay"]
     for e in events:
@@ -125,7 +126,7 @@ def scores(
     events = _events(session, ids)
     out = {}
     for pid in ids:
-        alpha, beta = _alpha_beta(events.get(pid, []), now)
+        alpha, beta = alpha_beta(events.get(pid, []), now)
         out[pid] = alpha / (alpha + beta)
     return out
 
@@ -139,7 +140,7 @@ def public(
     session: Session, account: Account, *, now: datetime, limit: int = 200
 ) -> ReputationPublic:
     events = _events(session, [account.id]).get(account.id, [])
-    alpha, beta = _alpha_beta(events, now)
+    alpha, beta = alpha_beta(events, now)
     return ReputationPublic(
         provider_id=account.id,
         name=account.name,
