@@ -438,7 +438,7 @@ def demo(
         ".pollen-demo"
     ),
     keep_serving: Annotated[
-        bool, typer.Option(help="Leave the server running for a person to look.")
+        bool, typer.Option(help="Keep the server and its dashboard (/ui) up until Ctrl-C.")
     ] = False,
     port: Annotated[int, typer.Option(help="Port for the demo server (0: any free).")] = 0,
 ) -> None:
