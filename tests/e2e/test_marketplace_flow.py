@@ -19,6 +19,7 @@ from agents.models import ModelSpec, build_model
 from agents.provider import ProviderAgent
 from crypto import BuyerKeys
 from tests.e2e.conftest import LiveServer
+from tests.utils.wire import wire_bytes
 
 pytestmark = pytest.mark.e2e
 ROUNDS = 3
@@ -77,10 +78,7 @@ class RecordingTransport(httpx.HTTPTransport):
         self.sent: list[bytes] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        body = request.read()
-        head = f"{request.method} {request.url}\n".encode()
-        head += b"".join(k + b": " + v + b"\n" for k, v in request.headers.raw)
-        self.sent.append(head + body)
+        self.sent.append(wire_bytes(request))
         return super().handle_request(request)
 
 

@@ -33,6 +33,7 @@ from tests.utils.clock import FakeClock
 from tests.utils.factories import ADMIN_KEY, SCHEMA, Actor, admin, job_body, model_file, register
 from tests.utils.factories import listing_body as listing
 from tests.utils.scenario import Scenario, running_job
+from tests.utils.wire import wire_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOW = 32  # bytes: a leaked run this long is no coincidence
@@ -224,10 +225,7 @@ class RecordingTransport(httpx.BaseTransport):
         self.sent: list[bytes] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        body = request.read()
-        head = f"{request.method} {request.url}\n".encode()
-        head += b"".join(k + b": " + v + b"\n" for k, v in request.headers.raw)
-        self.sent.append(head + body)
+        self.sent.append(wire_bytes(request))
         answer = self.app_client.send(request)
         return httpx.Response(
             answer.status_code, headers=answer.headers, content=answer.content, request=request
