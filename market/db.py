@@ -16,10 +16,10 @@ import asyncio
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 from sqlalchemy import Engine, event
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 POOL_SIZE = 10
 POOL_OVERFLOW = 10
 POOL_CAPACITY = POOL_SIZE + POOL_OVERFLOW
+
+T = TypeVar("T")
 
 
 def normalize_url(url: str) -> str:
@@ -81,26 +83,35 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
-_turns_guard = threading.Lock()
-_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
+class PerLoop(Generic[T]):
+    """One `make()` per running event loop: anyio primitives belong to the loop that made
+    them (one per server process; tests start several, one after another)."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._guard = threading.Lock()
+        self._items: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self) -> T:
+        """This loop's instance (call from the event loop)."""
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            item = self._items.get(loop)
+            if item is None:
+                item = self._items[loop] = self._make()
+            return item
 
 
-def _turns_of_this_loop() -> anyio.Semaphore:
-    loop = asyncio.get_running_loop()
-    with _turns_guard:
-        turns = _turns.get(loop)
-        if turns is None:
-            turns = _turns[loop] = anyio.Semaphore(POOL_CAPACITY // 2)
-        return turns
+_turns = PerLoop(lambda: anyio.Semaphore(POOL_CAPACITY // 2))
 
 
 class ConnectionTurn:
     """Leave to hold a pooled connection across awaits; half the pool is handed out."""
 
     def __init__(self) -> None:
-        self._turns = _turns_of_this_loop()
+        self._turns = _turns.get()
         self._held = False
 
     async def acquire(self) -> None:

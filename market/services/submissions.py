@@ -19,10 +19,8 @@ slot hold neither memory, an API thread, nor a database connection.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
-import weakref
 from collections import OrderedDict
 from datetime import datetime
 
@@ -39,6 +37,7 @@ from crypto import (
     validate_envelope,
 )
 from market.blobs import BlobStore, TempBlob
+from market.db import PerLoop
 from market.errors import (
     DuplicateSubmissionError,
     InvalidStateError,
@@ -64,19 +63,12 @@ _CONTEXT_CACHE = 16
 # Envelopes validated and added at the same time, per event loop (one per server process).
 # Two: one thread adds under the round lock while the next envelope is parsed.
 VALIDATION_SLOTS = 2
-_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
-    weakref.WeakKeyDictionary()
-)
+_limiters = PerLoop(lambda: anyio.CapacityLimiter(VALIDATION_SLOTS))
 
 
 def validation_limiter() -> anyio.CapacityLimiter:
     """The threads `submit` runs on, `VALIDATION_SLOTS` of them (call from the event loop)."""
-    loop = asyncio.get_running_loop()
-    with _locks_guard:
-        limiter = _limiters.get(loop)
-        if limiter is None:
-            limiter = _limiters[loop] = anyio.CapacityLimiter(VALIDATION_SLOTS)
-        return limiter
+    return _limiters.get()
 
 
 def _round_lock(round_id: str) -> threading.Lock:
