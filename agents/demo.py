@@ -50,12 +50,18 @@ def free_port() -> int:
 
 
 def start_server(
-    data_dir: Path, port: int, admin_key: str, *, extra_env: dict[str, str] | None = None
+    data_dir: Path,
+    port: int,
+    admin_key: str,
+    *,
+    extra_env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "POLLEN_ADMIN_API_KEY": admin_key, **(extra_env or {})}
     log = (data_dir / "server.log").open("ab")
+    cmd = [sys.executable, "-m", "market", "--data-dir", str(data_dir), "--port", str(port)]
     return subprocess.Popen(
-        [sys.executable, "-m", "market", "--data-dir", str(data_dir), "--port", str(port)],
+        [*cmd, "--workers", str(workers)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,

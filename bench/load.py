@@ -119,8 +119,17 @@ def _database(backend: str) -> Iterator[str | None]:
         yield postgres.create_database(server_url, "pollen_load")
 
 
-def _setup(url: str, admin_key: str, keys: BuyerKeys) -> tuple[Party, list[Party], str, int]:
-    """A buyer, AGENTS providers with listings, a funded job they all accepted: round 1."""
+def setup_round(
+    url: str,
+    admin_key: str,
+    keys: BuyerKeys,
+    *,
+    agents: int = AGENTS,
+    hidden: int = HIDDEN[0],
+    quorum: int | None = None,
+    deadline_s: int = 900,
+) -> tuple[Party, list[Party], str, int]:
+    """A buyer, `agents` providers with listings, a funded job they all accepted: round 1."""
     anon = PollenClient(url, None)
     created = anon.register(role="buyer", name="load-buyer")
     buyer = Party(PollenClient(url, created["api_key"]), created["id"], created["api_key"])
@@ -135,13 +144,13 @@ def _setup(url: str, admin_key: str, keys: BuyerKeys) -> tuple[Party, list[Party
         return Party(client, acct["id"], acct["api_key"])
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        providers = list(pool.map(provider, range(AGENTS)))
+        providers = list(pool.map(provider, range(agents)))
     spec = {
-        "title": "load bench", "model": {"arch": "mlp", "hidden": HIDDEN}, "rounds": 1,
-        "schema": _schema(), "min_providers": AGENTS, "max_providers": AGENTS,
-        "quorum": AGENTS, "min_samples": 1, "sample_cap": 5000,
-        "budget_cents": 10 * 100 * AGENTS, "currency": "usd", "price_cap_cents": 500,
-        "round_deadline_s": 900, "offer_ttl_s": 900,
+        "title": "load bench", "model": {"arch": "mlp", "hidden": [hidden]}, "rounds": 1,
+        "schema": _schema(), "min_providers": agents, "max_providers": agents,
+        "quorum": quorum or agents, "min_samples": 1, "sample_cap": 5000,
+        "budget_cents": 10 * 100 * agents, "currency": "usd", "price_cap_cents": 500,
+        "round_deadline_s": deadline_s, "offer_ttl_s": 900,
     }  # fmt: skip
     job = post_job(buyer.client, keys, spec)
     PollenClient(url, admin_key).credit_job(job["id"], spec["budget_cents"])
@@ -160,7 +169,7 @@ def _setup(url: str, admin_key: str, keys: BuyerKeys) -> tuple[Party, list[Party
     return buyer, providers, job["id"], int(status["param_count"])
 
 
-async def _burst(
+async def burst(
     url: str, job_id: str, providers: list[Party], envelopes: list[bytes]
 ) -> tuple[list[tuple[int | None, float, str]], float]:
     """Release every submitter at once: (status or None, seconds, detail) per agent, and the
@@ -227,7 +236,7 @@ def run_backend(backend: str) -> dict[str, Any]:
             wait_ready(url, server)
             keys = BuyerKeys.generate()
             started = time.perf_counter()
-            buyer, providers, job_id, params = _setup(url, admin_key, keys)
+            buyer, providers, job_id, params = setup_round(url, admin_key, keys)
             console.print(
                 f"  {backend}: {AGENTS} providers accepted job {job_id} ({params:,} parameters) "
                 f"in {time.perf_counter() - started:.1f}s"
@@ -248,9 +257,9 @@ def run_backend(backend: str) -> dict[str, Any]:
             baseline_kb = sampler.status_kb("VmRSS")
             hwm_before_kb = sampler.status_kb("VmHWM")
             with sampler:
-                outcomes, burst_s = asyncio.run(_burst(url, job_id, providers, envelopes))
+                outcomes, burst_s = asyncio.run(burst(url, job_id, providers, envelopes))
             hwm_kb = sampler.status_kb("VmHWM")
-            verdict = _verify(buyer, keys, job_id, providers, outcomes)
+            verdict = verify(buyer, keys, job_id, providers, outcomes)
         except BaseException:
             tail = (data_dir / "server.log").read_text(errors="replace").splitlines()[-60:]
             console.print("\n".join(tail), markup=False, highlight=False)
@@ -298,7 +307,7 @@ def run_backend(backend: str) -> dict[str, Any]:
     return result
 
 
-def _verify(
+def verify(
     buyer: Party,
     keys: BuyerKeys,
     job_id: str,

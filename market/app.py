@@ -63,6 +63,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     swept = app.state.blobs.sweep_temp(older_than_s=max(600.0, 2 * settings.upload_idle_timeout_s))
     if swept:
         log.info("removed %d upload(s) left behind by an earlier process", swept)
+    dropped = await run_in_threadpool(app.state.blobs.sweep_envelopes)
+    if dropped:
+        log.info("deleted %d envelope(s) kept by an earlier version; their sums hold them", dropped)
     if settings.admin_api_key:
         with session_scope(engine) as session:
             account_service.ensure_admin(session, settings.admin_api_key)

@@ -50,8 +50,13 @@ class TempBlob:
         self._file.write(chunk)
 
     def finish(self) -> None:
+        """All bytes received, on disk (fsync): for an upload that becomes a blob."""
         self._file.flush()
         os.fsync(self._file.fileno())
+        self._file.close()
+
+    def close(self) -> None:
+        """All bytes received, for an upload read once and then deleted (no fsync)."""
         self._file.close()
 
     @property
@@ -168,4 +173,17 @@ class LocalBlobStore(BlobStore):
                 if path.stat().st_mtime < cutoff:
                     path.unlink()
                     removed += 1
+        return removed
+
+    def sweep_envelopes(self) -> int:
+        """Delete individual envelopes an earlier version kept after summing them.
+
+        Every accepted update lives on inside its round's committed sum, so an envelope on
+        disk is only something to steal; returns how many were removed.
+        """
+        removed = 0
+        for path in self.root.glob("jobs/*/rounds/*/envelopes/*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
         return removed

@@ -27,6 +27,15 @@ from sqlmodel import Session, create_engine
 
 log = logging.getLogger(__name__)
 
+# PostgreSQL advisory-lock keys: one per thing they serialize, named in one place.
+MIGRATION_LOCK_KEY = 0x706F6C6C01
+PAYOUT_RUN_LOCK_KEY = 0x706F6C6C02
+
+SQLITE_ONE_PROCESS = (
+    "SQLite serves one server process: its writes cannot be locked across processes. "
+    "Run one worker, or use PostgreSQL (POLLEN_DATABASE_URL / --database-url) for several."
+)
+
 POOL_SIZE = 10
 POOL_OVERFLOW = 10
 POOL_CAPACITY = POOL_SIZE + POOL_OVERFLOW

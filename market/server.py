@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import uvicorn
 
 from market.app import create_app
 from market.config import Settings
+from market.db import SQLITE_ONE_PROCESS, is_sqlite, make_engine
+from market.migrate import upgrade
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,19 @@ def return_large_buffers_to_the_os() -> bool:
         return False
 
 
-def serve(*, data_dir: str, host: str, port: int, database_url: str | None = None) -> None:
-    """Serve the API on host:port with data (SQLite file, blobs) under `data_dir`."""
+def serve(
+    *,
+    data_dir: str,
+    host: str,
+    port: int,
+    database_url: str | None = None,
+    workers: int = 1,
+) -> None:
+    """Serve the API on host:port with data (SQLite file, blobs) under `data_dir`.
+
+    With `workers` > 1, uvicorn starts that many processes, each building its app from the
+    environment (`market.app:create_app` as a factory).
+    """
     overrides: dict[str, object] = {"data_dir": Path(data_dir)}
     if database_url:
         overrides["database_url"] = database_url
@@ -48,4 +62,23 @@ def serve(*, data_dir: str, host: str, port: int, database_url: str | None = Non
     )
     if not return_large_buffers_to_the_os():
         log.info("could not set the allocator's mmap threshold; large buffers may linger")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    if workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    if workers > 1 and is_sqlite(settings.database_url):
+        raise SystemExit(SQLITE_ONE_PROCESS)
+    if settings.auto_migrate:
+        # Once, here, before any worker starts: the workers then find the schema at head.
+        engine = make_engine(settings.database_url)
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        return
+    os.environ["POLLEN_DATA_DIR"] = str(settings.data_dir)
+    os.environ["POLLEN_DATABASE_URL"] = settings.database_url
+    uvicorn.run(
+        "market.app:create_app", factory=True, host=host, port=port, workers=workers,
+        log_level="info",
+    )  # fmt: skip

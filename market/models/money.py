@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import BigInteger, Text
+from sqlalchemy import BigInteger, Index, Text, text
 from sqlmodel import Field, SQLModel
 
 from market.models.types import UTCDateTime, utcnow
@@ -61,6 +61,20 @@ class PayoutBatch(SQLModel, table=True):
 
 class Payout(SQLModel, table=True):
     """What one provider is paid for one job in one batch."""
+
+    # Two payout runs at once must never pay one payable twice: at most one pending payout
+    # per provider, job and currency, whatever the code above the database does.
+    __table_args__ = (
+        Index(
+            "uq_payout_pending",
+            "provider_id",
+            "job_id",
+            "currency",
+            unique=True,
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
 
     id: str = Field(primary_key=True, max_length=32)
     batch_id: str = Field(foreign_key="payout_batch.id", index=True, max_length=32)

@@ -32,6 +32,9 @@ class Round(SQLModel, table=True):
     # Current encrypted running sum; a new versioned blob per submission.
     acc_key: str | None = SQLField(default=None, max_length=200)
     acc_count: int = 0
+    # The providers inside the sum `acc_key` points at, copied from that sum's own header in
+    # the same transaction: settlement pays exactly these.
+    acc_providers: list[str] = SQLField(default_factory=list, sa_type=JSON)
     weight_norm: int
     expected: list[str] = SQLField(default_factory=list, sa_type=JSON)
     metrics: dict[str, Any] | None = SQLField(default=None, sa_type=JSON)
@@ -48,7 +51,9 @@ class Submission(SQLModel, table=True):
     attempt: int
     provider_id: str = SQLField(foreign_key="account.id", index=True, max_length=32)
     payload_sha256: str = SQLField(max_length=64)
-    envelope_key: str = SQLField(max_length=200)
+    # Envelopes are not kept once their update is inside a committed sum (None); older
+    # rows name the blob they were stored under.
+    envelope_key: str | None = SQLField(default=None, max_length=200)
     size_bytes: int
     samples: int
     weight: float

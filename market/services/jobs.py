@@ -15,6 +15,7 @@ from market.errors import InvalidInputError, InvalidStateError, PermissionDenied
 from market.models import TERMINAL_JOB_STATES, Account, Job, JobCreate, Offer, Round
 from market.models.types import new_id
 from market.services import settlement
+from market.services.locks import locked_job
 from market.services.rounds import find_round, withdraw_pending_offers
 
 log = logging.getLogger(__name__)
@@ -139,36 +140,38 @@ def request_funding(session: Session, job: Job, *, now: datetime) -> Job:
 
 
 def cancel_job(session: Session, job: Job, *, now: datetime) -> Job:
-    if job.state in TERMINAL_JOB_STATES:
-        raise InvalidStateError(f"job is already {job.state}")
-    job.state = "cancelled"
-    job.updated_at = now
-    session.add(job)
-    withdraw_pending_offers(session, job, now=now)
-    for rnd in session.exec(
-        select(Round).where(Round.job_id == job.id, Round.state == "collecting")
-    ):
-        rnd.state = "cancelled"
-        rnd.closed_at = now
-        session.add(rnd)
-    settlement.on_job_ended(session, job, now=now)
-    session.commit()
+    with locked_job(session, job.id) as job:
+        if job.state in TERMINAL_JOB_STATES:
+            raise InvalidStateError(f"job is already {job.state}")
+        job.state = "cancelled"
+        job.updated_at = now
+        session.add(job)
+        withdraw_pending_offers(session, job, now=now)
+        for rnd in session.exec(
+            select(Round).where(Round.job_id == job.id, Round.state == "collecting")
+        ):
+            rnd.state = "cancelled"
+            rnd.closed_at = now
+            session.add(rnd)
+        settlement.on_job_ended(session, job, now=now)
+        session.commit()
     log.info("job %s cancelled", job.id)
     return job
 
 
 def complete_job(session: Session, job: Job, *, now: datetime) -> Job:
     """running → completed, once the last round is closed; leftover escrow is refunded."""
-    if job.state != "running":
-        raise InvalidStateError(f"job is {job.state}, not running")
-    last = find_round(session, job.id, job.rounds_total)
-    if last is None or last.state not in ("closed", "published"):
-        raise InvalidStateError(f"round {job.rounds_total} is not closed yet")
-    job.state = "completed"
-    job.updated_at = now
-    session.add(job)
-    settlement.on_job_ended(session, job, now=now)
-    session.commit()
+    with locked_job(session, job.id) as job:
+        if job.state != "running":
+            raise InvalidStateError(f"job is {job.state}, not running")
+        last = find_round(session, job.id, job.rounds_total)
+        if last is None or last.state not in ("closed", "published"):
+            raise InvalidStateError(f"round {job.rounds_total} is not closed yet")
+        job.state = "completed"
+        job.updated_at = now
+        session.add(job)
+        settlement.on_job_ended(session, job, now=now)
+        session.commit()
     return job
 
 

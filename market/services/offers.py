@@ -117,9 +117,10 @@ def withdraw(session: Session, offer: Offer, *, now: datetime) -> Offer:
             f"withdrew from job {job.id} after accepting its offer",
             key=f"rep:{offer.id}:withdrawn", now=now, job_id=job.id,
         )  # fmt: skip
+        if rnd is not None:
+            # Everyone still expected may be in already: the round closes now.
+            check_round(session, job, rnd, now=now)
         session.commit()
     log.info("provider %s withdrew from job %s", offer.provider_id, job.id)
-    if rnd is not None and job.state == "running":
-        check_round(session, job, rnd, now=now)
     run_matching(session, now=now, job_ids=[job.id])
     return offer

@@ -17,13 +17,18 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 from sqlalchemy import select as sa_select
+from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from market import ledger
+from market.db import PAYOUT_RUN_LOCK_KEY
 from market.errors import InvalidStateError, NotFoundError, PaymentError
 from market.ledger.names import owner_of
 from market.models import (
@@ -121,8 +126,41 @@ def retry_pending(session: Session, rail: PaymentRail, *, now: datetime) -> int:
     return len(batches)
 
 
+_run_lock = threading.Lock()
+
+
+@contextmanager
+def _one_run_at_a_time(session: Session) -> Iterator[None]:
+    """Serialize payout runs: in this process by a lock, across processes on PostgreSQL by a
+    session-level advisory lock on a connection of its own (a run commits several times, and
+    each commit hands the session's connection back to the pool)."""
+    with _run_lock:
+        engine = session.get_bind()
+        if engine.dialect.name != "postgresql":
+            yield
+            return
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PAYOUT_RUN_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PAYOUT_RUN_LOCK_KEY})
+
+
 def run(session: Session, rail: PaymentRail, *, now: datetime) -> PayoutBatch | None:
-    """Pay every provider what it is owed; None when nobody is owed anything new."""
+    """Pay every provider what it is owed; None when nobody is owed anything new.
+
+    Runs one at a time: a second run started meanwhile waits, then finds the first run's
+    payouts pending or paid and owes nothing twice (the database also refuses a second
+    pending payout for one provider, job and currency).
+    """
+    with _one_run_at_a_time(session):
+        session.commit()  # read what the previous run committed, not an older snapshot
+        session.expire_all()
+        return _run(session, rail, now=now)
+
+
+def _run(session: Session, rail: PaymentRail, *, now: datetime) -> PayoutBatch | None:
     retry_pending(session, rail, now=now)
     owed = payable_by_job(session)
     if not owed:

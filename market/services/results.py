@@ -19,7 +19,7 @@ from market.services.rounds import load_round
 def aggregate_bytes(
     session: Session, blobs: BlobStore, job: Job, number: int, *, now: datetime
 ) -> bytes:
-    rnd = load_round(session, job, number, now=now)
+    rnd = load_round(session, job, number)
     if rnd.state not in ("closed", "published"):
         raise AggregateUnavailableError(f"round {number} is {rnd.state}, not closed")
     if rnd.acc_key is None or rnd.acc_count < job.quorum:
@@ -32,7 +32,7 @@ def aggregate_bytes(
 def round_model_bytes(
     session: Session, blobs: BlobStore, job: Job, number: int, *, now: datetime
 ) -> bytes:
-    rnd = load_round(session, job, number, now=now)
+    rnd = load_round(session, job, number)
     return blobs.get_bytes(rnd.model_key)
 
 
@@ -46,7 +46,7 @@ def record_metrics(
     session: Session, job: Job, number: int, metrics: MetricsCreate, *, now: datetime
 ) -> Round:
     """The buyer's evaluation of the model it derived from round `number`'s aggregate."""
-    rnd = load_round(session, job, number, now=now)
+    rnd = load_round(session, job, number)
     if rnd.state not in ("closed", "published"):
         raise InvalidStateError(f"round {number} is {rnd.state}: no aggregate to evaluate yet")
     rnd.metrics = metrics.model_dump()

@@ -8,7 +8,9 @@ at its deadline if at least `quorum` have. Below quorum at the deadline, attempt
 once: same round number, submissions kept, providers that did not submit are dropped from the
 job and matching fills their places with fresh offers, fresh deadline. Attempt 2 below quorum
 fails the job. `tick` applies this to every overdue round (the app's background task calls
-it); `load_round` applies it lazily to the round a request touches.
+it, in every server process), and every write that touches a round (a submission, a
+published model, an offer decision) applies it first, under the job's lock
+(`market.services.locks`). Reading a round never changes it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from market.errors import InvalidInputError, InvalidStateError, NotFoundError
 from market.models import Job, Offer, Round, Submission
 from market.models.types import new_id
 from market.services import settlement
+from market.services.locks import job_unless_busy, locked_job, locked_round
 from market.services.matching import run_matching
 
 log = logging.getLogger(__name__)
@@ -45,12 +48,11 @@ def find_round(session: Session, job_id: str, number: int) -> Round | None:
     return session.exec(select(Round).where(Round.job_id == job_id, Round.number == number)).first()
 
 
-def load_round(session: Session, job: Job, number: int, *, now: datetime) -> Round:
-    """The round, after applying any deadline that passed (404 if it does not exist)."""
+def load_round(session: Session, job: Job, number: int) -> Round:
+    """The round as stored (404 if it does not exist); reading changes nothing."""
     rnd = find_round(session, job.id, number)
     if rnd is None:
         raise NotFoundError(f"job {job.id} has no round {number}")
-    check_round(session, job, rnd, now=now)
     return rnd
 
 
@@ -98,20 +100,20 @@ def join_round(session: Session, job: Job, offer: Offer) -> None:
 def close_round(session: Session, job: Job, rnd: Round, *, now: datetime, reason: str) -> None:
     """Close a round that holds at least `quorum` updates: its aggregate becomes available.
 
-    The round's settlement (escrow → payables of the included providers, and fees) and its
-    reputation events are written in the same database transaction.
+    The round's settlement (escrow → payables of the providers inside the sum, and fees)
+    and its reputation events are written in the same database transaction, which the
+    caller commits (it holds the job's lock until then).
     """
     rnd.state = "closed"
     rnd.closed_at = now
     rnd.close_reason = reason
     session.add(rnd)
     settlement.on_round_closed(session, job, rnd, now=now)
-    session.commit()
     log.info("job %s round %d closed (%s, %d updates)", job.id, rnd.number, reason, rnd.acc_count)
 
 
 def fail_job(session: Session, job: Job, rnd: Round | None, *, now: datetime, reason: str) -> None:
-    """The job cannot go on: the unspent escrow is refunded to the buyer."""
+    """The job cannot go on: the unspent escrow is refunded to the buyer (the caller commits)."""
     if rnd is not None:
         settlement.on_round_missed(
             session, job, rnd, sorted(set(rnd.expected) - set(submitters(session, rnd))), now=now
@@ -126,7 +128,6 @@ def fail_job(session: Session, job: Job, rnd: Round | None, *, now: datetime, re
     session.add(job)
     withdraw_pending_offers(session, job, now=now)
     settlement.on_job_ended(session, job, now=now)
-    session.commit()
     log.warning("job %s failed: %s", job.id, reason)
 
 
@@ -151,13 +152,14 @@ def retry_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> Non
     rnd.deadline = now + timedelta(seconds=job.round_deadline_s)
     rnd.expected = sorted(done)
     session.add(rnd)
-    session.commit()
     log.info("job %s round %d retried with %d kept updates", job.id, rnd.number, len(done))
+    # Commits the retry and fills the dropped places with fresh offers.
     run_matching(session, now=now, job_ids=[job.id])
 
 
 def check_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> None:
-    """Apply the closing rules to a collecting round."""
+    """Apply the closing rules to a collecting round (the caller holds the job's lock and
+    commits; a retry commits itself, with the matching pass that follows it)."""
     if rnd.state != "collecting" or job.state != "running":
         return
     all_in = rnd.acc_count >= len(rnd.expected)
@@ -183,7 +185,13 @@ def withdraw_pending_offers(session: Session, job: Job, *, now: datetime) -> Non
 
 
 def tick(session: Session, *, now: datetime) -> int:
-    """Expire offers and enforce every passed round deadline; returns how many rounds moved."""
+    """Expire offers and enforce every passed round deadline; returns how many rounds moved.
+
+    Every server process runs this. Each overdue round is decided in its own transaction
+    under its job's lock, and a job another thread or process is deciding right now is
+    skipped (it will be seen again on the next pass), so the passes of several processes
+    converge: a round is closed once, and one failing job does not abandon the others.
+    """
     expired = session.exec(
         select(Offer).where(Offer.state == "pending", col(Offer.expires_at) <= now)
     ).all()
@@ -195,34 +203,48 @@ def tick(session: Session, *, now: datetime) -> int:
     if expired:
         run_matching(session, now=now)
     overdue = session.exec(
-        select(Round).where(Round.state == "collecting", col(Round.deadline) <= now)
+        select(Round.job_id, Round.number).where(
+            Round.state == "collecting", col(Round.deadline) <= now
+        )
     ).all()
-    for rnd in overdue:
-        job = session.get(Job, rnd.job_id)
-        assert job is not None
-        check_round(session, job, rnd, now=now)
-    return len(overdue)
+    moved = 0
+    for job_id, number in overdue:
+        try:
+            with job_unless_busy(session, job_id) as job:
+                if job is None:
+                    continue
+                rnd = locked_round(session, job, number)
+                before = (rnd.state, rnd.attempt)
+                check_round(session, job, rnd, now=now)
+                session.commit()
+                moved += (rnd.state, rnd.attempt) != before
+        except Exception:  # one job's failure must not stop the pass for the others
+            session.rollback()
+            log.exception("deadline of job %s round %d not applied", job_id, number)
+    return moved
 
 
 def publish_model(
     session: Session, blobs: BlobStore, job: Job, number: int, data: bytes, *, now: datetime
 ) -> Round:
     """The buyer's global model for round `number` (> 1): publishes the previous round."""
-    if job.state != "running":
-        raise InvalidStateError(f"job is {job.state}, not running")
-    if number != job.current_round + 1 or number > job.rounds_total:
-        raise InvalidStateError(
-            f"the next model is for round {job.current_round + 1} of {job.rounds_total}"
-        )
-    prev = load_round(session, job, job.current_round, now=now)
-    if prev.state != "closed":
-        raise InvalidStateError(f"round {prev.number} is {prev.state}, not closed")
     if weights.param_count(data) != job.param_count:
         raise InvalidInputError(f"the model must have {job.param_count} parameters")
-    key = f"jobs/{job.id}/models/round-{number:04d}.safetensors"
-    blobs.put_bytes(key, data)
-    prev.state = "published"
-    session.add(prev)
-    job.current_round = number
-    job.updated_at = now
-    return open_round(session, job, number, key, now=now)
+    with locked_job(session, job.id) as job:
+        if job.state != "running":
+            raise InvalidStateError(f"job is {job.state}, not running")
+        if number != job.current_round + 1 or number > job.rounds_total:
+            raise InvalidStateError(
+                f"the next model is for round {job.current_round + 1} of {job.rounds_total}"
+            )
+        prev = locked_round(session, job, job.current_round)
+        check_round(session, job, prev, now=now)
+        if prev.state != "closed":
+            raise InvalidStateError(f"round {prev.number} is {prev.state}, not closed")
+        key = f"jobs/{job.id}/models/round-{number:04d}.safetensors"
+        blobs.put_bytes(key, data)
+        prev.state = "published"
+        session.add(prev)
+        job.current_round = number
+        job.updated_at = now
+        return open_round(session, job, number, key, now=now)

@@ -87,9 +87,19 @@ def contribution_weights(
 
 
 def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> dict[str, int]:
-    """Post the round's settlement (not committed); returns each included provider's share."""
+    """Post the round's settlement (not committed); returns each included provider's share.
+
+    Included means inside the sum the buyer downloads: the providers the accumulator itself
+    lists (`rnd.acc_providers`), never merely those with a submission row.
+    """
+    inside = set(rnd.acc_providers)
     subs = session.exec(select(Submission).where(Submission.round_id == rnd.id)).all()
-    samples = {s.provider_id: s.samples for s in subs}
+    samples = {s.provider_id: s.samples for s in subs if s.provider_id in inside}
+    if len(samples) != len(inside):
+        log.error(
+            "round %s: the sum lists %s without a submission row; they are not paid",
+            rnd.id, sorted(inside - set(samples)),
+        )  # fmt: skip
     weights = contribution_weights(
         samples, job.sample_cap, reputation.scores(session, samples, now=now)
     )

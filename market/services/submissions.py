@@ -5,11 +5,14 @@ Order of work for one upload, so that a refusal changes nothing and a crash lose
 1. `precheck`: the provider is expected in a collecting round and has not submitted yet
    (a second upload gets 409 with the first receipt, before any byte is read);
 2. the route streams the body into a temp blob with a hard limit (`upload_limit`) → 413;
-3. `submit`, under the round's lock (a process lock plus `SELECT ... FOR UPDATE`): re-check,
-   validate the envelope against the job's stored public context and the exact binding
-   (job, round, provider, param_count, summands) → 422 on any mismatch; add it to the round's
-   accumulator loaded from its blob; write the new accumulator under a new versioned key;
-   only then commit the rows that point at it. Old accumulator blobs are never overwritten.
+3. `submit` validates the envelope against the job's stored public context and the exact
+   binding (job, round, provider, param_count, summands) → 422 on any mismatch; then, under
+   the job's lock (a process lock plus `SELECT ... FOR UPDATE`, so server processes take
+   turns; see `market.services.locks`), it re-checks, adds the update to the round's
+   accumulator loaded from its blob, writes the new accumulator under a new versioned key,
+   and only then commits the rows that point at it, with the accumulator's provider list.
+   Old accumulator blobs are never overwritten; once the new one is committed the previous
+   one and the envelope are deleted (the sum is all a crash recovery needs).
 
 Memory stays O(model) under any number of concurrent uploads: bodies stream to temp files,
 and `submit` runs on its own small thread limiter (`validation_limiter`, `VALIDATION_SLOTS`
@@ -47,16 +50,17 @@ from market.errors import (
 from market.models import Account, Job, Round, Submission, SubmissionReceipt
 from market.models.types import new_id
 from market.services import access, reputation
-from market.services.rounds import check_round, find_round, load_round
+from market.services.locks import locked_job, locked_round
+from market.services.rounds import check_round, load_round
 
 log = logging.getLogger(__name__)
 
-_locks_guard = threading.Lock()
+_cache_guard = threading.Lock()
 # round id -> (acc_key, accumulator): the last committed sum of each collecting round, so a
-# submission does not parse the whole persisted sum again. Taken out under the round lock.
+# submission does not parse the whole persisted sum again. Taken out under the job's lock,
+# used only if the database still points at that very sum (another process may have added).
 _accumulators: dict[str, tuple[str, Accumulator]] = {}
 _ACC_CACHE = 8
-_round_locks: dict[str, threading.Lock] = {}
 _contexts: OrderedDict[str, PublicContext] = OrderedDict()
 _CONTEXT_CACHE = 16
 
@@ -71,21 +75,16 @@ def validation_limiter() -> anyio.CapacityLimiter:
     return _limiters.get()
 
 
-def _round_lock(round_id: str) -> threading.Lock:
-    with _locks_guard:
-        return _round_locks.setdefault(round_id, threading.Lock())
-
-
 def job_context(blobs: BlobStore, job: Job) -> PublicContext:
     """The job's public context, parsed once per process (keyed by its fingerprint)."""
     assert job.context_key is not None and job.fingerprint is not None
-    with _locks_guard:
+    with _cache_guard:
         ctx = _contexts.get(job.fingerprint)
         if ctx is not None:
             _contexts.move_to_end(job.fingerprint)
             return ctx.for_preset(job.preset_id)
     ctx = PublicContext.from_bytes(blobs.get_bytes(job.context_key))
-    with _locks_guard:
+    with _cache_guard:
         _contexts[job.fingerprint] = ctx
         while len(_contexts) > _CONTEXT_CACHE:
             _contexts.popitem(last=False)
@@ -135,7 +134,7 @@ def precheck(
     job = access.participant_job(session, job_id, provider)
     if job.state != "running":
         raise InvalidStateError(f"job is {job.state}, not running")
-    rnd = load_round(session, job, number, now=now)
+    rnd = load_round(session, job, number)
     _refuse_if_not_open(session, job, rnd, provider)
     return job, upload_limit(job)
 
@@ -168,16 +167,16 @@ def submit(
         # The refusal changes nothing in the round; it is noted in the sender's reputation.
         reputation.record_invalid(session, job.id, number, provider.id, data, exc, now=now)
         raise
-    rnd0 = find_round(session, job.id, number)
-    assert rnd0 is not None
-    with _round_lock(rnd0.id):
-        session.expire_all()
-        rnd = session.exec(select(Round).where(Round.id == rnd0.id).with_for_update()).one()
-        fresh_job = session.get(Job, job.id)
-        assert fresh_job is not None
+    with locked_job(session, job.id) as fresh_job:
+        rnd = locked_round(session, fresh_job, number)
+        # A deadline that passed before this update arrived is applied first; the decision
+        # stands whatever becomes of this upload (which is then refused).
+        before = (rnd.state, rnd.attempt)
         check_round(session, fresh_job, rnd, now=now)
+        if (rnd.state, rnd.attempt) != before:
+            session.commit()
         _refuse_if_not_open(session, fresh_job, rnd, provider)
-        with _locks_guard:
+        with _cache_guard:
             cached = _accumulators.pop(rnd.id, None)
         if cached is not None and cached[0] == rnd.acc_key:
             acc = cached[1]  # the persisted sum, already parsed: skip re-reading 10 MB
@@ -193,11 +192,8 @@ def submit(
             acc = Accumulator.from_bytes(blobs.get_bytes(rnd.acc_key), ctx)
         acc.add(validated)
         sub_id = new_id("sub")
-        base = f"jobs/{job.id}/rounds/{number:04d}"
-        env_key = f"{base}/envelopes/{provider.id}-{sub_id}.bin"
-        acc_key = f"{base}/acc-{acc.count:04d}-{sub_id}.bin"
+        acc_key = f"jobs/{job.id}/rounds/{number:04d}/acc-{acc.count:04d}-{sub_id}.bin"
         blobs.put_bytes(acc_key, acc.to_bytes())
-        blobs.put_temp(env_key, upload)
         sub = Submission(
             id=sub_id,
             job_id=job.id,
@@ -206,7 +202,7 @@ def submit(
             attempt=rnd.attempt,
             provider_id=provider.id,
             payload_sha256=validated.header.payload_sha256,
-            envelope_key=env_key,
+            envelope_key=None,
             size_bytes=upload.size,
             samples=validated.header.samples,
             weight=validated.header.weight,
@@ -215,19 +211,24 @@ def submit(
         superseded = rnd.acc_key
         rnd.acc_key = acc_key
         rnd.acc_count = acc.count
+        # Who is inside the sum, copied from the sum itself: what settlement pays.
+        rnd.acc_providers = list(acc.provider_ids)
         session.add(sub)
         session.add(rnd)
-        session.commit()
-        # The database now points at the new sum; the previous one is garbage. A crash
-        # before this line leaves an orphan file, never a dangling pointer.
-        if superseded is not None:
-            _discard(blobs, superseded)
-        # Only a committed sum goes back in the cache; any failure above leaves it out, so
-        # the next submission re-reads the persisted blob the database points to.
-        with _locks_guard:
-            _accumulators[rnd.id] = (acc_key, acc)
-            while len(_accumulators) > _ACC_CACHE:
-                _accumulators.pop(next(iter(_accumulators)))
-        log.info("job %s round %d: update %d from %s", job.id, number, acc.count, provider.id)
+        session.flush()
+        # The last expected update closes the round in the same transaction.
         check_round(session, fresh_job, rnd, now=now)
-        return receipt(sub)
+        session.commit()
+    # The database now points at the new sum; the previous one is garbage. The envelope was
+    # never stored: it lives on only inside the sum (the route deletes the upload). A crash
+    # before this line leaves an orphan file, never a dangling pointer.
+    if superseded is not None:
+        _discard(blobs, superseded)
+    # Only a committed sum goes back in the cache; any failure above leaves it out, so the
+    # next submission re-reads the persisted blob the database points to.
+    with _cache_guard:
+        _accumulators[rnd.id] = (acc_key, acc)
+        while len(_accumulators) > _ACC_CACHE:
+            _accumulators.pop(next(iter(_accumulators)))
+    log.info("job %s round %d: update %d from %s", job.id, number, acc.count, provider.id)
+    return receipt(sub)

@@ -20,8 +20,9 @@ def _visible(ids: list[str], job: Job, viewer: Account) -> list[str]:
     return sorted(ids) if _sees_all(job, viewer) else [i for i in ids if i == viewer.id]
 
 
-def _included(session: Session, rnd: Round) -> list[str]:
-    return submitters(session, rnd) if rnd.state in ("closed", "published") else []
+def _included(rnd: Round) -> list[str]:
+    """Who is inside the round's sum, once it is closed (as the sum itself lists them)."""
+    return list(rnd.acc_providers) if rnd.state in ("closed", "published") else []
 
 
 def round_public(session: Session, job: Job, rnd: Round, viewer: Account) -> RoundPublic:
@@ -35,7 +36,7 @@ def round_public(session: Session, job: Job, rnd: Round, viewer: Account) -> Rou
         expected_count=len(rnd.expected),
         expected_providers=_visible(list(rnd.expected), job, viewer),
         submitted=rnd.acc_count,
-        included=_visible(_included(session, rnd), job, viewer),
+        included=_visible(_included(rnd), job, viewer),
         you_submitted=(viewer.id in done) if viewer.role == "provider" else None,
         weight_norm=rnd.weight_norm,
         param_count=job.param_count or 0,
@@ -74,7 +75,7 @@ def job_public(session: Session, job: Job, viewer: Account) -> JobPublic:
                 attempt=r.attempt,
                 deadline=r.deadline,
                 submitted=r.acc_count,
-                included=_visible(_included(session, r), job, viewer),
+                included=_visible(_included(r), job, viewer),
                 metrics=r.metrics,
             )
             for r in rounds

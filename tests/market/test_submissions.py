@@ -10,8 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import Session, select
 
-from crypto import BuyerKeys, decrypt_aggregate
+from crypto import Accumulator, BuyerKeys, decrypt_aggregate
+from market import Settings, create_app
+from market.models import Round, Submission
 from tests.utils.clock import FakeClock
 from tests.utils.scenario import Scenario, draft_job, fund, running_job
 from tests.utils.snapshot import snapshot
@@ -158,8 +161,8 @@ def _temp_uploads(scn: Scenario) -> list[str]:
 
 def test_refused_uploads_leave_no_temp_file(scn: Scenario) -> None:
     """Uploads refused with 413 (declared too large, or streamed past the limit without a
-    Content-Length), 422 or 409 leave no partial file in the blob store; an accepted one's
-    file becomes the stored envelope."""
+    Content-Length), 422 or 409 leave no partial file in the blob store, and neither does an
+    accepted one (its update lives on only inside the round's sum)."""
     p = scn.providers[0]
     url = f"/v1/jobs/{scn.job_id}/rounds/1/submission"
     good = scn.envelope(p, 1)
@@ -190,3 +193,40 @@ def test_round_keeps_only_its_latest_sum(scn: Scenario) -> None:
     assert agg.status_code == 200
     total = decrypt_aggregate(scn.keys, agg.content)
     np.testing.assert_allclose(total.total, np.full(scn.param_count, 0.6), atol=1e-3)
+
+
+def test_no_envelope_outlives_the_sum_that_holds_it(scn: Scenario) -> None:
+    """Less to steal: once an update is inside a committed sum, its envelope exists nowhere
+    (not in the blob store, not named by any row); the round's folder holds only the sum,
+    and the sum's own provider list is who the round pays."""
+    app: Any = scn.client.app
+    blobs_root = app.state.blobs.root
+    for p in scn.providers:
+        assert scn.submit(p, 1).status_code == 201
+    stored = sorted(str(f.relative_to(blobs_root)) for f in blobs_root.rglob("*") if f.is_file())
+    assert not [name for name in stored if "envelope" in name], stored
+    assert [name for name in stored if "/rounds/" in name] == [
+        name for name in stored if "/acc-" in name
+    ]
+    with Session(app.state.engine) as session:
+        subs = session.exec(select(Submission).where(Submission.job_id == scn.job_id)).all()
+        assert len(subs) == 3 and all(s.envelope_key is None for s in subs)
+        rnd = session.exec(select(Round).where(Round.job_id == scn.job_id)).one()
+        acc = Accumulator.from_bytes(app.state.blobs.get_bytes(rnd.acc_key))
+    assert sorted(acc.provider_ids) == sorted(rnd.acc_providers) == sorted(scn.round(1)["included"])
+    receipt = scn.client.get(f"/v1/jobs/{scn.job_id}/receipt", headers=scn.buyer.headers).json()
+    assert set(receipt["rounds"][0]["shares"]) == set(acc.provider_ids)
+
+
+def test_startup_deletes_envelopes_an_earlier_version_kept(settings: Settings) -> None:
+    """Envelopes stored by an earlier version (every one is inside its round's sum) are
+    deleted when the server starts; the sums stay."""
+    root = settings.blob_root / "jobs" / "job_old" / "rounds" / "0001"
+    (root / "envelopes").mkdir(parents=True)
+    envelope = root / "envelopes" / "prv_a-sub_b.bin"
+    envelope.write_bytes(b"old envelope")
+    (root / "acc-0001-sub_b.bin").write_bytes(b"a sum")
+    with TestClient(create_app(settings)):
+        pass
+    assert not envelope.exists()
+    assert (root / "acc-0001-sub_b.bin").exists()

@@ -89,9 +89,10 @@ def submit(session: Session, rnd: Round, provider_id: str, samples: int, now: da
         Submission(
             id=new_id("sub"), job_id=rnd.job_id, round_id=rnd.id, round_number=rnd.number,
             attempt=rnd.attempt, provider_id=provider_id, payload_sha256="0" * 64,
-            envelope_key="k", size_bytes=1, samples=samples, weight=1.0, accepted_at=now,
+            envelope_key=None, size_bytes=1, samples=samples, weight=1.0, accepted_at=now,
         )
     )  # fmt: skip
     rnd.acc_count += 1
+    rnd.acc_providers = [*rnd.acc_providers, provider_id]
     session.add(rnd)
     session.commit()

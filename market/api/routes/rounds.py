@@ -54,7 +54,7 @@ def get(
 ) -> RoundPublic:
     job = access.visible_job(session, job_id, account)
     return views.round_public(
-        session, job, rounds.load_round(session, job, number, now=now), account
+        session, job, rounds.load_round(session, job, number), account
     )
 
 
@@ -155,7 +155,7 @@ def _submit(
     now: datetime,
 ) -> SubmissionReceipt:
     try:
-        upload.finish()  # fsync here, not on the event loop
+        upload.close()  # read once, added to the sum, deleted: never kept, so no fsync
         return submissions.submit(session, blobs, job, number, account, upload, now=now)
     finally:
         # Back to the pool on this thread, not after the response in another one.
