@@ -131,11 +131,21 @@ def server(
     database_url: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL (e.g. PostgreSQL) instead of SQLite.")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes. More than 1 needs PostgreSQL (--database-url): SQLite "
+            "serves one process. The database is migrated once, before the workers start.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the marketplace service under uvicorn (API docs at /docs)."""
     from market.server import serve
 
-    serve(data_dir=str(data_dir), host=host, port=port, database_url=database_url)
+    serve(
+        data_dir=str(data_dir), host=host, port=port, database_url=database_url, workers=workers
+    )
 
 
 # ---------------------------------------------------------------------------- keys

@@ -23,7 +23,7 @@ from market import problems, ui
 from market.api.routes import accounts, admin, jobs, listings, money, offers, rounds
 from market.blobs import LocalBlobStore
 from market.config import Settings
-from market.db import make_engine, session_scope
+from market.db import SqliteProcessClaim, make_engine, session_scope
 from market.migrate import upgrade
 from market.models.types import utcnow
 from market.payments import PaymentRail, rail_for
@@ -57,6 +57,8 @@ async def _enforce_deadlines(app: FastAPI, period: float) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     engine: Engine = app.state.engine
+    claim = SqliteProcessClaim(settings.database_url)
+    claim.acquire()  # a second server process on one SQLite file stops here, with why
     if settings.auto_migrate:
         await run_in_threadpool(upgrade, engine)
     # Uploads cut off by a crash of this server: their bodies never became blobs.
@@ -80,6 +82,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         engine.dispose()
+        claim.release()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -3,6 +3,13 @@
 SQLite (the embedded default) gets WAL journaling, enforced foreign keys and a busy timeout so
 API threads and the deadline task can share one file; PostgreSQL is reached through psycopg 3.
 
+SQLite serves **one server process**: decisions on a job are serialized by a lock in the
+process and, on PostgreSQL, by row locks (`SELECT ... FOR UPDATE`), which SQLite does not
+have. A server process holds an exclusive `flock` on `<database>.server-lock` while it runs
+(`SqliteProcessClaim`), so a second process on the same file refuses to start with a clear
+message instead of silently losing updates; `pollen server --workers N` refuses N > 1 on
+SQLite before starting any. Several workers need PostgreSQL.
+
 Both use a pool of `POOL_CAPACITY` connections. A request whose session holds a connection
 while it awaits something (another thread hop, a request body) can starve the pool: once
 every API thread is blocked waiting for a connection and every connection belongs to a
@@ -13,7 +20,9 @@ Routes that await with a session open take a `ConnectionTurn` first (at most hal
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -24,6 +33,8 @@ from typing import Any, Generic, TypeVar
 import anyio
 from sqlalchemy import Engine, event
 from sqlmodel import Session, create_engine
+
+from market.errors import DatabaseInUseError
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +122,59 @@ class PerLoop(Generic[T]):
             if item is None:
                 item = self._items[loop] = self._make()
             return item
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file a SQLite URL names (None for memory or another backend)."""
+    if not is_sqlite(url):
+        return None
+    path = normalize_url(url).split("///", 1)[-1]
+    return None if not path or path == ":memory:" else Path(path).resolve()
+
+
+class SqliteProcessClaim:
+    """This process's exclusive claim on a SQLite database file, shared by the apps it runs.
+
+    Several apps in one process (tests) share in-process locks, so they may share the claim;
+    another process may not.
+    """
+
+    _guard = threading.Lock()
+    _held: dict[Path, tuple[int, int]] = {}  # path -> (fd, apps holding it)
+
+    def __init__(self, url: str) -> None:
+        self.path = sqlite_path(url)
+
+    def acquire(self) -> None:
+        if self.path is None:
+            return
+        with self._guard:
+            fd, users = self._held.get(self.path, (-1, 0))
+            if users == 0:
+                lock_file = self.path.with_name(self.path.name + ".server-lock")
+                lock_file.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise DatabaseInUseError(
+                        f"another server process is running on {self.path}. "
+                        + SQLITE_ONE_PROCESS
+                    ) from None
+            self._held[self.path] = (fd, users + 1)
+
+    def release(self) -> None:
+        if self.path is None:
+            return
+        with self._guard:
+            fd, users = self._held.get(self.path, (-1, 0))
+            if users <= 1:
+                self._held.pop(self.path, None)
+                if fd >= 0:
+                    os.close(fd)  # closing the descriptor drops the flock
+            else:
+                self._held[self.path] = (fd, users - 1)
 
 
 _turns = PerLoop(lambda: anyio.Semaphore(POOL_CAPACITY // 2))

@@ -23,7 +23,8 @@
         │   ├── InsufficientFundsError      an account would go below zero where it must not
         │   └── ImmutableLedgerError        an update or delete of a journal row (500)
         ├── PaymentError                 502 the payment rail (Stripe) failed or refused
-        └── WebhookSignatureError        400 a webhook whose signature does not verify
+        ├── WebhookSignatureError        400 a webhook whose signature does not verify
+        └── DatabaseInUseError           a second server process on one SQLite file (startup)
 
 Every class has a stable `code` slug and an HTTP `status`; `market.problems` turns any
 `PollenError`, crypto's included, into `application/problem+json` in one place.
@@ -179,3 +180,11 @@ class WebhookSignatureError(MarketError):
     status = 400
     code = "webhook-signature"
     title = "Webhook signature invalid"
+
+
+class DatabaseInUseError(MarketError):
+    """Raised at startup, never by a request: SQLite serves one server process."""
+
+    status = 500
+    code = "database-in-use"
+    title = "Database in use by another server process"

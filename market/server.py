@@ -12,7 +12,8 @@ import uvicorn
 
 from market.app import create_app
 from market.config import Settings
-from market.db import SQLITE_ONE_PROCESS, is_sqlite, make_engine
+from market.db import SQLITE_ONE_PROCESS, SqliteProcessClaim, is_sqlite, make_engine
+from market.errors import DatabaseInUseError
 from market.migrate import upgrade
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,12 @@ def serve(
     if workers < 1:
         raise SystemExit("--workers must be at least 1")
     if workers > 1 and is_sqlite(settings.database_url):
-        raise SystemExit(SQLITE_ONE_PROCESS)
+        raise SystemExit(f"--workers {workers} needs PostgreSQL. {SQLITE_ONE_PROCESS}")
+    claim = SqliteProcessClaim(settings.database_url)
+    try:
+        claim.acquire()  # held until this process exits (the app's own claim nests in it)
+    except DatabaseInUseError as exc:
+        raise SystemExit(exc.message) from None
     if settings.auto_migrate:
         # Once, here, before any worker starts: the workers then find the schema at head.
         engine = make_engine(settings.database_url)

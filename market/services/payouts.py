@@ -135,7 +135,7 @@ def _one_run_at_a_time(session: Session) -> Iterator[None]:
     session-level advisory lock on a connection of its own (a run commits several times, and
     each commit hands the session's connection back to the pool)."""
     with _run_lock:
-        engine = session.get_bind()
+        engine = session.get_bind().engine
         if engine.dialect.name != "postgresql":
             yield
             return

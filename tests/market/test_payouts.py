@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
 from crypto import BuyerKeys
+from market.models import Payout
+from market.models.types import new_id
 from tests.utils.clock import FakeClock
 from tests.utils.factories import model_file
 from tests.utils.scenario import PARAMS, Scenario, running_job
@@ -104,3 +111,47 @@ def test_cancel_refund_shows_on_receipt(
     assert [(p["kind"], p["status"], p["amount_cents"]) for p in rec["payments"]] == [
         ("refund", "recorded", 5000)
     ]
+
+
+def _concurrent_runs(done: Scenario, count: int) -> list[dict[str, Any] | None]:
+    barrier = threading.Barrier(count)
+
+    def one(_: int) -> dict[str, Any] | None:
+        barrier.wait()
+        r = done.client.post("/v1/admin/payouts/run", headers=done.admin.headers)
+        assert r.status_code == 200, r.text
+        batch: dict[str, Any] | None = r.json()["batch"]
+        return batch
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_concurrent_payout_runs_make_one_batch(done: Scenario) -> None:
+    """Four payout runs at the same instant: one batch pays each provider once; the other
+    runs find nothing new owed (on Stripe Connect each duplicate would be a real transfer)."""
+    batches = [b for b in _concurrent_runs(done, 4) if b is not None]
+    assert len(batches) == 1, [b["id"] for b in batches]
+    everyone = done.client.get("/v1/payouts", headers=done.admin.headers).json()
+    assert len(everyone["batches"]) == 1
+    payouts = batches[0]["payouts"]
+    assert sorted(p["provider_id"] for p in payouts) == sorted(p.id for p in done.providers)
+    assert sum(p["amount_cents"] for p in payouts) == 9500
+
+
+def test_the_database_refuses_a_second_pending_payout(done: Scenario) -> None:
+    """Whatever the code above it does, the database holds at most one pending payout per
+    provider, job and currency."""
+    run = done.client.post("/v1/admin/payouts/run", headers=done.admin.headers).json()["batch"]
+    first = run["payouts"][0]
+    app: Any = done.client.app
+    with Session(app.state.engine) as session:
+        session.add(
+            Payout(
+                id=new_id("pyo"), batch_id=run["id"], provider_id=first["provider_id"],
+                job_id=first["job_id"], amount_cents=1, currency=first["currency"],
+                status="pending",
+            )
+        )  # fmt: skip
+        with pytest.raises(IntegrityError):
+            session.commit()

@@ -41,3 +41,38 @@ def test_server_process_serves_the_api(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+def test_sqlite_serves_one_process_and_says_so(tmp_path: Path) -> None:
+    """SQLite cannot lock rows across processes: `--workers 2` on it is refused before any
+    worker starts, and a second server on a SQLite file already served exits, naming why."""
+    data = str(tmp_path / "data")
+    refused = subprocess.run(
+        [sys.executable, "-m", "market", "--data-dir", data, "--workers", "2"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "--workers 2 needs PostgreSQL" in refused.stderr
+    port = _free_port()
+    first = subprocess.Popen(
+        [sys.executable, "-m", "market", "--data-dir", data, "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        second = subprocess.run(
+            [sys.executable, "-m", "market", "--data-dir", data, "--port", str(_free_port())],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode != 0
+        assert "another server process is running on" in second.stderr
+        assert "use PostgreSQL" in second.stderr
+        assert first.poll() is None  # the first one keeps serving
+    finally:
+        first.terminate()
+        first.wait(timeout=10)
