@@ -256,19 +256,24 @@ class DecryptedAggregate:
 def decrypt_aggregate(keys: BuyerKeys, data: bytes) -> DecryptedAggregate:
     """Decrypt an aggregate downloaded from the marketplace with the buyer's secret key."""
     acc = Accumulator.from_bytes(data)
+    return DecryptedAggregate(
+        total=_decrypt_exact(keys, acc).astype(np.float32),
+        count=acc.count,
+        weight_sum=acc.weight_sum,
+        samples_sum=acc.samples_sum,
+        provider_ids=acc.provider_ids,
+    )
+
+
+def _decrypt_exact(keys: BuyerKeys, acc: Accumulator) -> np.ndarray:
+    """The sum exactly as the secret key decrypts it (float64, `param_count` values)."""
     if acc.fingerprint != keys.fingerprint:
         raise AggregateError("aggregate was encrypted under another key than this buyer's")
     if acc.count == 0:
         raise AggregateError("aggregate holds no updates")
     preset = acc.preset
     if preset.is_plain:
-        return DecryptedAggregate(
-            total=acc.coefficients.astype(np.float32),
-            count=acc.count,
-            weight_sum=acc.weight_sum,
-            samples_sum=acc.samples_sum,
-            provider_ids=acc.provider_ids,
-        )
+        return acc.coefficients.astype(np.float64)
     parms_id = list(keys.seal_context.first_parms_id())
     out = np.empty(acc.coefficients.shape[0] * preset.reals_per_chunk, dtype=np.float64)
     plain = seal.Plaintext()
@@ -283,10 +288,4 @@ def decrypt_aggregate(keys: BuyerKeys, data: bytes) -> DecryptedAggregate:
         slots = np.asarray(keys.encoder.decode_complex(plain), dtype=np.complex128)
         block = out[i * preset.reals_per_chunk : (i + 1) * preset.reals_per_chunk]
         block[0::2], block[1::2] = slots.real, slots.imag
-    return DecryptedAggregate(
-        total=out[: acc.param_count].astype(np.float32),
-        count=acc.count,
-        weight_sum=acc.weight_sum,
-        samples_sum=acc.samples_sum,
-        provider_ids=acc.provider_ids,
-    )
+    return out[: acc.param_count]
