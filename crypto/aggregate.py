@@ -25,6 +25,7 @@ import tenseal.sealapi as seal
 
 from crypto.envelope import EnvelopeBinding, ValidatedEnvelope
 from crypto.errors import AggregateError, CryptoError, PresetError
+from crypto.flooding import flood
 from crypto.keys import BuyerKeys, PublicContext
 from crypto.presets import Preset, get_preset
 from crypto.sealio import array_to_ciphertext, pack_coefficients, unpack_coefficients
@@ -254,10 +255,16 @@ class DecryptedAggregate:
 
 
 def decrypt_aggregate(keys: BuyerKeys, data: bytes) -> DecryptedAggregate:
-    """Decrypt an aggregate downloaded from the marketplace with the buyer's secret key."""
+    """Decrypt an aggregate downloaded from the marketplace with the buyer's secret key.
+
+    The sum carries fresh noise of `preset.flood_sigma` per value (crypto/flooding.py), so
+    publishing anything computed from it does not give the buyer's secret key away.
+    """
     acc = Accumulator.from_bytes(data)
+    exact = _decrypt_exact(keys, acc)
+    total = exact if acc.preset.is_plain else flood(exact, acc.preset)
     return DecryptedAggregate(
-        total=_decrypt_exact(keys, acc).astype(np.float32),
+        total=total.astype(np.float32),
         count=acc.count,
         weight_sum=acc.weight_sum,
         samples_sum=acc.samples_sum,
@@ -266,7 +273,10 @@ def decrypt_aggregate(keys: BuyerKeys, data: bytes) -> DecryptedAggregate:
 
 
 def _decrypt_exact(keys: BuyerKeys, acc: Accumulator) -> np.ndarray:
-    """The sum exactly as the secret key decrypts it (float64, `param_count` values)."""
+    """The sum exactly as the secret key decrypts it (float64, `param_count` values).
+
+    Never return this from a public function: published, it reveals the secret key.
+    """
     if acc.fingerprint != keys.fingerprint:
         raise AggregateError("aggregate was encrypted under another key than this buyer's")
     if acc.count == 0:
@@ -282,7 +292,7 @@ def _decrypt_exact(keys: BuyerKeys, acc: Accumulator) -> np.ndarray:
             chunk, keys.seal_context, parms_id=parms_id, scale=preset.scale
         )
         try:
-            keys.decryptor.decrypt(cipher, plain)
+            keys._decryptor.decrypt(cipher, plain)
         except Exception as exc:
             raise CryptoError(f"decryption failed: {exc}") from exc
         slots = np.asarray(keys.encoder.decode_complex(plain), dtype=np.complex128)
