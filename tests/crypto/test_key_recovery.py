@@ -19,16 +19,20 @@ import tenseal.sealapi as seal
 
 from agents.optim import FedAdam, FedAvg, ServerOptimizer
 from crypto import (
+    PRESETS,
     Accumulator,
     BuyerKeys,
     DecryptedAggregate,
     EnvelopeBinding,
+    Preset,
+    PresetError,
     PublicContext,
     decrypt_aggregate,
     encrypt_update,
     validate_envelope,
 )
 from crypto.aggregate import _decrypt_exact
+from crypto.flooding import standard_normal
 from crypto.sealio import array_to_ciphertext, ciphertext_to_array
 
 PARAMS = 3000  # two ciphertexts; the attack needs only the first, full one
@@ -55,19 +59,32 @@ def _mod_ints(poly: np.ndarray) -> list[int]:
     return [int(c) for c in poly]
 
 
-def _to_coefficients(keys: BuyerKeys, ntt_poly: list[int]) -> np.ndarray:
-    """Inverse NTT through SEAL, centred mod q: the polynomial's integer coefficients."""
+def _to_coefficients(keys: BuyerKeys, ntt_poly: list[int] | np.ndarray) -> np.ndarray:
+    """Inverse NTT through SEAL, centred mod the first prime: the integer coefficients.
+
+    `ntt_poly` holds N values per data prime, prime after prime; the coefficients must be
+    smaller than the first prime (true of every polynomial looked at here).
+    """
     preset = keys.preset
     q, n = preset.data_moduli[0], preset.poly_modulus_degree
-    if not any(ntt_poly):
+    rows = np.asarray(ntt_poly, dtype=np.uint64).reshape(-1, n)
+    if not rows.any():
         return np.zeros(n, dtype=np.int64)
     # Both halves of a ciphertext: SEAL refuses to transform one whose c1 is zero.
-    coeffs = np.tile(np.array(ntt_poly, dtype=np.uint64), (2, 1, 1))
+    coeffs = np.tile(rows, (2, 1, 1))
     parms = list(keys.seal_context.first_parms_id())
     cipher = array_to_ciphertext(coeffs, keys.seal_context, parms_id=parms, scale=preset.scale)
     seal.Evaluator(keys.seal_context).transform_from_ntt_inplace(cipher)
     raw = ciphertext_to_array(cipher)[0, 0].astype(np.int64)
     return np.where(raw > q // 2, raw - q, raw)
+
+
+def _encode(public: PublicContext, values: np.ndarray) -> list[int]:
+    """`values` (N reals) encoded as SEAL does it: two per complex slot, NTT form."""
+    preset = public.preset
+    plain = seal.Plaintext()
+    public.encoder.encode((values[0::2] + 1j * values[1::2]).tolist(), preset.scale, plain)
+    return [plain.data(i) for i in range(plain.coeff_count())]
 
 
 def _secret_key_ntt(keys: BuyerKeys) -> list[int]:
@@ -89,10 +106,7 @@ def _recover_key(
     """Li–Micciancio on the first ciphertext: s = (encode(total) − c0) / c1 mod q."""
     preset = public.preset
     q, n = preset.data_moduli[0], preset.poly_modulus_degree
-    values = np.asarray(total, dtype=np.float64)[:n]
-    plain = seal.Plaintext()
-    public.encoder.encode((values[0::2] + 1j * values[1::2]).tolist(), preset.scale, plain)
-    p = [plain.data(i) for i in range(n)]
+    p = _encode(public, np.asarray(total, dtype=np.float64)[:n])
     c0, c1 = _mod_ints(acc.coefficients[0, 0, 0]), _mod_ints(acc.coefficients[0, 1, 0])
     assert all(c1), "c1 has a zero NTT slot (probability ~N/q)"
     guess = [(pi - a) * pow(b, -1, q) % q for pi, a, b in zip(p, c0, c1, strict=True)]
@@ -182,3 +196,54 @@ def test_published_model_does_not_reveal_the_key(
     assert not found.equals_key
     assert found.matches < public.preset.poly_modulus_degree // 100
     assert found.residual_rms >= RESIDUAL_FLOOR
+
+
+@pytest.mark.parametrize("preset_id", ["ckks-add-2048-v1", "ckks-add-4096-v1"])
+def test_flood_sigma_gives_the_coefficient_rms(preset_id: str) -> None:
+    """iid N(0, σ²) per real, encoded by SEAL, has coefficient std σ·Δ/sqrt(N/2) = the target."""
+    keys = BuyerKeys.generate(preset_id)
+    preset = keys.preset
+    noise = preset.flood_sigma * standard_normal(preset.poly_modulus_degree)
+    coeffs = _to_coefficients(keys, _encode(keys.public_context(), noise)).astype(np.float64)
+    assert preset.flood_sigma == pytest.approx(
+        preset.flood_coeff_rms * np.sqrt(preset.poly_modulus_degree / 2) / preset.scale
+    )
+    assert abs(coeffs.mean()) < 0.1 * preset.flood_coeff_rms
+    assert np.sqrt(np.mean(coeffs**2)) == pytest.approx(preset.flood_coeff_rms, rel=0.08)
+
+
+def test_every_decryption_carries_fresh_noise(
+    keys: BuyerKeys, round_aggregate: Accumulator
+) -> None:
+    """Two decryptions of one sum differ by σ·sqrt(2) per value, whatever numpy's seed is."""
+    exact = _decrypt_exact(keys, round_aggregate)
+    blob = round_aggregate.to_bytes()
+    np.random.seed(0)
+    first = decrypt_aggregate(keys, blob).total.astype(np.float64)
+    np.random.seed(0)
+    second = decrypt_aggregate(keys, blob).total.astype(np.float64)
+    sigma = keys.preset.flood_sigma
+    assert np.std(first - exact) == pytest.approx(sigma, rel=0.1)
+    assert np.std(first - second) == pytest.approx(sigma * np.sqrt(2), rel=0.1)
+    assert np.max(np.abs(first - exact)) < 1e-5
+
+
+def test_flooding_cannot_be_turned_down() -> None:
+    """Every encrypting preset floods at ≥ 8× the RLWE error; a weaker preset is refused."""
+    for preset in PRESETS.values():
+        assert preset.is_plain or preset.flood_coeff_rms >= RESIDUAL_FLOOR
+    with pytest.raises(PresetError, match="floods decryptions"):
+        Preset(
+            id="ckks-weak",
+            poly_modulus_degree=2048,
+            coeff_mod_bit_sizes=(40, 14),
+            scale_bits=31,
+            default_summands=16,
+            flood_coeff_rms=3.2,
+        )
+
+
+def test_buyer_keys_expose_no_raw_decryptor(keys: BuyerKeys) -> None:
+    """No public attribute of BuyerKeys decrypts: decrypt_aggregate is the only way in."""
+    public = [getattr(keys, name) for name in dir(keys) if not name.startswith("_")]
+    assert not any(isinstance(attr, seal.Decryptor) for attr in public)
