@@ -3,7 +3,8 @@
 The server adds one validated envelope at a time into a running encrypted sum: CKKS
 addition of ciphertexts in NTT form is coefficient-wise addition modulo each data prime,
 which is exactly what SEAL's `Evaluator.add` computes, done here on numpy arrays so that
-memory stays O(model) and a round never holds more than one update at once.
+memory stays O(model) and a round never holds more than one update at once. The buyer's
+decryption is flooded with fresh noise (crypto/flooding.py) before anyone sees it.
 
 Aggregate layout (little-endian), format version 1:
 
