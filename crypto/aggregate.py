@@ -285,6 +285,9 @@ def _decrypt_exact(keys: BuyerKeys, acc: Accumulator) -> np.ndarray:
     preset = acc.preset
     if preset.is_plain:
         return acc.coefficients.astype(np.float64)
+    if preset != keys.preset:
+        # The flooding noise is calibrated by the aggregate's preset: it must be the key's.
+        raise AggregateError(f"aggregate claims preset {preset.id}; the key is {keys.preset.id}")
     parms_id = list(keys.seal_context.first_parms_id())
     out = np.empty(acc.coefficients.shape[0] * preset.reals_per_chunk, dtype=np.float64)
     plain = seal.Plaintext()

@@ -21,6 +21,7 @@ from agents.optim import FedAdam, FedAvg, ServerOptimizer
 from crypto import (
     PRESETS,
     Accumulator,
+    AggregateError,
     BuyerKeys,
     DecryptedAggregate,
     EnvelopeBinding,
@@ -247,3 +248,15 @@ def test_buyer_keys_expose_no_raw_decryptor(keys: BuyerKeys) -> None:
     """No public attribute of BuyerKeys decrypts: decrypt_aggregate is the only way in."""
     public = [getattr(keys, name) for name in dir(keys) if not name.startswith("_")]
     assert not any(isinstance(attr, seal.Decryptor) for attr in public)
+
+
+def test_aggregate_cannot_claim_a_weaker_preset(keys: BuyerKeys) -> None:
+    """An aggregate relabelled with another CKKS preset (other flooding) is refused."""
+    other = BuyerKeys.generate("ckks-add-4096-v1").public_context()
+    binding = EnvelopeBinding("j", 1, "p0", 100, 2)
+    acc = Accumulator.empty(other, job_id="j", round=1, param_count=100, summands=2)
+    env = encrypt_update(other, np.zeros(100), binding=binding, weight=1.0, samples=1)
+    acc.add(validate_envelope(env, other, binding))
+    acc.fingerprint = keys.fingerprint
+    with pytest.raises(AggregateError, match="claims preset"):
+        decrypt_aggregate(keys, acc.to_bytes())
