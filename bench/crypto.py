@@ -4,8 +4,9 @@ P parameters, `providers` updates with entries ~N(0, 0.01). The three configurat
 interleaved, update by update, so that a noisy shared machine slows them alike and the
 ratios hold. Aggregation is what the server does per update: validate + deserialize + add.
 FLARE's default is TenSEAL `CKKSVector` at N=8192, coeff bits [60, 40, 40], scale 2^40, one
-vector per 4096 values (faster here than one vector per layer). Writes
-bench/results/crypto.json.
+vector per 4096 values (faster here than one vector per layer). Pollen decrypts through
+`decrypt_aggregate`, so its time and max abs error include the noise flooding every decryption
+carries (FLARE's decryption has none). Writes bench/results/crypto.json.
 """
 
 from __future__ import annotations

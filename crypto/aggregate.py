@@ -3,7 +3,8 @@
 The server adds one validated envelope at a time into a running encrypted sum: CKKS
 addition of ciphertexts in NTT form is coefficient-wise addition modulo each data prime,
 which is exactly what SEAL's `Evaluator.add` computes, done here on numpy arrays so that
-memory stays O(model) and a round never holds more than one update at once.
+memory stays O(model) and a round never holds more than one update at once. The buyer's
+decryption is flooded with fresh noise (crypto/flooding.py) before anyone sees it.
 
 Aggregate layout (little-endian), format version 1:
 
@@ -25,6 +26,7 @@ import tenseal.sealapi as seal
 
 from crypto.envelope import EnvelopeBinding, ValidatedEnvelope
 from crypto.errors import AggregateError, CryptoError, PresetError
+from crypto.flooding import flood
 from crypto.keys import BuyerKeys, PublicContext
 from crypto.presets import Preset, get_preset
 from crypto.sealio import array_to_ciphertext, pack_coefficients, unpack_coefficients
@@ -254,21 +256,38 @@ class DecryptedAggregate:
 
 
 def decrypt_aggregate(keys: BuyerKeys, data: bytes) -> DecryptedAggregate:
-    """Decrypt an aggregate downloaded from the marketplace with the buyer's secret key."""
+    """Decrypt an aggregate downloaded from the marketplace with the buyer's secret key.
+
+    The sum carries fresh noise of `preset.flood_sigma` per value (crypto/flooding.py), so
+    publishing anything computed from it does not give the buyer's secret key away.
+    """
     acc = Accumulator.from_bytes(data)
+    exact = _decrypt_exact(keys, acc)
+    total = exact if acc.preset.is_plain else flood(exact, acc.preset)
+    return DecryptedAggregate(
+        total=total.astype(np.float32),
+        count=acc.count,
+        weight_sum=acc.weight_sum,
+        samples_sum=acc.samples_sum,
+        provider_ids=acc.provider_ids,
+    )
+
+
+def _decrypt_exact(keys: BuyerKeys, acc: Accumulator) -> np.ndarray:
+    """The sum exactly as the secret key decrypts it (float64, `param_count` values).
+
+    Never return this from a public function: published, it reveals the secret key.
+    """
     if acc.fingerprint != keys.fingerprint:
         raise AggregateError("aggregate was encrypted under another key than this buyer's")
     if acc.count == 0:
         raise AggregateError("aggregate holds no updates")
     preset = acc.preset
     if preset.is_plain:
-        return DecryptedAggregate(
-            total=acc.coefficients.astype(np.float32),
-            count=acc.count,
-            weight_sum=acc.weight_sum,
-            samples_sum=acc.samples_sum,
-            provider_ids=acc.provider_ids,
-        )
+        return acc.coefficients.astype(np.float64)
+    if preset != keys.preset:
+        # The flooding noise is calibrated by the aggregate's preset: it must be the key's.
+        raise AggregateError(f"aggregate claims preset {preset.id}; the key is {keys.preset.id}")
     parms_id = list(keys.seal_context.first_parms_id())
     out = np.empty(acc.coefficients.shape[0] * preset.reals_per_chunk, dtype=np.float64)
     plain = seal.Plaintext()
@@ -277,16 +296,10 @@ def decrypt_aggregate(keys: BuyerKeys, data: bytes) -> DecryptedAggregate:
             chunk, keys.seal_context, parms_id=parms_id, scale=preset.scale
         )
         try:
-            keys.decryptor.decrypt(cipher, plain)
+            keys._decryptor.decrypt(cipher, plain)
         except Exception as exc:
             raise CryptoError(f"decryption failed: {exc}") from exc
         slots = np.asarray(keys.encoder.decode_complex(plain), dtype=np.complex128)
         block = out[i * preset.reals_per_chunk : (i + 1) * preset.reals_per_chunk]
         block[0::2], block[1::2] = slots.real, slots.imag
-    return DecryptedAggregate(
-        total=out[: acc.param_count].astype(np.float32),
-        count=acc.count,
-        weight_sum=acc.weight_sum,
-        samples_sum=acc.samples_sum,
-        provider_ids=acc.provider_ids,
-    )
+    return out[: acc.param_count]

@@ -185,7 +185,8 @@ class BuyerKeys:
         return hashlib.sha256(_public_bytes(self._context)).hexdigest()
 
     @cached_property
-    def decryptor(self) -> seal.Decryptor:
+    def _decryptor(self) -> seal.Decryptor:
+        # Private: every decryption goes through crypto.decrypt_aggregate, which floods it.
         return seal.Decryptor(self._context.data.seal_context(), self._context.secret_key().data)
 
     @cached_property

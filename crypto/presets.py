@@ -22,6 +22,10 @@ from crypto.errors import PresetError
 
 # SEAL's table of the largest total coefficient-modulus size that is 128-bit secure.
 _MAX_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+# SEAL's RLWE error (util/globals.h `noise_standard_deviation`), and how many times wider the
+# flooding noise on every decryption must be, per coefficient (see crypto/flooding.py).
+RLWE_ERROR_STD = 3.2
+MIN_FLOOD_FACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,16 @@ class Preset:
     # "ckks", or "plain" for the benchmark-only preset that sends float32 in the clear (the
     # server refuses such jobs unless started with POLLEN_ALLOW_PLAINTEXT_JOBS).
     scheme: str = "ckks"
+    # Noise added to every decryption, as an rms per plaintext coefficient: at least
+    # MIN_FLOOD_FACTOR × the RLWE error, so a published sum does not give away the key.
+    flood_coeff_rms: float = 10 * RLWE_ERROR_STD
+
+    def __post_init__(self) -> None:
+        if not self.is_plain and not self.flood_coeff_rms >= MIN_FLOOD_FACTOR * RLWE_ERROR_STD:
+            raise PresetError(
+                f"preset {self.id} floods decryptions with rms {self.flood_coeff_rms} per "
+                f"coefficient; at least {MIN_FLOOD_FACTOR * RLWE_ERROR_STD:g} is required"
+            )
 
     @property
     def is_plain(self) -> bool:
@@ -53,6 +67,13 @@ class Preset:
     def reals_per_chunk(self) -> int:
         """Reals per ciphertext: N/2 complex slots, each carrying two reals."""
         return self.poly_modulus_degree
+
+    @property
+    def flood_sigma(self) -> float:
+        """Std of the noise on each decrypted real: coefficient std = σ·Δ / sqrt(N/2)."""
+        if self.is_plain:
+            return 0.0
+        return self.flood_coeff_rms * math.sqrt(self.poly_modulus_degree / 2) / self.scale
 
     @cached_property
     def all_moduli(self) -> tuple[int, ...]:
