@@ -49,8 +49,9 @@ MIN_BIAS_GRADIENT = 1e-4
 class ImprintModel:
     """The crafted global weights and what the attacker needs to read the update."""
 
-    def __init__(self, spec: ModelSpec, weights: npt.NDArray[np.float32], n_features: int,
-                 bins: int) -> None:
+    def __init__(
+        self, spec: ModelSpec, weights: npt.NDArray[np.float32], n_features: int, bins: int
+    ) -> None:
         self.spec = spec
         self.weights = weights
         self.n_features = n_features
@@ -190,8 +191,7 @@ def attack_round(
     }
     job = {"id": "imprint", "spec": spec, "param_count": param_count}
     rnd = {"round": 1, "weight_norm": sum(len(d) for d in local), "summands": n}
-    acc = Accumulator.empty(public, job_id="imprint", round=1, param_count=param_count,
-                            summands=n)
+    acc = Accumulator.empty(public, job_id="imprint", round=1, param_count=param_count, summands=n)
     for i, raw in enumerate(providers):
         agent = ProviderAgent(
             server,  # type: ignore[arg-type]
