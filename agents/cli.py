@@ -318,6 +318,12 @@ def job_status(
             f"{m['loss']:.4f}" if "loss" in m else "",
         )
     console.print(table)
+    spent = _client(server, api_key).get_privacy(job_id)
+    if spent:
+        eps = Table("provider", "ε spent (DP-SGD)", "δ", "after round")
+        for r in spent:
+            eps.add_row(r["provider_id"], f"{r['epsilon']:.3f}", f"{r['delta']:g}", str(r["round"]))
+        console.print(eps)
 
 
 # ---------------------------------------------------------------------------- agent
@@ -343,8 +349,26 @@ def agent_run(
     classes: Annotated[
         str | None, typer.Option(help="Label classes to declare, e.g. 0-9 or 0,1.")
     ] = None,
-    dp_clip: Annotated[float | None, typer.Option(help="DP: clip updates to this L2 norm.")] = None,
-    dp_noise: Annotated[float, typer.Option(help="DP: noise multiplier σ.")] = 1.0,
+    max_epsilon: Annotated[
+        float,
+        typer.Option(
+            help="Record-level DP (DP-SGD, on by default): the most ε any job may cost this "
+            "provider; offers asking more, or asking for no DP, are declined."
+        ),
+    ] = 8.0,
+    no_dp: Annotated[
+        bool,
+        typer.Option(
+            "--no-dp", help="Opt out of record-level DP (a job that asks for DP still gets it)."
+        ),
+    ] = False,
+    dp_record_clip: Annotated[
+        float, typer.Option(help="DP-SGD: per-example gradient clip norm.")
+    ] = 1.0,
+    dp_clip: Annotated[
+        float | None, typer.Option(help="Update-level DP too: clip updates to this L2 norm.")
+    ] = None,
+    dp_noise: Annotated[float, typer.Option(help="Update-level DP: noise multiplier σ.")] = 1.0,
     dp_delta: Annotated[float, typer.Option(help="DP: δ for ε accounting.")] = 1e-5,
     seed: Annotated[int, typer.Option(help="Seed for local training.")] = 0,
     poll: Annotated[float, typer.Option(help="Seconds between polls.")] = 1.0,
@@ -384,10 +408,13 @@ def agent_run(
         state.save()
         key = created["api_key"]
         say(f"registered provider account {created['id']}")
+    from agents.privacy import DPConfig, PrivacyPolicy
+
+    privacy = PrivacyPolicy(
+        max_epsilon=None if no_dp else max_epsilon, delta=dp_delta, clip=dp_record_clip
+    )
     dp = None
     if dp_clip:
-        from agents.privacy import DPConfig
-
         dp = DPConfig(clip=dp_clip, noise_multiplier=dp_noise, delta=dp_delta)
     agent = ProviderAgent(
         PollenClient(server, key),
@@ -397,6 +424,7 @@ def agent_run(
         ask_cents=ask_cents,
         currency=currency,
         policy=AgentPolicy(min_price_cents, max_jobs),
+        privacy=privacy,
         dp=dp,
         seed=seed,
         notify=say,

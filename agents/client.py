@@ -379,6 +379,17 @@ class PollenClient:
         result: Json = self._json("POST", path, json=metrics)
         return result
 
+    def report_privacy(self, job_id: str, number: int, epsilon: float, delta: float) -> Json:
+        """Tell the marketplace the ε this provider has spent on the job up to this round."""
+        body = {"round": number, "epsilon": epsilon, "delta": delta}
+        result: Json = self._json("POST", f"/v1/jobs/{job_id}/privacy", json=body)
+        return result
+
+    def get_privacy(self, job_id: str) -> list[Json]:
+        """ε spent per provider on a job (a provider sees only its own)."""
+        result: list[Json] = self._json("GET", f"/v1/jobs/{job_id}/privacy")
+        return result
+
     # -- money and reputation --------------------------------------------------------------
 
     def payouts(self) -> Json:

@@ -35,6 +35,7 @@ from agents.data import concat, write_csv
 from agents.demo_money import fund, settle_and_report, start_rail
 from agents.experiment import centralized, fedavg_plaintext, load_digits_split, prepared
 from agents.models import ModelSpec
+from agents.privacy import DEFAULT_CLIP, DEFAULT_DELTA, DEFAULT_MAX_EPSILON, PrivacyTarget
 from agents.state import StateFile
 from agents.training import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR
 from crypto import BuyerKeys
@@ -236,7 +237,15 @@ def run_demo(
             proc.wait(timeout=120)
         encrypted = [r.accuracy for r in outcome.reports]
 
-        console.print("computing the baselines (plaintext FedAvg, centralized)…")
+        spent = buyer.get_privacy(job["id"])
+        console.print(
+            "ε spent per provider (DP-SGD, δ = "
+            f"{DEFAULT_DELTA:g}): "
+            + ", ".join(f"{r['provider_id'][:10]}… {r['epsilon']:.2f}" for r in spent)
+        )
+        console.print(
+            "computing the baselines (plaintext FedAvg with the same DP-SGD, seeded; centralized)…"
+        )
         train, test = prepared(split)
         model = ModelSpec.model_validate(spec["model"])
         n_classes = split.schema.n_classes
@@ -249,6 +258,7 @@ def run_demo(
             lr=DEFAULT_LR,
             batch_size=DEFAULT_BATCH_SIZE,
             seed=SEED,
+            record_dp=PrivacyTarget(DEFAULT_MAX_EPSILON, DEFAULT_DELTA, DEFAULT_CLIP),
             n_classes=n_classes,
         )
         central = centralized(
@@ -265,7 +275,7 @@ def run_demo(
         table = Table(title=f"Job {job['id']}: accuracy on the buyer's held-out data")
         table.add_column("round", justify="right")
         table.add_column("encrypted (Pollen)", justify="right")
-        table.add_column("plaintext FedAvg", justify="right")
+        table.add_column("plaintext FedAvg (same DP)", justify="right")
         for i, (e, p) in enumerate(zip(encrypted, plain, strict=True), start=1):
             table.add_row(str(i), f"{e:.4f}", f"{p:.4f}")
         table.add_row("centralized", "", f"{central:.4f}")
@@ -284,6 +294,7 @@ def run_demo(
             "encrypted_accuracy": encrypted[-1],
             "plaintext_accuracy": plain[-1],
             "centralized_accuracy": central,
+            "epsilon_per_provider": {r["provider_id"]: r["epsilon"] for r in spent},
             "encrypted_per_round": encrypted,
             "plaintext_per_round": plain,
             "job_id": job["id"],

@@ -43,11 +43,12 @@ from agents.data import (
 from agents.modelio import flatten, unflatten_into
 from agents.models import ModelSpec, build_model
 from agents.optim import FedAvg, ServerOptimizer
-from agents.privacy import DPConfig, privatize
+from agents.privacy import DPConfig, PrivacyTarget, plan_record_dp, privatize
 from agents.training import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_LR,
+    RecordDP,
     compute_update,
     evaluate,
     train_local,
@@ -226,6 +227,7 @@ def fedavg_plaintext(
     seed: int,
     server_optimizer: ServerOptimizer | None = None,
     dp: DPConfig | None = None,
+    record_dp: PrivacyTarget | None = None,
     n_classes: int | None = None,
 ) -> list[float]:
     """Test accuracy after each of ``rounds`` rounds of sample-weighted FedAvg (no encryption).
@@ -233,7 +235,9 @@ def fedavg_plaintext(
     Datasets must be prepared (transformed, labels as class indices). Each round every provider
     starts from the global weights, trains ``local_epochs`` and sends ``delta``; the server
     averages deltas weighted by sample count and applies ``server_optimizer`` (FedAvg, lr 1).
-    With ``dp`` each delta is clipped and noised first, as a DP-enabled agent would.
+    With ``dp`` each delta is clipped and noised first, as a DP-enabled agent would. With
+    ``record_dp`` each provider trains with DP-SGD planned as an agent plans it (the whole run
+    costs it ``record_dp.epsilon``), but with *seeded* noise: a baseline, not a release.
     ``n_classes`` defaults to the largest label seen plus one; pass the schema's to be safe.
     """
     _set_threads()
@@ -247,6 +251,14 @@ def fedavg_plaintext(
     weights = flatten(global_model)
     local = build_model(spec, n_features, n_classes, seed=seed)
     rng = np.random.default_rng(seed)
+    plans = [
+        plan_record_dp(
+            record_dp, samples=len(ds), batch_size=batch_size, epochs=local_epochs, rounds=rounds
+        )
+        if record_dp is not None
+        else None
+        for ds in provider_datasets
+    ]
     accuracies: list[float] = []
     started = time.perf_counter()
     for r in range(rounds):
@@ -261,6 +273,9 @@ def fedavg_plaintext(
                 lr=lr,
                 batch_size=batch_size,
                 seed=seed * 1_000_003 + r * 1009 + i,
+                dp=None
+                if (plan := plans[i]) is None
+                else RecordDP(plan.noise_multiplier, plan.clip, seed=seed * 7919 + r * 101 + i),
             )
             delta = compute_update(weights, flatten(local))
             if dp is not None:

@@ -2,19 +2,24 @@
 
 One agent owns one dataset and one listing. It polls the marketplace, accepts offers that
 meet its policy, and for every round it is expected in: fetches the global model, trains
-locally with torch, computes `delta = w_local - w_r`, weights it, optionally clips and
-noises it (differential privacy), encrypts it under the buyer's public context and submits
-the envelope. Every step that matters is recorded in a local state file first, so that a
-restart after kill -9 resumes without ever submitting twice: an envelope is written to disk
-before it is sent, and re-sent byte for byte after a crash (the server answers 409 with the
-first result if it had already accepted it). While the server is down or restarting the agent
-waits with backoff (`Backoff`) and says so; it gives up only after `give_up_after_s`.
-"""
+locally with torch (DP-SGD by default: record-level differential privacy at the ε its
+`PrivacyPolicy` allows, see agents.privacy), computes `delta = w_local - w_r`, weights it,
+optionally clips and noises the whole update too (update-level DP), encrypts it under the
+buyer's public context and submits the envelope, then reports the ε it has spent on the job.
+It declines offers whose privacy requirement its policy refuses, and stops working for a job
+rather than train a round that would take it past the job's ε.
+
+Every step that matters is recorded in a local state file first, so that a restart after kill -9
+resumes without ever submitting twice: an envelope is written to disk before it is sent, and re-
+sent byte for byte after a crash (the server answers 409 with the first result if it had already
+accepted it). While the server is down or restarting the agent waits with backoff (`Backoff`)
+and says so; it gives up only after `give_up_after_s`."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,12 +33,12 @@ from agents.client import ApiError, Backoff, PollenClient
 from agents.data import Dataset, DatasetSchema, derive_schema, prepare
 from agents.modelio import flatten, load_safetensors
 from agents.models import ModelSpec, build_model
+from agents.privacy import DPPlan, PrivacyDeclinedError, PrivacyPolicy, plan_record_dp
 from agents.state import StateFile, write_atomic
-from agents.training import EpochInfo, compute_update, train_local
+from agents.training import EpochInfo, RecordDP, compute_update, train_local
 from crypto import EnvelopeBinding, PublicContext, encrypt_update
 
 if TYPE_CHECKING:
-    # Imported when used: its accountant (opacus) costs seconds at every agent start.
     from agents.privacy import DPConfig
 
 logger = logging.getLogger(__name__)
@@ -47,6 +52,10 @@ class AgentPolicy:
 
     min_price_cents: int = 0
     max_concurrent_jobs: int = 1
+
+
+class BudgetSpentError(Exception):
+    """One more round would take a job past the ε this provider agreed to."""
 
 
 def train_seed(job_seed: int, round_number: int, agent_seed: int) -> int:
@@ -73,6 +82,7 @@ class ProviderAgent:
         currency: str = "usd",
         capacity: int = 1,
         policy: AgentPolicy | None = None,
+        privacy: PrivacyPolicy | None = None,
         dp: DPConfig | None = None,
         seed: int = 0,
         notify: Notify | None = None,
@@ -87,6 +97,8 @@ class ProviderAgent:
         self.currency = currency
         self.capacity = capacity
         self.policy = policy or AgentPolicy()
+        # Record-level DP is on unless the caller opts out with PrivacyPolicy(max_epsilon=None).
+        self.privacy = privacy if privacy is not None else PrivacyPolicy()
         self.dp = dp
         self.seed = seed
         self.notify = notify or (lambda msg: logger.info("%s", msg))
@@ -141,6 +153,13 @@ class ProviderAgent:
                 self.client.decline_offer(offer["id"])
                 self.notify(f"declined offer {offer['id']} (price {price}, busy {busy})")
                 continue
+            requirement = self.client.get_job(offer["job_id"])["spec"].get("privacy")
+            try:
+                self.privacy.target_for(requirement)
+            except PrivacyDeclinedError as exc:
+                self.client.decline_offer(offer["id"])
+                self.notify(f"declined offer {offer['id']}: {exc}")
+                continue
             self.client.accept_offer(offer["id"])
             jobs[offer["job_id"]] = {"offer_id": offer["id"], "submitted": {}, "done": False}
             self.state.save()
@@ -168,9 +187,25 @@ class ProviderAgent:
         model = build_model(model_spec, schema.n_features, schema.n_classes, seed=0)
         load_safetensors(model, self.client.get_round_model(job["id"], number))
         global_vec = flatten(model)
+        entry = self._active_jobs()[job["id"]]
+        plan = self._dp_plan(entry, spec, len(local))
+        record_dp = None
+        if plan is not None:
+            spent = int(entry.get("dp_steps", 0))
+            if not plan.allows(spent):
+                raise BudgetSpentError(
+                    f"one more round would take ε from {plan.epsilon_after(spent):.3f} past "
+                    f"{plan.epsilon:g}"
+                )
+            record_dp = RecordDP(plan.noise_multiplier, plan.clip)  # noise from os.urandom
         self.notify(
             f"job {job['id']} round {number}: training on {len(local)} samples "
-            f"({spec['local_epochs']} epochs)"
+            f"({spec['local_epochs']} epochs"
+            + (
+                f", DP-SGD σ={plan.noise_multiplier:.3f} toward ε={plan.epsilon:g})"
+                if plan
+                else ", no DP)"
+            )
         )
         result = train_local(
             model,
@@ -180,16 +215,24 @@ class ProviderAgent:
             batch_size=int(spec["batch_size"]),
             seed=train_seed(int(spec.get("seed", 0)), number, self.seed),
             progress=self.on_epoch,
+            dp=record_dp,
         )
         delta = compute_update(global_vec, flatten(model))
-        entry = self._active_jobs()[job["id"]]
+        if plan is not None:
+            # Charged before the update can leave: a crash from here on re-trains and pays
+            # again (safe), never releases a round it did not pay for.
+            entry["dp_steps"] = int(entry.get("dp_steps", 0)) + result.dp_steps
+            entry["epsilon"] = plan.epsilon_after(entry["dp_steps"])
+            entry["dp_delta"] = plan.delta
+            self.state.save()
         if self.dp is not None:
             from agents.privacy import epsilon_spent, privatize
 
-            rng = np.random.default_rng(train_seed(int(spec.get("seed", 0)), number, self.seed))
+            rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
             delta = privatize(delta, self.dp, rng)
             entry["dp_rounds"] = int(entry.get("dp_rounds", 0)) + 1
-            entry["epsilon"] = epsilon_spent(self.dp, entry["dp_rounds"])
+            entry["update_epsilon"] = epsilon_spent(self.dp, entry["dp_rounds"])
+            self.state.save()
         samples = min(len(local), int(spec["sample_cap"]))
         weight = samples / max(int(rnd["weight_norm"]), samples)
         binding = EnvelopeBinding(
@@ -207,6 +250,37 @@ class ProviderAgent:
             f"loss {result.loss:.4f}, envelope {len(envelope) / 1e6:.2f} MB"
         )
         return envelope
+
+    def _dp_plan(self, entry: dict[str, Any], spec: dict[str, Any], samples: int) -> DPPlan | None:
+        """The job's DP-SGD plan, made once on its first round and kept in the state file."""
+        if "dp_plan" in entry:
+            return DPPlan.from_dict(entry["dp_plan"]) if entry["dp_plan"] else None
+        target = self.privacy.target_for(spec.get("privacy"))
+        plan = None
+        if target is not None:
+            plan = plan_record_dp(
+                target,
+                samples=samples,
+                batch_size=int(spec["batch_size"]),
+                epochs=int(spec["local_epochs"]),
+                rounds=int(spec["rounds"]),
+            )
+        entry["dp_plan"] = plan.to_dict() if plan else None
+        self.state.save()
+        return plan
+
+    def _report_privacy(self, job_id: str, number: int, entry: dict[str, Any]) -> None:
+        """Tell the server (and so the buyer) the ε spent so far; only ε and δ travel."""
+        if "epsilon" not in entry:
+            return
+        try:
+            self.client.report_privacy(
+                job_id, number, float(entry["epsilon"]), float(entry["dp_delta"])
+            )
+        except ApiError as exc:
+            # The update is in; a refused report must not stop the agent (it retries with the
+            # next round's figure, which covers this one).
+            logger.warning("privacy report for job %s round %d refused: %s", job_id, number, exc)
 
     def work_round(self, job_id: str, me: str) -> bool:
         """Do this job's current round if it is ours to do; True if something was sent."""
@@ -236,7 +310,15 @@ class ProviderAgent:
         if path.exists():
             envelope = path.read_bytes()  # prepared before a crash: send the same bytes
         else:
-            envelope = self._build_envelope(job, rnd, me)
+            if entry.get("budget_spent"):
+                return False
+            try:
+                envelope = self._build_envelope(job, rnd, me)
+            except BudgetSpentError as exc:
+                entry["budget_spent"] = str(exc)
+                self.state.save()
+                self.notify(f"job {job_id} round {number}: privacy budget spent, stopping: {exc}")
+                return False
             write_atomic(path, envelope)
         try:
             receipt = self.client.submit(job_id, number, envelope)
@@ -256,9 +338,12 @@ class ProviderAgent:
         entry["submitted"][str(number)] = hashlib.sha256(envelope).hexdigest()
         self.state.save()
         path.unlink(missing_ok=True)
+        spent = f", ε spent {float(entry['epsilon']):.3f}" if "epsilon" in entry else ""
         self.notify(
-            f"job {job_id} round {number}: submitted ({receipt.get('payload_sha256', '')[:12]})"
+            f"job {job_id} round {number}: submitted "
+            f"({receipt.get('payload_sha256', '')[:12]}){spent}"
         )
+        self._report_privacy(job_id, number, entry)
         return True
 
     def step(self, me: str) -> None:

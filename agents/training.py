@@ -13,6 +13,8 @@ average of updates is ordinary FedAvg, with no optimizer state hiding between ro
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -32,6 +34,7 @@ __all__ = [
     "EvalResult",
     "OptimizerName",
     "ProgressCallback",
+    "RecordDP",
     "TrainResult",
     "compute_update",
     "evaluate",
@@ -69,10 +72,31 @@ ProgressCallback = Callable[[EpochInfo], None]
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Outcome of one local training run: last-epoch mean loss and the sample count."""
+    """Outcome of one local training run: last-epoch mean loss, the sample count, and with
+    DP-SGD the noisy steps taken (what the provider's privacy accountant charges)."""
 
     loss: float
     samples: int
+    dp_steps: int = 0
+
+
+@dataclass(frozen=True)
+class RecordDP:
+    """DP-SGD for one local run: opacus clips every example's gradient to ``max_grad_norm``,
+    adds N(0, (noise_multiplier·max_grad_norm)²) to each summed batch gradient and draws
+    batches by Poisson sampling (rate batch_size / n). ``seed`` makes the noise reproducible
+    and exists for benchmarks and the plaintext baseline only; a provider leaves it None and
+    the noise is seeded from ``os.urandom``, so nobody can predict and subtract it."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ValueError(f"noise_multiplier must be ≥ 0, got {self.noise_multiplier}")
+        if not (np.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
 
 
 class EvalResult(NamedTuple):
@@ -110,11 +134,13 @@ def train_local(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     progress: ProgressCallback | None = None,
+    dp: RecordDP | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset`` (labels already class indices).
 
     Mini-batch order comes from a torch generator seeded with ``seed``, so the same inputs give
     the same weights. ``progress`` is called after every epoch (e.g. to draw a progress bar).
+    With ``dp`` the run is DP-SGD through opacus instead (see :class:`RecordDP`).
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("epochs and batch_size must be ≥ 1 and lr > 0")
@@ -129,6 +155,18 @@ def train_local(
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; use 'sgd' or 'adam'")
     loss_fn = nn.CrossEntropyLoss()
+    if dp is not None:
+        return _train_dp(
+            model,
+            X,
+            y,
+            opt,
+            loss_fn,
+            epochs=epochs,
+            batch_size=batch_size,
+            dp=dp,
+            progress=progress,
+        )
     gen = torch.Generator().manual_seed(seed)
     n = len(dataset)
     model.train()
@@ -152,6 +190,75 @@ def train_local(
         if progress is not None:
             progress(EpochInfo(epoch=epoch, epochs=epochs, loss=epoch_loss, samples=n))
     return TrainResult(loss=epoch_loss, samples=n)
+
+
+def _train_dp(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    *,
+    epochs: int,
+    batch_size: int,
+    dp: RecordDP,
+    progress: ProgressCallback | None,
+) -> TrainResult:
+    """DP-SGD with opacus's PrivacyEngine; the model's own parameters are trained in place."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    n = len(y)
+    seed = dp.seed if dp.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+    noise = torch.Generator().manual_seed(seed)
+    epoch_loss = float("nan")
+    steps = 0
+    # Poisson sampling draws from torch's global RNG: fork it so that it is seeded like the
+    # noise and the caller's stream is left as it was.
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        torch.manual_seed(seed ^ 0x5DEECE66D)
+        # opacus warns that secure_mode (torchcsprng) is off; the seed above comes from the
+        # OS's CSPRNG instead, and warnings are errors under pytest.
+        warnings.simplefilter("ignore")
+        engine = PrivacyEngine(accountant="rdp")
+        loader = DataLoader(TensorDataset(X, y), batch_size=min(batch_size, n))
+        module, dp_opt, dp_loader = engine.make_private(
+            module=model,
+            optimizer=opt,
+            data_loader=loader,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise,
+        )
+        try:
+            model.train()
+            for epoch in range(1, epochs + 1):
+                total, seen = 0.0, 0
+                for xb, yb in dp_loader:
+                    dp_opt.zero_grad(set_to_none=True)
+                    if len(xb) == 0:
+                        # An empty Poisson batch still takes a (pure-noise) step: skipping it
+                        # would make the batch count depend on the data.
+                        module(xb).sum().backward()
+                        dp_opt.step()
+                        continue
+                    loss = loss_fn(module(xb), yb)
+                    loss.backward()
+                    dp_opt.step()
+                    total += float(loss.detach()) * len(xb)
+                    seen += len(xb)
+                epoch_loss = total / max(seen, 1)
+                if not np.isfinite(epoch_loss):
+                    raise FloatingPointError(
+                        f"training diverged at epoch {epoch} (loss {epoch_loss})"
+                    )
+                if progress is not None:
+                    progress(EpochInfo(epoch=epoch, epochs=epochs, loss=epoch_loss, samples=n))
+        finally:
+            module._close()
+        steps = sum(int(h[2]) for h in engine.accountant.history)
+    return TrainResult(loss=epoch_loss, samples=n, dp_steps=steps)
 
 
 def compute_update(global_vec: npt.ArrayLike, local_vec: npt.ArrayLike) -> FloatVector:

@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 
 from market import problems, ui
-from market.api.routes import accounts, admin, jobs, listings, money, offers, rounds
+from market.api.routes import accounts, admin, jobs, listings, money, offers, privacy, rounds
 from market.blobs import LocalBlobStore
 from market.config import Settings
 from market.db import SqliteProcessClaim, make_engine, session_scope
@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rail = rail_for(settings)
     reputation.configure(decay=settings.reputation_decay)
     problems.install(app)
-    for module in (accounts, listings, jobs, offers, rounds, admin, money):
+    for module in (accounts, listings, jobs, offers, rounds, admin, money, privacy):
         app.include_router(module.router)
     # The dashboard: the static mount goes first, before the pages' catch-all 404 route.
     app.mount("/ui/static", ui.static_files(), name="ui-static")

@@ -33,6 +33,7 @@ from market.models.money import (
     ReputationPublic,
 )
 from market.models.offers import LIVE_OFFER_STATES, Offer, OfferPublic
+from market.models.privacy import PrivacyReport, PrivacyReportCreate, PrivacyReportPublic
 from market.models.rounds import (
     MetricsCreate,
     Round,
@@ -76,6 +77,9 @@ __all__ = [
     "PayoutBatch",
     "PayoutBatchPublic",
     "PayoutPublic",
+    "PrivacyReport",
+    "PrivacyReportCreate",
+    "PrivacyReportPublic",
     "ProviderEarnings",
     "Receipt",
     "ReputationEvent",

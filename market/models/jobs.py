@@ -36,6 +36,20 @@ class MLPSpec(Strict):
 ModelSpec = Annotated[LogRegSpec | MLPSpec, Field(discriminator="arch")]
 
 
+class PrivacySpec(Strict):
+    """Record-level differential privacy the buyer asks every provider to train under.
+
+    Providers run DP-SGD (per-example clip ``clip``, Gaussian noise) so that the whole job
+    costs each of them at most ``epsilon`` at ``delta``. A provider whose own limit is lower
+    declines the offer. Left out, each provider applies its own (default ε = 8); ``"off"``
+    asks for updates without DP, which only providers that opted out accept.
+    """
+
+    epsilon: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
+    delta: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 1e-5
+    clip: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 1.0
+
+
 class JobCreate(Strict):
     model_config = ConfigDict(
         extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
@@ -62,6 +76,7 @@ class JobCreate(Strict):
     round_deadline_s: Annotated[int, Field(ge=1, le=7 * 86400)] = 3600
     offer_ttl_s: Annotated[int, Field(ge=1, le=7 * 86400)] = 3600
     preset: Annotated[str, StringConstraints(min_length=1, max_length=64)] = DEFAULT_PRESET_ID
+    privacy: PrivacySpec | Literal["off"] | None = None
 
     @model_validator(mode="after")
     def _coherent(self) -> JobCreate:

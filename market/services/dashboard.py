@@ -51,6 +51,7 @@ from market.services import (
     listings,
     offers,
     payouts,
+    privacy,
     receipts,
     reputation,
     views,
@@ -134,6 +135,16 @@ class JobPage:
     names: dict[str, str]
     # A provider's own earnings on this job (earned, paid, owed), else None.
     own_earnings: dict[str, Any] | None
+    # ε each provider reports having spent (all of them for the buyer/admin, else its own).
+    privacy: list[PrivacyLine] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PrivacyLine:
+    provider: Named
+    epsilon: float
+    delta: float
+    round: int
 
 
 @dataclass(frozen=True)
@@ -286,6 +297,13 @@ def job_page(session: Session, job_id: str, viewer: Account | None) -> JobPage:
         "loss",
         [Point(r.number, r.loss or 0.0, f"Round {r.number}: loss {r.loss:.4f}") for r in measured],
     )
+    spent = privacy.reports_for(session, job.id, account)
+    names.update(names_of(session, {r.provider_id for r in spent} - set(names)))
+    privacy_lines = [
+        PrivacyLine(Named(r.provider_id, names.get(r.provider_id, r.provider_id)), r.epsilon,
+                    r.delta, r.round)
+        for r in spent
+    ]  # fmt: skip
     own = None
     if account.role == "provider":
         for e in payouts.earnings(session, account.id):
@@ -296,6 +314,7 @@ def job_page(session: Session, job_id: str, viewer: Account | None) -> JobPage:
         job=view, buyer=Named(job.buyer_id, names.get(job.buyer_id, job.buyer_id)),
         sees_all=sees_all, providers=_named(view.accepted_providers, names), rounds=lines,
         accuracy=accuracy, loss=loss, receipt=rec, names=names, own_earnings=own,
+        privacy=privacy_lines,
     )  # fmt: skip
 
 

@@ -55,7 +55,9 @@ SLOW_REPEAT = 25  # ≈ 12k rows: a few seconds of local training on this machin
 # Round 1 must fit in it on a loaded 2-core machine (it takes about a second); round 2, with
 # one provider gone, waits for all of it.
 GONE_DEADLINE_S = 8
-AGENT_OPTIONS = ["--retry-for", "120", "--max-retry-wait", "1", "--poll", "0.2"]
+# --no-dp: these tests pin the encrypted result to plaintext FedAvg exactly, so the agents opt
+# out of their default DP-SGD noise.
+AGENT_OPTIONS = ["--retry-for", "120", "--max-retry-wait", "1", "--poll", "0.2", "--no-dp"]
 # CKKS noise on these sums is below 1e-6; a lost or doubled update moves weights by tenths.
 ATOL = 1e-4
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

@@ -59,6 +59,8 @@ def test_encrypted_job_runs_to_completion(live_server: LiveServer, tmp_path: Pat
     assert outcome.state == "completed"
     assert [r.providers for r in outcome.reports] == [3] * ROUNDS
     assert outcome.reports[-1].accuracy > 0.85
+    spent = buyer.get_privacy(job["id"])  # agents train with DP-SGD by default and say so
+    assert len(spent) == 3 and all(0 < r["epsilon"] <= 8 and r["round"] == ROUNDS for r in spent)
     status = buyer.get_job(job["id"])
     assert status["state"] == "completed"
     assert all(len(r["included"]) == 3 and r["metrics"] for r in status["rounds"])

@@ -113,6 +113,8 @@ CASES: list[tuple[str, str, Body | None, dict[str, int]]] = [
     ("PUT", "/v1/jobs/{job}/rounds/1/submission", _envelope, _m(401, 403, 403, 201, 403, 404, 403)),
     ("GET", "/v1/jobs/{job}/rounds/1/aggregate", None, _m(401, 409, 404, 403, 403, 404, 403)),
     ("POST", "/v1/jobs/{job}/rounds/1/metrics", _json({"loss": 1.0, "accuracy": 0.5}), _m(401, 409, 404, 403, 403, 404, 403)),
+    ("POST", "/v1/jobs/{job}/privacy", _json({"round": 1, "epsilon": 1.0, "delta": 1e-5}), _m(401, 403, 403, 422, 403, 404, 403)),
+    ("GET", "/v1/jobs/{job}/privacy", None, _m(401, 200, 404, 200, 200, 404, 200)),
     ("GET", "/v1/payouts", None, _m(401, 403, 403, 200, 200, 200, 200)),
     ("POST", "/v1/admin/payouts/run", None, _m(401, 403, 403, 403, 403, 403, 200)),
     ("POST", "/v1/admin/payouts/{batch}/mark-paid", None, _m(401, 403, 403, 403, 403, 403, 404)),
