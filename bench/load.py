@@ -7,15 +7,19 @@ so round 1 is collecting. 100 real CKKS envelopes (each bound to its provider an
 are encrypted beforehand: encryption is not what is measured. Then 100 concurrent submitters,
 one HTTP connection each, are released at once and every submit is timed.
 
-Measured: accepted (201), lost (a 2xx the round does not hold, or no answer at all; must be
-0), p50 / p99 submit latency, and the server's peak resident memory (VmHWM), beside its
+Configurations: `sqlite`, `postgresql`, and `postgresql-4-workers` (`--workers 4`: four
+server processes on one database, every upload on its own connection so they spread).
+Measured: accepted (updates the buyer finds inside the decrypted sum, not merely answered
+201), lost (a 2xx the sum does not hold, or no answer at all; must be 0), p50 / p99 submit
+latency, and the server's peak resident memory (VmHWM, summed over its processes), beside its
 baseline before the burst, the envelope size and the model size, so "O(model), not
 O(providers × model)" can be judged. Afterwards the round must be closed with exactly the
 accepted submissions, and the buyer decrypts the aggregate to check every accepted update is
-in the sum once. Writes bench/results/load.json: {"sqlite": {...}, "postgresql": {...}}.
+in the sum once. Writes bench/results/load.json: {"sqlite": {...}, "postgresql": {...},
+"postgresql-4-workers": {...}}.
 
 `POLLEN_BENCH_LOAD_AGENTS` (default 100), `POLLEN_BENCH_LOAD_HIDDEN` (the hidden width,
-default 1330) and `POLLEN_BENCH_LOAD_BACKENDS` (default `sqlite,postgresql`) change the run,
+default 1330) and `POLLEN_BENCH_LOAD_BACKENDS` (default all three) change the run,
 e.g. to see how memory scales with agents or with the model; `POLLEN_BENCH_LOAD_NAME` names
 the result file.
 """
@@ -48,7 +52,11 @@ from bench.common import console, print_table, write_result
 from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update
 
 AGENTS = int(os.environ.get("POLLEN_BENCH_LOAD_AGENTS", 100))
-BACKENDS = tuple(os.environ.get("POLLEN_BENCH_LOAD_BACKENDS", "sqlite,postgresql").split(","))
+BACKENDS = tuple(
+    os.environ.get(
+        "POLLEN_BENCH_LOAD_BACKENDS", "sqlite,postgresql,postgresql-4-workers"
+    ).split(",")
+)
 NAME = os.environ.get("POLLEN_BENCH_LOAD_NAME", "load")
 # 64·1330 + 1330 + 1330·10 + 10 = 99,760 parameters
 HIDDEN = [int(os.environ.get("POLLEN_BENCH_LOAD_HIDDEN", 1330))]
@@ -81,17 +89,36 @@ class Party:
 class RssSampler:
     """Samples a process's resident memory from /proc while a burst runs."""
 
-    def __init__(self, pid: int, period_s: float = 0.01) -> None:
-        self.pid, self.period_s = pid, period_s
+    def __init__(self, pid: int, period_s: float = 0.01, *, children: bool = False) -> None:
+        """`children`: the server is a supervisor of worker processes; count them all."""
+        self.pid, self.period_s, self.children = pid, period_s, children
         self.max_rss_kb = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _pids(self) -> list[int]:
+        pids, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            if self.children:
+                for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                    todo.extend(int(c) for c in task.read_text().split())
+        return pids
+
+    @staticmethod
+    def _one_kb(pid: int, field: str) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        except FileNotFoundError:  # a worker that just exited
+            return 0
+        raise RuntimeError(f"no {field} for pid {pid}")
+
     def status_kb(self, field: str) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise RuntimeError(f"no {field} for pid {self.pid}")
+        """`field` of /proc/PID/status, summed over the server's processes."""
+        return sum(self._one_kb(pid, field) for pid in self._pids())
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -218,9 +245,18 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def run_backend(backend: str) -> dict[str, Any]:
+def _config(name: str) -> tuple[str, int]:
+    """`sqlite`, `postgresql` or `postgresql-N-workers` → (backend, server processes)."""
+    match = re.fullmatch(r"(sqlite|postgresql)(?:-(\d+)-workers)?", name)
+    if match is None:
+        raise SystemExit(f"unknown load configuration {name!r}")
+    return match.group(1), int(match.group(2) or 1)
+
+
+def run_backend(name: str) -> dict[str, Any]:
+    backend, workers = _config(name)
     with (
-        tempfile.TemporaryDirectory(prefix=f"pollen-bench-load-{backend}-") as tmp,
+        tempfile.TemporaryDirectory(prefix=f"pollen-bench-load-{name}-") as tmp,
         _database(backend) as database_url,
     ):
         data_dir = Path(tmp) / "server"
@@ -231,7 +267,7 @@ def run_backend(backend: str) -> dict[str, Any]:
         env = {"POLLEN_DEADLINE_TICK_S": "0.5"}
         if database_url:
             env["POLLEN_DATABASE_URL"] = database_url
-        server = start_server(data_dir, port, admin_key, extra_env=env)
+        server = start_server(data_dir, port, admin_key, extra_env=env, workers=workers)
         try:
             wait_ready(url, server)
             keys = BuyerKeys.generate()
@@ -253,7 +289,7 @@ def run_backend(backend: str) -> dict[str, Any]:
                 )
                 for i, p in enumerate(providers)
             ]
-            sampler = RssSampler(server.pid)
+            sampler = RssSampler(server.pid, children=workers > 1)
             baseline_kb = sampler.status_kb("VmRSS")
             hwm_before_kb = sampler.status_kb("VmHWM")
             with sampler:
@@ -329,14 +365,17 @@ def verify(
         included = {p.id for p in ok if p.client.get_round(job_id, 1)["you_submitted"]}
     unanswered = sum(1 for s, _, _ in outcomes if s is None)
     lost = sum(1 for p in ok if p.id not in included) + unanswered
-    count, sum_ok = None, False
+    count, sum_ok, found = None, False, set()
     if rnd["state"] == "closed":
         agg = decrypt_aggregate(keys, buyer.client.get_aggregate(job_id, 1))
+        found = set(agg.provider_ids)
         count = agg.count
         want = sum(_value(i) for i, p in enumerate(providers) if p.id in included)
         sum_ok = set(agg.provider_ids) == included and bool(np.allclose(agg.total, want, atol=1e-3))
     return {
-        "accepted": sum(1 for s, _, _ in outcomes if s == 201),
+        # Only what the buyer finds inside the decrypted sum counts, not the 201s.
+        "accepted": sum(1 for p in ok if p.id in found),
+        "answered_201": sum(1 for s, _, _ in outcomes if s == 201),
         "lost": lost,
         "round_state": rnd["state"],
         "submitted": rnd["submitted"],
