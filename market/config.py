@@ -25,8 +25,9 @@ class Settings(BaseSettings):
     # An admin account with this key is ensured at startup when set.
     admin_api_key: str | None = None
 
-    # Seconds between two passes of the background deadline enforcer; 0 disables the task
-    # (deadlines are still enforced lazily on requests).
+    # Seconds between two passes of the background deadline enforcer (every server process
+    # runs one); 0 disables the task (deadlines are then enforced only by writes that touch
+    # the round: a submission, a published model, an offer decision).
     deadline_tick_s: float = Field(default=1.0, ge=0)
 
     # Upper bounds for buyer uploads; envelopes are bounded by the crypto preset instead.

@@ -54,4 +54,5 @@ def test_job_page_shows_the_epsilon_spent(
     html = client.get(f"/ui/jobs/{scn.job_id}").text
     assert "Privacy spent" in html and "2.75" in html
     sign_in(client, second)
-    assert "2.75" not in client.get(f"/ui/jobs/{scn.job_id}").text
+    # It reported nothing, and sees nobody else's figure: no privacy section at all.
+    assert "Privacy spent" not in client.get(f"/ui/jobs/{scn.job_id}").text
