@@ -56,7 +56,9 @@ def test_rounds_write_reputation_with_reasons(
     assert good["score"] > 0.5 > bad["score"]
     assert {e["kind"] for e in good["history"]} == {"on-time-submission", "included"}
     assert [e["kind"] for e in bad["history"]] == ["missed-deadline"]
-    assert scn.job_id in bad["history"][0]["reason"] and bad["history"][0]["round"] == 1
+    # The provider itself (and the job's buyer) reads which job and round it was.
+    own = client.get(f"/v1/reputation/{p3.id}", headers=p3.headers).json()
+    assert scn.job_id in own["history"][0]["reason"] and own["history"][0]["round"] == 1
     everyone = client.get("/v1/reputation").json()
     assert {r["provider_id"] for r in everyone} >= {p1.id, p2.id, p3.id}
     assert client.get(f"/v1/reputation/{scn.buyer.id}").status_code == 404
@@ -112,3 +114,37 @@ def test_withdrawing_after_accepting_costs_reputation(
     rep = client.get(f"/v1/reputation/{p3.id}").json()
     assert [e["kind"] for e in rep["history"]] == ["refused-after-accept"]
     assert rep["score"] < 0.5
+
+
+def test_public_history_does_not_say_who_took_part_in_which_job(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """Anonymous visitors, other providers and other buyers read each event's kind, weight
+    and day, never the job or round, nor an instant that matches a round's close; the
+    provider itself, operators and the job's buyer read it all (API and dashboard)."""
+    scn = running_job(client, clock, buyer_keys, round_deadline_s=5)
+    p1, p2, p3 = scn.providers
+    scn.submit(p1, 1)
+    scn.submit(p2, 1)
+    clock.advance(6)
+    scn.tick()
+    stranger = register(client, "buyer", "stranger")
+    for headers in ({}, p2.headers, stranger.headers):
+        for view in (
+            client.get(f"/v1/reputation/{p1.id}", headers=headers).json(),
+            next(
+                r
+                for r in client.get("/v1/reputation", headers=headers).json()
+                if r["provider_id"] == p1.id
+            ),
+        ):
+            assert view["history"], view
+            for event in view["history"]:
+                assert event["job_id"] is None and event["round"] is None
+                assert scn.job_id not in event["reason"]
+                assert event["at"].endswith("T00:00:00Z") or "T00:00:00" in event["at"]
+        page = client.get(f"/ui/providers/{p1.id}", headers=headers).text
+        assert scn.job_id not in page
+    for headers in (p1.headers, scn.buyer.headers, scn.admin.headers):
+        history = client.get(f"/v1/reputation/{p1.id}", headers=headers).json()["history"]
+        assert {e["job_id"] for e in history} == {scn.job_id}
