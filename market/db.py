@@ -18,11 +18,12 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import IntEnum
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import anyio
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlmodel import Session, create_engine
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,23 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+class AdvisoryLock(IntEnum):
+    """PostgreSQL advisory-lock keys, one per thing serialized, all named here.
+
+    Two users of one key serialize against each other by accident (the ledger and matching
+    once shared 0x706F6C6C656E, so every settlement stalled matching and the reverse).
+    """
+
+    LEDGER = 0x706F6C6C656E  # "pollen": appends to the journal's hash chain
+    MATCHING = 0x706F6C6C6D61  # "pollma": matching passes
+
+
+def advisory_xact_lock(session: Session, key: AdvisoryLock) -> None:
+    """Take `key` until the session's transaction ends (PostgreSQL only; a no-op elsewhere)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": int(key)})
 
 
 @contextmanager

@@ -20,6 +20,7 @@
         │   ├── UnbalancedTransactionError  postings do not sum to zero
         │   ├── TooFewPostingsError         fewer than two postings
         │   ├── ZeroPostingError            a posting of zero
+        │   ├── NonIntegerPostingError      an amount that is not an integer number of cents
         │   ├── InsufficientFundsError      an account would go below zero where it must not
         │   └── ImmutableLedgerError        an update or delete of a journal row (500)
         ├── PaymentError                 502 the payment rail (Stripe) failed or refused
@@ -155,6 +156,11 @@ class TooFewPostingsError(LedgerError):
 class ZeroPostingError(LedgerError):
     code = "ledger-zero-posting"
     title = "A posting is never zero"
+
+
+class NonIntegerPostingError(LedgerError):
+    code = "ledger-non-integer-posting"
+    title = "A posting is an integer number of minor units"
 
 
 class InsufficientFundsError(LedgerError):

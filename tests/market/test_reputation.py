@@ -112,3 +112,29 @@ def test_withdrawing_after_accepting_costs_reputation(
     rep = client.get(f"/v1/reputation/{p3.id}").json()
     assert [e["kind"] for e in rep["history"]] == ["refused-after-accept"]
     assert rep["score"] < 0.5
+
+
+def test_matching_scores_reputation_on_the_app_clock(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """Matching reads reputation at the service's time, not the machine's.
+
+    Issue 11: `reputation.scores` was called without `now`, so matching aged events by the
+    wall clock: a provider whose bad events had long decayed on the service's clock still
+    scored as if they were fresh (or, on a clock behind, events in the future never aged).
+    """
+    clock.now = datetime(2031, 1, 1, tzinfo=UTC)  # ahead of the machine's own clock
+    operator = admin(client)
+    p = register(client, "provider")
+    with _session(client) as s:
+        for i in range(5):
+            reputation.record(s, p.id, "invalid-submission", "bad", key=f"bad{i}", now=clock.now)
+        s.commit()
+    clock.advance(3 * 365 * 86400)  # 0.98**1095: the events are forgotten, score back to 0.5
+    r = client.post("/v1/listings", json=listing_body(), headers=p.headers)
+    assert r.status_code == 201, r.text
+    buyer = register(client, "buyer")
+    job_id = draft_job(client, buyer_keys, buyer, min_reputation=0.45)
+    fund(client, job_id, buyer, operator, 10_000)
+    offers = client.get("/v1/offers", headers=p.headers).json()
+    assert [o["job_id"] for o in offers] == [job_id]
