@@ -14,7 +14,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from market import ratelimit
 from market.api.deps import NowDep, SessionDep, SettingsDep
-from market.errors import AuthenticationError, NotFoundError, TooManyFailedAttemptsError
+from market.errors import (
+    AuthenticationError,
+    NotFoundError,
+    PermissionDeniedError,
+    TooManyFailedAttemptsError,
+)
 from market.models import Account
 from market.services import accounts
 from market.services import dashboard as pages
@@ -56,6 +61,21 @@ def _safe_next(target: str | None) -> str:
     return "/ui/account"
 
 
+def _same_origin(request: Request) -> None:
+    """Refuse a form posted from another site: login CSRF (signing a visitor into the
+    attacker's account) and forced sign-out. Browsers send `Sec-Fetch-Site` and `Origin` on
+    every cross-site POST; a client sending neither is not a browser another site drives."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise PermissionDeniedError("this form works only from the dashboard's own pages")
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise PermissionDeniedError("this form works only from the dashboard's own pages")
+
+
+SameOrigin = [Depends(_same_origin)]
+
+
 @router.get("", response_class=HTMLResponse)
 def marketplace(request: Request, viewer: Viewer, session: SessionDep, now: NowDep) -> Response:
     data = pages.marketplace(session, viewer, now=now)
@@ -69,7 +89,7 @@ def login_form(request: Request, viewer: Viewer, next: str | None = None) -> Res
     )
 
 
-@router.post("/login", response_class=HTMLResponse)
+@router.post("/login", response_class=HTMLResponse, dependencies=SameOrigin)
 def login(
     request: Request,
     session: SessionDep,
@@ -112,7 +132,7 @@ def login(
     return signed_in
 
 
-@router.post("/logout")
+@router.post("/logout", dependencies=SameOrigin)
 def logout() -> Response:
     response = RedirectResponse("/ui", status_code=303)
     response.delete_cookie(ui_session.COOKIE, path="/ui", httponly=True, samesite="strict")
