@@ -6,6 +6,7 @@ import ctypes
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -37,6 +38,25 @@ def return_large_buffers_to_the_os() -> bool:
         return False
 
 
+def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
+    """How uvicorn runs the app: `X-Forwarded-*` believed only from `trusted_proxies`.
+
+    uvicorn's own default believes `X-Forwarded-For` from 127.0.0.1, so any local client
+    (or a proxy on loopback passing client headers through) chose the address it is
+    counted under: rotating the header escaped the failed-key limit, spoofing the admin's
+    address put it over. With no trusted proxy the headers are ignored altogether.
+    """
+    trusted = settings.trusted_proxy_list
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=",".join(trusted) if trusted else "",
+    )
+
+
 def serve(*, data_dir: str, host: str, port: int, database_url: str | None = None) -> None:
     """Serve the API on host:port with data (SQLite file, blobs) under `data_dir`."""
     overrides: dict[str, object] = {"data_dir": Path(data_dir)}
@@ -48,4 +68,4 @@ def serve(*, data_dir: str, host: str, port: int, database_url: str | None = Non
     )
     if not return_large_buffers_to_the_os():
         log.info("could not set the allocator's mmap threshold; large buffers may linger")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port)).run()

@@ -60,15 +60,14 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def current_account(request: Request, session: SessionDep, credentials: Credentials) -> Account:
-    """The account whose key the request carries; failed keys count against its address."""
+    """The account whose key the request carries; wrong keys count against their address
+    (past the limit they get 429; a correct key always passes, see `market.ratelimit`)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthenticationError("send `Authorization: Bearer <api_key>`")
-    # Checked before the key is looked at: an address over the limit learns nothing.
-    ratelimit.check(request)
     try:
         account = accounts.authenticate(session, credentials.credentials)
     except AuthenticationError:
-        ratelimit.record_failure(request)
+        ratelimit.failed_authentication(request, session)
         raise
     # Give the connection back: the route runs on another worker thread (or awaits a body)
     # and takes one again when it needs it. Holding it across that hop starves the pool

@@ -17,6 +17,7 @@ from market.models.ledger import (
     LedgerReport,
     LedgerTransaction,
 )
+from market.models.limits import RateEvent, UploadClaim
 from market.models.listings import Listing, ListingCreate, ListingPublic, ListingUpdate
 from market.models.money import (
     ConnectedAccount,
@@ -77,6 +78,7 @@ __all__ = [
     "PayoutBatchPublic",
     "PayoutPublic",
     "ProviderEarnings",
+    "RateEvent",
     "Receipt",
     "ReputationEvent",
     "ReputationEventPublic",
@@ -87,4 +89,5 @@ __all__ = [
     "RoundSummary",
     "Submission",
     "SubmissionReceipt",
+    "UploadClaim",
 ]

@@ -102,18 +102,19 @@ def login(
     """Exchange an API key for a session cookie; a wrong key gets the form back (401)."""
     target = _safe_next(next)
     try:
-        # The same per-address limit as the API's bearer keys: the form is no side door.
-        ratelimit.check(request)
         account = accounts.authenticate(session, api_key.strip())
-    except TooManyFailedAttemptsError as exc:
-        refused = page(
-            request, "login.html", viewer=None, title="Sign in", status_code=429, next=target,
-            error=f"Too many failed sign-ins from this address. Try again in {exc.retry_after} s.",
-        )  # fmt: skip
-        refused.headers["Retry-After"] = str(exc.retry_after)
-        return refused
     except AuthenticationError:
-        ratelimit.record_failure(request)
+        try:
+            # The same per-address limit as the API's bearer keys: the form is no side door.
+            ratelimit.failed_authentication(request, session)
+        except TooManyFailedAttemptsError as exc:
+            refused = page(
+                request, "login.html", viewer=None, title="Sign in", status_code=429,
+                next=target, error="Too many failed sign-ins from this address. "
+                f"Try again in {exc.retry_after} s.",
+            )  # fmt: skip
+            refused.headers["Retry-After"] = str(exc.retry_after)
+            return refused
         log.info("dashboard sign-in refused from %s", ratelimit.client_address(request))
         return page(
             request, "login.html", viewer=None, title="Sign in", status_code=401, next=target,
