@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 
 from crypto import ContextError, PublicContext, get_preset
 from market import weights
-from market.blobs import BlobStore
+from market.blobs import BlobStore, TempBlob
 from market.errors import InvalidInputError, InvalidStateError, PermissionDeniedError
 from market.models import TERMINAL_JOB_STATES, Account, Job, JobCreate, Offer, Round
 from market.models.types import new_id
@@ -96,12 +96,13 @@ def put_context(session: Session, blobs: BlobStore, job: Job, data: bytes, *, no
 
 
 def put_initial_model(
-    session: Session, blobs: BlobStore, job: Job, data: bytes, *, now: datetime
+    session: Session, blobs: BlobStore, job: Job, upload: TempBlob, *, now: datetime
 ) -> Job:
+    """The initial model from a finished upload (moved into the store, never read whole)."""
     _require_draft(job)
-    count = weights.param_count(data)
+    count = weights.param_count_file(upload.path)
     key = f"jobs/{job.id}/models/round-0001.safetensors"
-    blobs.put_bytes(key, data)
+    blobs.put_temp(key, upload)
     job.model_key = key
     job.param_count = count
     job.updated_at = now
@@ -111,14 +112,14 @@ def put_initial_model(
 
 
 def put_final_model(
-    session: Session, blobs: BlobStore, job: Job, data: bytes, *, now: datetime
+    session: Session, blobs: BlobStore, job: Job, upload: TempBlob, *, now: datetime
 ) -> Job:
     if job.state not in ("running", "completed"):
         raise InvalidStateError(f"job is {job.state}")
-    if weights.param_count(data) != job.param_count:
+    if weights.param_count_file(upload.path) != job.param_count:
         raise InvalidInputError(f"the model must have {job.param_count} parameters")
     key = f"jobs/{job.id}/models/final.safetensors"
-    blobs.put_bytes(key, data)
+    blobs.put_temp(key, upload)
     job.final_model_key = key
     job.updated_at = now
     session.add(job)

@@ -17,6 +17,7 @@ from market.api.deps import (
     SettingsDep,
     binary_body,
     read_body,
+    streamed_upload,
 )
 from market.errors import NotFoundError
 from market.models import JobCreate, JobPublic, PaymentPublic
@@ -91,8 +92,10 @@ async def put_model(
     now: NowDep,
 ) -> JobPublic:
     job = await run_in_threadpool(access.owned_job, session, job_id, account)
-    data = await read_body(request, settings.max_model_bytes)
-    job = await run_in_threadpool(jobs.put_initial_model, session, blobs, job, data, now=now)
+    async with streamed_upload(
+        request, blobs, settings.max_model_bytes, idle_timeout_s=settings.upload_idle_timeout_s
+    ) as upload:
+        job = await run_in_threadpool(jobs.put_initial_model, session, blobs, job, upload, now=now)
     return await run_in_threadpool(views.job_public, session, job, account)
 
 
@@ -111,8 +114,10 @@ async def put_final_model(
     now: NowDep,
 ) -> JobPublic:
     job = await run_in_threadpool(access.owned_job, session, job_id, account)
-    data = await read_body(request, settings.max_model_bytes)
-    job = await run_in_threadpool(jobs.put_final_model, session, blobs, job, data, now=now)
+    async with streamed_upload(
+        request, blobs, settings.max_model_bytes, idle_timeout_s=settings.upload_idle_timeout_s
+    ) as upload:
+        job = await run_in_threadpool(jobs.put_final_model, session, blobs, job, upload, now=now)
     return await run_in_threadpool(views.job_public, session, job, account)
 
 

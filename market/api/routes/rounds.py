@@ -22,7 +22,7 @@ from market.api.deps import (
     SessionDep,
     SettingsDep,
     binary_body,
-    read_body,
+    streamed_upload,
 )
 from market.blobs import BlobStore, TempBlob, receive
 from market.db import ConnectionTurn
@@ -92,8 +92,12 @@ async def publish_model(
 ) -> RoundPublic:
     """Publish the next global model: the previous (closed) round becomes `published`."""
     job = await run_in_threadpool(access.owned_job, session, job_id, account)
-    data = await read_body(request, settings.max_model_bytes)
-    rnd = await run_in_threadpool(rounds.publish_model, session, blobs, job, number, data, now=now)
+    async with streamed_upload(
+        request, blobs, settings.max_model_bytes, idle_timeout_s=settings.upload_idle_timeout_s
+    ) as upload:
+        rnd = await run_in_threadpool(
+            rounds.publish_model, session, blobs, job, number, upload, now=now
+        )
     return await run_in_threadpool(views.round_public, session, job, rnd, account)
 
 
