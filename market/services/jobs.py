@@ -11,13 +11,16 @@ from sqlmodel import Session, col, select
 from crypto import ContextError, PublicContext, get_preset
 from market import weights
 from market.blobs import BlobStore, TempBlob
+from market.config import Settings
 from market.errors import InvalidInputError, InvalidStateError, PermissionDeniedError
 from market.models import TERMINAL_JOB_STATES, Account, Job, JobCreate, Offer, Round
 from market.models.types import new_id
-from market.services import settlement
+from market.services import quotas, settlement
 from market.services.rounds import find_round, withdraw_pending_offers
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_DRAFTS: int = Settings.model_fields["max_draft_jobs_per_buyer"].default
 
 
 def create_job(
@@ -27,7 +30,9 @@ def create_job(
     *,
     now: datetime,
     allow_plaintext: bool = False,
+    max_drafts: int = DEFAULT_MAX_DRAFTS,
 ) -> Job:
+    """Post a job in `draft`, within the buyer's quota of drafts (409 past it)."""
     if buyer.role != "buyer":
         raise PermissionDeniedError("only buyers post jobs")
     preset = get_preset(spec.preset)
@@ -41,6 +46,7 @@ def create_job(
             f"preset {preset.id} sums at most {preset.max_summands} updates: "
             f"max_providers must not exceed it"
         )
+    quotas.reserve_draft_job(session, buyer.id, limit=max_drafts)
     job = Job(
         id=new_id("job"),
         buyer_id=buyer.id,

@@ -31,7 +31,12 @@ def create(
     body: JobCreate, account: BuyerAccount, session: SessionDep, now: NowDep, settings: SettingsDep
 ) -> JobPublic:
     job = jobs.create_job(
-        session, account, body, now=now, allow_plaintext=settings.allow_plaintext_jobs
+        session,
+        account,
+        body,
+        now=now,
+        allow_plaintext=settings.allow_plaintext_jobs,
+        max_drafts=settings.max_draft_jobs_per_buyer,
     )
     return views.job_public(session, job, account)
 
