@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -69,7 +70,9 @@ def _same_origin(request: Request) -> None:
     if site is not None and site not in ("same-origin", "none"):
         raise PermissionDeniedError("this form works only from the dashboard's own pages")
     origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+    # The host only: behind a TLS proxy not listed in POLLEN_TRUSTED_PROXIES the server sees
+    # http while the browser says https, and that is still the dashboard's own page.
+    if origin is not None and urlsplit(origin).netloc != request.url.netloc:
         raise PermissionDeniedError("this form works only from the dashboard's own pages")
 
 
