@@ -21,7 +21,9 @@ from sqlmodel import Session, func, select
 
 from crypto import BuyerKeys
 from market import Settings, create_app
+from market.errors import UploadInProgressError
 from market.models import Account, Job, Listing, Submission, UploadClaim
+from market.services import uploads
 from tests.utils.clock import FakeClock
 from tests.utils.factories import ADMIN_KEY, job_body, listing_body, register
 from tests.utils.scenario import running_job
@@ -309,3 +311,27 @@ def test_a_stale_claim_is_taken_over(
     clock.advance(app.state.settings.upload_idle_timeout_s + 1)
     assert scn.submit(provider, 1).status_code == 201
     assert _count(client, UploadClaim) == 0
+
+
+def test_claims_renew_release_and_take_over_only_what_is_theirs(
+    client: TestClient, clock: FakeClock
+) -> None:
+    """A heartbeat keeps a claim live past the idle timeout; a stale one is taken over; the
+    old holder's release then leaves the new holder's claim alone."""
+    app: Any = client.app
+    slot = {"job_id": "job_x", "number": 1, "provider_id": "prv_x"}
+    idle = 30.0
+    with Session(app.state.engine) as s:
+        first = uploads.claim(s, **slot, now=clock.now, stale_after_s=idle)
+        clock.advance(idle - 1)
+        uploads.heartbeat(s, **slot, token=first, now=clock.now)
+        clock.advance(idle - 1)  # 58 s after the claim, 29 s after its heartbeat: still live
+        with pytest.raises(UploadInProgressError):
+            uploads.claim(s, **slot, now=clock.now, stale_after_s=idle)
+        clock.advance(2)
+        second = uploads.claim(s, **slot, now=clock.now, stale_after_s=idle)
+        uploads.release(s, **slot, token=first)  # the dead holder comes back: no effect
+        with pytest.raises(UploadInProgressError):
+            uploads.claim(s, **slot, now=clock.now, stale_after_s=idle)
+        uploads.release(s, **slot, token=second)
+        assert uploads.claim(s, **slot, now=clock.now, stale_after_s=idle)
