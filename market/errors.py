@@ -132,8 +132,15 @@ class QuotaExceededError(ConflictError):
 
 
 class UploadInProgressError(ConflictError):
+    """`retry_after` (seconds) becomes `Retry-After`: by then the other upload has ended or
+    its claim has gone stale."""
+
     code = "upload-in-progress"
     title = "An upload for this round is already under way"
+
+    def __init__(self, message: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **extra)
+        self.retry_after = retry_after
 
 
 class InvalidStateError(ConflictError):

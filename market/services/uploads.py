@@ -16,13 +16,14 @@ decided in `submissions.submit`'s locked section.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from market.errors import UploadInProgressError
 from market.models import UploadClaim
@@ -75,9 +76,13 @@ def claim(
             "took over a stale upload claim on %s round %d for %s", job_id, number, provider_id
         )
         return token
+    slot = _slot(job_id, number, provider_id)
+    beat = session.exec(select(UploadClaim.heartbeat_at).where(*slot)).first()
+    wait = (beat - cutoff).total_seconds() if beat is not None else 1.0
     raise UploadInProgressError(
         f"an upload of this provider for round {number} is already under way; "
-        "wait for it to finish (its result is final)",
+        "try again once it has ended (if it lands, the next try is answered as a duplicate)",
+        retry_after=max(1, math.ceil(wait)),
         round=number,
     )
 

@@ -308,6 +308,7 @@ def test_a_stale_claim_is_taken_over(
         s.commit()
     r = scn.submit(provider, 1)
     _problem(r, 409, "upload-in-progress")
+    assert int(r.headers["Retry-After"]) == app.state.settings.upload_idle_timeout_s
     clock.advance(app.state.settings.upload_idle_timeout_s + 1)
     assert scn.submit(provider, 1).status_code == 201
     assert _count(client, UploadClaim) == 0
