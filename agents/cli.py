@@ -23,6 +23,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agents.data import DataError
@@ -87,15 +88,13 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ApiError as exc:
-            err_console.print(f"[red]error:[/red] {exc}")
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         except ServerUnreachableError as exc:
-            from rich.markup import escape
-
             err_console.print(
                 f"[red]error:[/red] {escape(str(exc))}; state is saved, run again to resume"
             )
         except (PollenError, DataError, FileNotFoundError, ValueError) as exc:
-            err_console.print(f"[red]error:[/red] {exc}")
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         except KeyboardInterrupt:
             err_console.print("interrupted; state is saved, run the same command to resume")
         raise typer.Exit(1)
@@ -162,7 +161,7 @@ def keys_init(
 
     pair = BuyerKeys.generate(preset)
     pair.save(keys)
-    console.print(f"secret key written to [bold]{keys}[/bold] (mode 0600, never sent)")
+    console.print(f"secret key written to [bold]{escape(str(keys))}[/bold] (mode 0600, never sent)")
     console.print(f"public fingerprint {pair.fingerprint}")
 
 
@@ -190,7 +189,7 @@ def account_register(
     from agents.client import PollenClient
 
     created = PollenClient(server, None).register(role=role, name=name)
-    console.print(f"account {created['id']} ({created['role']})")
+    console.print(f"account {escape(created['id'])} ({escape(created['role'])})")
     console.print(f"API key (shown once): [bold]{created['api_key']}[/bold]")
 
 
@@ -231,8 +230,8 @@ def job_post(
     from crypto import BuyerKeys
 
     job = post_job(_client(server, api_key), BuyerKeys.load(keys), load_spec(spec_file))
-    console.print(f"job [bold]{job['id']}[/bold] is {job['state']}")
-    console.print(f"next: pollen job run {job['id']} --test YOUR_HELD_OUT.csv")
+    console.print(f"job [bold]{escape(job['id'])}[/bold] is {escape(job['state'])}")
+    console.print(f"next: pollen job run {escape(job['id'])} --test YOUR_HELD_OUT.csv")
 
 
 @job_app.command("run")
@@ -285,7 +284,10 @@ def job_run(
     )
     outcome = run.run()
     console.print(
-        f"job {job_id} {outcome.state}; model {outcome.model_path}, metrics {outcome.metrics_path}"
+        escape(
+            f"job {job_id} {outcome.state}; model {outcome.model_path}, "
+            f"metrics {outcome.metrics_path}"
+        )
     )
 
 
@@ -303,7 +305,7 @@ def job_status(
         console.print_json(json.dumps(job))
         return
     console.print(
-        f"[bold]{job['id']}[/bold] {job['title']!r}: {job['state']} "
+        f"[bold]{escape(job['id'])}[/bold] {escape(repr(job['title']))}: {escape(job['state'])} "
         f"(round {job['current_round']}/{job['rounds_total']})"
     )
     table = Table("round", "state", "attempt", "submitted", "accuracy", "loss")
@@ -311,7 +313,7 @@ def job_status(
         m = r.get("metrics") or {}
         table.add_row(
             str(r["round"]),
-            r["state"],
+            escape(r["state"]),
             str(r["attempt"]),
             str(r["submitted"]),
             f"{m['accuracy']:.4f}" if "accuracy" in m else "",
@@ -434,8 +436,6 @@ def agent_run(
 
 
 def _say(name: str, message: str) -> None:
-    from rich.markup import escape
-
     # Escaped: "[provider-0]" or an "[Errno 111]" in a message would be eaten as markup.
     console.print(escape(f"[{name}] {message}"), highlight=False)
 
@@ -462,7 +462,9 @@ def admin_credit(
 ) -> None:
     """Manual rail: credit a job's funding after the money arrived by other means."""
     credit = _client(server, api_key).credit_job(job_id, amount_cents)
-    console.print(f"credited {amount_cents} to {job_id}: job is {credit['job_state']}")
+    console.print(
+        f"credited {amount_cents} to {escape(job_id)}: job is {escape(credit['job_state'])}"
+    )
 
 
 # ---------------------------------------------------------------------------- demo

@@ -365,11 +365,26 @@ class PollenClient:
         result: Json = self._json("PUT", path, content=model)
         return result
 
-    def submit(self, job_id: str, number: int, envelope: Upload) -> Json:
-        """Upload an encrypted update; a duplicate raises ApiError(409) with `body["first"]`."""
+    def submit(
+        self, job_id: str, number: int, envelope: Upload, *, in_progress_wait_s: float = 120.0
+    ) -> Json:
+        """Upload an encrypted update; a duplicate raises ApiError(409) with `body["first"]`.
+
+        While an earlier upload of ours is still under way on the server (one cut off by a
+        crash or a timeout: 409 `upload-in-progress`), wait as told and send again, for up to
+        `in_progress_wait_s`; the earlier one either lands (the retry is then a duplicate)
+        or its claim goes stale."""
         path = f"/v1/jobs/{job_id}/rounds/{number}/submission"
-        result: Json = self._json("PUT", path, content=envelope)
-        return result
+        give_up = time.monotonic() + in_progress_wait_s
+        while True:
+            try:
+                result: Json = self._json("PUT", path, content=envelope)
+                return result
+            except ApiError as exc:
+                if exc.code != "upload-in-progress" or time.monotonic() >= give_up:
+                    raise
+                wait = float(exc.body.get("retry_after") or 1)
+                time.sleep(min(max(wait, 0.2), max(give_up - time.monotonic(), 0.0), 10.0))
 
     def get_aggregate(self, job_id: str, number: int) -> bytes:
         return self._bytes(f"/v1/jobs/{job_id}/rounds/{number}/aggregate")

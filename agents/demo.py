@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agents.buyer import BuyerRun, RoundReport, post_job
@@ -188,7 +189,9 @@ def run_demo(
         server = start_server(data_dir, port, admin_key, extra_env=rail.env)
         stack.callback(stop, server)
         wait_ready(url, server)
-        console.print(f"marketplace on {url} (SQLite + blobs in {data_dir}/, {rail.name} rail)")
+        console.print(
+            escape(f"marketplace on {url} (SQLite + blobs in {data_dir}/, {rail.name} rail)")
+        )
         console.print(f"dashboard live at {url}/ui while the demo runs")
 
         keys = BuyerKeys.generate()
@@ -199,7 +202,9 @@ def run_demo(
         admin = PollenClient(url, admin_key)
         spec = job_spec(rounds, providers, split.schema.model_dump())
         job = post_job(buyer, keys, spec)
-        console.print(f"buyer posted job {job['id']} (fingerprint {keys.fingerprint[:16]}…)")
+        console.print(
+            escape(f"buyer posted job {job['id']} (fingerprint {keys.fingerprint[:16]}…)")
+        )
         fund(rail, url, buyer, admin, job, console)
 
         agents = []
@@ -214,7 +219,7 @@ def run_demo(
             )
             stack.callback(stop, proc)
             agents.append(proc)
-        console.print(f"{providers} provider agents started (logs in {data_dir}/agents/)")
+        console.print(escape(f"{providers} provider agents started (logs in {data_dir}/agents/)"))
 
         def show(r: RoundReport) -> None:
             console.print(
@@ -272,7 +277,7 @@ def run_demo(
             n_classes=n_classes,
         )
 
-        table = Table(title=f"Job {job['id']}: accuracy on the buyer's held-out data")
+        table = Table(title=escape(f"Job {job['id']}: accuracy on the buyer's held-out data"))
         table.add_column("round", justify="right")
         table.add_column("encrypted (Pollen)", justify="right")
         table.add_column("plaintext FedAvg (same DP)", justify="right")
@@ -304,7 +309,9 @@ def run_demo(
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
         console.print(
-            f"model: {outcome.model_path}; metrics: {outcome.metrics_path}; figures: {RESULTS}"
+            escape(
+                f"model: {outcome.model_path}; metrics: {outcome.metrics_path}; figures: {RESULTS}"
+            )
         )
         console.print(f"demo finished in {figures['seconds']}s")
         console.rule("[bold]Dashboard")
@@ -334,13 +341,15 @@ def show_dashboard(
     table.add_column("account")
     table.add_column("API key")
     for who, key in sign_ins.items():
-        table.add_row(who, key)
+        table.add_row(escape(who), escape(key))
     console.print(table)
     if not live:
         console.print(
-            "the demo's server has stopped; to look again: "
-            f"`pollen server --data-dir {data_dir} --port {port}` and open {url}/ui, "
-            "or run `pollen demo --keep-serving`"
+            escape(
+                "the demo's server has stopped; to look again: "
+                f"`pollen server --data-dir {data_dir} --port {port}` and open {url}/ui, "
+                "or run `pollen demo --keep-serving`"
+            )
         )
 
 

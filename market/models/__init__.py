@@ -17,6 +17,7 @@ from market.models.ledger import (
     LedgerReport,
     LedgerTransaction,
 )
+from market.models.limits import RateEvent, UploadClaim
 from market.models.listings import Listing, ListingCreate, ListingPublic, ListingUpdate
 from market.models.money import (
     ConnectedAccount,
@@ -81,6 +82,7 @@ __all__ = [
     "PrivacyReportCreate",
     "PrivacyReportPublic",
     "ProviderEarnings",
+    "RateEvent",
     "Receipt",
     "ReputationEvent",
     "ReputationEventPublic",
@@ -91,4 +93,5 @@ __all__ = [
     "RoundSummary",
     "Submission",
     "SubmissionReceipt",
+    "UploadClaim",
 ]

@@ -91,6 +91,11 @@ class RoundPublic(BaseModel):
     close_reason: str | None
 
 
+# A loss beyond this is a diverged model or a hostile post, not a figure worth charting
+# (1.7e308 once overflowed the dashboard's chart ticks and broke the job page).
+MAX_LOSS = 1e9
+
+
 class MetricsCreate(Strict):
-    loss: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    loss: Annotated[float, Field(ge=0, le=MAX_LOSS, allow_inf_nan=False)]
     accuracy: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]

@@ -10,15 +10,18 @@ from sqlmodel import Session, col, select
 
 from crypto import ContextError, PublicContext, get_preset
 from market import weights
-from market.blobs import BlobStore
+from market.blobs import BlobStore, TempBlob
+from market.config import Settings
 from market.errors import InvalidInputError, InvalidStateError, PermissionDeniedError
 from market.models import TERMINAL_JOB_STATES, Account, Job, JobCreate, Offer, Round
 from market.models.types import new_id
-from market.services import settlement
+from market.services import quotas, settlement
 from market.services.locks import locked_job
 from market.services.rounds import find_round, withdraw_pending_offers
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_DRAFTS: int = Settings.model_fields["max_draft_jobs_per_buyer"].default
 
 
 def create_job(
@@ -28,7 +31,9 @@ def create_job(
     *,
     now: datetime,
     allow_plaintext: bool = False,
+    max_drafts: int = DEFAULT_MAX_DRAFTS,
 ) -> Job:
+    """Post a job in `draft`, within the buyer's quota of drafts (409 past it)."""
     if buyer.role != "buyer":
         raise PermissionDeniedError("only buyers post jobs")
     preset = get_preset(spec.preset)
@@ -42,6 +47,7 @@ def create_job(
             f"preset {preset.id} sums at most {preset.max_summands} updates: "
             f"max_providers must not exceed it"
         )
+    quotas.reserve_draft_job(session, buyer.id, limit=max_drafts)
     job = Job(
         id=new_id("job"),
         buyer_id=buyer.id,
@@ -97,12 +103,13 @@ def put_context(session: Session, blobs: BlobStore, job: Job, data: bytes, *, no
 
 
 def put_initial_model(
-    session: Session, blobs: BlobStore, job: Job, data: bytes, *, now: datetime
+    session: Session, blobs: BlobStore, job: Job, upload: TempBlob, *, now: datetime
 ) -> Job:
+    """The initial model from a finished upload (moved into the store, never read whole)."""
     _require_draft(job)
-    count = weights.param_count(data)
+    count = weights.param_count_file(upload.path)
     key = f"jobs/{job.id}/models/round-0001.safetensors"
-    blobs.put_bytes(key, data)
+    blobs.put_temp(key, upload)
     job.model_key = key
     job.param_count = count
     job.updated_at = now
@@ -112,14 +119,14 @@ def put_initial_model(
 
 
 def put_final_model(
-    session: Session, blobs: BlobStore, job: Job, data: bytes, *, now: datetime
+    session: Session, blobs: BlobStore, job: Job, upload: TempBlob, *, now: datetime
 ) -> Job:
     if job.state not in ("running", "completed"):
         raise InvalidStateError(f"job is {job.state}")
-    if weights.param_count(data) != job.param_count:
+    if weights.param_count_file(upload.path) != job.param_count:
         raise InvalidInputError(f"the model must have {job.param_count} parameters")
     key = f"jobs/{job.id}/models/final.safetensors"
-    blobs.put_bytes(key, data)
+    blobs.put_temp(key, upload)
     job.final_model_key = key
     job.updated_at = now
     session.add(job)

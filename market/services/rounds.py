@@ -23,7 +23,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from market import weights
-from market.blobs import BlobStore
+from market.blobs import BlobStore, TempBlob
 from market.errors import InvalidInputError, InvalidStateError, NotFoundError
 from market.models import Job, Offer, Round, Submission
 from market.models.types import new_id
@@ -225,10 +225,10 @@ def tick(session: Session, *, now: datetime) -> int:
 
 
 def publish_model(
-    session: Session, blobs: BlobStore, job: Job, number: int, data: bytes, *, now: datetime
+    session: Session, blobs: BlobStore, job: Job, number: int, upload: TempBlob, *, now: datetime
 ) -> Round:
     """The buyer's global model for round `number` (> 1): publishes the previous round."""
-    if weights.param_count(data) != job.param_count:
+    if weights.param_count_file(upload.path) != job.param_count:
         raise InvalidInputError(f"the model must have {job.param_count} parameters")
     with locked_job(session, job.id) as job:
         if job.state != "running":
@@ -242,7 +242,7 @@ def publish_model(
         if prev.state != "closed":
             raise InvalidStateError(f"round {prev.number} is {prev.state}, not closed")
         key = f"jobs/{job.id}/models/round-{number:04d}.safetensors"
-        blobs.put_bytes(key, data)
+        blobs.put_temp(key, upload)
         prev.state = "published"
         session.add(prev)
         job.current_round = number

@@ -34,7 +34,7 @@ from agents.models import ModelSpec, build_model
 from agents.optim import FedAvg
 from agents.provider import train_seed
 from agents.training import compute_update, train_local
-from crypto import BuyerKeys
+from crypto import Accumulator, BuyerKeys
 from market.db import make_engine
 from market.models import Round, Submission
 from tests.utils import postgres
@@ -186,9 +186,16 @@ class Market:
         finally:
             engine.dispose()
 
-    def envelope_blobs(self, number: int, provider_id: str) -> list[Path]:
-        folder = self.server.data_dir / "blobs" / "jobs" / self.job_id / "rounds"
-        return sorted((folder / f"{number:04d}" / "envelopes").glob(f"{provider_id}-*.bin"))
+    def sum_members(self, number: int) -> list[str]:
+        """The providers the round's persisted sum itself lists (its header), in order."""
+        key, _ = self.accumulator(number)
+        assert key is not None
+        data = (self.server.data_dir / "blobs" / key).read_bytes()
+        return Accumulator.from_bytes(data).provider_ids
+
+    def stored_envelopes(self) -> list[Path]:
+        """Individual envelopes in the blob store (none: a sum holds them)."""
+        return sorted((self.server.data_dir / "blobs" / "jobs").glob("*/rounds/*/envelopes/*"))
 
     def partial_uploads(self) -> list[Path]:
         return sorted((self.server.data_dir / "blobs" / ".tmp").glob("upload-*"))
@@ -340,7 +347,7 @@ def test_agent_killed_mid_training_resumes_and_submits_once(market_factory: Any)
 
     assert_completed_once_each(market)
     assert market.submissions().count((1, victim)) == 1
-    assert len(market.envelope_blobs(1, victim)) == 1
+    assert market.sum_members(1).count(victim) == 1 and market.stored_envelopes() == []
     assert market.round(1)["included"] == sorted(market.provider_id(i) for i in range(3))
     text = log.text()
     assert text.count("round 1: training") == 2 and text.count("round 1: submitted") == 1
@@ -377,7 +384,7 @@ def test_agent_killed_mid_upload_leaves_nothing_and_resends_once(market_factory:
 
     assert_completed_once_each(market)
     assert market.submissions().count((1, victim)) == 1
-    assert len(market.envelope_blobs(1, victim)) == 1
+    assert market.sum_members(1).count(victim) == 1 and market.stored_envelopes() == []
     # The restarted agent re-sent the very bytes it had prepared before the kill.
     recorded = market.agent_state(0)["jobs"][market.job_id]["submitted"]["1"]
     assert recorded == hashlib.sha256(in_flight).hexdigest()

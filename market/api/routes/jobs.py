@@ -17,6 +17,7 @@ from market.api.deps import (
     SettingsDep,
     binary_body,
     read_body,
+    streamed_upload,
 )
 from market.errors import NotFoundError
 from market.models import JobCreate, JobPublic, PaymentPublic
@@ -30,7 +31,12 @@ def create(
     body: JobCreate, account: BuyerAccount, session: SessionDep, now: NowDep, settings: SettingsDep
 ) -> JobPublic:
     job = jobs.create_job(
-        session, account, body, now=now, allow_plaintext=settings.allow_plaintext_jobs
+        session,
+        account,
+        body,
+        now=now,
+        allow_plaintext=settings.allow_plaintext_jobs,
+        max_drafts=settings.max_draft_jobs_per_buyer,
     )
     return views.job_public(session, job, account)
 
@@ -91,8 +97,10 @@ async def put_model(
     now: NowDep,
 ) -> JobPublic:
     job = await run_in_threadpool(access.owned_job, session, job_id, account)
-    data = await read_body(request, settings.max_model_bytes)
-    job = await run_in_threadpool(jobs.put_initial_model, session, blobs, job, data, now=now)
+    async with streamed_upload(
+        request, blobs, settings.max_model_bytes, idle_timeout_s=settings.upload_idle_timeout_s
+    ) as upload:
+        job = await run_in_threadpool(jobs.put_initial_model, session, blobs, job, upload, now=now)
     return await run_in_threadpool(views.job_public, session, job, account)
 
 
@@ -111,8 +119,10 @@ async def put_final_model(
     now: NowDep,
 ) -> JobPublic:
     job = await run_in_threadpool(access.owned_job, session, job_id, account)
-    data = await read_body(request, settings.max_model_bytes)
-    job = await run_in_threadpool(jobs.put_final_model, session, blobs, job, data, now=now)
+    async with streamed_upload(
+        request, blobs, settings.max_model_bytes, idle_timeout_s=settings.upload_idle_timeout_s
+    ) as upload:
+        job = await run_in_threadpool(jobs.put_final_model, session, blobs, job, upload, now=now)
     return await run_in_threadpool(views.job_public, session, job, account)
 
 
