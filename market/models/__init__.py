@@ -42,6 +42,7 @@ from market.models.rounds import (
     SubmissionReceipt,
 )
 from market.models.schema import DatasetSchema, FeatureSpec, LabelSpec
+from market.models.translog import IdentityKey, LogLeaf
 
 __all__ = [
     "LIVE_OFFER_STATES",
@@ -56,6 +57,7 @@ __all__ = [
     "CreditPublic",
     "DatasetSchema",
     "FeatureSpec",
+    "IdentityKey",
     "Job",
     "JobCreate",
     "JobPublic",
@@ -68,6 +70,7 @@ __all__ = [
     "ListingCreate",
     "ListingPublic",
     "ListingUpdate",
+    "LogLeaf",
     "MetricsCreate",
     "Offer",
     "OfferPublic",
