@@ -105,7 +105,6 @@ def put_manifest(
         "param_count": job.param_count,
         "preset": job.preset_id,
         "quorum": job.quorum,
-        "spec": job.spec,
     }
     for name, value in facts.items():
         if body.get(name) != value:

@@ -1,4 +1,4 @@
-"""trust: the transparency log's leaves and accounts' identity keys
+"""trust: the transparency log's leaves, accounts' identity keys, the hash of each round's sum
 
 Revision ID: 0009
 Revises: 0006
@@ -60,6 +60,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("account_id"),
         sa.UniqueConstraint("fingerprint"),
     )
+    op.add_column("round", sa.Column("acc_sha256", _S(length=64), nullable=True))
     for stmt in _PG if op.get_bind().dialect.name == "postgresql" else _SQLITE:
         op.execute(stmt)
 
@@ -68,6 +69,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS log_leaf_immutable ON log_leaf")
         op.execute("DROP FUNCTION IF EXISTS log_leaf_immutable()")
+    op.drop_column("round", "acc_sha256")
     op.drop_table("identity_key")
     op.drop_index(op.f("ix_log_leaf_account_id"), table_name="log_leaf")
     op.drop_index(op.f("ix_log_leaf_job_id"), table_name="log_leaf")
