@@ -178,14 +178,13 @@ class Trust:
         if ctx.fingerprint != manifest["context_fingerprint"]:
             raise TrustError(
                 f"the context served for job {manifest['job_id']} has fingerprint "
-                f"{ctx.fingerprint[:16]}…, the buyer signed {manifest['context_fingerprint'][:16]}…: "
+                f"{ctx.fingerprint[:16]}…, the buyer signed "
+                f"{manifest['context_fingerprint'][:16]}…: "
                 "refusing to encrypt under it (key substitution)"
             )
         return ctx
 
-    def check_model(
-        self, client: PollenClient, manifest: Json, number: int, model: bytes
-    ) -> None:
+    def check_model(self, client: PollenClient, manifest: Json, number: int, model: bytes) -> None:
         digest = hashlib.sha256(model).hexdigest()
         job_id = str(manifest["job_id"])
         if number == 1:

@@ -28,9 +28,9 @@ from market.errors import InvalidInputError, InvalidStateError, NotFoundError
 from market.models import Job, Offer, Round, Submission
 from market.models.types import new_id
 from market.services import settlement, trust
-from market.translog import current
 from market.services.locks import job_unless_busy, locked_job, locked_round
 from market.services.matching import run_matching
+from market.translog import current
 
 log = logging.getLogger(__name__)
 

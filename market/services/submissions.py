@@ -41,6 +41,7 @@ from crypto import (
     get_preset,
     validate_envelope,
 )
+from market import translog
 from market.blobs import BlobStore, TempBlob
 from market.db import PerLoop
 from market.errors import (
@@ -51,7 +52,6 @@ from market.errors import (
 )
 from market.models import Account, Job, Round, Submission, SubmissionReceipt
 from market.models.types import new_id
-from market import translog
 from market.services import access, reputation, trust
 from market.services.locks import locked_job, locked_round
 from market.services.rounds import check_round, load_round

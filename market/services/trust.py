@@ -211,8 +211,13 @@ def log_accepted(
 
 
 def log_round_closed(
-    session: Session, key: IdentityKey, job: Job, rnd: Round, aggregate_sha256: str | None,
-    *, now: datetime,
+    session: Session,
+    key: IdentityKey,
+    job: Job,
+    rnd: Round,
+    aggregate_sha256: str | None,
+    *,
+    now: datetime,
 ) -> LogLeaf:
     body = {
         "job_id": job.id,

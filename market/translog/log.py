@@ -66,8 +66,9 @@ def append(
         )
 
 
-def append_ledger(session: Session, txn_hash: str, body: str, *, job_id: str | None,
-                  now: datetime) -> LogLeaf:
+def append_ledger(
+    session: Session, txn_hash: str, body: str, *, job_id: str | None, now: datetime
+) -> LogLeaf:
     """The leaf of one ledger transaction; called by `journal.post` under its lock."""
     doc = {"kind": "ledger", "hash": txn_hash, "txn": json.loads(body)}
     return _append_locked(session, "ledger", doc, now=now, job_id=job_id)
@@ -114,7 +115,10 @@ def consistency(session: Session, first: int, second: int) -> list[str]:
 
 
 def leaves_of(
-    session: Session, *, job_id: str | None = None, kind: str | None = None,
+    session: Session,
+    *,
+    job_id: str | None = None,
+    kind: str | None = None,
     account_id: str | None = None,
 ) -> list[LogLeaf]:
     stmt = select(LogLeaf).order_by(col(LogLeaf.index))

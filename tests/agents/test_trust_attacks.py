@@ -19,7 +19,7 @@ from agents.provider import ProviderAgent
 from crypto import BuyerKeys
 from crypto.identity import IdentityKey
 from tests.utils.clock import FakeClock
-from tests.utils.factories import SCHEMA, admin, job_body, listing_body, register
+from tests.utils.factories import SCHEMA, admin, job_body, register
 
 Rewrite = Callable[[httpx.Request, httpx.Response], httpx.Response]
 

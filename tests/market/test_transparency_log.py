@@ -46,7 +46,9 @@ def _rewrite_settlement(client: TestClient, cents: int) -> None:
                     {"t": table},
                 ).all():
                     conn.execute(text(f"DROP TRIGGER {row[0]}"))
-        txn = conn.execute(text("SELECT id FROM ledger_txn WHERE kind='settle' ORDER BY seq")).first()
+        txn = conn.execute(
+            text("SELECT id FROM ledger_txn WHERE kind='settle' ORDER BY seq")
+        ).first()
         assert txn is not None
         legs = conn.execute(
             text("SELECT id, account, amount FROM ledger_posting WHERE txn_id=:t"), {"t": txn[0]}
@@ -78,8 +80,10 @@ def _rewrite_settlement(client: TestClient, cents: int) -> None:
             doc = json.loads(leaf.payload)
             h, body = hashes[doc["txn"]["id"]]
             payload = canonical({"kind": "ledger", "hash": h, "txn": json.loads(body)}).decode()
-            conn.execute(text('UPDATE log_leaf SET payload=:p, leaf_hash=:h WHERE "index"=:i'),
-                         {"p": payload, "h": leaf_hash(payload.encode()).hex(), "i": leaf.index})  # fmt: skip
+            new = {"p": payload, "h": leaf_hash(payload.encode()).hex(), "i": leaf.index}
+            conn.execute(
+                text('UPDATE log_leaf SET payload=:p, leaf_hash=:h WHERE "index"=:i'), new
+            )
 
 
 def test_rewritten_settlement_is_caught_by_every_saved_head(

@@ -125,7 +125,9 @@ def register_identity(
 ) -> Identity:
     """Register this account's Ed25519 key (a self-signed identity record); never replaced."""
     row = trust.register_identity(session, account, record, now=now)
-    return Identity(account_id=row.account_id, public_key=row.public_key, fingerprint=row.fingerprint)
+    return Identity(
+        account_id=row.account_id, public_key=row.public_key, fingerprint=row.fingerprint
+    )
 
 
 @router.get("/v1/accounts/{account_id}/identity", response_model=Identity)
@@ -133,4 +135,6 @@ def get_identity(account_id: str, account: CurrentAccount, session: SessionDep) 
     row = trust.identity_of(session, account_id)
     if row is None:
         raise NotFoundError(f"account {account_id} has no identity key")
-    return Identity(account_id=row.account_id, public_key=row.public_key, fingerprint=row.fingerprint)
+    return Identity(
+        account_id=row.account_id, public_key=row.public_key, fingerprint=row.fingerprint
+    )
