@@ -23,6 +23,7 @@ from agents.demo import free_port, job_spec, start_agent, start_server, stop, wa
 from agents.experiment import load_digits_split
 from agents.state import StateFile
 from crypto import BuyerKeys
+from crypto.identity import IdentityKey
 from tests.utils.browser import DESKTOP, PHONE, launch, overflows, require_browser, screenshot
 
 pytestmark = pytest.mark.e2e
@@ -71,7 +72,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
         buyer = PollenClient(url, buyer_key)
         spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
         spec["round_deadline_s"] = 120
-        job = post_job(buyer, keys, spec)
+        job = post_job(buyer, keys, spec, identity=IdentityKey.generate())
         admin = PollenClient(url, admin_key)
         admin.credit_job(job["id"], spec["budget_cents"])
         procs = []

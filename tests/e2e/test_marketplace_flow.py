@@ -18,6 +18,7 @@ from agents.modelio import load_safetensors
 from agents.models import ModelSpec, build_model
 from agents.provider import ProviderAgent
 from crypto import BuyerKeys
+from crypto.identity import IdentityKey
 from tests.e2e.conftest import LiveServer
 from tests.utils.wire import wire_bytes
 
@@ -31,7 +32,7 @@ def _post(server: LiveServer, keys: BuyerKeys, providers: int, rounds: int, sche
     buyer = PollenClient(server.url, anon.register(role="buyer", name="e2e-buyer")["api_key"])
     spec = job_spec(rounds, providers, schema)
     spec["round_deadline_s"] = 120
-    job = post_job(buyer, keys, spec)
+    job = post_job(buyer, keys, spec, identity=IdentityKey.generate())
     PollenClient(server.url, server.admin_key).credit_job(job["id"], spec["budget_cents"])
     return buyer, job
 

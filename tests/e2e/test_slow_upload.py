@@ -26,6 +26,7 @@ from agents.buyer import post_job
 from agents.client import PollenClient
 from agents.demo import free_port, start_server, stop, wait_ready
 from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update
+from crypto.identity import IdentityKey
 from market.db import POOL_CAPACITY
 from tests.utils import postgres
 from tests.utils.factories import job_body, listing_body
@@ -123,7 +124,7 @@ def _running_round(server: Server, providers: int, deadline_s: int) -> Round:
     spec = job_body(rounds=1, min_providers=providers, max_providers=providers, quorum=NORMAL,
                     round_deadline_s=deadline_s, budget_cents=100_000)  # fmt: skip
     keys = BuyerKeys.generate()
-    job = post_job(buyer, keys, spec)
+    job = post_job(buyer, keys, spec, identity=IdentityKey.generate())
     PollenClient(server.url, server.admin_key).credit_job(job["id"], spec["budget_cents"])
     for p in accounts:  # one at a time: the last acceptance starts the job
         with PollenClient(server.url, p.api_key) as client:
