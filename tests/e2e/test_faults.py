@@ -48,6 +48,7 @@ from tests.utils.faults import (
     wait_for,
 )
 
+
 pytestmark = pytest.mark.e2e
 
 ROUNDS = 2
@@ -238,7 +239,9 @@ def market_factory(server: ServerProcess, tmp_path: Path) -> Iterator[Any]:
         # A cap above every dataset: each update weighs its true sample count, as in the
         # plaintext FedAvg the results are compared with.
         spec.update(round_deadline_s=deadline_s, sample_cap=10**6)
-        job = post_job(buyer, keys, spec, identity=IdentityKey.generate())
+        # The buyer process (`pollen job run --keys`) signs with the identity beside its keys.
+        identity = IdentityKey.load_or_create(tmp_path / "buyer.key.identity")
+        job = post_job(buyer, keys, spec, identity=identity)
         admin.credit_job(job["id"], spec["budget_cents"])
         market = Market(
             server, tmp_path, split, datasets, keys, buyer, registered["api_key"], admin, job
