@@ -48,7 +48,6 @@ from tests.utils.faults import (
     wait_for,
 )
 
-
 pytestmark = pytest.mark.e2e
 
 ROUNDS = 2
