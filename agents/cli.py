@@ -142,9 +142,7 @@ def server(
     """Run the marketplace service under uvicorn (API docs at /docs)."""
     from market.server import serve
 
-    serve(
-        data_dir=str(data_dir), host=host, port=port, database_url=database_url, workers=workers
-    )
+    serve(data_dir=str(data_dir), host=host, port=port, database_url=database_url, workers=workers)
 
 
 # ---------------------------------------------------------------------------- keys
@@ -157,12 +155,19 @@ def keys_init(
     preset: Annotated[str, typer.Option(help="CKKS parameter preset.")] = "ckks-add-2048-v1",
 ) -> None:
     """Create the buyer's CKKS key pair; the secret key stays in KEYS (mode 0600)."""
+    from agents.cli_trust import identity_path
     from crypto import BuyerKeys
+    from crypto.identity import IdentityKey
 
     pair = BuyerKeys.generate(preset)
     pair.save(keys)
     console.print(f"secret key written to [bold]{escape(str(keys))}[/bold] (mode 0600, never sent)")
     console.print(f"public fingerprint {pair.fingerprint}")
+    identity = IdentityKey.load_or_create(identity_path(keys))
+    console.print(f"identity key {identity_path(keys)} (mode 0600)")
+    console.print(
+        f"identity fingerprint [bold]{identity.fingerprint}[/bold] (give it to providers)"
+    )
 
 
 @keys_app.command("show")
@@ -227,9 +232,15 @@ def job_post(
 ) -> None:
     """Post a job: validate the spec, upload the public context and initial model, fund it."""
     from agents.buyer import post_job
+    from agents.cli_trust import identity_path
     from crypto import BuyerKeys
+    from crypto.identity import IdentityKey
 
-    job = post_job(_client(server, api_key), BuyerKeys.load(keys), load_spec(spec_file))
+    identity = IdentityKey.load_or_create(identity_path(keys))
+    console.print(f"signing the manifest with identity {identity.fingerprint}")
+    job = post_job(
+        _client(server, api_key), BuyerKeys.load(keys), load_spec(spec_file), identity=identity
+    )
     console.print(f"job [bold]{escape(job['id'])}[/bold] is {escape(job['state'])}")
     console.print(f"next: pollen job run {escape(job['id'])} --test YOUR_HELD_OUT.csv")
 
@@ -265,11 +276,15 @@ def job_run(
             f"providers {r.providers}  samples {r.samples}"
         )
 
+    from agents.cli_trust import identity_path
+    from crypto.identity import IdentityKey
+
     run = BuyerRun(
         _client(server, api_key),
         BuyerKeys.load(keys),
         job_id,
         load_dataset(test, label=label),
+        identity=IdentityKey.load_or_create(identity_path(keys)),
         out_dir=out,
         optimizer=optimizer,
         notify=say,
@@ -380,6 +395,13 @@ def agent_run(
     retry_for: RetryForOpt = 300.0,
     max_retry_wait: MaxRetryWaitOpt = 10.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    trust_buyer: Annotated[
+        str | None,
+        typer.Option(
+            help="Work only for the buyer with this identity fingerprint (else pinned "
+            "on first sight)."
+        ),
+    ] = None,
 ) -> None:
     """Run a provider agent: publish a listing, accept offers, train and submit encrypted."""
     import torch
@@ -418,6 +440,10 @@ def agent_run(
     dp = None
     if dp_clip:
         dp = DPConfig(clip=dp_clip, noise_multiplier=dp_noise, delta=dp_delta)
+    from crypto.identity import IdentityKey
+
+    identity = IdentityKey.load_or_create(state_dir / "identity.key")
+    say(f"identity fingerprint {identity.fingerprint}")
     agent = ProviderAgent(
         PollenClient(server, key),
         dataset,
@@ -430,6 +456,8 @@ def agent_run(
         dp=dp,
         seed=seed,
         notify=say,
+        identity=identity,
+        trust_buyer=trust_buyer,
     )
     backoff.call(agent.ensure_listing, classes=_parse_classes(classes))
     agent.run(poll_s=poll, exit_after_jobs=exit_after_jobs, backoff=backoff)
@@ -500,6 +528,10 @@ def demo(
 from agents.cli_money import register as _register_money  # noqa: E402
 
 _register_money(app, job_app)
+
+from agents.cli_trust import register as _register_trust  # noqa: E402
+
+_register_trust(app)
 
 
 def main() -> None:  # pragma: no cover - console script entry

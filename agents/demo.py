@@ -40,6 +40,7 @@ from agents.privacy import DEFAULT_CLIP, DEFAULT_DELTA, DEFAULT_MAX_EPSILON, Pri
 from agents.state import StateFile
 from agents.training import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR
 from crypto import BuyerKeys
+from crypto.identity import IdentityKey
 
 SEED = 7
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "demo.json"
@@ -159,6 +160,29 @@ def job_spec(rounds: int, providers: int, schema: dict[str, Any]) -> dict[str, A
     }
 
 
+def audit_everyone(
+    url: str, buyer: PollenClient, data_dir: Path, providers: int, console: Console
+) -> bool:
+    """Every party re-verifies its receipts and its saved head against the log."""
+    from agents.audit import audit, trust_files
+    from agents.trust import Trust, TrustError
+
+    parties = [("buyer", buyer, data_dir / "buyer")]
+    for i in range(providers):
+        state_dir = data_dir / "agents" / f"provider-{i}"
+        key = StateFile(state_dir / "agent-state.json").get("api_key")
+        parties.append((f"provider-{i}", PollenClient(url, key), state_dir))
+    for name, client, state_dir in parties:
+        for path in trust_files(state_dir):
+            try:
+                checks = audit(client, Trust(path))
+            except TrustError as exc:
+                console.print(f"[bold red]{name}: AUDIT FAILED[/bold red]: {exc}")
+                return False
+            console.print(f"{name}: audit ok ({len(checks)} checks, {checks[0]})")
+    return True
+
+
 def run_demo(
     *, providers: int, rounds: int, data_dir: Path, keep_serving: bool, port: int, console: Console
 ) -> int:
@@ -201,7 +225,8 @@ def run_demo(
         buyer = PollenClient(url, buyer_acct["api_key"])
         admin = PollenClient(url, admin_key)
         spec = job_spec(rounds, providers, split.schema.model_dump())
-        job = post_job(buyer, keys, spec)
+        identity = IdentityKey.load_or_create(data_dir / "buyer" / "buyer.key.identity")
+        job = post_job(buyer, keys, spec, identity=identity)
         console.print(
             escape(f"buyer posted job {job['id']} (fingerprint {keys.fingerprint[:16]}…)")
         )
@@ -236,6 +261,7 @@ def run_demo(
             out_dir=data_dir / "buyer",
             on_round=show,
             poll_s=0.2,
+            identity=identity,
         )
         outcome = run.run()
         for proc in agents:
@@ -293,6 +319,9 @@ def run_demo(
         )
         console.rule("[bold]Settlement")
         settled = settle_and_report(admin, buyer, job["id"], console)
+        console.rule("[bold]Audit")
+        if not audit_everyone(url, buyer, data_dir, providers, console):
+            return 1
         figures: dict[str, Any] = {
             "providers": providers,
             "rounds": rounds,

@@ -36,7 +36,9 @@ from agents.models import ModelSpec, build_model
 from agents.privacy import DPPlan, PrivacyDeclinedError, PrivacyPolicy, plan_record_dp
 from agents.state import StateFile, write_atomic
 from agents.training import EpochInfo, RecordDP, compute_update, train_local
-from crypto import EnvelopeBinding, PublicContext, encrypt_update
+from agents.trust import Trust, TrustError, register_identity
+from crypto import EnvelopeBinding, PublicContext, encrypt_update, read_header
+from crypto.identity import IdentityKey, SignatureError, verify_record
 
 if TYPE_CHECKING:
     from agents.privacy import DPConfig
@@ -87,8 +89,17 @@ class ProviderAgent:
         seed: int = 0,
         notify: Notify | None = None,
         on_epoch: Callable[[EpochInfo], None] | None = None,
+        identity: IdentityKey | None = None,
+        trust_buyer: str | None = None,
     ) -> None:
         self.client = client
+        # With an identity the agent signs its envelopes and trusts nothing unsigned: the
+        # buyer's key is pinned (or `trust_buyer`, a fingerprint, given up front), and a
+        # context or model that does not match the buyer's signed manifest is refused.
+        self.identity = identity
+        self.trust_buyer = trust_buyer
+        self.trust = Trust.in_dir(state_dir) if identity is not None else None
+        self._manifests: dict[str, dict[str, Any]] = {}
         self.data = data
         self.state_dir = state_dir
         self.state = StateFile(state_dir / "agent-state.json")
@@ -167,11 +178,25 @@ class ProviderAgent:
 
     # ------------------------------------------------------------------ rounds
 
+    def _manifest(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """The job's signed manifest, verified (None when the agent runs without trust)."""
+        if self.trust is None:
+            return None
+        if job["id"] not in self._manifests:
+            self._manifests[job["id"]] = self.trust.manifest(self.client, job, self.trust_buyer)
+        return self._manifests[job["id"]]
+
     def _context(self, job_id: str) -> PublicContext:
         if job_id not in self._contexts:
             path = self.state_dir / "contexts" / f"{job_id}.ctx"
             if not path.exists():
-                write_atomic(path, self.client.get_context(job_id))
+                served = self.client.get_context(job_id)
+                if self.trust is not None:
+                    manifest = self._manifests.get(job_id)
+                    if manifest is None:
+                        raise TrustError(f"job {job_id}: no verified manifest for its context")
+                    self.trust.check_context(manifest, served)
+                write_atomic(path, served)
             self._contexts[job_id] = PublicContext.from_bytes(path.read_bytes())
         return self._contexts[job_id]
 
@@ -185,7 +210,13 @@ class ProviderAgent:
         model_spec = ModelSpec.model_validate(spec["model"])
         number = int(rnd["round"])
         model = build_model(model_spec, schema.n_features, schema.n_classes, seed=0)
-        load_safetensors(model, self.client.get_round_model(job["id"], number))
+        served = self.client.get_round_model(job["id"], number)
+        manifest = self._manifest(job)
+        if self.trust is not None and manifest is not None:
+            self.trust.check_model(self.client, manifest, number, served)
+            # The context is checked before any training, too: a refusal costs nothing.
+            self._context(job["id"])
+        load_safetensors(model, served)
         global_vec = flatten(model)
         entry = self._active_jobs()[job["id"]]
         plan = self._dp_plan(entry, spec, len(local))
@@ -314,14 +345,22 @@ class ProviderAgent:
                 return False
             try:
                 envelope = self._build_envelope(job, rnd, me)
+            except TrustError as exc:
+                self._refuse(job_id, entry, exc)
+                return False
             except BudgetSpentError as exc:
                 entry["budget_spent"] = str(exc)
                 self.state.save()
                 self.notify(f"job {job_id} round {number}: privacy budget spent, stopping: {exc}")
                 return False
             write_atomic(path, envelope)
+        signature = None
+        if self.identity is not None:
+            header = envelope[: read_header(envelope).header_len]
+            body = {"header_sha256": hashlib.sha256(header).hexdigest()}
+            signature = self.identity.sign("envelope", body)
         try:
-            receipt = self.client.submit(job_id, number, envelope)
+            receipt = self.client.submit(job_id, number, envelope, signature=signature)
         except ApiError as exc:
             if exc.status == 409 and exc.code == "duplicate-submission":
                 receipt = exc.body.get("first", exc.body)
@@ -338,6 +377,8 @@ class ProviderAgent:
         entry["submitted"][str(number)] = hashlib.sha256(envelope).hexdigest()
         self.state.save()
         path.unlink(missing_ok=True)
+        if self.trust is not None:
+            self._keep_receipt(job_id, number, receipt)
         spent = f", ε spent {float(entry['epsilon']):.3f}" if "epsilon" in entry else ""
         self.notify(
             f"job {job_id} round {number}: submitted "
@@ -346,7 +387,31 @@ class ProviderAgent:
         self._report_privacy(job_id, number, entry)
         return True
 
+    def _refuse(self, job_id: str, entry: dict[str, Any], exc: TrustError) -> None:
+        """Stop working for a job the marketplace tampered with; loudly, sending nothing."""
+        entry["refused"] = exc.message
+        entry["done"] = True
+        self.state.save()
+        logger.error("REFUSED job %s: %s", job_id, exc.message)
+        self.notify(f"REFUSED job {job_id}: {exc.message}")
+
+    def _keep_receipt(self, job_id: str, number: int, receipt: dict[str, Any]) -> None:
+        """Check the server's signed `accepted` record, and keep it for `pollen audit`."""
+        assert self.trust is not None
+        record = receipt.get("record")
+        if record is None:
+            raise TrustError(f"job {job_id} round {number}: the server signed no receipt")
+        try:
+            body = verify_record(record, self.trust.server_key(self.client), kind="accepted")
+        except SignatureError as exc:
+            raise TrustError(f"job {job_id} round {number}: receipt refused: {exc}") from exc
+        if body["job_id"] != job_id or body["round"] != number:
+            raise TrustError(f"job {job_id} round {number}: the receipt is for something else")
+        self.trust.keep_receipt({"leaf_index": receipt["leaf_index"], "record": record})
+
     def step(self, me: str) -> None:
+        if self.trust is not None:
+            self.trust.check_head(self.client)
         self.handle_offers()
         for job_id, entry in list(self._active_jobs().items()):
             if not entry.get("done"):
@@ -370,6 +435,9 @@ class ProviderAgent:
         backoff = backoff or Backoff(first_wait_s=poll_s, notify=self.notify)
         warm_up()
         me = str(backoff.call(self.client.me)["id"])
+        if self.identity is not None:
+            backoff.call(register_identity, self.client, self.identity, me)
+            self.notify(f"identity key {self.identity.fingerprint[:16]}… registered")
         while True:
             backoff.call(self.step, me)
             if exit_after_jobs is not None and self.finished_jobs() >= exit_after_jobs:

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     ui_session_secret: str = ""
     ui_session_ttl_s: int = Field(default=8 * 3600, gt=0)
 
+    # The server's Ed25519 signing key (64 hex digits) for tree heads and receipts. Empty
+    # means one is generated into `data_dir/signing.key` (mode 0600) on first start.
+    signing_key: str = ""
+
     @property
     def trusted_proxy_list(self) -> list[str]:
         """`trusted_proxies` as a list, each entry checked to be an address or a network."""

@@ -177,6 +177,10 @@ def post(
         )
         session.add(txn)
         session.flush()
+        # Its leaf in the transparency log commits with it, under the same lock.
+        from market.translog.log import append_ledger
+
+        append_ledger(session, txn.hash, body, job_id=job_id, now=now)
     log.info("ledger %d %s %s: %s", seq, kind, key, legs)
     return txn
 

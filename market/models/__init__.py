@@ -43,6 +43,7 @@ from market.models.rounds import (
     SubmissionReceipt,
 )
 from market.models.schema import DatasetSchema, FeatureSpec, LabelSpec
+from market.models.translog import IdentityKey, LogLeaf
 
 __all__ = [
     "LIVE_OFFER_STATES",
@@ -57,6 +58,7 @@ __all__ = [
     "CreditPublic",
     "DatasetSchema",
     "FeatureSpec",
+    "IdentityKey",
     "Job",
     "JobCreate",
     "JobPublic",
@@ -69,6 +71,7 @@ __all__ = [
     "ListingCreate",
     "ListingPublic",
     "ListingUpdate",
+    "LogLeaf",
     "MetricsCreate",
     "Offer",
     "OfferPublic",

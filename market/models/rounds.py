@@ -35,6 +35,8 @@ class Round(SQLModel, table=True):
     # The providers inside the sum `acc_key` points at, copied from that sum's own header in
     # the same transaction: settlement pays exactly these.
     acc_providers: list[str] = SQLField(default_factory=list, sa_type=JSON)
+    # SHA-256 of the sum `acc_key` holds: what the signed round-closed record commits to.
+    acc_sha256: str | None = SQLField(default=None, max_length=64)
     weight_norm: int
     expected: list[str] = SQLField(default_factory=list, sa_type=JSON)
     metrics: dict[str, Any] | None = SQLField(default=None, sa_type=JSON)
@@ -67,6 +69,10 @@ class SubmissionReceipt(BaseModel):
     attempt: int
     payload_sha256: str
     accepted_at: datetime
+    # The server's signed `accepted` record and its leaf in the transparency log (the
+    # inclusion proof under any later head: GET /v1/log/inclusion).
+    record: dict[str, Any] | None = None
+    leaf_index: int | None = None
 
 
 class RoundPublic(BaseModel):

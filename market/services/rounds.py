@@ -27,9 +27,10 @@ from market.blobs import BlobStore, TempBlob
 from market.errors import InvalidInputError, InvalidStateError, NotFoundError
 from market.models import Job, Offer, Round, Submission
 from market.models.types import new_id
-from market.services import settlement
+from market.services import settlement, trust
 from market.services.locks import job_unless_busy, locked_job, locked_round
 from market.services.matching import run_matching
+from market.translog import current
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ def close_round(session: Session, job: Job, rnd: Round, *, now: datetime, reason
     rnd.closed_at = now
     rnd.close_reason = reason
     session.add(rnd)
+    # The signed promise of exactly which updates the aggregate holds, before its payments.
+    trust.log_round_closed(session, current(), job, rnd, rnd.acc_sha256, now=now)
     settlement.on_round_closed(session, job, rnd, now=now)
     log.info("job %s round %d closed (%s, %d updates)", job.id, rnd.number, reason, rnd.acc_count)
 

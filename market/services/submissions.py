@@ -22,6 +22,8 @@ slot hold neither memory, an API thread, nor a database connection.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -39,6 +41,7 @@ from crypto import (
     get_preset,
     validate_envelope,
 )
+from market import translog
 from market.blobs import BlobStore, TempBlob
 from market.db import PerLoop
 from market.errors import (
@@ -49,7 +52,7 @@ from market.errors import (
 )
 from market.models import Account, Job, Round, Submission, SubmissionReceipt
 from market.models.types import new_id
-from market.services import access, reputation
+from market.services import access, reputation, trust
 from market.services.locks import locked_job, locked_round
 from market.services.rounds import check_round, load_round
 
@@ -91,8 +94,8 @@ def job_context(blobs: BlobStore, job: Job) -> PublicContext:
     return ctx.for_preset(job.preset_id)
 
 
-def receipt(sub: Submission) -> SubmissionReceipt:
-    return SubmissionReceipt(
+def receipt(sub: Submission, session: Session | None = None) -> SubmissionReceipt:
+    out = SubmissionReceipt(
         submission_id=sub.id,
         job_id=sub.job_id,
         round=sub.round_number,
@@ -100,6 +103,16 @@ def receipt(sub: Submission) -> SubmissionReceipt:
         payload_sha256=sub.payload_sha256,
         accepted_at=sub.accepted_at,
     )
+    if session is not None:
+        # The signed record of this acceptance, if the log holds one (older rows have none).
+        for leaf in translog.leaves_of(
+            session, job_id=sub.job_id, kind="accepted", account_id=sub.provider_id
+        ):
+            if leaf.round == sub.round_number:
+                record = json.loads(leaf.payload)
+                if record["body"]["payload_sha256"] == sub.payload_sha256:
+                    out.record, out.leaf_index = record, leaf.index
+    return out
 
 
 def upload_limit(job: Job) -> int:
@@ -114,7 +127,7 @@ def _refuse_if_not_open(session: Session, job: Job, rnd: Round, provider: Accoun
         )
     ).first()
     if existing is not None:
-        first = receipt(existing)
+        first = receipt(existing, session)
         raise DuplicateSubmissionError(
             f"provider {provider.id} already submitted to round {rnd.number}",
             first=first.model_dump(mode="json"),
@@ -155,8 +168,12 @@ def submit(
     upload: TempBlob,
     *,
     now: datetime,
+    signature: str | None = None,
 ) -> SubmissionReceipt:
-    """Validate an uploaded envelope and add it to the round's encrypted sum."""
+    """Validate an uploaded envelope and add it to the round's encrypted sum.
+
+    A provider that registered an identity key must sign the envelope's header hash
+    (`signature`); the server checks it and logs it inside its signed `accepted` record."""
     assert job.param_count is not None
     ctx = job_context(blobs, job)
     data = upload.read_bytes()
@@ -167,6 +184,10 @@ def submit(
         # The refusal changes nothing in the round; it is noted in the sender's reputation.
         reputation.record_invalid(session, job.id, number, provider.id, data, exc, now=now)
         raise
+    header_sha256 = hashlib.sha256(data[: validated.header.header_len]).hexdigest()
+    signed = trust.verify_envelope_signature(
+        session, provider, header_sha256, signature, required=False
+    )
     with locked_job(session, job.id) as fresh_job:
         rnd = locked_round(session, fresh_job, number)
         # A deadline that passed before this update arrived is applied first; the decision
@@ -193,7 +214,8 @@ def submit(
         acc.add(validated)
         sub_id = new_id("sub")
         acc_key = f"jobs/{job.id}/rounds/{number:04d}/acc-{acc.count:04d}-{sub_id}.bin"
-        blobs.put_bytes(acc_key, acc.to_bytes())
+        acc_bytes = acc.to_bytes()
+        blobs.put_bytes(acc_key, acc_bytes)
         sub = Submission(
             id=sub_id,
             job_id=job.id,
@@ -213,9 +235,22 @@ def submit(
         rnd.acc_count = acc.count
         # Who is inside the sum, copied from the sum itself: what settlement pays.
         rnd.acc_providers = list(acc.provider_ids)
+        rnd.acc_sha256 = hashlib.sha256(acc_bytes).hexdigest()
         session.add(sub)
         session.add(rnd)
         session.flush()
+        record, leaf = trust.log_accepted(
+            session,
+            translog.current(),
+            job_id=job.id,
+            round=number,
+            attempt=rnd.attempt,
+            provider_id=provider.id,
+            payload_sha256=sub.payload_sha256,
+            envelope=signed,
+            accepted_at=sub.accepted_at.isoformat(),
+            now=now,
+        )
         # The last expected update closes the round in the same transaction.
         check_round(session, fresh_job, rnd, now=now)
         session.commit()
@@ -231,4 +266,6 @@ def submit(
         while len(_accumulators) > _ACC_CACHE:
             _accumulators.pop(next(iter(_accumulators)))
     log.info("job %s round %d: update %d from %s", job.id, number, acc.count, provider.id)
-    return receipt(sub)
+    out = receipt(sub)
+    out.record, out.leaf_index = record, leaf.index
+    return out

@@ -35,6 +35,7 @@ from agents.optim import FedAvg
 from agents.provider import train_seed
 from agents.training import compute_update, train_local
 from crypto import Accumulator, BuyerKeys
+from crypto.identity import IdentityKey
 from market.db import make_engine
 from market.models import Round, Submission
 from tests.utils import postgres
@@ -244,7 +245,9 @@ def market_factory(server: ServerProcess, tmp_path: Path) -> Iterator[Any]:
         # A cap above every dataset: each update weighs its true sample count, as in the
         # plaintext FedAvg the results are compared with.
         spec.update(round_deadline_s=deadline_s, sample_cap=10**6)
-        job = post_job(buyer, keys, spec)
+        # The buyer process (`pollen job run --keys`) signs with the identity beside its keys.
+        identity = IdentityKey.load_or_create(tmp_path / "buyer.key.identity")
+        job = post_job(buyer, keys, spec, identity=identity)
         admin.credit_job(job["id"], spec["budget_cents"])
         market = Market(
             server, tmp_path, split, datasets, keys, buyer, registered["api_key"], admin, job

@@ -144,8 +144,9 @@ async def submit(
             await receive(body, upload, idle_timeout_s=idle_s)
             # Parsing an envelope costs a few times its size in memory: only a few at a time,
             # on their own threads, so waiting uploads hold neither memory nor an API thread.
+            signature = request.headers.get("pollen-signature")
             return await anyio.to_thread.run_sync(
-                _submit, session, blobs, job, number, account, upload, now,
+                _submit, session, blobs, job, number, account, upload, now, signature,
                 limiter=submissions.validation_limiter(),
             )  # fmt: skip
         finally:
@@ -216,10 +217,13 @@ def _submit(
     account: Account,
     upload: TempBlob,
     now: datetime,
+    signature: str | None = None,
 ) -> SubmissionReceipt:
     try:
         upload.close()  # read once, added to the sum, deleted: never kept, so no fsync
-        return submissions.submit(session, blobs, job, number, account, upload, now=now)
+        return submissions.submit(
+            session, blobs, job, number, account, upload, now=now, signature=signature
+        )
     finally:
         # Back to the pool on this thread, not after the response in another one.
         session.close()
