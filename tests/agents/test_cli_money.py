@@ -157,6 +157,9 @@ def test_job_status_prints_the_title_literally(monkeypatch: pytest.MonkeyPatch) 
             return {"id": "job_1", "title": HOSTILE, "state": "open", "current_round": 0,
                     "rounds_total": 1, "rounds": []}  # fmt: skip
 
+        def get_privacy(self, job_id: str) -> list[dict[str, object]]:
+            return []
+
     monkeypatch.setattr(cli, "_client", lambda *a, **k: Stub())
     code, out = _run("job", "status", "job_1", "--api-key", "k")
     assert code == 0 and "[link=https://evil.example/pay]" in out, out
