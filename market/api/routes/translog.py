@@ -11,6 +11,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi import Path as FastPath
 from pydantic import BaseModel
 
 from market.api.deps import BlobsDep, BuyerAccount, CurrentAccount, NowDep, SessionDep
@@ -83,7 +84,9 @@ def inclusion_proof(index: Size, size: Size, session: SessionDep) -> Inclusion:
 
 
 @router.get("/v1/log/leaves/{index}", response_model=Leaf)
-def get_leaf(index: int, account: CurrentAccount, session: SessionDep) -> Leaf:
+def get_leaf(
+    index: Annotated[int, FastPath(ge=0, le=2**40)], account: CurrentAccount, session: SessionDep
+) -> Leaf:
     """One leaf with the exact bytes it hashes, to the parties it concerns."""
     row = trust.leaf(session, index)
     if not trust.may_read(session, account, row):
