@@ -36,7 +36,7 @@ from agents.models import ModelSpec, build_model
 from agents.privacy import DPPlan, PrivacyDeclinedError, PrivacyPolicy, plan_record_dp
 from agents.state import StateFile, write_atomic
 from agents.training import EpochInfo, RecordDP, compute_update, train_local
-from crypto import EnvelopeBinding, PublicContext, encrypt_update
+from crypto import EnvelopeBinding, PublicContext, encrypt_update, update_weight
 
 if TYPE_CHECKING:
     from agents.privacy import DPConfig
@@ -234,7 +234,7 @@ class ProviderAgent:
             entry["update_epsilon"] = epsilon_spent(self.dp, entry["dp_rounds"])
             self.state.save()
         samples = min(len(local), int(spec["sample_cap"]))
-        weight = samples / max(int(rnd["weight_norm"]), samples)
+        weight = update_weight(samples, int(rnd["weight_norm"]))
         binding = EnvelopeBinding(
             job["id"], number, me, int(job["param_count"]), int(rnd["summands"])
         )

@@ -33,6 +33,7 @@ from crypto.errors import (
 )
 from crypto.keys import BuyerKeys, PublicContext
 from crypto.presets import DEFAULT_PRESET_ID, PLAIN_PRESET_ID, PRESETS, Preset, get_preset
+from crypto.weights import update_weight, weight_norm
 
 __all__ = [
     "DEFAULT_PRESET_ID",
@@ -64,6 +65,8 @@ __all__ = [
     "ValueRangeError",
     "decrypt_aggregate",
     "encrypt_update",
+    "update_weight",
+    "weight_norm",
     "envelope_size",
     "get_preset",
     "read_header",

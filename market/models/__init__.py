@@ -36,8 +36,12 @@ from market.models.money import (
 from market.models.offers import LIVE_OFFER_STATES, Offer, OfferPublic
 from market.models.privacy import PrivacyReport, PrivacyReportCreate, PrivacyReportPublic
 from market.models.rounds import (
+    GroupPublic,
+    GroupValue,
+    GroupValuesCreate,
     MetricsCreate,
     Round,
+    RoundGroup,
     RoundPublic,
     Submission,
     SubmissionReceipt,
@@ -88,7 +92,11 @@ __all__ = [
     "ReputationEventPublic",
     "ReputationPublic",
     "Role",
+    "GroupPublic",
+    "GroupValue",
+    "GroupValuesCreate",
     "Round",
+    "RoundGroup",
     "RoundPublic",
     "RoundSummary",
     "Submission",

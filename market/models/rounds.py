@@ -41,6 +41,32 @@ class Round(SQLModel, table=True):
     close_reason: str | None = SQLField(default=None, max_length=64)
 
 
+class RoundGroup(SQLModel, table=True):
+    """One random group of a round's providers and the encrypted sum of its updates.
+
+    The partition is drawn by the server when the round opens (`market.services.groups`);
+    at close a group with fewer than `group_size` updates is merged into another
+    (`merged_into`), so every sum the buyer may decrypt holds at least `group_size` ≥ quorum
+    updates. The buyer reports how each group's average update changed its validation loss.
+    """
+
+    __tablename__ = "round_group"
+    __table_args__ = (UniqueConstraint("round_id", "index"),)
+
+    id: str = SQLField(primary_key=True, max_length=32)
+    round_id: str = SQLField(foreign_key="round.id", index=True, max_length=32)
+    index: int
+    members: list[str] = SQLField(default_factory=list, sa_type=JSON)
+    acc_key: str | None = SQLField(default=None, max_length=200)
+    acc_count: int = 0
+    acc_providers: list[str] = SQLField(default_factory=list, sa_type=JSON)
+    merged_into: int | None = None
+    loss_before: float | None = None
+    loss_after: float | None = None
+    excluded: bool = False
+    reason: str | None = SQLField(default=None, max_length=300)
+
+
 class Submission(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("round_id", "provider_id"),)
 
@@ -89,11 +115,39 @@ class RoundPublic(BaseModel):
     summands: int
     metrics: dict[str, float] | None
     close_reason: str | None
+    groups: list[GroupPublic] = []
 
 
 # A loss beyond this is a diverged model or a hostile post, not a figure worth charting
 # (1.7e308 once overflowed the dashboard's chart ticks and broke the job page).
 MAX_LOSS = 1e9
+
+
+class GroupPublic(BaseModel):
+    """A round's group as its viewer may see it (a provider: its own group's members only)."""
+
+    index: int
+    count: int
+    members: list[str]
+    merged_into: int | None
+    loss_before: float | None
+    loss_after: float | None
+    excluded: bool
+    reason: str | None
+
+
+class GroupValue(Strict):
+    """The buyer's evaluation of one group's average update on its held-out data."""
+
+    index: Annotated[int, Field(ge=0, le=10_000)]
+    loss_before: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+    loss_after: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+    excluded: bool = False
+    reason: Annotated[str, Field(max_length=300)] | None = None
+
+
+class GroupValuesCreate(Strict):
+    groups: Annotated[list[GroupValue], Field(min_length=1, max_length=10_000)]
 
 
 class MetricsCreate(Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -107,11 +108,13 @@ def put_initial_model(
 ) -> Job:
     """The initial model from a finished upload (moved into the store, never read whole)."""
     _require_draft(job)
-    count = weights.param_count_file(upload.path)
+    layout = weights.layout_file(upload.path)
+    count = sum(math.prod(shape) for shape in layout.values())
     key = f"jobs/{job.id}/models/round-0001.safetensors"
     blobs.put_temp(key, upload)
     job.model_key = key
     job.param_count = count
+    job.layout = layout
     job.updated_at = now
     session.add(job)
     session.commit()
@@ -123,8 +126,8 @@ def put_final_model(
 ) -> Job:
     if job.state not in ("running", "completed"):
         raise InvalidStateError(f"job is {job.state}")
-    if weights.param_count_file(upload.path) != job.param_count:
-        raise InvalidInputError(f"the model must have {job.param_count} parameters")
+    assert job.param_count is not None
+    weights.check_layout(upload.path, job.layout, job.param_count)
     key = f"jobs/{job.id}/models/final.safetensors"
     blobs.put_temp(key, upload)
     job.final_model_key = key

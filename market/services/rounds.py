@@ -22,12 +22,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from crypto import weight_norm
 from market import weights
 from market.blobs import BlobStore, TempBlob
 from market.errors import InvalidInputError, InvalidStateError, NotFoundError
 from market.models import Job, Offer, Round, Submission
 from market.models.types import new_id
-from market.services import settlement
+from market.services import groups, settlement
 from market.services.locks import job_unless_busy, locked_job, locked_round
 from market.services.matching import run_matching
 
@@ -75,11 +76,13 @@ def open_round(session: Session, job: Job, number: int, model_key: str, *, now: 
         deadline=now + timedelta(seconds=job.round_deadline_s),
         opened_at=now,
         model_key=model_key,
-        weight_norm=max((o.samples for o in accepted), default=1),
+        weight_norm=weight_norm(min(o.samples, job.sample_cap) for o in accepted),
         expected=sorted(o.provider_id for o in accepted),
     )
     session.add(rnd)
     session.add(job)
+    session.flush()
+    groups.open_groups(session, job, rnd)
     session.commit()
     return rnd
 
@@ -93,7 +96,9 @@ def join_round(session: Session, job: Job, offer: Offer) -> None:
     # Weights already submitted were computed with the current norm; keep it stable then.
     # A later joiner with more samples than the norm is weighted as the norm (weight ≤ 1).
     if rnd.acc_count == 0:
-        rnd.weight_norm = max(rnd.weight_norm, offer.samples)
+        rnd.weight_norm = weight_norm(
+            min(o.samples, job.sample_cap) for o in participants(session, job.id)
+        )
     session.add(rnd)
 
 
@@ -108,6 +113,7 @@ def close_round(session: Session, job: Job, rnd: Round, *, now: datetime, reason
     rnd.closed_at = now
     rnd.close_reason = reason
     session.add(rnd)
+    groups.seal(session, job, rnd)
     settlement.on_round_closed(session, job, rnd, now=now)
     log.info("job %s round %d closed (%s, %d updates)", job.id, rnd.number, reason, rnd.acc_count)
 
@@ -228,8 +234,8 @@ def publish_model(
     session: Session, blobs: BlobStore, job: Job, number: int, upload: TempBlob, *, now: datetime
 ) -> Round:
     """The buyer's global model for round `number` (> 1): publishes the previous round."""
-    if weights.param_count_file(upload.path) != job.param_count:
-        raise InvalidInputError(f"the model must have {job.param_count} parameters")
+    assert job.param_count is not None
+    weights.check_layout(upload.path, job.layout, job.param_count)
     with locked_job(session, job.id) as job:
         if job.state != "running":
             raise InvalidStateError(f"job is {job.state}, not running")

@@ -34,7 +34,7 @@ from agents.models import ModelSpec, build_model
 from agents.optim import FedAvg
 from agents.provider import train_seed
 from agents.training import compute_update, train_local
-from crypto import Accumulator, BuyerKeys
+from crypto import Accumulator, BuyerKeys, weight_norm
 from market.db import make_engine
 from market.models import Round, Submission
 from tests.utils import postgres
@@ -241,8 +241,8 @@ def market_factory(server: ServerProcess, tmp_path: Path) -> Iterator[Any]:
         buyer = PollenClient(server.url, registered["api_key"])
         admin = PollenClient(server.url, server.admin_key)
         spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
-        # A cap above every dataset: each update weighs its true sample count, as in the
-        # plaintext FedAvg the results are compared with.
+        # A cap above every dataset: each update weighs min(its sample count, the median), as
+        # in the plaintext FedAvg the results are compared with.
         spec.update(round_deadline_s=deadline_s, sample_cap=10**6)
         job = post_job(buyer, keys, spec)
         admin.credit_job(job["id"], spec["budget_cents"])
@@ -270,6 +270,7 @@ def plaintext_fedavg(market: Market) -> np.ndarray:
     load_safetensors(model, initial_model_bytes(spec))
     weights = flatten(model)
     local = [prepare(ds, schema) for ds in market.datasets]
+    norm = weight_norm(len(data) for data in local)  # the marketplace's weighting
     for number in range(1, ROUNDS + 1):
         total = np.zeros_like(weights, dtype=np.float64)
         samples = 0
@@ -283,8 +284,9 @@ def plaintext_fedavg(market: Market) -> np.ndarray:
                 batch_size=int(spec["batch_size"]),
                 seed=train_seed(int(spec["seed"]), number, i),
             )
-            total += len(data) * compute_update(weights, flatten(model)).astype(np.float64)
-            samples += len(data)
+            weight = min(len(data), norm)
+            total += weight * compute_update(weights, flatten(model)).astype(np.float64)
+            samples += weight
         weights = FedAvg().step(weights, (total / samples).astype(np.float32))
     return weights
 
