@@ -44,7 +44,6 @@ from agents.modelio import flatten, unflatten_into
 from agents.models import ModelSpec, build_model
 from agents.optim import FedAvg, ServerOptimizer
 from agents.privacy import DPConfig, PrivacyTarget, plan_record_dp, privatize
-from crypto import weight_norm
 from agents.training import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -54,6 +53,7 @@ from agents.training import (
     evaluate,
     train_local,
 )
+from crypto import weight_norm
 
 __all__ = [
     "DEFAULT_ALPHA",

@@ -65,10 +65,10 @@ __all__ = [
     "ValueRangeError",
     "decrypt_aggregate",
     "encrypt_update",
-    "update_weight",
-    "weight_norm",
     "envelope_size",
     "get_preset",
     "read_header",
+    "update_weight",
     "validate_envelope",
+    "weight_norm",
 ]

@@ -139,13 +139,16 @@ def group_aggregate_bytes(
 def public(session: Session, rnd: Round, viewer_id: str, sees_all: bool) -> list[GroupPublic]:
     """The round's groups: all members for the buyer and operators, a provider its own."""
     closed = rnd.state in ("closed", "published")
+    parts = released(session, rnd)
     out = []
     for g in groups_of(session, rnd):
         mine = viewer_id in g.members
+        # A released group counts what was merged into it: the updates its sum holds.
+        count = sum(p.acc_count for p in parts.get(g.index, [])) if g.merged_into is None else 0
         out.append(
             GroupPublic(
                 index=g.index,
-                count=g.acc_count if (closed or sees_all) else 0,
+                count=count if (closed or sees_all) else 0,
                 members=sorted(g.members) if (sees_all or mine) else [],
                 merged_into=g.merged_into,
                 loss_before=g.loss_before,

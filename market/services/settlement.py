@@ -139,6 +139,26 @@ def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> di
     return shares
 
 
+def charge_cancel_fee(session: Session, job: Job, fee_bps: int, *, now: datetime) -> int:
+    """The platform's cancellation fee: `fee_bps` of what is left in escrow (not committed)."""
+    if fee_bps <= 0:
+        return 0
+    escrow = ledger.job_escrow(job.id)
+    fee = ledger.balance(session, escrow, job.currency) * fee_bps // 10_000
+    if fee > 0:
+        ledger.post(
+            session,
+            key=f"job:{job.id}:cancel-fee",
+            kind="fee",
+            currency=job.currency,
+            legs=[(escrow, -fee), (ledger.FEES, fee)],
+            job_id=job.id,
+            memo=f"cancellation fee ({fee_bps} bps of the escrow left)",
+            now=now,
+        )
+    return fee
+
+
 def record_funding(
     session: Session, job: Job, amount_cents: int, *, key: str, source: str, now: datetime
 ) -> LedgerTransaction:
@@ -233,8 +253,15 @@ def on_round_closed(session: Session, job: Job, rnd: Round, *, now: datetime) ->
 def on_round_missed(
     session: Session, job: Job, rnd: Round, missing: list[str], *, now: datetime
 ) -> None:
-    """Expected providers that had not submitted when the round's deadline passed."""
+    """Expected providers that had not submitted when the round's deadline passed.
+
+    When nobody expected made it, the failure is the buyer's (a deadline nobody could meet,
+    a model nobody could train): it costs no provider any reputation.
+    """
     if rnd.deadline > now:
+        return
+    if set(missing) >= set(rnd.expected) and not rnd.acc_providers:
+        log.info("job %s round %d: every provider late; no one is blamed", job.id, rnd.number)
         return
     for pid in missing:
         reputation.record(

@@ -69,7 +69,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerPro
     backend = getattr(request, "param", "sqlite")
     data_dir = tmp_path / "server"
     data_dir.mkdir()
-    env = {"POLLEN_DEADLINE_TICK_S": "0.2"}
+    env = {"POLLEN_DEADLINE_TICK_S": "0.2", "POLLEN_MIN_ROUND_DEADLINE_S": "1"}
     name = None
     if backend == "postgres":
         pg: str = request.getfixturevalue("pg_server")
