@@ -2,16 +2,19 @@
 
 Every round the marketplace keeps, beside the total, the encrypted sum of each random group
 of at least `group_size` (≥ quorum) providers (`market.services.groups`). The buyer decrypts
-each group's sum, applies the group's average update to the round's model on its held-out
-data, and reports the loss before and after; the marketplace turns those values into each
-provider's contribution score, which splits later rounds' pools.
+each group's sum and reports its value: how well the group's average update lines up with
+the step the other groups make (`alignment`, about 1 for a group that pulls its weight, ½
+for a group of two where one sends zeros), −1 for a group left out of the step; beside it
+the held-out loss of the step with every group and without this one. The marketplace turns
+the values into each provider's contribution score.
 
-**Group-level robust aggregation** (the rule, recorded with its reason): a group whose
-average update raises the held-out loss by more than `EXCLUDE_MARGIN` (5%) over the loss
-before the step is left out of the model step, unless every group is; the step then uses the
-remaining groups' sums. With nothing excluded the step is exactly the plain average of the
-round's total, so an honest run is ordinary FedAvg. A single noisy or poisoned update can
-spoil its own group, not the round.
+**Group-level robust aggregation** (the rule, recorded with its reason): the group whose
+removal lowers the held-out loss the most is left out of the model step if removing it
+lowers that loss by more than `EXCLUDE_MARGIN` (25%: clearly worse, not merely a different
+step); then the remaining groups are tested again, leaving out at most half the groups.
+With nothing excluded the step is exactly the average of
+the round's total, so an honest run is ordinary FedAvg. A noisy or poisoned update spoils
+its own group's sum, not the round.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from agents.modelio import unflatten_into
 from agents.training import evaluate
 from crypto import DecryptedAggregate
 
-EXCLUDE_MARGIN = 0.05
+EXCLUDE_MARGIN = 0.25
 FloatVector = npt.NDArray[np.float32]
 
 
@@ -36,19 +39,53 @@ class GroupScore:
     """What the buyer reports of one released group."""
 
     index: int
-    loss_before: float
-    loss_after: float
+    value: float
+    loss_without: float
+    loss_with: float
     excluded: bool
     reason: str | None
 
     def as_json(self) -> dict[str, object]:
         return {
             "index": self.index,
-            "loss_before": self.loss_before,
-            "loss_after": self.loss_after,
+            "value": self.value,
+            "loss_without": self.loss_without,
+            "loss_with": self.loss_with,
             "excluded": self.excluded,
             "reason": self.reason,
         }
+
+
+def alignment(update: FloatVector, direction: FloatVector | None) -> float:
+    """<update, direction> / |direction|², clipped to [−1, 2] (1 with nothing to compare)."""
+    if direction is None:
+        return 1.0
+    d = direction.astype(np.float64)
+    norm = float(np.dot(d, d))
+    if norm <= 0:
+        return 1.0
+    value = float(np.dot(update.astype(np.float64), d)) / norm
+    return max(-1.0, min(2.0, value)) if np.isfinite(value) else -1.0
+
+
+def _average(sums: list[DecryptedAggregate]) -> FloatVector | None:
+    if not sums:
+        return None
+    total = np.sum([agg.total.astype(np.float64) for agg in sums], axis=0)
+    return (total / sum(agg.weight_sum for agg in sums)).astype(np.float32)
+
+
+class _Loss:
+    """Held-out loss of `weights` + an average update (None: no step at all)."""
+
+    def __init__(self, model: nn.Module, weights: FloatVector, test: Dataset) -> None:
+        self.model, self.weights, self.test = model, weights, test
+
+    def __call__(self, update: FloatVector | None) -> float:
+        step = self.weights if update is None else self.weights + update
+        unflatten_into(self.model, step.astype(np.float32))
+        loss = float(evaluate(self.model, self.test).loss)
+        return loss if np.isfinite(loss) else 1e9
 
 
 def score_groups(
@@ -57,33 +94,32 @@ def score_groups(
     sums: dict[int, DecryptedAggregate],
     test: Dataset,
 ) -> list[GroupScore]:
-    """Each group's loss after applying its average update to `weights`, and the verdict."""
-    unflatten_into(model, weights)
-    before = float(evaluate(model, test).loss)
-    after = {}
-    for index, agg in sorted(sums.items()):
-        unflatten_into(model, (weights + agg.average).astype(np.float32))
-        after[index] = float(evaluate(model, test).loss)
-    unflatten_into(model, weights)
-    limit = before * (1 + EXCLUDE_MARGIN)
-    worse = {i for i, loss in after.items() if not np.isfinite(loss) or loss > limit}
-    if worse == set(after):
-        worse = set()  # no group stands out: nothing to leave out
-    return [
-        GroupScore(
-            index=i,
-            loss_before=before,
-            loss_after=loss if np.isfinite(loss) else 1e9,
-            excluded=i in worse,
-            reason=(
-                f"held-out loss {before:.4f} → {loss:.4f}, more than "
-                f"{EXCLUDE_MARGIN:.0%} worse: left out of the model step"
-                if i in worse
-                else None
-            ),
+    """Each group's value and leave-one-out losses, and which groups the step leaves out."""
+    loss = _Loss(model, weights, test)
+    indices = sorted(sums)
+    with_all = loss(_average([sums[i] for i in indices]))
+    without = {i: loss(_average([sums[j] for j in indices if j != i])) for i in indices}
+    excluded: dict[int, str] = {}
+    kept = list(indices)
+    current = with_all
+    while len(kept) >= 2 and len(excluded) < len(indices) // 2:
+        trial = {i: loss(_average([sums[j] for j in kept if j != i])) for i in kept}
+        worst = min(trial, key=lambda i: (trial[i], i))
+        if trial[worst] >= current * (1 - EXCLUDE_MARGIN):
+            break
+        excluded[worst] = (
+            f"held-out loss {current:.4f} with it, {trial[worst]:.4f} without: more than "
+            f"{EXCLUDE_MARGIN:.0%} better without, left out of the model step"
         )
-        for i, loss in sorted(after.items())
-    ]
+        kept.remove(worst)
+        current = trial[worst]
+    unflatten_into(model, weights)
+    scores = []
+    for i in indices:
+        others = _average([sums[j] for j in kept if j != i])
+        value = -1.0 if i in excluded else alignment(sums[i].average, others)
+        scores.append(GroupScore(i, value, without[i], with_all, i in excluded, excluded.get(i)))
+    return scores
 
 
 def robust_average(
@@ -93,5 +129,6 @@ def robust_average(
     kept = [sums[s.index] for s in scores if not s.excluded]
     if len(kept) == len(sums) or not kept:
         return total.average
-    summed = np.sum([agg.total.astype(np.float64) for agg in kept], axis=0)
-    return (summed / sum(agg.weight_sum for agg in kept)).astype(np.float32)
+    average = _average(kept)
+    assert average is not None
+    return average

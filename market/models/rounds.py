@@ -61,8 +61,11 @@ class RoundGroup(SQLModel, table=True):
     acc_count: int = 0
     acc_providers: list[str] = SQLField(default_factory=list, sa_type=JSON)
     merged_into: int | None = None
-    loss_before: float | None = None
-    loss_after: float | None = None
+    # The buyer's measure of the group's update (see market.services.groups), and the
+    # held-out losses it reported beside it.
+    value: float | None = None
+    loss_without: float | None = None
+    loss_with: float | None = None
     excluded: bool = False
     reason: str | None = SQLField(default=None, max_length=300)
 
@@ -130,18 +133,23 @@ class GroupPublic(BaseModel):
     count: int
     members: list[str]
     merged_into: int | None
-    loss_before: float | None
-    loss_after: float | None
+    value: float | None
+    loss_without: float | None
+    loss_with: float | None
     excluded: bool
     reason: str | None
 
 
 class GroupValue(Strict):
-    """The buyer's evaluation of one group's average update on its held-out data."""
+    """The buyer's measure of one released group's average update: `value`, its alignment
+    with the other groups' step (about 1 for a group that pulls its weight, 0 for updates of
+    zeros, negative against it); the held-out losses of the step with every group and
+    without this one; and whether the buyer left the group out of its step (and why)."""
 
     index: Annotated[int, Field(ge=0, le=10_000)]
-    loss_before: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
-    loss_after: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+    value: Annotated[float, Field(ge=-1, le=2, allow_inf_nan=False)]
+    loss_without: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
+    loss_with: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
     excluded: bool = False
     reason: Annotated[str, Field(max_length=300)] | None = None
 

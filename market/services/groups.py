@@ -11,14 +11,20 @@ updates is merged into the smallest other one, so every sum the buyer may decryp
 least `group_size` ≥ quorum updates, and the groups partition the round: no difference of
 two released sums isolates anyone.
 
-The buyer decrypts each group's sum, applies the group's average update to the model on its
-held-out data and reports the loss before and after (`record_values`). A group's **value**
-is the relative improvement (before − after) / before, clipped to [−1, 1]. A provider's
-**contribution score** φ is the least-squares solution of value_g ≈ mean(φ_i for i in g)
-over every valued group of the job so far (ridge-regularised, so a provider seen once is
-not over-credited): the group-testing estimate that GTG-Shapley refines with permutations,
-which an add-only preset cannot afford round by round. Settlement splits each round's pool
-by it (`market.services.settlement`), and providers with no score yet get an equal share.
+The buyer decrypts each group's sum and reports its **value**: the alignment of the group's
+average update a_g with the step the other groups make, <a_g, u> / |u|² with u the average
+of the other kept groups' sums (about 1 for a group pulling its weight, ½ for a group of two
+where one sends zeros, negative against the step), clipped to [−1, 2]; a group the buyer
+left out of its step (group-level robust aggregation) is worth −1. Alignment rather than a
+held-out loss: with providers' data as different as they are, a group's update alone may
+well worsen a held-out loss while improving the sum, and a loss barely moves once the model
+has converged. A provider's **contribution score** φ is the least-squares solution of
+value_g ≈ mean(φ_i for i in g) over every valued group of the job so far, each φ_i shrunk
+towards the common mean (ridge on φ_i − mean), so a provider seen in few groups is scored
+near the average rather than by the luck of its partners: the group-testing estimate that
+GTG-Shapley refines with permutations, which an add-only preset cannot afford round by round.
+Settlement splits each round's pool by it (`market.services.settlement`), and providers with
+no score yet get an equal share.
 
 The buyer cannot gain money by misreporting: the pool is escrowed and fully paid out to the
 round's providers whatever the values say. What it can still do is move money between
@@ -43,8 +49,9 @@ from market.errors import AggregateUnavailableError, ConflictError, InvalidInput
 from market.models import GroupPublic, GroupValue, Job, Round, RoundGroup
 from market.models.types import new_id
 
-# Ridge term of the score's least squares: small against a value's scale (|v| ≤ 1).
-RIDGE = 0.05
+# Ridge on each provider's deviation from the common mean: about one group observation's
+# worth or less, so a few rounds already separate a freeloader; one lucky draw does not.
+RIDGE = 0.03
 
 
 def group_size(job: Job) -> int:
@@ -151,8 +158,9 @@ def public(session: Session, rnd: Round, viewer_id: str, sees_all: bool) -> list
                 count=count if (closed or sees_all) else 0,
                 members=sorted(g.members) if (sees_all or mine) else [],
                 merged_into=g.merged_into,
-                loss_before=g.loss_before,
-                loss_after=g.loss_after,
+                value=g.value,
+                loss_without=g.loss_without,
+                loss_with=g.loss_with,
                 excluded=g.excluded,
                 reason=g.reason,
             )
@@ -160,11 +168,9 @@ def public(session: Session, rnd: Round, viewer_id: str, sees_all: bool) -> list
     return out
 
 
-def value(loss_before: float, loss_after: float) -> float:
-    """A group's relative improvement of the buyer's validation loss, clipped to [−1, 1]."""
-    if loss_before <= 0:
-        return 0.0
-    return max(-1.0, min(1.0, (loss_before - loss_after) / loss_before))
+def value(reported: float) -> float:
+    """A group's value as scores use it (the buyer's report, within [−1, 2])."""
+    return max(-1.0, min(2.0, reported))
 
 
 def record_values(session: Session, rnd: Round, values: Sequence[GroupValue]) -> None:
@@ -179,10 +185,10 @@ def record_values(session: Session, rnd: Round, values: Sequence[GroupValue]) ->
             expected=sorted(parts),
         )
     rows = {g.index: g for g in groups_of(session, rnd)}
-    if any(rows[i].loss_before is not None for i in parts):
+    if any(rows[i].value is not None for i in parts):
         same = all(
-            (rows[i].loss_before, rows[i].loss_after, rows[i].excluded)
-            == (v.loss_before, v.loss_after, v.excluded)
+            (rows[i].value, rows[i].loss_without, rows[i].loss_with, rows[i].excluded)
+            == (v.value, v.loss_without, v.loss_with, v.excluded)
             for i, v in given.items()
         )
         if same:
@@ -190,7 +196,8 @@ def record_values(session: Session, rnd: Round, values: Sequence[GroupValue]) ->
         raise ConflictError(f"round {rnd.number}'s group values are already recorded")
     for i, v in given.items():
         row = rows[i]
-        row.loss_before, row.loss_after = v.loss_before, v.loss_after
+        row.value = v.value
+        row.loss_without, row.loss_with = v.loss_without, v.loss_with
         row.excluded, row.reason = v.excluded, v.reason
         session.add(row)
 
@@ -207,20 +214,22 @@ def scores(session: Session, job: Job) -> dict[str, float]:
     for g in rows:
         target = (g.round_id, g.index if g.merged_into is None else g.merged_into)
         members[target].extend(g.acc_providers)
-        if g.merged_into is None and g.loss_before is not None and g.loss_after is not None:
-            values[target] = value(g.loss_before, g.loss_after)
+        if g.merged_into is None and g.value is not None:
+            values[target] = value(g.value)
     observations = [(members[k], v) for k, v in values.items() if members[k]]
     if not observations:
         return {}
     providers = sorted({p for m, _ in observations for p in m})
-    column = {p: i for i, p in enumerate(providers)}
-    a = np.zeros((len(observations) + len(providers), len(providers)))
-    b = np.zeros(len(observations) + len(providers))
+    column = {p: 1 + i for i, p in enumerate(providers)}  # column 0: the common mean
+    rows = len(observations) + len(providers)
+    a = np.zeros((rows, 1 + len(providers)))
+    b = np.zeros(rows)
     for row, (group, v) in enumerate(observations):
+        a[row, 0] = 1.0
         for p in group:
             a[row, column[p]] = 1.0 / len(group)
         b[row] = v
-    # Ridge rows: φ_i ≈ 0 with weight RIDGE, so the system is always determined.
-    a[len(observations) :, :] = math.sqrt(RIDGE) * np.eye(len(providers))
-    phi, *_ = np.linalg.lstsq(a, b, rcond=None)
-    return {p: float(phi[column[p]]) for p in providers}
+    # Ridge rows: each deviation ≈ 0 with weight RIDGE, so the system is always determined.
+    a[len(observations) :, 1:] = math.sqrt(RIDGE) * np.eye(len(providers))
+    x, *_ = np.linalg.lstsq(a, b, rcond=None)
+    return {p: float(x[0] + x[column[p]]) for p in providers}

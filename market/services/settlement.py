@@ -11,7 +11,8 @@ Per round (in `close_round`, in the same database transaction):
   contribution**: each provider's score φ from the buyer's evaluations of the random groups
   it was in, in earlier rounds (`market.services.groups`). A provider with no score yet gets
   exactly the equal share pool / n; the providers with a score share the rest in proportion
-  to max(φ, 0) (equally if none is positive). No claim moves money: neither the samples a
+  to max(φ − floor, 0), the floor a quarter of the mean positive score (equally if none is
+  above it). No claim moves money: neither the samples a
   provider declares nor its reputation (which gates matching only). **Largest-remainder
   rounding** (ties by provider id) makes the shares add up to the pool to the cent;
 - postings: escrow −(pool + fee), each provider's payable +share, platform fees +fee;
@@ -79,11 +80,20 @@ def split(pool: int, weights: Mapping[str, int]) -> dict[str, int]:
     return shares
 
 
+# A score below this fraction of the scored providers' mean positive score earns nothing:
+# that close to zero, an estimate from a few random groups cannot tell a small contribution
+# from none (a freeloader's first groups credit it with half of its partners' work).
+MIN_SHARE_OF_MEAN = 0.25
+
+
 def contribution_weights(included: Iterable[str], scores: Mapping[str, float]) -> dict[str, int]:
     """Integer split weights: unscored providers weigh the scored ones' mean, so each gets
-    exactly pool / n; scored ones weigh max(φ, 0) (in millionths)."""
+    exactly pool / n; scored ones weigh max(φ − floor, 0) (in millionths), the floor being
+    `MIN_SHARE_OF_MEAN` of the mean positive score."""
     included = sorted(set(included))
-    scored = {p: max(0, round(1_000_000 * scores[p])) for p in included if p in scores}
+    positive = [scores[p] for p in included if p in scores and scores[p] > 0]
+    floor = MIN_SHARE_OF_MEAN * sum(positive) / len(positive) if positive else 0.0
+    scored = {p: max(0, round(1_000_000 * (scores[p] - floor))) for p in included if p in scores}
     if not scored or sum(scored.values()) == 0:
         return dict.fromkeys(included, 1)
     mean = max(1, round(sum(scored.values()) / len(scored)))

@@ -100,8 +100,7 @@ def _score_round(scn: Scenario, number: int, good: set[str]) -> None:
     for g in rnd["groups"]:
         if g["merged_into"] is None and g["count"] > 0:
             share = len(good & set(g["members"])) / len(g["members"])
-            values.append({"index": g["index"], "loss_before": 1.0,
-                           "loss_after": 1.0 - 0.2 * share})  # fmt: skip
+            values.append({"index": g["index"], "value": share})
     r = scn.client.post(
         f"/v1/jobs/{scn.job_id}/rounds/{number}/groups",
         json={"groups": values},
@@ -175,19 +174,18 @@ def test_group_values_are_recorded_once_and_checked(
     is refused (409)."""
     scn = running_job(client, clock, buyer_keys)
     url = f"/v1/jobs/{scn.job_id}/rounds/1/groups"
-    body = {"groups": [{"index": 0, "loss_before": 1.0, "loss_after": 0.9}]}
+    body = {"groups": [{"index": 0, "value": 0.9, "loss_without": 1.0, "loss_with": 0.9}]}
     assert client.post(url, json=body, headers=scn.buyer.headers).status_code == 409
     for p in scn.providers:
         assert scn.submit(p, 1).status_code == 201
-    assert client.post(url, json={"groups": [{"index": 7, "loss_before": 1.0,
-                                              "loss_after": 0.9}]},
-                       headers=scn.buyer.headers).status_code == 422  # fmt: skip
+    missing = {"groups": [{"index": 7, "value": 1.0}]}
+    assert client.post(url, json=missing, headers=scn.buyer.headers).status_code == 422
     assert client.post(url, json=body, headers=scn.buyer.headers).status_code == 200
     assert client.post(url, json=body, headers=scn.buyer.headers).status_code == 200
-    other = {"groups": [{"index": 0, "loss_before": 1.0, "loss_after": 0.1}]}
+    other = {"groups": [{"index": 0, "value": 0.1}]}
     r = client.post(url, json=other, headers=scn.buyer.headers)
     assert r.status_code == 409
-    assert scn.round(1)["groups"][0]["loss_after"] == 0.9
+    assert scn.round(1)["groups"][0]["value"] == 0.9
     provider = client.post(url, json=body, headers=scn.providers[0].headers)
     assert provider.status_code == 403
 
