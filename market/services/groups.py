@@ -221,9 +221,9 @@ def scores(session: Session, job: Job) -> dict[str, float]:
         return {}
     providers = sorted({p for m, _ in observations for p in m})
     column = {p: 1 + i for i, p in enumerate(providers)}  # column 0: the common mean
-    rows = len(observations) + len(providers)
-    a = np.zeros((rows, 1 + len(providers)))
-    b = np.zeros(rows)
+    n_rows = len(observations) + len(providers)
+    a = np.zeros((n_rows, 1 + len(providers)))
+    b = np.zeros(n_rows)
     for row, (group, v) in enumerate(observations):
         a[row, 0] = 1.0
         for p in group:
