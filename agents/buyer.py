@@ -26,6 +26,7 @@ from agents.data import Dataset, DatasetSchema, prepare
 from agents.modelio import flatten, load_safetensors, to_safetensors, unflatten_into
 from agents.models import ModelSpec, build_model
 from agents.optim import ServerOptimizer, make_server_optimizer
+from agents.robust import robust_average, score_groups
 from agents.state import StateFile, write_atomic
 from agents.training import evaluate
 from agents.trust import Trust, TrustError, manifest_body, register_identity
@@ -187,7 +188,17 @@ class BuyerRun:
             self._check_aggregate(number, blob)
         agg = decrypt_aggregate(self.keys, blob)
         load_safetensors(self.model, self.client.get_round_model(self.job_id, number))
-        weights = self.optimizer.step(flatten(self.model), agg.average)
+        start = flatten(self.model)
+        sums = {
+            g: decrypt_aggregate(self.keys, self.client.get_group_aggregate(self.job_id, number, g))
+            for g in self._released_groups(number)
+        }
+        scores = score_groups(self.model, start, sums, self.test)
+        for s in scores:
+            if s.excluded:
+                self.notify(f"job {self.job_id} round {number}: group {s.index}: {s.reason}")
+        self.state.section("group_scores")[str(number)] = [s.as_json() for s in scores]
+        weights = self.optimizer.step(start, robust_average(agg, sums, scores))
         unflatten_into(self.model, weights)
         result = evaluate(self.model, self.test)
         # The model first, then the state that says it is done: a crash in between only
@@ -223,6 +234,23 @@ class BuyerRun:
                 "server's signed round-closed record names"
             )
 
+    def _released_groups(self, number: int) -> list[int]:
+        """The groups of a closed round whose sums the buyer may decrypt."""
+        rnd = self.client.get_round(self.job_id, number)
+        return sorted(
+            int(g["index"])
+            for g in rnd.get("groups", [])
+            if g["merged_into"] is None and int(g["count"]) > 0
+        )
+
+    def _report_groups(self, number: int) -> None:
+        """Send round `number`'s group values once (a resent copy is recorded once)."""
+        scores = self.state.section("group_scores").get(str(number))
+        if scores and int(self.state.get("groups_reported", 0)) < number:
+            self.client.post_group_values(self.job_id, number, scores)
+            self.state.data["groups_reported"] = number
+            self.state.save()
+
     def run(self) -> JobOutcome:
         self._wait(self._job_if_running, "the job to start")
         outcome = JobOutcome(self.job_id, "running")
@@ -249,6 +277,7 @@ class BuyerRun:
                 return False
             self.apply_round(applied + 1)
             applied += 1
+        self._report_groups(applied)
         if int(self.state.get("reported", 0)) < applied:
             report = RoundReport(**self.state.section("rounds")[str(applied)])
             self.client.post_metrics(

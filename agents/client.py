@@ -406,6 +406,16 @@ class PollenClient:
     def get_aggregate(self, job_id: str, number: int) -> bytes:
         return self._bytes(f"/v1/jobs/{job_id}/rounds/{number}/aggregate")
 
+    def get_group_aggregate(self, job_id: str, number: int, index: int) -> bytes:
+        """One random group's encrypted sum of a closed round (buyer only)."""
+        return self._bytes(f"/v1/jobs/{job_id}/rounds/{number}/groups/{index}/aggregate")
+
+    def post_group_values(self, job_id: str, number: int, groups: list[Json]) -> Json:
+        """The buyer's loss before and after each group's average update."""
+        path = f"/v1/jobs/{job_id}/rounds/{number}/groups"
+        result: Json = self._json("POST", path, json={"groups": groups})
+        return result
+
     def post_metrics(self, job_id: str, number: int, metrics: Json) -> Json:
         path = f"/v1/jobs/{job_id}/rounds/{number}/metrics"
         result: Json = self._json("POST", path, json=metrics)

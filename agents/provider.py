@@ -37,7 +37,7 @@ from agents.privacy import DPPlan, PrivacyDeclinedError, PrivacyPolicy, plan_rec
 from agents.state import StateFile, write_atomic
 from agents.training import EpochInfo, RecordDP, compute_update, train_local
 from agents.trust import Trust, TrustError, register_identity
-from crypto import EnvelopeBinding, PublicContext, encrypt_update, read_header
+from crypto import EnvelopeBinding, PublicContext, encrypt_update, read_header, update_weight
 from crypto.identity import IdentityKey, SignatureError, verify_record
 
 if TYPE_CHECKING:
@@ -121,6 +121,11 @@ class ProviderAgent:
     def schema(self) -> DatasetSchema:
         return derive_schema(self.data)
 
+    def claimed_samples(self, rows: int) -> int:
+        """How many samples the agent says it has, in its listing and envelopes: its rows.
+        (The fairness benchmark overrides it to play a provider that inflates its claim.)"""
+        return rows
+
     def ensure_listing(self, classes: list[int] | None = None) -> str:
         """Publish the listing once; afterwards keep its id in the state file."""
         listing_id = self.state.get("listing_id")
@@ -132,7 +137,7 @@ class ProviderAgent:
             "schema": schema.model_dump(
                 include={"features": {"__all__": {"name", "type"}}, "label": True}
             ),
-            "samples": len(self.data),
+            "samples": self.claimed_samples(len(self.data)),
             "ask_cents": self.ask_cents,
             "currency": self.currency,
             "capacity": self.capacity,
@@ -264,8 +269,8 @@ class ProviderAgent:
             entry["dp_rounds"] = int(entry.get("dp_rounds", 0)) + 1
             entry["update_epsilon"] = epsilon_spent(self.dp, entry["dp_rounds"])
             self.state.save()
-        samples = min(len(local), int(spec["sample_cap"]))
-        weight = samples / max(int(rnd["weight_norm"]), samples)
+        samples = min(self.claimed_samples(len(local)), int(spec["sample_cap"]))
+        weight = update_weight(samples, int(rnd["weight_norm"]))
         binding = EnvelopeBinding(
             job["id"], number, me, int(job["param_count"]), int(rnd["summands"])
         )

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     # Connect (accounts, transfers); unset on the stripe rail means payouts go out as a
     # manual CSV batch (localstripe has no Connect).
     stripe_connect_api_base: str | None = None
+    # The shortest round deadline a job may set: a buyer cannot make providers miss rounds
+    # (and lose reputation) with a deadline nobody can meet.
+    min_round_deadline_s: int = Field(default=30, ge=1)
+    # Taken from what is left in escrow when a buyer cancels a running job (after the
+    # collecting round's submitters are paid); 0 = no fee.
+    cancel_fee_bps: int = Field(default=0, ge=0, le=10_000)
     # The platform's fee in basis points of a job's budget (500 = 5%).
     platform_fee_bps: int = Field(default=500, ge=0, le=10_000)
     # Reputation: an event `age` days old counts decay**age.

@@ -36,8 +36,12 @@ from market.models.money import (
 from market.models.offers import LIVE_OFFER_STATES, Offer, OfferPublic
 from market.models.privacy import PrivacyReport, PrivacyReportCreate, PrivacyReportPublic
 from market.models.rounds import (
+    GroupPublic,
+    GroupValue,
+    GroupValuesCreate,
     MetricsCreate,
     Round,
+    RoundGroup,
     RoundPublic,
     Submission,
     SubmissionReceipt,
@@ -58,6 +62,9 @@ __all__ = [
     "CreditPublic",
     "DatasetSchema",
     "FeatureSpec",
+    "GroupPublic",
+    "GroupValue",
+    "GroupValuesCreate",
     "IdentityKey",
     "Job",
     "JobCreate",
@@ -92,6 +99,7 @@ __all__ = [
     "ReputationPublic",
     "Role",
     "Round",
+    "RoundGroup",
     "RoundPublic",
     "RoundSummary",
     "Submission",

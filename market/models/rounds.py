@@ -43,6 +43,35 @@ class Round(SQLModel, table=True):
     close_reason: str | None = SQLField(default=None, max_length=64)
 
 
+class RoundGroup(SQLModel, table=True):
+    """One random group of a round's providers and the encrypted sum of its updates.
+
+    The partition is drawn by the server when the round opens (`market.services.groups`);
+    at close a group with fewer than `group_size` updates is merged into another
+    (`merged_into`), so every sum the buyer may decrypt holds at least `group_size` ≥ quorum
+    updates. The buyer reports how each group's average update changed its validation loss.
+    """
+
+    __tablename__ = "round_group"
+    __table_args__ = (UniqueConstraint("round_id", "index"),)
+
+    id: str = SQLField(primary_key=True, max_length=32)
+    round_id: str = SQLField(foreign_key="round.id", index=True, max_length=32)
+    index: int
+    members: list[str] = SQLField(default_factory=list, sa_type=JSON)
+    acc_key: str | None = SQLField(default=None, max_length=200)
+    acc_count: int = 0
+    acc_providers: list[str] = SQLField(default_factory=list, sa_type=JSON)
+    merged_into: int | None = None
+    # The buyer's measure of the group's update (see market.services.groups), and the
+    # held-out losses it reported beside it.
+    value: float | None = None
+    loss_without: float | None = None
+    loss_with: float | None = None
+    excluded: bool = False
+    reason: str | None = SQLField(default=None, max_length=300)
+
+
 class Submission(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("round_id", "provider_id"),)
 
@@ -95,11 +124,44 @@ class RoundPublic(BaseModel):
     summands: int
     metrics: dict[str, float] | None
     close_reason: str | None
+    groups: list[GroupPublic] = []
 
 
 # A loss beyond this is a diverged model or a hostile post, not a figure worth charting
 # (1.7e308 once overflowed the dashboard's chart ticks and broke the job page).
 MAX_LOSS = 1e9
+
+
+class GroupPublic(BaseModel):
+    """A round's group as its viewer may see it (a provider: its own group's members only)."""
+
+    index: int
+    count: int
+    members: list[str]
+    merged_into: int | None
+    value: float | None
+    loss_without: float | None
+    loss_with: float | None
+    excluded: bool
+    reason: str | None
+
+
+class GroupValue(Strict):
+    """The buyer's measure of one released group's average update: `value`, its alignment
+    with the other groups' step (about 1 for a group that pulls its weight, 0 for updates of
+    zeros, negative against it); the held-out losses of the step with every group and
+    without this one; and whether the buyer left the group out of its step (and why)."""
+
+    index: Annotated[int, Field(ge=0, le=10_000)]
+    value: Annotated[float, Field(ge=-1, le=2, allow_inf_nan=False)]
+    loss_without: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
+    loss_with: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
+    excluded: bool = False
+    reason: Annotated[str, Field(max_length=300)] | None = None
+
+
+class GroupValuesCreate(Strict):
+    groups: Annotated[list[GroupValue], Field(min_length=1, max_length=10_000)]
 
 
 class MetricsCreate(Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -32,10 +33,16 @@ def create_job(
     now: datetime,
     allow_plaintext: bool = False,
     max_drafts: int = DEFAULT_MAX_DRAFTS,
+    min_round_deadline_s: int = 1,
 ) -> Job:
     """Post a job in `draft`, within the buyer's quota of drafts (409 past it)."""
     if buyer.role != "buyer":
         raise PermissionDeniedError("only buyers post jobs")
+    if spec.round_deadline_s < min_round_deadline_s:
+        raise InvalidInputError(
+            f"round_deadline_s must be at least {min_round_deadline_s} s on this marketplace",
+            minimum=min_round_deadline_s,
+        )
     preset = get_preset(spec.preset)
     if preset.is_plain and not allow_plaintext:
         raise InvalidInputError(
@@ -107,11 +114,13 @@ def put_initial_model(
 ) -> Job:
     """The initial model from a finished upload (moved into the store, never read whole)."""
     _require_draft(job)
-    count = weights.param_count_file(upload.path)
+    layout = weights.layout_file(upload.path)
+    count = sum(math.prod(shape) for shape in layout.values())
     key = f"jobs/{job.id}/models/round-0001.safetensors"
     blobs.put_temp(key, upload)
     job.model_key = key
     job.param_count = count
+    job.layout = layout
     job.updated_at = now
     session.add(job)
     session.commit()
@@ -123,8 +132,8 @@ def put_final_model(
 ) -> Job:
     if job.state not in ("running", "completed"):
         raise InvalidStateError(f"job is {job.state}")
-    if weights.param_count_file(upload.path) != job.param_count:
-        raise InvalidInputError(f"the model must have {job.param_count} parameters")
+    assert job.param_count is not None
+    weights.check_layout(upload.path, job.layout, job.param_count)
     key = f"jobs/{job.id}/models/final.safetensors"
     blobs.put_temp(key, upload)
     job.final_model_key = key
@@ -146,7 +155,10 @@ def request_funding(session: Session, job: Job, *, now: datetime) -> Job:
     return job
 
 
-def cancel_job(session: Session, job: Job, *, now: datetime) -> Job:
+def cancel_job(session: Session, job: Job, *, now: datetime, fee_bps: int = 0) -> Job:
+    """The buyer stops its job. Work already done is paid first: the collecting round's
+    accepted submitters are settled as if it had closed (their sum is never released);
+    then `fee_bps` of what is left goes to the platform and the rest is refunded."""
     with locked_job(session, job.id) as job:
         if job.state in TERMINAL_JOB_STATES:
             raise InvalidStateError(f"job is already {job.state}")
@@ -159,7 +171,11 @@ def cancel_job(session: Session, job: Job, *, now: datetime) -> Job:
         ):
             rnd.state = "cancelled"
             rnd.closed_at = now
+            rnd.close_reason = "cancelled by the buyer"
             session.add(rnd)
+            if rnd.acc_providers:
+                settlement.settle_round(session, job, rnd, now=now)
+        settlement.charge_cancel_fee(session, job, fee_bps, now=now)
         settlement.on_job_ended(session, job, now=now)
         session.commit()
     log.info("job %s cancelled", job.id)

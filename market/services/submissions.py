@@ -37,6 +37,7 @@ from crypto import (
     CryptoError,
     EnvelopeBinding,
     PublicContext,
+    ValidatedEnvelope,
     envelope_size,
     get_preset,
     validate_envelope,
@@ -52,7 +53,7 @@ from market.errors import (
 )
 from market.models import Account, Job, Round, Submission, SubmissionReceipt
 from market.models.types import new_id
-from market.services import access, reputation, trust
+from market.services import access, groups, reputation, trust
 from market.services.locks import locked_job, locked_round
 from market.services.rounds import check_round, load_round
 
@@ -63,7 +64,7 @@ _cache_guard = threading.Lock()
 # submission does not parse the whole persisted sum again. Taken out under the job's lock,
 # used only if the database still points at that very sum (another process may have added).
 _accumulators: dict[str, tuple[str, Accumulator]] = {}
-_ACC_CACHE = 8
+_ACC_CACHE = 16
 _contexts: OrderedDict[str, PublicContext] = OrderedDict()
 _CONTEXT_CACHE = 16
 
@@ -159,6 +160,32 @@ def _discard(blobs: BlobStore, key: str) -> None:
         log.warning("could not delete the superseded sum %s", key, exc_info=True)
 
 
+def _added(
+    blobs: BlobStore,
+    ctx: PublicContext,
+    job: Job,
+    number: int,
+    cache_id: str,
+    current_key: str | None,
+    update: ValidatedEnvelope,
+) -> Accumulator:
+    """The committed sum at `current_key` (a round's, or one group's) plus `update`."""
+    assert job.param_count is not None
+    with _cache_guard:
+        cached = _accumulators.pop(cache_id, None)
+    if cached is not None and cached[0] == current_key:
+        acc = cached[1]  # the persisted sum, already parsed: skip re-reading 10 MB
+    elif current_key is None:
+        acc = Accumulator.empty(
+            ctx, job_id=job.id, round=number, param_count=job.param_count,
+            summands=job.max_providers,
+        )  # fmt: skip
+    else:
+        acc = Accumulator.from_bytes(blobs.get_bytes(current_key), ctx)
+    acc.add(update)
+    return acc
+
+
 def submit(
     session: Session,
     blobs: BlobStore,
@@ -197,25 +224,23 @@ def submit(
         if (rnd.state, rnd.attempt) != before:
             session.commit()
         _refuse_if_not_open(session, fresh_job, rnd, provider)
-        with _cache_guard:
-            cached = _accumulators.pop(rnd.id, None)
-        if cached is not None and cached[0] == rnd.acc_key:
-            acc = cached[1]  # the persisted sum, already parsed: skip re-reading 10 MB
-        elif rnd.acc_key is None:
-            acc = Accumulator.empty(
-                ctx,
-                job_id=job.id,
-                round=number,
-                param_count=job.param_count,
-                summands=job.max_providers,
-            )
-        else:
-            acc = Accumulator.from_bytes(blobs.get_bytes(rnd.acc_key), ctx)
-        acc.add(validated)
         sub_id = new_id("sub")
-        acc_key = f"jobs/{job.id}/rounds/{number:04d}/acc-{acc.count:04d}-{sub_id}.bin"
+        base = f"jobs/{job.id}/rounds/{number:04d}"
+        acc = _added(blobs, ctx, job, number, rnd.id, rnd.acc_key, validated)
+        acc_key = f"{base}/acc-{acc.count:04d}-{sub_id}.bin"
         acc_bytes = acc.to_bytes()
         blobs.put_bytes(acc_key, acc_bytes)
+        # The same update goes into its random group's sum (contribution is measured on
+        # group sums: market.services.groups).
+        group = groups.group_for(session, rnd, provider.id)
+        group_acc = _added(blobs, ctx, job, number, group.id, group.acc_key, validated)
+        group_key = f"{base}/group-{group.index:03d}-{group_acc.count:04d}-{sub_id}.bin"
+        blobs.put_bytes(group_key, group_acc.to_bytes())
+        offer = access.offer_of(session, job.id, provider.id)
+        # A claim never exceeds what was matched: the listing's count when offered.
+        samples = validated.header.samples
+        if offer is not None:
+            samples = min(samples, offer.samples)
         sub = Submission(
             id=sub_id,
             job_id=job.id,
@@ -226,18 +251,21 @@ def submit(
             payload_sha256=validated.header.payload_sha256,
             envelope_key=None,
             size_bytes=upload.size,
-            samples=validated.header.samples,
+            samples=samples,
             weight=validated.header.weight,
             accepted_at=now,
         )
-        superseded = rnd.acc_key
+        superseded = [k for k in (rnd.acc_key, group.acc_key) if k is not None]
         rnd.acc_key = acc_key
         rnd.acc_count = acc.count
         # Who is inside the sum, copied from the sum itself: what settlement pays.
         rnd.acc_providers = list(acc.provider_ids)
         rnd.acc_sha256 = hashlib.sha256(acc_bytes).hexdigest()
+        group.acc_key, group.acc_count = group_key, group_acc.count
+        group.acc_providers = list(group_acc.provider_ids)
         session.add(sub)
         session.add(rnd)
+        session.add(group)
         session.flush()
         record, leaf = trust.log_accepted(
             session,
@@ -257,12 +285,13 @@ def submit(
     # The database now points at the new sum; the previous one is garbage. The envelope was
     # never stored: it lives on only inside the sum (the route deletes the upload). A crash
     # before this line leaves an orphan file, never a dangling pointer.
-    if superseded is not None:
-        _discard(blobs, superseded)
+    for key in superseded:
+        _discard(blobs, key)
     # Only a committed sum goes back in the cache; any failure above leaves it out, so the
     # next submission re-reads the persisted blob the database points to.
     with _cache_guard:
         _accumulators[rnd.id] = (acc_key, acc)
+        _accumulators[group.id] = (group_key, group_acc)
         while len(_accumulators) > _ACC_CACHE:
             _accumulators.pop(next(iter(_accumulators)))
     log.info("job %s round %d: update %d from %s", job.id, number, acc.count, provider.id)

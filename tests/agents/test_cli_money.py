@@ -69,7 +69,9 @@ def test_payouts_and_reputation(live: Live) -> None:
     code, out = _run("payouts", "--run", "--server", live.url, "--api-key", ADMIN_KEY)
     assert code == 0, out
     assert "payout_id,provider_id,job_id,amount_cents,currency" in out
-    assert "71.25 USD" in out and "23.75 USD" in out  # 95.00 split 3:1
+    # 95.00 split evenly: no contribution score yet, and the claimed 300 vs 100 samples
+    # move no money.
+    assert out.count("47.50 USD") >= 2
     code, out = _run("reputation", "--server", live.url)
     assert code == 0 and "p0" in out and "0.8" in out
     code, out = _run("reputation", live.providers[1], "--server", live.url)

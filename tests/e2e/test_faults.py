@@ -34,7 +34,7 @@ from agents.models import ModelSpec, build_model
 from agents.optim import FedAvg
 from agents.provider import train_seed
 from agents.training import compute_update, train_local
-from crypto import Accumulator, BuyerKeys
+from crypto import Accumulator, BuyerKeys, weight_norm
 from crypto.identity import IdentityKey
 from market.db import make_engine
 from market.models import Round, Submission
@@ -70,7 +70,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerPro
     backend = getattr(request, "param", "sqlite")
     data_dir = tmp_path / "server"
     data_dir.mkdir()
-    env = {"POLLEN_DEADLINE_TICK_S": "0.2"}
+    env = {"POLLEN_DEADLINE_TICK_S": "0.2", "POLLEN_MIN_ROUND_DEADLINE_S": "1"}
     name = None
     if backend == "postgres":
         pg: str = request.getfixturevalue("pg_server")
@@ -242,8 +242,8 @@ def market_factory(server: ServerProcess, tmp_path: Path) -> Iterator[Any]:
         buyer = PollenClient(server.url, registered["api_key"])
         admin = PollenClient(server.url, server.admin_key)
         spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
-        # A cap above every dataset: each update weighs its true sample count, as in the
-        # plaintext FedAvg the results are compared with.
+        # A cap above every dataset: each update weighs min(its sample count, the median), as
+        # in the plaintext FedAvg the results are compared with.
         spec.update(round_deadline_s=deadline_s, sample_cap=10**6)
         # The buyer process (`pollen job run --keys`) signs with the identity beside its keys.
         identity = IdentityKey.load_or_create(tmp_path / "buyer.key.identity")
@@ -273,6 +273,7 @@ def plaintext_fedavg(market: Market) -> np.ndarray:
     load_safetensors(model, initial_model_bytes(spec))
     weights = flatten(model)
     local = [prepare(ds, schema) for ds in market.datasets]
+    norm = weight_norm(len(data) for data in local)  # the marketplace's weighting
     for number in range(1, ROUNDS + 1):
         total = np.zeros_like(weights, dtype=np.float64)
         samples = 0
@@ -286,8 +287,9 @@ def plaintext_fedavg(market: Market) -> np.ndarray:
                 batch_size=int(spec["batch_size"]),
                 seed=train_seed(int(spec["seed"]), number, i),
             )
-            total += len(data) * compute_update(weights, flatten(model)).astype(np.float64)
-            samples += len(data)
+            weight = min(len(data), norm)
+            total += weight * compute_update(weights, flatten(model)).astype(np.float64)
+            samples += weight
         weights = FedAvg().step(weights, (total / samples).astype(np.float32))
     return weights
 

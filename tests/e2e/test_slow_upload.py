@@ -55,7 +55,7 @@ class Server:
 def _serve(tmp_path: Path, database_url: str | None, **env: str) -> Iterator[Server]:
     data_dir = tmp_path / "server"
     data_dir.mkdir()
-    env = {"POLLEN_DEADLINE_TICK_S": "0.3", **env}
+    env = {"POLLEN_DEADLINE_TICK_S": "0.3", "POLLEN_MIN_ROUND_DEADLINE_S": "1", **env}
     if database_url:
         env["POLLEN_DATABASE_URL"] = database_url
     port, admin_key = free_port(), secrets.token_urlsafe(16)

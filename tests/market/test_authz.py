@@ -112,6 +112,8 @@ CASES: list[tuple[str, str, Body | None, dict[str, int]]] = [
     ("PUT", "/v1/jobs/{job}/rounds/2/model", MODEL, _m(401, 409, 404, 403, 403, 404, 403)),
     ("PUT", "/v1/jobs/{job}/rounds/1/submission", _envelope, _m(401, 403, 403, 201, 403, 404, 403)),
     ("GET", "/v1/jobs/{job}/rounds/1/aggregate", None, _m(401, 409, 404, 403, 403, 404, 403)),
+    ("GET", "/v1/jobs/{job}/rounds/1/groups/0/aggregate", None, _m(401, 409, 404, 403, 403, 404, 403)),
+    ("POST", "/v1/jobs/{job}/rounds/1/groups", _json({"groups": [{"index": 0, "value": 1.0}]}), _m(401, 409, 404, 403, 403, 404, 403)),
     ("POST", "/v1/jobs/{job}/rounds/1/metrics", _json({"loss": 1.0, "accuracy": 0.5}), _m(401, 409, 404, 403, 403, 404, 403)),
     ("POST", "/v1/jobs/{job}/privacy", _json({"round": 1, "epsilon": 1.0, "delta": 1e-5}), _m(401, 403, 403, 422, 403, 404, 403)),
     ("GET", "/v1/jobs/{job}/privacy", None, _m(401, 200, 404, 200, 200, 404, 200)),
@@ -175,6 +177,7 @@ def test_matrix_covers_every_route(client: TestClient) -> None:
         "{provider}": "{provider_id}",
         "/leaves/0": "/leaves/{index}",
         "{batch}": "{batch_id}",
+        "/groups/0/": "/groups/{index}/",
     }
     covered = set()
     for method, path, _, _ in CASES:

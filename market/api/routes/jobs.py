@@ -37,6 +37,7 @@ def create(
         now=now,
         allow_plaintext=settings.allow_plaintext_jobs,
         max_drafts=settings.max_draft_jobs_per_buyer,
+        min_round_deadline_s=settings.min_round_deadline_s,
     )
     return views.job_public(session, job, account)
 
@@ -164,10 +165,22 @@ def fund(
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel(
-    job_id: str, account: CurrentAccount, session: SessionDep, rail: RailDep, now: NowDep
+    job_id: str,
+    account: CurrentAccount,
+    session: SessionDep,
+    rail: RailDep,
+    now: NowDep,
+    settings: SettingsDep,
 ) -> JobPublic:
-    """Stop the job; the unspent escrow is refunded (a Stripe Refund on the stripe rail)."""
-    job = jobs.cancel_job(session, access.owned_job(session, job_id, account), now=now)
+    """Stop the job: the collecting round's accepted submitters are paid for their work,
+    then the unspent escrow is refunded (a Stripe Refund on the stripe rail), less the
+    platform's cancellation fee if it sets one."""
+    job = jobs.cancel_job(
+        session,
+        access.owned_job(session, job_id, account),
+        now=now,
+        fee_bps=settings.cancel_fee_bps,
+    )
     payments.process_refunds(session, rail, now=now)
     return views.job_public(session, job, account)
 

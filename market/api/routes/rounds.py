@@ -30,7 +30,14 @@ from market.api.deps import (
 from market.blobs import BlobStore, TempBlob, receive
 from market.db import ConnectionTurn
 from market.errors import PayloadTooLargeError
-from market.models import Account, Job, MetricsCreate, RoundPublic, SubmissionReceipt
+from market.models import (
+    Account,
+    GroupValuesCreate,
+    Job,
+    MetricsCreate,
+    RoundPublic,
+    SubmissionReceipt,
+)
 from market.services import access, results, rounds, submissions, uploads, views
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/rounds", tags=["rounds"])
@@ -243,6 +250,40 @@ def aggregate(
     """The round's encrypted sum (buyer only; closed round with at least `quorum` updates)."""
     job = access.owned_job(session, job_id, account)
     return Response(results.aggregate_bytes(session, blobs, job, number, now=now), media_type=OCTET)
+
+
+@router.get(
+    "/{number}/groups/{index}/aggregate",
+    response_class=Response,
+    responses={200: {"content": {OCTET: {}}}},
+)
+def group_aggregate(
+    job_id: str,
+    number: RoundNo,
+    index: Annotated[int, Path(ge=0, le=10_000)],
+    account: CurrentAccount,
+    session: SessionDep,
+    blobs: BlobsDep,
+) -> Response:
+    """One random group's encrypted sum (buyer only; closed round; every group ≥ quorum)."""
+    job = access.owned_job(session, job_id, account)
+    data = results.group_aggregate_bytes(session, blobs, job, number, index)
+    return Response(data, media_type=OCTET)
+
+
+@router.post("/{number}/groups", response_model=RoundPublic)
+def group_values(
+    job_id: str,
+    number: RoundNo,
+    body: GroupValuesCreate,
+    account: CurrentAccount,
+    session: SessionDep,
+) -> RoundPublic:
+    """The buyer's evaluation of each group's average update (loss before and after, and
+    whether it left the group out of its model step); recorded once, shown to every party."""
+    job = access.owned_job(session, job_id, account)
+    rnd = results.record_group_values(session, job, number, body)
+    return views.round_public(session, job, rnd, account)
 
 
 @router.post("/{number}/metrics", response_model=RoundPublic)
