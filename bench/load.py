@@ -196,6 +196,23 @@ def setup_round(
     return buyer, providers, job["id"], int(status["param_count"])
 
 
+def round_envelopes(
+    keys: BuyerKeys, job_id: str, providers: list[Party], params: int
+) -> list[bytes]:
+    """Round 1's real envelopes, provider `i` sending `_value(i)` everywhere (checkable)."""
+    ctx = keys.public_context()
+    return [
+        encrypt_update(
+            ctx,
+            np.full(params, _value(i), dtype=np.float32),
+            binding=EnvelopeBinding(job_id, 1, p.id, params, len(providers)),
+            weight=1.0,
+            samples=SAMPLES,
+        )
+        for i, p in enumerate(providers)
+    ]
+
+
 async def burst(
     url: str, job_id: str, providers: list[Party], envelopes: list[bytes]
 ) -> tuple[list[tuple[int | None, float, str]], float]:
@@ -277,18 +294,7 @@ def run_backend(name: str) -> dict[str, Any]:
                 f"  {backend}: {AGENTS} providers accepted job {job_id} ({params:,} parameters) "
                 f"in {time.perf_counter() - started:.1f}s"
             )
-            summands = AGENTS
-            ctx = keys.public_context()
-            envelopes = [
-                encrypt_update(
-                    ctx,
-                    np.full(params, _value(i), dtype=np.float32),
-                    binding=EnvelopeBinding(job_id, 1, p.id, params, summands),
-                    weight=1.0,
-                    samples=SAMPLES,
-                )
-                for i, p in enumerate(providers)
-            ]
+            envelopes = round_envelopes(keys, job_id, providers, params)
             sampler = RssSampler(server.pid, children=workers > 1)
             baseline_kb = sampler.status_kb("VmRSS")
             hwm_before_kb = sampler.status_kb("VmHWM")

@@ -22,8 +22,8 @@ import pytest
 
 from agents.client import PollenClient
 from agents.demo import free_port, start_server, stop, wait_ready
-from bench.load import SAMPLES, _value, burst, setup_round
-from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update
+from bench.load import _value, burst, round_envelopes, setup_round
+from crypto import BuyerKeys, decrypt_aggregate
 from tests.utils import postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow]
@@ -73,17 +73,7 @@ def test_four_workers_lose_no_accepted_update(four_workers: tuple[str, str, Path
     buyer, providers, job_id, params = setup_round(
         url, admin_key, keys, agents=PROVIDERS, hidden=200, quorum=2, deadline_s=20
     )
-    ctx = keys.public_context()
-    envelopes = [
-        encrypt_update(
-            ctx,
-            np.full(params, _value(i), dtype=np.float32),
-            binding=EnvelopeBinding(job_id, 1, p.id, params, PROVIDERS),
-            weight=1.0,
-            samples=SAMPLES,
-        )
-        for i, p in enumerate(providers)
-    ]
+    envelopes = round_envelopes(keys, job_id, providers, params)
     outcomes, _ = asyncio.run(burst(url, job_id, providers, envelopes))
     accepted = {p.id for p, (s, _, _) in zip(providers, outcomes, strict=True) if s == 201}
     assert len(accepted) == PROVIDERS, [o for o in outcomes if o[0] != 201][:3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -22,6 +23,7 @@ from market.errors import (
     ZeroPostingError,
 )
 from market.models import LedgerPosting, LedgerTransaction
+from tests.utils import postgres
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ESCROW = ledger.job_escrow("job_a")
@@ -254,14 +256,26 @@ def test_verify_detects_rehashed_rewrite(engine: Engine) -> None:
     assert "prev_hash" in report.broken.reason
 
 
-def test_ledger_and_matching_do_not_share_a_lock(engine: Engine) -> None:
+@pytest.fixture
+def pg_engine(pg_server: str, pg_template: str) -> Iterator[Engine]:
+    """A fresh migrated PostgreSQL database (advisory locks exist there only)."""
+    name = f"pollen_t_{uuid.uuid4().hex[:12]}"
+    eng = make_engine(postgres.create_database(pg_server, name, template=pg_template))
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+        postgres.drop_database(pg_server, name)
+
+
+@pytest.mark.postgres
+def test_ledger_and_matching_do_not_share_a_lock(pg_engine: Engine) -> None:
     """A ledger append in progress does not hold up a matching pass on PostgreSQL.
 
     Issue 11: both used advisory lock 0x706F6C6C656E, so every settlement stalled matching
     (and the reverse) until it committed.
     """
-    if engine.dialect.name != "postgresql":
-        pytest.skip("advisory locks exist on PostgreSQL only")
+    engine = pg_engine
     from concurrent.futures import ThreadPoolExecutor
 
     from market.services.matching import run_matching
