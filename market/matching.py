@@ -2,8 +2,10 @@
 
 Eligibility of a listing for a job (all must hold):
 
-- compatible schema: every feature the job requires exists in the listing with the same type,
-  the label has the same name, and every label class of the listing is one the job knows;
+- compatible schema (`dataspec.incompatibility`, the rule agents apply too): the listing has
+  exactly the job's columns, each of a kind the job's feature accepts, missing values only
+  where the job declares a fill, the same label, and only classes the job knows (or, for a
+  regression, a numeric target);
 - provider reputation ≥ the job's `min_reputation`;
 - ask per round ≤ the job's `price_cap_cents`, in the job's currency;
 - samples ≥ the job's `min_samples`;
@@ -25,38 +27,55 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
+
+from dataspec import DatasetSchema, JobDatasetSchema, incompatibility
 
 
 @dataclass(frozen=True, eq=False)
 class SchemaShape:
-    """A dataset schema reduced to what compatibility needs, with a stable `key`."""
+    """A dataset schema as stored (a JSON mapping), with a stable `key` for grouping."""
 
-    features: frozenset[tuple[str, str]]
-    label: str
-    classes: frozenset[int]
+    schema: Mapping[str, Any]
     key: str = field(default="")
 
     @classmethod
     def from_schema(cls, schema: Mapping[str, Any]) -> SchemaShape:
         canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"))
-        return cls(
-            features=frozenset((f["name"], f["type"]) for f in schema["features"]),
-            label=str(schema["label"]["name"]),
-            classes=frozenset(int(c) for c in schema["label"]["classes"]),
-            key=hashlib.sha256(canonical.encode()).hexdigest(),
-        )
+        return cls(schema=schema, key=hashlib.sha256(canonical.encode()).hexdigest())
+
+    @cached_property
+    def as_job(self) -> JobDatasetSchema | None:
+        try:
+            return JobDatasetSchema.model_validate(self.schema)
+        except ValidationError:
+            return None
+
+    @cached_property
+    def as_listing(self) -> DatasetSchema | None:
+        try:
+            return DatasetSchema.model_validate(self.schema)
+        except ValidationError:
+            return None
+
+
+def why_incompatible(required: SchemaShape, offered: SchemaShape) -> str | None:
+    """Why data with the `offered` (listing) schema cannot train the `required` (job) one."""
+    job, listing = required.as_job, offered.as_listing
+    if job is None:
+        return "the job's schema is not valid"
+    if listing is None:
+        return "the listing's schema is not valid"
+    return incompatibility(job, listing)
 
 
 def compatible(required: SchemaShape, offered: SchemaShape) -> bool:
     """Can data with the `offered` schema train a model built for the `required` one?"""
-    return (
-        required.label == offered.label
-        and required.features <= offered.features
-        and offered.classes <= required.classes
-    )
+    return why_incompatible(required, offered) is None
 
 
 @dataclass(frozen=True, slots=True)

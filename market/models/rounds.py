@@ -92,5 +92,11 @@ class RoundPublic(BaseModel):
 
 
 class MetricsCreate(Strict):
+    """The buyer's evaluation of a round's model: accuracy (classification) or RMSE, MAE and
+    R² in the target's own units (regression), and the loss it trains on."""
+
     loss: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-    accuracy: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    accuracy: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    rmse: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    mae: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    r2: Annotated[float, Field(le=1, allow_inf_nan=False)] | None = None
