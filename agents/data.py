@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
 from crypto.errors import PollenError
 from dataspec import JobDatasetSchema, JobFeatureSpec, JobLabelSpec
 

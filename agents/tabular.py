@@ -337,7 +337,9 @@ def encode(
     else:
         y = np.zeros(len(table), dtype=np.float32 if schema.task == "regression" else np.int64)
     names = input_names(schema)
-    return Dataset(X, y, names, label, ["float"] * len(names), continuous=schema.task == "regression")
+    return Dataset(
+        X, y, names, label, ["float"] * len(names), continuous=schema.task == "regression"
+    )
 
 
 # --------------------------------------------------------------------------- schemas
@@ -354,7 +356,9 @@ def _class_list(values: Iterable[str]) -> list[int] | list[str]:
     return distinct
 
 
-def listing_schema(table: Table, label: str, *, classes: Sequence[int] | None = None) -> DatasetSchema:
+def listing_schema(
+    table: Table, label: str, *, classes: Sequence[int] | None = None
+) -> DatasetSchema:
     """What a provider publishes about ``table``: column kinds, missing values, label classes.
 
     The label's classes are the values present (or ``classes``, for a provider whose data
@@ -458,11 +462,11 @@ def _label_spec(
     col = table.columns[label]
     present = [t for t in col.text() if t is not None]
     if task is None:
-        if classes:
-            task = "classification"
-        elif col.kind == "categorical":
-            task = "classification"
-        elif col.kind == "int" and len(set(present)) <= AUTO_CLASSES_MAX:
+        if (
+            classes
+            or col.kind == "categorical"
+            or (col.kind == "int" and len(set(present)) <= AUTO_CLASSES_MAX)
+        ):
             task = "classification"
         else:
             what = "fractional" if col.kind == "float" else f"{len(set(present))} distinct"
@@ -479,7 +483,7 @@ def _label_spec(
         found = list(classes) if classes else _class_list(present)
         if len(found) < 2:
             raise DataError(f"label {label!r} holds one class only: {found}")
-        return JobLabelSpec(name=label, classes=found)  # type: ignore[arg-type]
+        return JobLabelSpec(name=label, classes=found)
     if col.kind == "categorical":
         raise DataError(f"label {label!r} holds text: a regression needs a numeric target")
     vals = col.values[~np.isnan(col.values)]
@@ -493,4 +497,3 @@ def class_of(schema: JobDatasetSchema, index: int) -> int | str:
     if classes is None:
         raise DataError("a regression has no classes")
     return classes[index]
-

@@ -11,8 +11,8 @@ from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
 
 from crypto import DEFAULT_PRESET_ID
-from market.models.listings import Cents, Currency
 from dataspec import Task, input_width
+from market.models.listings import Cents, Currency
 from market.models.schema import JobDatasetSchema, Strict
 from market.models.types import UTCDateTime, utcnow
 
