@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -197,25 +196,7 @@ def account_register(
 # ---------------------------------------------------------------------------- jobs
 
 
-def load_spec(path: Path) -> dict[str, Any]:
-    """Read a job spec YAML; `schema_from: FILE` derives the schema from the buyer's data."""
-    from agents.data import derive_schema, load_dataset, standardized_schema
-
-    if not path.exists():
-        raise FileNotFoundError(f"no job spec at {path}")
-    spec = yaml.safe_load(path.read_text())
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path} must hold a mapping of job fields")
-    source = spec.pop("schema_from", None)
-    standardize = bool(spec.pop("standardize", True))
-    if source and "schema" not in spec:
-        data = load_dataset(path.parent / source, label=spec.pop("label", "label"))
-        classes = spec.pop("classes", None)
-        schema = derive_schema(data, classes=classes)
-        if standardize:
-            schema = standardized_schema(schema, data)
-        spec["schema"] = schema.model_dump()
-    return spec
+from agents.jobspec import load_spec  # noqa: E402  (YAML specs; `schema_from`, `task`)
 
 
 @job_app.command("post")
@@ -225,12 +206,22 @@ def job_post(
     server: ServerOpt = DEFAULT_SERVER,
     api_key: ApiKeyOpt = "",
     keys: KeysOpt = DEFAULT_KEYS,
+    allow_low_budget: Annotated[
+        bool, typer.Option("--allow-low-budget", help="Post even if the budget looks short.")
+    ] = False,
 ) -> None:
     """Post a job: validate the spec, upload the public context and initial model, fund it."""
     from agents.buyer import post_job
+    from agents.jobspec import budget_problem
     from crypto import BuyerKeys
 
-    job = post_job(_client(server, api_key), BuyerKeys.load(keys), load_spec(spec_file))
+    spec = load_spec(spec_file)
+    short = budget_problem(spec)
+    if short and not allow_low_budget:
+        raise ValueError(short)
+    if short:
+        err_console.print(f"[yellow]warning:[/yellow] {short}")
+    job = post_job(_client(server, api_key), BuyerKeys.load(keys), spec)
     console.print(f"job [bold]{job['id']}[/bold] is {job['state']}")
     console.print(f"next: pollen job run {job['id']} --test YOUR_HELD_OUT.csv")
 
@@ -240,7 +231,9 @@ def job_post(
 def job_run(
     job_id: Annotated[str, typer.Argument(metavar="JOB")],
     test: Annotated[Path, typer.Option(help="The buyer's held-out data (CSV/npz/Parquet).")],
-    label: Annotated[str, typer.Option(help="Label column.")] = "label",
+    label: Annotated[
+        str | None, typer.Option(help="Label column (default: the job's).", hidden=True)
+    ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     api_key: ApiKeyOpt = "",
     keys: KeysOpt = DEFAULT_KEYS,
@@ -254,7 +247,7 @@ def job_run(
     """Drive a job: each round decrypt the sum, step the model, evaluate, publish the next."""
     from agents.buyer import BuyerRun, RoundReport
     from agents.client import Backoff
-    from agents.data import load_dataset
+    from agents.tabular import read_table
     from crypto import BuyerKeys
 
     _logging(verbose)
@@ -262,7 +255,7 @@ def job_run(
 
     def show(r: RoundReport) -> None:
         console.print(
-            f"round {r.round:>3}: accuracy {r.accuracy:.4f}  loss {r.loss:.4f}  "
+            f"round {r.round:>3}/{run.rounds_total}: {r.describe()}  "
             f"providers {r.providers}  samples {r.samples}"
         )
 
@@ -270,7 +263,7 @@ def job_run(
         _client(server, api_key),
         BuyerKeys.load(keys),
         job_id,
-        load_dataset(test, label=label),
+        read_table(test),
         out_dir=out,
         optimizer=optimizer,
         notify=say,
@@ -383,13 +376,15 @@ def agent_run(
     import torch
 
     from agents.client import Backoff, PollenClient, never_sent
-    from agents.data import load_dataset
     from agents.provider import AgentPolicy, ProviderAgent
     from agents.state import StateFile
+    from agents.tabular import read_table
 
     _logging(verbose)
     torch.set_num_threads(1)
-    dataset = load_dataset(data, label=label)
+    dataset = read_table(data)
+    if label not in dataset.columns:
+        raise DataError(f"{data}: no label column {label!r} (--label); columns are {dataset.names}")
     state = StateFile(state_dir / "agent-state.json")
     say = functools.partial(_say, name)
     backoff = Backoff(
@@ -419,6 +414,7 @@ def agent_run(
     agent = ProviderAgent(
         PollenClient(server, key),
         dataset,
+        label=label,
         state_dir=state_dir,
         listing_name=name,
         ask_cents=ask_cents,
@@ -498,6 +494,11 @@ def demo(
 from agents.cli_money import register as _register_money  # noqa: E402
 
 _register_money(app, job_app)
+
+# Data and model commands (job init, job cancel, job model, model predict).
+from agents.cli_data import register as _register_data  # noqa: E402
+
+_register_data(app, job_app, friendly)
 
 
 def main() -> None:  # pragma: no cover - console script entry

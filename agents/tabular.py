@@ -461,21 +461,21 @@ def _label_spec(
 ) -> JobLabelSpec:
     col = table.columns[label]
     present = [t for t in col.text() if t is not None]
+    numbers = col.values[~np.isnan(col.values)] if col.kind != "categorical" else None
+    integral = numbers is not None and bool(np.all(numbers == np.round(numbers)))
     if task is None:
-        if (
-            classes
-            or col.kind == "categorical"
-            or (col.kind == "int" and len(set(present)) <= AUTO_CLASSES_MAX)
-        ):
+        if classes or col.kind == "categorical":
+            task = "classification"
+        elif integral and len(set(present)) <= AUTO_CLASSES_MAX:
             task = "classification"
         else:
-            what = "fractional" if col.kind == "float" else f"{len(set(present))} distinct"
+            what = f"{len(set(present))} distinct" if integral else "fractional"
             raise DataError(
                 f"label {label!r} holds {what} numeric values: say `task: regression` to "
                 "predict the number, or `task: classification` to treat each value as a class"
             )
     if task == "classification":
-        if col.kind == "float" and not classes:
+        if numbers is not None and not integral and not classes:
             raise DataError(
                 f"label {label!r} holds fractional values: it cannot be a classification "
                 "label (use `task: regression`)"
