@@ -17,6 +17,7 @@ numeric with many distinct values, so a regression is never silently turned into
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"{path}: not valid YAML at {where}: {problem}".replace(" at :", ":"))
+        message = f"{path}: not valid YAML at {where}: {problem}".replace(" at :", ":")
+        raise ValueError(message) from None
     if not isinstance(spec, dict):
         raise ValueError(f"{path} must hold a mapping of job fields (key: value lines)")
     return spec
@@ -146,10 +148,8 @@ def init_yaml(data: Path, *, label: str, task: str | None, out: Path) -> str:
     missing = [f.name for f in schema.features if f.fill is not None]
     classes = schema.label.classes
     rel = Path(data).resolve()
-    try:
+    with contextlib.suppress(ValueError):
         rel = rel.relative_to(out.resolve().parent)
-    except ValueError:
-        pass
     return _TEMPLATE.format(
         data=rel,
         out=out,
@@ -157,7 +157,9 @@ def init_yaml(data: Path, *, label: str, task: str | None, out: Path) -> str:
         task=schema.task,
         label=label,
         classes_line=(
-            f"# classes found: {classes}" if classes else "# regression: the target is "
+            f"# classes found: {classes}"
+            if classes
+            else "# regression: the target is "
             "standardized on this file; RMSE, MAE and R² are reported in its own units"
         ),
         numeric=", ".join(numeric) or "none",
@@ -165,4 +167,3 @@ def init_yaml(data: Path, *, label: str, task: str | None, out: Path) -> str:
         missing=", ".join(missing) or "none",
         arch="logreg" if schema.task == "classification" else "linear",
     )
-

@@ -464,9 +464,11 @@ def _label_spec(
     numbers = col.values[~np.isnan(col.values)] if col.kind != "categorical" else None
     integral = numbers is not None and bool(np.all(numbers == np.round(numbers)))
     if task is None:
-        if classes or col.kind == "categorical":
-            task = "classification"
-        elif integral and len(set(present)) <= AUTO_CLASSES_MAX:
+        if (
+            classes
+            or col.kind == "categorical"
+            or (integral and len(set(present)) <= AUTO_CLASSES_MAX)
+        ):
             task = "classification"
         else:
             what = f"{len(set(present))} distinct" if integral else "fractional"

@@ -76,7 +76,10 @@ def test_a_many_valued_numeric_label_is_never_silently_classes(tmp_path: Path) -
     """A label like diabetes' 52.0, 151.0, ... needs `task:`; regression standardizes it."""
     rng = np.random.default_rng(0)
     path = tmp_path / "d.csv"
-    rows = [f"{x:.3f},{t:.1f}" for x, t in zip(rng.normal(size=60), rng.integers(25, 346, 60))]
+    rows = [
+        f"{x:.3f},{t:.1f}"
+        for x, t in zip(rng.normal(size=60), rng.integers(25, 346, 60), strict=False)
+    ]
     path.write_text("x,target\n" + "\n".join(rows) + "\n")
     table = read_table(path)
     with pytest.raises(DataError, match="distinct numeric values: say `task: regression`"):
