@@ -299,18 +299,9 @@ def job_status(
         f"[bold]{job['id']}[/bold] {job['title']!r}: {job['state']} "
         f"(round {job['current_round']}/{job['rounds_total']})"
     )
-    table = Table("round", "state", "attempt", "submitted", "accuracy", "loss")
-    for r in job["rounds"]:
-        m = r.get("metrics") or {}
-        table.add_row(
-            str(r["round"]),
-            r["state"],
-            str(r["attempt"]),
-            str(r["submitted"]),
-            f"{m['accuracy']:.4f}" if "accuracy" in m else "",
-            f"{m['loss']:.4f}" if "loss" in m else "",
-        )
-    console.print(table)
+    if job["state"] in ("funding", "open"):
+        _print_matching(_client(server, api_key).get_matching(job_id))
+    console.print(rounds_table(job))
     spent = _client(server, api_key).get_privacy(job_id)
     if spent:
         eps = Table("provider", "ε spent (DP-SGD)", "δ", "after round")
@@ -427,6 +418,34 @@ def agent_run(
     )
     backoff.call(agent.ensure_listing, classes=_parse_classes(classes))
     agent.run(poll_s=poll, exit_after_jobs=exit_after_jobs, backoff=backoff)
+
+
+def _print_matching(report: dict[str, Any]) -> None:
+    """Why an open job is waiting: the listings that fit it and why the others do not."""
+    accepted = report["offers"].get("accepted", 0)
+    console.print(
+        f"matching: {report['eligible']} of {report['listings']} active listings can be "
+        f"offered this job; offers {report['offers'] or 'none yet'}; "
+        f"{accepted} of the {report['min_providers']} providers needed have accepted"
+    )
+    for row in report["excluded"]:
+        console.print(f"  {row['listings']:>4} left out: {row['reason']}")
+
+
+def rounds_table(job: dict[str, Any]) -> Table:
+    """A job's rounds with the measures its task has (accuracy, or RMSE, MAE and R²)."""
+    measures = ["accuracy"] if job["spec"].get("task") != "regression" else ["rmse", "mae", "r2"]
+    table = Table("round", "state", "attempt", "submitted", *measures, "loss")
+    for r in job["rounds"]:
+        m = r.get("metrics") or {}
+        table.add_row(
+            str(r["round"]),
+            r["state"],
+            str(r["attempt"]),
+            str(r["submitted"]),
+            *(f"{m[k]:.4f}" if k in m else "" for k in [*measures, "loss"]),
+        )
+    return table
 
 
 def _say(name: str, message: str) -> None:

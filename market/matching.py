@@ -200,3 +200,55 @@ def _take(
         if len(taken) >= job.slots:
             break
     return taken
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why listings are or are not offered a job: counts, never listing identities."""
+
+    listings: int
+    eligible: int
+    excluded: dict[str, int]
+
+
+def _public_reason(reason: str) -> str:
+    # What a buyer may read: reasons about the job's own columns keep their names; anything
+    # naming the listing's side (its other columns, label or classes) is generalised.
+    if reason.startswith("extra column"):
+        return "the listing has columns the job does not"
+    if reason.startswith("label column is"):
+        return "the listing has another label column"
+    if reason.startswith("label class"):
+        return "the listing has label classes the job does not know"
+    return reason
+
+
+def explain(job: Demand, supplies: Sequence[Supply]) -> Explanation:
+    """For one job, how many listings could be offered it and, for the rest, the first rule
+    (in the order of the module docstring) that leaves each out, counted by reason."""
+    excluded: dict[str, int] = {}
+    eligible = 0
+    budget_left = job.budget_left_cents
+    for s in supplies:
+        reason = why_incompatible(job.schema, s.schema)
+        if reason is not None:
+            reason = "schema: " + _public_reason(reason)
+        elif s.currency != job.currency:
+            reason = f"asks in {s.currency}, the job pays in {job.currency}"
+        elif s.reputation < job.min_reputation:
+            reason = f"reputation below the job's minimum {job.min_reputation:g}"
+        elif s.ask_cents > job.price_cap_cents:
+            reason = f"asks more than the price cap of {job.price_cap_cents} cents a round"
+        elif s.samples < job.min_samples:
+            reason = f"fewer samples than the job's minimum {job.min_samples}"
+        elif s.free_capacity <= 0:
+            reason = "busy with other jobs (no free capacity)"
+        elif s.provider_id in job.excluded_providers:
+            reason = "already had an offer for this job"
+        elif s.ask_cents * job.rounds > budget_left:
+            reason = f"its ask × {job.rounds} rounds exceeds the budget left ({budget_left} cents)"
+        if reason is None:
+            eligible += 1
+        else:
+            excluded[reason] = excluded.get(reason, 0) + 1
+    return Explanation(listings=len(supplies), eligible=eligible, excluded=excluded)

@@ -227,3 +227,21 @@ class JobPublic(BaseModel):
     rounds: list[RoundSummary]
     created_at: datetime
     updated_at: datetime
+
+
+class MatchingExclusion(BaseModel):
+    reason: str
+    listings: int
+
+
+class MatchingPublic(BaseModel):
+    """Why an open job has the offers it has: how many active listings could be offered it
+    and, for the others, the first rule that leaves them out (counts, never identities)."""
+
+    job_id: str
+    state: str
+    listings: int
+    eligible: int
+    offers: dict[str, int]
+    min_providers: int
+    excluded: list[MatchingExclusion]
