@@ -49,7 +49,7 @@ def _spec(title: str, task: str, arch: str, schema: Any, lr: float) -> dict[str,
         "local_epochs": EPOCHS, "learning_rate": lr, "batch_size": 16, "seed": SEED,
         "schema": schema.model_dump(exclude_none=True), "min_providers": PROVIDERS,
         "max_providers": PROVIDERS, "quorum": PROVIDERS, "min_samples": 20,
-        "budget_cents": 100 * PROVIDERS * ROUNDS, "price_cap_cents": 100,
+        "budget_cents": 200 * PROVIDERS * ROUNDS, "price_cap_cents": 200,
         "round_deadline_s": 300, "offer_ttl_s": 600,
     }  # fmt: skip
 
