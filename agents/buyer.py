@@ -156,7 +156,21 @@ class BuyerRun:
         if job["state"] in ("cancelled", "failed"):
             reason = job.get("failure_reason") or "no reason recorded"
             raise JobEndedError(f"job {self.job_id} is {job['state']} ({reason}); nothing to run")
-        return job if job["state"] in ("running", "completed") else None
+        if job["state"] not in ("running", "completed"):
+            self._note_waiting(job)
+            return None
+        return job
+
+    def _note_waiting(self, job: dict[str, Any]) -> None:
+        """Say, once per change, how far the job is from starting (providers accepted)."""
+        accepted = len(job.get("accepted_providers") or [])
+        note = (
+            f"job {self.job_id} is {job['state']}: {accepted} of "
+            f"{job['spec'].get('min_providers', 2)} providers needed have accepted"
+        )
+        if note != getattr(self, "_last_note", None):
+            self._last_note = note
+            self.notify(note + " (pollen job status shows why listings are left out)")
 
     def apply_round(self, number: int) -> RoundReport:
         """Decrypt round `number`'s sum and step from that round's global model.

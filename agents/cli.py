@@ -415,6 +415,7 @@ def agent_run(
         dp=dp,
         seed=seed,
         notify=say,
+        on_epoch=lambda e: say(f"  epoch {e.epoch}/{e.epochs}: loss {e.loss:.4f}"),
     )
     backoff.call(agent.ensure_listing, classes=_parse_classes(classes))
     agent.run(poll_s=poll, exit_after_jobs=exit_after_jobs, backoff=backoff)
