@@ -104,6 +104,8 @@ class JobCreate(Strict):
     offer_ttl_s: Annotated[int, Field(ge=1, le=7 * 86400)] = 3600
     preset: Annotated[str, StringConstraints(min_length=1, max_length=64)] = DEFAULT_PRESET_ID
     privacy: PrivacySpec | Literal["off"] | None = None
+    # A provider that sends nothing in a round is not waited for in the rounds after it.
+    drop_missed: bool = True
 
     @model_validator(mode="after")
     def _coherent(self) -> JobCreate:
