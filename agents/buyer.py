@@ -13,6 +13,7 @@ of a crash. While the server is away the buyer waits with backoff (`Backoff`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -25,10 +26,13 @@ from agents.data import Dataset, DatasetSchema, prepare
 from agents.modelio import flatten, load_safetensors, to_safetensors, unflatten_into
 from agents.models import ModelSpec, build_model
 from agents.optim import ServerOptimizer, make_server_optimizer
+from agents.robust import robust_average, score_groups
 from agents.state import StateFile, write_atomic
 from agents.tabular import Table
 from agents.training import evaluate, evaluate_regression
+from agents.trust import Trust, TrustError, manifest_body, register_identity
 from crypto import BuyerKeys, PollenError, decrypt_aggregate
+from crypto.identity import IdentityKey, verify_record
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +87,40 @@ def initial_model_bytes(spec: dict[str, Any]) -> bytes:
     return to_safetensors(model)
 
 
-def post_job(client: PollenClient, keys: BuyerKeys, spec: dict[str, Any]) -> dict[str, Any]:
-    """Create the job, upload the public context and the initial model, ask to fund it."""
+def post_job(
+    client: PollenClient,
+    keys: BuyerKeys,
+    spec: dict[str, Any],
+    *,
+    identity: IdentityKey | None = None,
+) -> dict[str, Any]:
+    """Create the job, upload the public context and the initial model, ask to fund it.
+
+    With an `identity`, the buyer signs the job's manifest (context fingerprint, model size
+    and initial model hash, quorum, prices, deadlines) before funding: agents work only for
+    jobs whose signed manifest matches what the server serves them."""
     job = client.create_job(spec)
-    client.put_context(job["id"], keys.public_context().to_bytes())
-    client.put_model(job["id"], initial_model_bytes(job["spec"]))
+    context = keys.public_context()
+    client.put_context(job["id"], context.to_bytes())
+    model = initial_model_bytes(job["spec"])
+    client.put_model(job["id"], model)
+    if identity is not None:
+        ensure_registered(client, identity)
+        job = client.get_job(job["id"])
+        body = manifest_body(job, context.fingerprint, model)
+        client.put_manifest(job["id"], identity.record("manifest", body))
+        client.post_record(job["id"], model_record(identity, job["id"], 1, model))
     return client.fund_job(job["id"])
+
+
+def ensure_registered(client: PollenClient, identity: IdentityKey) -> None:
+    """Register the identity key with the account (a no-op when already registered)."""
+    register_identity(client, identity, str(client.me()["id"]))
+
+
+def model_record(identity: IdentityKey, job_id: str, number: int, model: bytes) -> dict[str, Any]:
+    body = {"job_id": job_id, "round": number, "model_sha256": hashlib.sha256(model).hexdigest()}
+    return identity.record("model", body)
 
 
 class JobEndedError(PollenError):
@@ -111,8 +143,13 @@ class BuyerRun:
         on_round: Callable[[RoundReport], None] | None = None,
         poll_s: float = 0.5,
         backoff: Backoff | None = None,
+        identity: IdentityKey | None = None,
     ) -> None:
         self.client = client
+        # With an identity the buyer signs every round's model and checks the log: the
+        # server's key pinned, every head consistent with the last one it verified.
+        self.identity = identity
+        self.trust = Trust(out_dir / f"{job_id}.trust.json") if identity is not None else None
         self.keys = keys
         self.job_id = job_id
         self.out_dir = out_dir
@@ -181,9 +218,21 @@ class BuyerRun:
         """
         started = time.perf_counter()
         blob = self.client.get_aggregate(self.job_id, number)
+        if self.trust is not None:
+            self._check_aggregate(number, blob)
         agg = decrypt_aggregate(self.keys, blob)
         load_safetensors(self.model, self.client.get_round_model(self.job_id, number))
-        weights = self.optimizer.step(flatten(self.model), agg.average)
+        start = flatten(self.model)
+        sums = {
+            g: decrypt_aggregate(self.keys, self.client.get_group_aggregate(self.job_id, number, g))
+            for g in self._released_groups(number)
+        }
+        scores = score_groups(self.model, start, sums, self.test)
+        for s in scores:
+            if s.excluded:
+                self.notify(f"job {self.job_id} round {number}: group {s.index}: {s.reason}")
+        self.state.section("group_scores")[str(number)] = [s.as_json() for s in scores]
+        weights = self.optimizer.step(start, robust_average(agg, sums, scores))
         unflatten_into(self.model, weights)
         # The model first, then the state that says it is done: a crash in between only
         # makes a restart redo this round from the same inputs.
@@ -215,6 +264,39 @@ class BuyerRun:
             time.perf_counter() - started,
         )  # fmt: skip
 
+    def _check_aggregate(self, number: int, blob: bytes) -> None:
+        """The aggregate is the one the server's signed round-closed record commits to."""
+        assert self.trust is not None
+        key = self.trust.server_key(self.client)
+        closes = [
+            verify_record(r["record"], key, kind="round-closed")
+            for r in self.client.job_records(self.job_id)
+            if r["kind"] == "round-closed"
+        ]
+        mine = [c for c in closes if c["round"] == number]
+        if not mine or mine[-1]["aggregate_sha256"] != hashlib.sha256(blob).hexdigest():
+            raise TrustError(
+                f"job {self.job_id} round {number}: the aggregate served is not the one the "
+                "server's signed round-closed record names"
+            )
+
+    def _released_groups(self, number: int) -> list[int]:
+        """The groups of a closed round whose sums the buyer may decrypt."""
+        rnd = self.client.get_round(self.job_id, number)
+        return sorted(
+            int(g["index"])
+            for g in rnd.get("groups", [])
+            if g["merged_into"] is None and int(g["count"]) > 0
+        )
+
+    def _report_groups(self, number: int) -> None:
+        """Send round `number`'s group values once (a resent copy is recorded once)."""
+        scores = self.state.section("group_scores").get(str(number))
+        if scores and int(self.state.get("groups_reported", 0)) < number:
+            self.client.post_group_values(self.job_id, number, scores)
+            self.state.data["groups_reported"] = number
+            self.state.save()
+
     def run(self) -> JobOutcome:
         self._wait(self._job_if_running, "the job to start")
         outcome = JobOutcome(self.job_id, "running")
@@ -228,6 +310,8 @@ class BuyerRun:
         file say now; safe to repeat after any failure. True once every round is applied
         and published."""
         job = self._job_if_running()
+        if self.trust is not None:
+            self.trust.check_head(self.client)
         if job is None:
             return False
         if job["state"] == "completed":
@@ -239,6 +323,7 @@ class BuyerRun:
                 return False
             self.apply_round(applied + 1)
             applied += 1
+        self._report_groups(applied)
         if int(self.state.get("reported", 0)) < applied:
             report = RoundReport(**self.state.section("rounds")[str(applied)])
             self.client.post_metrics(self.job_id, applied, report.metrics())
@@ -252,7 +337,12 @@ class BuyerRun:
             # The server still runs the round we applied: the next one is ours to open.
             # Checked against the server each time, so a publication whose answer was lost
             # is never sent twice.
-            self.client.publish_model(self.job_id, applied + 1, self.model_path.read_bytes())
+            model = self.model_path.read_bytes()
+            if self.identity is not None:
+                # Signed first: a provider seeing the model can always find its signature.
+                record = model_record(self.identity, self.job_id, applied + 1, model)
+                self.client.post_record(self.job_id, record)
+            self.client.publish_model(self.job_id, applied + 1, model)
             self.notify(f"job {self.job_id}: published the model of round {applied + 1}")
         return False
 

@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agents.data import DataError
@@ -86,15 +87,13 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ApiError as exc:
-            err_console.print(f"[red]error:[/red] {exc}")
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         except ServerUnreachableError as exc:
-            from rich.markup import escape
-
             err_console.print(
                 f"[red]error:[/red] {escape(str(exc))}; state is saved, run again to resume"
             )
         except (PollenError, DataError, FileNotFoundError, ValueError) as exc:
-            err_console.print(f"[red]error:[/red] {exc}")
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         except KeyboardInterrupt:
             err_console.print("interrupted; state is saved, run the same command to resume")
         raise typer.Exit(1)
@@ -142,9 +141,7 @@ def server(
     """Run the marketplace service under uvicorn (API docs at /docs)."""
     from market.server import serve
 
-    serve(
-        data_dir=str(data_dir), host=host, port=port, database_url=database_url, workers=workers
-    )
+    serve(data_dir=str(data_dir), host=host, port=port, database_url=database_url, workers=workers)
 
 
 # ---------------------------------------------------------------------------- keys
@@ -157,12 +154,19 @@ def keys_init(
     preset: Annotated[str, typer.Option(help="CKKS parameter preset.")] = "ckks-add-2048-v1",
 ) -> None:
     """Create the buyer's CKKS key pair; the secret key stays in KEYS (mode 0600)."""
+    from agents.cli_trust import identity_path
     from crypto import BuyerKeys
+    from crypto.identity import IdentityKey
 
     pair = BuyerKeys.generate(preset)
     pair.save(keys)
-    console.print(f"secret key written to [bold]{keys}[/bold] (mode 0600, never sent)")
+    console.print(f"secret key written to [bold]{escape(str(keys))}[/bold] (mode 0600, never sent)")
     console.print(f"public fingerprint {pair.fingerprint}")
+    identity = IdentityKey.load_or_create(identity_path(keys))
+    console.print(f"identity key {identity_path(keys)} (mode 0600)")
+    console.print(
+        f"identity fingerprint [bold]{identity.fingerprint}[/bold] (give it to providers)"
+    )
 
 
 @keys_app.command("show")
@@ -189,7 +193,7 @@ def account_register(
     from agents.client import PollenClient
 
     created = PollenClient(server, None).register(role=role, name=name)
-    console.print(f"account {created['id']} ({created['role']})")
+    console.print(f"account {escape(created['id'])} ({escape(created['role'])})")
     console.print(f"API key (shown once): [bold]{created['api_key']}[/bold]")
 
 
@@ -212,18 +216,22 @@ def job_post(
 ) -> None:
     """Post a job: validate the spec, upload the public context and initial model, fund it."""
     from agents.buyer import post_job
+    from agents.cli_trust import identity_path
     from agents.jobspec import budget_problem
     from crypto import BuyerKeys
+    from crypto.identity import IdentityKey
 
     spec = load_spec(spec_file)
     short = budget_problem(spec)
     if short and not allow_low_budget:
         raise ValueError(short)
     if short:
-        err_console.print(f"[yellow]warning:[/yellow] {short}")
-    job = post_job(_client(server, api_key), BuyerKeys.load(keys), spec)
-    console.print(f"job [bold]{job['id']}[/bold] is {job['state']}")
-    console.print(f"next: pollen job run {job['id']} --test YOUR_HELD_OUT.csv")
+        err_console.print(f"[yellow]warning:[/yellow] {escape(short)}")
+    identity = IdentityKey.load_or_create(identity_path(keys))
+    console.print(f"signing the manifest with identity {identity.fingerprint}")
+    job = post_job(_client(server, api_key), BuyerKeys.load(keys), spec, identity=identity)
+    console.print(f"job [bold]{escape(job['id'])}[/bold] is {escape(job['state'])}")
+    console.print(f"next: pollen job run {escape(job['id'])} --test YOUR_HELD_OUT.csv")
 
 
 @job_app.command("run")
@@ -259,11 +267,15 @@ def job_run(
             f"providers {r.providers}  samples {r.samples}"
         )
 
+    from agents.cli_trust import identity_path
+    from crypto.identity import IdentityKey
+
     run = BuyerRun(
         _client(server, api_key),
         BuyerKeys.load(keys),
         job_id,
         read_table(test),
+        identity=IdentityKey.load_or_create(identity_path(keys)),
         out_dir=out,
         optimizer=optimizer,
         notify=say,
@@ -278,7 +290,10 @@ def job_run(
     )
     outcome = run.run()
     console.print(
-        f"job {job_id} {outcome.state}; model {outcome.model_path}, metrics {outcome.metrics_path}"
+        escape(
+            f"job {job_id} {outcome.state}; model {outcome.model_path}, "
+            f"metrics {outcome.metrics_path}"
+        )
     )
 
 
@@ -296,7 +311,7 @@ def job_status(
         console.print_json(json.dumps(job))
         return
     console.print(
-        f"[bold]{job['id']}[/bold] {job['title']!r}: {job['state']} "
+        f"[bold]{escape(job['id'])}[/bold] {escape(repr(job['title']))}: {escape(job['state'])} "
         f"(round {job['current_round']}/{job['rounds_total']})"
     )
     if job["state"] in ("funding", "open"):
@@ -362,6 +377,13 @@ def agent_run(
     retry_for: RetryForOpt = 300.0,
     max_retry_wait: MaxRetryWaitOpt = 10.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    trust_buyer: Annotated[
+        str | None,
+        typer.Option(
+            help="Work only for the buyer with this identity fingerprint (else pinned "
+            "on first sight)."
+        ),
+    ] = None,
 ) -> None:
     """Run a provider agent: publish a listing, accept offers, train and submit encrypted."""
     import torch
@@ -402,6 +424,10 @@ def agent_run(
     dp = None
     if dp_clip:
         dp = DPConfig(clip=dp_clip, noise_multiplier=dp_noise, delta=dp_delta)
+    from crypto.identity import IdentityKey
+
+    identity = IdentityKey.load_or_create(state_dir / "identity.key")
+    say(f"identity fingerprint {identity.fingerprint}")
     agent = ProviderAgent(
         PollenClient(server, key),
         dataset,
@@ -416,6 +442,8 @@ def agent_run(
         seed=seed,
         notify=say,
         on_epoch=lambda e: say(f"  epoch {e.epoch}/{e.epochs}: loss {e.loss:.4f}"),
+        identity=identity,
+        trust_buyer=trust_buyer,
     )
     backoff.call(agent.ensure_listing, classes=_parse_classes(classes))
     agent.run(poll_s=poll, exit_after_jobs=exit_after_jobs, backoff=backoff)
@@ -450,8 +478,6 @@ def rounds_table(job: dict[str, Any]) -> Table:
 
 
 def _say(name: str, message: str) -> None:
-    from rich.markup import escape
-
     # Escaped: "[provider-0]" or an "[Errno 111]" in a message would be eaten as markup.
     console.print(escape(f"[{name}] {message}"), highlight=False)
 
@@ -478,7 +504,9 @@ def admin_credit(
 ) -> None:
     """Manual rail: credit a job's funding after the money arrived by other means."""
     credit = _client(server, api_key).credit_job(job_id, amount_cents)
-    console.print(f"credited {amount_cents} to {job_id}: job is {credit['job_state']}")
+    console.print(
+        f"credited {amount_cents} to {escape(job_id)}: job is {escape(credit['job_state'])}"
+    )
 
 
 # ---------------------------------------------------------------------------- demo
@@ -519,6 +547,10 @@ _register_money(app, job_app)
 from agents.cli_data import register as _register_data  # noqa: E402
 
 _register_data(app, job_app, friendly)
+
+from agents.cli_trust import register as _register_trust  # noqa: E402
+
+_register_trust(app)
 
 
 def main() -> None:  # pragma: no cover - console script entry

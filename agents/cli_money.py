@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agents.client import ApiError, PollenClient
@@ -39,8 +40,14 @@ def money(cents: int, currency: str) -> str:
     return f"{sign}{abs(cents) // 100:,}.{abs(cents) % 100:02d} {currency.upper()}"
 
 
+def plain(value: object) -> str:
+    """Text from the server (names, reasons, ids) as rich prints it literally: a provider
+    named `[link=…]` must not become a hidden hyperlink in a table."""
+    return escape(str(value))
+
+
 def _short(ident: str) -> str:
-    return ident if len(ident) <= 14 else ident[:14] + "…"
+    return plain(ident if len(ident) <= 14 else ident[:14] + "…")
 
 
 def payouts_table(view: Json, names: dict[str, str] | None = None) -> Table:
@@ -51,12 +58,14 @@ def payouts_table(view: Json, names: dict[str, str] | None = None) -> Table:
     for e in view["earnings"]:
         cur = e["currency"]
         table.add_row(
-            names.get(e["provider_id"], e["provider_id"]),
+            plain(names.get(e["provider_id"], e["provider_id"])),
             money(e["earned_cents"], cur),
             money(e["paid_cents"], cur),
             money(e["balance_cents"], cur),
             str(len(e["jobs"])),
-            ", ".join(f"{_short(p['external_id'] or p['id'])} {p['status']}" for p in e["payouts"])
+            ", ".join(
+                f"{_short(p['external_id'] or p['id'])} {plain(p['status'])}" for p in e["payouts"]
+            )
             or "-",
         )
     return table
@@ -67,9 +76,9 @@ def reputation_table(reps: list[Json]) -> Table:
     for col in ("provider", "score", "α", "β", "events", "latest reason"):
         table.add_column(col, justify="left" if col in ("provider", "latest reason") else "right")
     for r in sorted(reps, key=lambda r: -r["score"]):
-        latest = r["history"][0]["reason"] if r["history"] else "-"
+        latest = plain(r["history"][0]["reason"]) if r["history"] else "-"
         table.add_row(
-            f"{r['name']} ({_short(r['provider_id'])})",
+            f"{plain(r['name'])} ({_short(r['provider_id'])})",
             f"{r['score']:.3f}",
             f"{r['alpha']:.2f}",
             f"{r['beta']:.2f}",
@@ -80,13 +89,13 @@ def reputation_table(reps: list[Json]) -> Table:
 
 
 def history_table(rep: Json) -> Table:
-    table = Table(title=f"{rep['name']}: score {rep['score']:.3f}")
+    table = Table(title=f"{plain(rep['name'])}: score {rep['score']:.3f}")
     for col in ("at", "event", "weight", "job", "round", "reason"):
         table.add_column(col)
     for e in rep["history"]:
         table.add_row(
-            e["at"][:19], e["kind"], f"{e['weight']:+g}", _short(e["job_id"] or "-"),
-            str(e["round"] or "-"), e["reason"],
+            plain(e["at"][:19]), plain(e["kind"]), f"{e['weight']:+g}",
+            _short(e["job_id"] or "-"), str(e["round"] or "-"), plain(e["reason"]),
         )  # fmt: skip
     return table
 
@@ -94,13 +103,16 @@ def history_table(rep: Json) -> Table:
 def receipt_table(rec: Json, names: dict[str, str] | None = None) -> Table:
     names = names or {}
     cur = rec["currency"]
-    table = Table(title=f"Receipt for job {rec['job_id']} ({rec['state']}, {rec['rail']} rail)")
+    table = Table(
+        title=f"Receipt for job {plain(rec['job_id'])} "
+        f"({plain(rec['state'])}, {plain(rec['rail'])} rail)"
+    )
     table.add_column("line")
     table.add_column("amount", justify="right")
     table.add_row("budget", money(rec["budget_cents"], cur))
     table.add_row("[bold]funded[/bold]", money(rec["funded_cents"], cur))
     for p in rec["providers"]:
-        label = names.get(p["provider_id"], p["name"])
+        label = plain(names.get(p["provider_id"], p["name"]))
         table.add_row(f"  paid to {label} ({p['rounds']} rounds)", money(p["earned_cents"], cur))
     table.add_row("paid to providers", money(rec["paid_cents"], cur))
     table.add_row(f"platform fees ({rec['fee_bps'] / 100:g}%)", money(rec["fees_cents"], cur))
@@ -118,9 +130,9 @@ def ledger_line(report: Json) -> str:
         )
     broken = report.get("broken")
     where = (
-        f"first broken link: #{broken['seq']} {broken['txn_id']}: {broken['reason']}"
+        f"first broken link: #{broken['seq']} {plain(broken['txn_id'])}: {plain(broken['reason'])}"
         if broken
-        else f"negative accounts: {', '.join(report['negative_accounts'])}"
+        else f"negative accounts: {plain(', '.join(report['negative_accounts']))}"
     )
     return f"[red]ledger verification FAILED[/red]: {where}"
 
@@ -131,7 +143,7 @@ def _friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (ApiError, ValueError) as exc:
-            err_console.print(f"[red]error:[/red] {exc}")
+            err_console.print(f"[red]error:[/red] {plain(exc)}")
         raise typer.Exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -158,12 +170,15 @@ def payouts(
     if run:
         batch = client.run_payouts()["batch"]
         console.print(
-            f"payout batch: {batch['id']} ({batch['status']})" if batch else "nothing owed"
+            f"payout batch: {plain(batch['id'])} ({plain(batch['status'])})"
+            if batch
+            else "nothing owed"
         )
         if batch and batch.get("csv") and batch["rail"] == "manual":
-            console.print(batch["csv"], end="")
+            console.print(plain(batch["csv"]), end="")
     if mark_paid:
-        console.print(f"batch {mark_paid}: {client.mark_payout_batch_paid(mark_paid)['status']}")
+        status = client.mark_payout_batch_paid(mark_paid)["status"]
+        console.print(f"batch {plain(mark_paid)}: {plain(status)}")
     view = client.payouts()
     if as_json:
         console.print_json(json.dumps(view))
@@ -172,7 +187,7 @@ def payouts(
     for e in view["earnings"]:
         for j in e["jobs"]:
             console.print(
-                f"  {e['provider_id']} job {j['job_id']}: earned "
+                f"  {plain(e['provider_id'])} job {plain(j['job_id'])}: earned "
                 f"{money(j['earned_cents'], e['currency'])} over {j['rounds']} rounds, "
                 f"owed {money(j['owed_cents'], e['currency'])}"
             )

@@ -222,9 +222,16 @@ class PollenClient:
     # -- plumbing ------------------------------------------------------------------------
 
     def _send(
-        self, method: str, path: str, *, json: Any = None, content: Upload | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: Upload | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         headers = {"Accept": "application/json, application/problem+json"}
+        headers.update(extra_headers or {})
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         body: bytes | Iterator[bytes] | None = None
@@ -370,14 +377,49 @@ class PollenClient:
         result: Json = self._json("PUT", path, content=model)
         return result
 
-    def submit(self, job_id: str, number: int, envelope: Upload) -> Json:
-        """Upload an encrypted update; a duplicate raises ApiError(409) with `body["first"]`."""
+    def submit(
+        self,
+        job_id: str,
+        number: int,
+        envelope: Upload,
+        *,
+        signature: str | None = None,
+        in_progress_wait_s: float = 120.0,
+    ) -> Json:
+        """Upload an encrypted update; a duplicate raises ApiError(409) with `body["first"]`.
+
+        `signature`: the provider's Ed25519 signature of the envelope's header hash, sent as
+        the `Pollen-Signature` header (the envelope format itself is unchanged).
+
+        While an earlier upload of ours is still under way on the server (one cut off by a
+        crash or a timeout: 409 `upload-in-progress`), wait as told and send again, for up to
+        `in_progress_wait_s`; the earlier one either lands (the retry is then a duplicate)
+        or its claim goes stale."""
         path = f"/v1/jobs/{job_id}/rounds/{number}/submission"
-        result: Json = self._json("PUT", path, content=envelope)
-        return result
+        headers = {"Pollen-Signature": signature} if signature else None
+        give_up = time.monotonic() + in_progress_wait_s
+        while True:
+            try:
+                result: Json = self._json("PUT", path, content=envelope, extra_headers=headers)
+                return result
+            except ApiError as exc:
+                if exc.code != "upload-in-progress" or time.monotonic() >= give_up:
+                    raise
+                wait = float(exc.body.get("retry_after") or 1)
+                time.sleep(min(max(wait, 0.2), max(give_up - time.monotonic(), 0.0), 10.0))
 
     def get_aggregate(self, job_id: str, number: int) -> bytes:
         return self._bytes(f"/v1/jobs/{job_id}/rounds/{number}/aggregate")
+
+    def get_group_aggregate(self, job_id: str, number: int, index: int) -> bytes:
+        """One random group's encrypted sum of a closed round (buyer only)."""
+        return self._bytes(f"/v1/jobs/{job_id}/rounds/{number}/groups/{index}/aggregate")
+
+    def post_group_values(self, job_id: str, number: int, groups: list[Json]) -> Json:
+        """The buyer's loss before and after each group's average update."""
+        path = f"/v1/jobs/{job_id}/rounds/{number}/groups"
+        result: Json = self._json("POST", path, json={"groups": groups})
+        return result
 
     def post_metrics(self, job_id: str, number: int, metrics: Json) -> Json:
         path = f"/v1/jobs/{job_id}/rounds/{number}/metrics"
@@ -393,6 +435,50 @@ class PollenClient:
     def get_privacy(self, job_id: str) -> list[Json]:
         """ε spent per provider on a job (a provider sees only its own)."""
         result: list[Json] = self._json("GET", f"/v1/jobs/{job_id}/privacy")
+        return result
+
+    # -- identities and the transparency log ---------------------------------------------
+
+    def register_identity(self, record: Json) -> Json:
+        """Register this account's Ed25519 key from its self-signed identity record."""
+        result: Json = self._json("PUT", "/v1/accounts/me/identity", json=record)
+        return result
+
+    def get_identity(self, account_id: str) -> Json:
+        result: Json = self._json("GET", f"/v1/accounts/{account_id}/identity")
+        return result
+
+    def log_key(self) -> Json:
+        result: Json = self._json("GET", "/v1/log/key")
+        return result
+
+    def log_head(self) -> Json:
+        result: Json = self._json("GET", "/v1/log/head")
+        return result
+
+    def log_consistency(self, first: int, second: int) -> Json:
+        result: Json = self._json("GET", f"/v1/log/consistency?first={first}&second={second}")
+        return result
+
+    def log_inclusion(self, index: int, size: int) -> Json:
+        result: Json = self._json("GET", f"/v1/log/inclusion?index={index}&size={size}")
+        return result
+
+    def log_leaf(self, index: int) -> Json:
+        result: Json = self._json("GET", f"/v1/log/leaves/{index}")
+        return result
+
+    def job_records(self, job_id: str) -> list[Json]:
+        """The job's signed records (manifest, models, acceptances, closes) from the log."""
+        result: list[Json] = self._json("GET", f"/v1/jobs/{job_id}/records")
+        return result
+
+    def put_manifest(self, job_id: str, record: Json) -> Json:
+        result: Json = self._json("PUT", f"/v1/jobs/{job_id}/manifest", json=record)
+        return result
+
+    def post_record(self, job_id: str, record: Json) -> Json:
+        result: Json = self._json("POST", f"/v1/jobs/{job_id}/records", json=record)
         return result
 
     # -- money and reputation --------------------------------------------------------------

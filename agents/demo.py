@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agents.buyer import BuyerRun, RoundReport, post_job
@@ -39,6 +40,7 @@ from agents.privacy import DEFAULT_CLIP, DEFAULT_DELTA, DEFAULT_MAX_EPSILON, Pri
 from agents.state import StateFile
 from agents.training import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR
 from crypto import BuyerKeys
+from crypto.identity import IdentityKey
 
 SEED = 7
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "demo.json"
@@ -158,6 +160,29 @@ def job_spec(rounds: int, providers: int, schema: dict[str, Any]) -> dict[str, A
     }
 
 
+def audit_everyone(
+    url: str, buyer: PollenClient, data_dir: Path, providers: int, console: Console
+) -> bool:
+    """Every party re-verifies its receipts and its saved head against the log."""
+    from agents.audit import audit, trust_files
+    from agents.trust import Trust, TrustError
+
+    parties = [("buyer", buyer, data_dir / "buyer")]
+    for i in range(providers):
+        state_dir = data_dir / "agents" / f"provider-{i}"
+        key = StateFile(state_dir / "agent-state.json").get("api_key")
+        parties.append((f"provider-{i}", PollenClient(url, key), state_dir))
+    for name, client, state_dir in parties:
+        for path in trust_files(state_dir):
+            try:
+                checks = audit(client, Trust(path))
+            except TrustError as exc:
+                console.print(f"[bold red]{name}: AUDIT FAILED[/bold red]: {exc}")
+                return False
+            console.print(f"{name}: audit ok ({len(checks)} checks, {checks[0]})")
+    return True
+
+
 def run_demo(
     *, providers: int, rounds: int, data_dir: Path, keep_serving: bool, port: int, console: Console
 ) -> int:
@@ -188,7 +213,9 @@ def run_demo(
         server = start_server(data_dir, port, admin_key, extra_env=rail.env)
         stack.callback(stop, server)
         wait_ready(url, server)
-        console.print(f"marketplace on {url} (SQLite + blobs in {data_dir}/, {rail.name} rail)")
+        console.print(
+            escape(f"marketplace on {url} (SQLite + blobs in {data_dir}/, {rail.name} rail)")
+        )
         console.print(f"dashboard live at {url}/ui while the demo runs")
 
         keys = BuyerKeys.generate()
@@ -198,8 +225,11 @@ def run_demo(
         buyer = PollenClient(url, buyer_acct["api_key"])
         admin = PollenClient(url, admin_key)
         spec = job_spec(rounds, providers, split.schema.model_dump())
-        job = post_job(buyer, keys, spec)
-        console.print(f"buyer posted job {job['id']} (fingerprint {keys.fingerprint[:16]}…)")
+        identity = IdentityKey.load_or_create(data_dir / "buyer" / "buyer.key.identity")
+        job = post_job(buyer, keys, spec, identity=identity)
+        console.print(
+            escape(f"buyer posted job {job['id']} (fingerprint {keys.fingerprint[:16]}…)")
+        )
         fund(rail, url, buyer, admin, job, console)
 
         agents = []
@@ -214,7 +244,7 @@ def run_demo(
             )
             stack.callback(stop, proc)
             agents.append(proc)
-        console.print(f"{providers} provider agents started (logs in {data_dir}/agents/)")
+        console.print(escape(f"{providers} provider agents started (logs in {data_dir}/agents/)"))
 
         def show(r: RoundReport) -> None:
             console.print(
@@ -231,6 +261,7 @@ def run_demo(
             out_dir=data_dir / "buyer",
             on_round=show,
             poll_s=0.2,
+            identity=identity,
         )
         outcome = run.run()
         for proc in agents:
@@ -272,7 +303,7 @@ def run_demo(
             n_classes=n_classes,
         )
 
-        table = Table(title=f"Job {job['id']}: accuracy on the buyer's held-out data")
+        table = Table(title=escape(f"Job {job['id']}: accuracy on the buyer's held-out data"))
         table.add_column("round", justify="right")
         table.add_column("encrypted (Pollen)", justify="right")
         table.add_column("plaintext FedAvg (same DP)", justify="right")
@@ -288,6 +319,9 @@ def run_demo(
         )
         console.rule("[bold]Settlement")
         settled = settle_and_report(admin, buyer, job["id"], console)
+        console.rule("[bold]Audit")
+        if not audit_everyone(url, buyer, data_dir, providers, console):
+            return 1
         figures: dict[str, Any] = {
             "providers": providers,
             "rounds": rounds,
@@ -304,7 +338,9 @@ def run_demo(
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
         console.print(
-            f"model: {outcome.model_path}; metrics: {outcome.metrics_path}; figures: {RESULTS}"
+            escape(
+                f"model: {outcome.model_path}; metrics: {outcome.metrics_path}; figures: {RESULTS}"
+            )
         )
         console.print(f"demo finished in {figures['seconds']}s")
         console.rule("[bold]Dashboard")
@@ -334,13 +370,15 @@ def show_dashboard(
     table.add_column("account")
     table.add_column("API key")
     for who, key in sign_ins.items():
-        table.add_row(who, key)
+        table.add_row(escape(who), escape(key))
     console.print(table)
     if not live:
         console.print(
-            "the demo's server has stopped; to look again: "
-            f"`pollen server --data-dir {data_dir} --port {port}` and open {url}/ui, "
-            "or run `pollen demo --keep-serving`"
+            escape(
+                "the demo's server has stopped; to look again: "
+                f"`pollen server --data-dir {data_dir} --port {port}` and open {url}/ui, "
+                "or run `pollen demo --keep-serving`"
+            )
         )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 
 from agents.cli_money import (
     ledger_line,
@@ -62,7 +63,9 @@ def start_rail(data_dir: Path, port: int, console: Console) -> Rail:
             stderr=subprocess.STDOUT,
         )
     except OSError as exc:
-        console.print(f"[yellow]localstripe did not start ({exc}); manual rail[/yellow]")
+        console.print(
+            f"[yellow]localstripe did not start ({escape(str(exc))}); manual rail[/yellow]"
+        )
         return Rail("manual", {})
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and proc.poll() is None:
@@ -126,8 +129,10 @@ def settle_and_report(
     console.print(payouts_table(view, names))
     if batch is not None:
         console.print(
-            f"payout batch {batch['id']} ({batch['rail']}, {len(batch['payouts'])} lines, "
-            f"{money(batch['total_cents'], 'usd')}) exported as CSV and marked paid"
+            escape(
+                f"payout batch {batch['id']} ({batch['rail']}, {len(batch['payouts'])} lines, "
+                f"{money(batch['total_cents'], 'usd')}) exported as CSV and marked paid"
+            )
         )
     console.print(reputation_table(reps))
     receipt = buyer.receipt(job_id)

@@ -53,6 +53,7 @@ from agents.training import (
     evaluate,
     train_local,
 )
+from crypto import weight_norm
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -234,7 +235,8 @@ def fedavg_plaintext(
 
     Datasets must be prepared (transformed, labels as class indices). Each round every provider
     starts from the global weights, trains ``local_epochs`` and sends ``delta``; the server
-    averages deltas weighted by sample count and applies ``server_optimizer`` (FedAvg, lr 1).
+    averages deltas weighted by min(samples, median samples), as the marketplace weighs them,
+    and applies ``server_optimizer`` (FedAvg, lr 1).
     With ``dp`` each delta is clipped and noised first, as a DP-enabled agent would. With
     ``record_dp`` each provider trains with DP-SGD planned as an agent plans it (the whole run
     costs it ``record_dp.epsilon``), but with *seeded* noise: a baseline, not a release.
@@ -261,6 +263,9 @@ def fedavg_plaintext(
     ]
     accuracies: list[float] = []
     started = time.perf_counter()
+    # The marketplace's weighting (crypto/weights.py): min(n, median n), so this baseline
+    # is the very average the buyer decrypts.
+    norm = weight_norm(len(ds) for ds in provider_datasets)
     for r in range(rounds):
         total = np.zeros_like(weights, dtype=np.float64)
         n_total = 0
@@ -280,8 +285,9 @@ def fedavg_plaintext(
             delta = compute_update(weights, flatten(local))
             if dp is not None:
                 delta = privatize(delta, dp, rng)
-            total += result.samples * delta.astype(np.float64)
-            n_total += result.samples
+            weight = min(result.samples, norm)
+            total += weight * delta.astype(np.float64)
+            n_total += weight
         weights = opt.step(weights, (total / n_total).astype(np.float32))
         unflatten_into(global_model, weights)
         accuracies.append(evaluate(global_model, test).accuracy)

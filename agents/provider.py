@@ -37,7 +37,9 @@ from agents.privacy import DPPlan, PrivacyDeclinedError, PrivacyPolicy, plan_rec
 from agents.state import StateFile, write_atomic
 from agents.tabular import Table, listing_schema
 from agents.training import EpochInfo, RecordDP, compute_update, train_local
-from crypto import EnvelopeBinding, PublicContext, encrypt_update
+from agents.trust import Trust, TrustError, register_identity
+from crypto import EnvelopeBinding, PublicContext, encrypt_update, read_header, update_weight
+from crypto.identity import IdentityKey, SignatureError, verify_record
 
 if TYPE_CHECKING:
     from agents.privacy import DPConfig
@@ -90,8 +92,17 @@ class ProviderAgent:
         seed: int = 0,
         notify: Notify | None = None,
         on_epoch: Callable[[EpochInfo], None] | None = None,
+        identity: IdentityKey | None = None,
+        trust_buyer: str | None = None,
     ) -> None:
         self.client = client
+        # With an identity the agent signs its envelopes and trusts nothing unsigned: the
+        # buyer's key is pinned (or `trust_buyer`, a fingerprint, given up front), and a
+        # context or model that does not match the buyer's signed manifest is refused.
+        self.identity = identity
+        self.trust_buyer = trust_buyer
+        self.trust = Trust.in_dir(state_dir) if identity is not None else None
+        self._manifests: dict[str, dict[str, Any]] = {}
         # The data as read (a Table keeps text, categories and missing cells for the job's
         # preprocessing); a numeric Dataset brings its own label name.
         self.data = data
@@ -146,6 +157,11 @@ class ProviderAgent:
             return "no rows"
         return None
 
+    def claimed_samples(self, rows: int) -> int:
+        """How many samples the agent says it has, in its listing and envelopes: its rows.
+        (The fairness benchmark overrides it to play a provider that inflates its claim.)"""
+        return rows
+
     def ensure_listing(self, classes: list[int] | None = None) -> str:
         """Publish the listing once; afterwards keep its id in the state file."""
         listing_id = self.state.get("listing_id")
@@ -155,7 +171,7 @@ class ProviderAgent:
         body = {
             "name": self.listing_name,
             "schema": schema.model_dump(exclude_none=True),
-            "samples": len(self.data),
+            "samples": self.claimed_samples(len(self.data)),
             "ask_cents": self.ask_cents,
             "currency": self.currency,
             "capacity": self.capacity,
@@ -208,11 +224,25 @@ class ProviderAgent:
 
     # ------------------------------------------------------------------ rounds
 
+    def _manifest(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """The job's signed manifest, verified (None when the agent runs without trust)."""
+        if self.trust is None:
+            return None
+        if job["id"] not in self._manifests:
+            self._manifests[job["id"]] = self.trust.manifest(self.client, job, self.trust_buyer)
+        return self._manifests[job["id"]]
+
     def _context(self, job_id: str) -> PublicContext:
         if job_id not in self._contexts:
             path = self.state_dir / "contexts" / f"{job_id}.ctx"
             if not path.exists():
-                write_atomic(path, self.client.get_context(job_id))
+                served = self.client.get_context(job_id)
+                if self.trust is not None:
+                    manifest = self._manifests.get(job_id)
+                    if manifest is None:
+                        raise TrustError(f"job {job_id}: no verified manifest for its context")
+                    self.trust.check_context(manifest, served)
+                write_atomic(path, served)
             self._contexts[job_id] = PublicContext.from_bytes(path.read_bytes())
         return self._contexts[job_id]
 
@@ -226,7 +256,13 @@ class ProviderAgent:
         model_spec = ModelSpec.model_validate(spec["model"])
         number = int(rnd["round"])
         model = build_model(model_spec, schema.n_features, schema.n_classes, seed=0)
-        load_safetensors(model, self.client.get_round_model(job["id"], number))
+        served = self.client.get_round_model(job["id"], number)
+        manifest = self._manifest(job)
+        if self.trust is not None and manifest is not None:
+            self.trust.check_model(self.client, manifest, number, served)
+            # The context is checked before any training, too: a refusal costs nothing.
+            self._context(job["id"])
+        load_safetensors(model, served)
         global_vec = flatten(model)
         entry = self._active_jobs()[job["id"]]
         plan = self._dp_plan(entry, spec, len(local))
@@ -274,8 +310,8 @@ class ProviderAgent:
             entry["dp_rounds"] = int(entry.get("dp_rounds", 0)) + 1
             entry["update_epsilon"] = epsilon_spent(self.dp, entry["dp_rounds"])
             self.state.save()
-        samples = min(len(local), int(spec["sample_cap"]))
-        weight = samples / max(int(rnd["weight_norm"]), samples)
+        samples = min(self.claimed_samples(len(local)), int(spec["sample_cap"]))
+        weight = update_weight(samples, int(rnd["weight_norm"]))
         binding = EnvelopeBinding(
             job["id"], number, me, int(job["param_count"]), int(rnd["summands"])
         )
@@ -355,6 +391,9 @@ class ProviderAgent:
                 return False
             try:
                 envelope = self._build_envelope(job, rnd, me)
+            except TrustError as exc:
+                self._refuse(job_id, entry, exc)
+                return False
             except BudgetSpentError as exc:
                 entry["budget_spent"] = str(exc)
                 self.state.save()
@@ -366,8 +405,13 @@ class ProviderAgent:
                 self._give_up(job_id, entry, f"the local data no longer fits the job: {exc}")
                 return False
             write_atomic(path, envelope)
+        signature = None
+        if self.identity is not None:
+            header = envelope[: read_header(envelope).header_len]
+            body = {"header_sha256": hashlib.sha256(header).hexdigest()}
+            signature = self.identity.sign("envelope", body)
         try:
-            receipt = self.client.submit(job_id, number, envelope)
+            receipt = self.client.submit(job_id, number, envelope, signature=signature)
         except ApiError as exc:
             if exc.status == 409 and exc.code == "duplicate-submission":
                 receipt = exc.body.get("first", exc.body)
@@ -384,6 +428,8 @@ class ProviderAgent:
         entry["submitted"][str(number)] = hashlib.sha256(envelope).hexdigest()
         self.state.save()
         path.unlink(missing_ok=True)
+        if self.trust is not None:
+            self._keep_receipt(job_id, number, receipt)
         spent = f", ε spent {float(entry['epsilon']):.3f}" if "epsilon" in entry else ""
         self.notify(
             f"job {job_id} round {number}: submitted "
@@ -400,7 +446,31 @@ class ProviderAgent:
         logger.warning("job %s: %s", job_id, reason)
         self.notify(f"job {job_id}: stopped, {reason}")
 
+    def _refuse(self, job_id: str, entry: dict[str, Any], exc: TrustError) -> None:
+        """Stop working for a job the marketplace tampered with; loudly, sending nothing."""
+        entry["refused"] = exc.message
+        entry["done"] = True
+        self.state.save()
+        logger.error("REFUSED job %s: %s", job_id, exc.message)
+        self.notify(f"REFUSED job {job_id}: {exc.message}")
+
+    def _keep_receipt(self, job_id: str, number: int, receipt: dict[str, Any]) -> None:
+        """Check the server's signed `accepted` record, and keep it for `pollen audit`."""
+        assert self.trust is not None
+        record = receipt.get("record")
+        if record is None:
+            raise TrustError(f"job {job_id} round {number}: the server signed no receipt")
+        try:
+            body = verify_record(record, self.trust.server_key(self.client), kind="accepted")
+        except SignatureError as exc:
+            raise TrustError(f"job {job_id} round {number}: receipt refused: {exc}") from exc
+        if body["job_id"] != job_id or body["round"] != number:
+            raise TrustError(f"job {job_id} round {number}: the receipt is for something else")
+        self.trust.keep_receipt({"leaf_index": receipt["leaf_index"], "record": record})
+
     def step(self, me: str) -> None:
+        if self.trust is not None:
+            self.trust.check_head(self.client)
         self.handle_offers()
         for job_id, entry in list(self._active_jobs().items()):
             if not entry.get("done"):
@@ -424,6 +494,9 @@ class ProviderAgent:
         backoff = backoff or Backoff(first_wait_s=poll_s, notify=self.notify)
         warm_up()
         me = str(backoff.call(self.client.me)["id"])
+        if self.identity is not None:
+            backoff.call(register_identity, self.client, self.identity, me)
+            self.notify(f"identity key {self.identity.fingerprint[:16]}… registered")
         while True:
             backoff.call(self.step, me)
             if exit_after_jobs is not None and self.finished_jobs() >= exit_after_jobs:

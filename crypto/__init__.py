@@ -33,6 +33,7 @@ from crypto.errors import (
 )
 from crypto.keys import BuyerKeys, PublicContext
 from crypto.presets import DEFAULT_PRESET_ID, PLAIN_PRESET_ID, PRESETS, Preset, get_preset
+from crypto.weights import update_weight, weight_norm
 
 __all__ = [
     "DEFAULT_PRESET_ID",
@@ -67,5 +68,7 @@ __all__ = [
     "envelope_size",
     "get_preset",
     "read_header",
+    "update_weight",
     "validate_envelope",
+    "weight_norm",
 ]

@@ -158,6 +158,33 @@ class Accumulator:
         self.samples_sum += h.samples
         self.provider_ids.append(h.provider_id)
 
+    def merge(self, other: Accumulator) -> None:
+        """Add another sum of the same round into this one (sums are associative).
+
+        Refuses a sum under another key, job, round or size, one that shares a provider
+        with this one, or a total beyond `summands` updates."""
+        if (other.fingerprint, other.job_id, other.round, other.param_count, other.summands) != (
+            self.fingerprint,
+            self.job_id,
+            self.round,
+            self.param_count,
+            self.summands,
+        ):
+            raise AggregateError("sums belong to another key, job, round or model size")
+        shared = set(self.provider_ids) & set(other.provider_ids)
+        if shared:
+            raise AggregateError(f"providers {sorted(shared)} are in both sums")
+        if self.count + other.count > self.summands:
+            raise AggregateError(f"this aggregate holds at most {self.summands} updates")
+        acc = self.coefficients
+        np.add(acc, other.coefficients, out=acc)
+        if self._moduli is not None:
+            np.minimum(acc, acc - self._moduli, out=acc)
+        self.count += other.count
+        self.weight_sum += other.weight_sum
+        self.samples_sum += other.samples_sum
+        self.provider_ids.extend(other.provider_ids)
+
     def to_bytes(self) -> bytes:
         payload = (
             self.coefficients.astype("<f8").tobytes()

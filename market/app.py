@@ -20,7 +20,17 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 
 from market import problems, ui
-from market.api.routes import accounts, admin, jobs, listings, money, offers, privacy, rounds
+from market.api.routes import (
+    accounts,
+    admin,
+    jobs,
+    listings,
+    money,
+    offers,
+    privacy,
+    rounds,
+    translog,
+)
 from market.blobs import LocalBlobStore
 from market.config import Settings
 from market.db import SqliteProcessClaim, make_engine, session_scope
@@ -31,6 +41,7 @@ from market.services import accounts as account_service
 from market.services import payments as payment_service
 from market.services import reputation
 from market.services import rounds as round_service
+from market.translog import install
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.blobs = LocalBlobStore(settings.blob_root)
     app.state.clock = utcnow
     app.state.rail = rail_for(settings)
+    app.state.signer = install(settings)
     reputation.configure(decay=settings.reputation_decay)
     problems.install(app)
-    for module in (accounts, listings, jobs, offers, rounds, admin, money, privacy):
+    for module in (accounts, listings, jobs, offers, rounds, admin, money, privacy, translog):
         app.include_router(module.router)
     # The dashboard: the static mount goes first, before the pages' catch-all 404 route.
     app.mount("/ui/static", ui.static_files(), name="ui-static")

@@ -6,6 +6,7 @@ under `data_dir` (`.pollen` in the working directory).
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -53,20 +54,52 @@ class Settings(BaseSettings):
     # Connect (accounts, transfers); unset on the stripe rail means payouts go out as a
     # manual CSV batch (localstripe has no Connect).
     stripe_connect_api_base: str | None = None
+    # The shortest round deadline a job may set: a buyer cannot make providers miss rounds
+    # (and lose reputation) with a deadline nobody can meet.
+    min_round_deadline_s: int = Field(default=30, ge=1)
+    # Taken from what is left in escrow when a buyer cancels a running job (after the
+    # collecting round's submitters are paid); 0 = no fee.
+    cancel_fee_bps: int = Field(default=0, ge=0, le=10_000)
     # The platform's fee in basis points of a job's budget (500 = 5%).
     platform_fee_bps: int = Field(default=500, ge=0, le=10_000)
     # Reputation: an event `age` days old counts decay**age.
     reputation_decay: float = Field(default=0.98, gt=0, le=1)
 
-    # Failed authentication: more than `auth_fail_limit` bad keys from one client address
-    # within `auth_fail_window_s` seconds are refused with 429 until the window passes.
+    # Failed authentication: past `auth_fail_limit` bad keys from one client address within
+    # `auth_fail_window_s` seconds, further bad keys from it get 429 until the window passes
+    # (a correct key always works). Counted in the database, so shared by every process.
     auth_fail_limit: int = Field(default=20, ge=1)
     auth_fail_window_s: float = Field(default=60.0, gt=0)
+    # Account registrations per client address per window, across processes.
+    register_limit: int = Field(default=200, ge=1)
+    register_window_s: float = Field(default=3600.0, gt=0)
+    # Proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed: comma-separated
+    # addresses or networks ("10.0.0.5,192.168.0.0/16"). Empty (the default) believes no
+    # one, loopback included: the client address is the socket's peer.
+    trusted_proxies: str = ""
+
+    # Per-account quotas: active listings of one provider, draft jobs of one buyer. Every
+    # listing change re-runs matching over all listings under one lock; 4,000 listings from
+    # one provider took listing changes from 40 ms to 510 ms for everyone.
+    max_listings_per_provider: int = Field(default=100, ge=1)
+    max_draft_jobs_per_buyer: int = Field(default=20, ge=1)
 
     # The web dashboard under /ui: a signed session cookie set at login with an API key.
     # Empty secret means one is generated into `data_dir` (mode 0600) on first use.
     ui_session_secret: str = ""
     ui_session_ttl_s: int = Field(default=8 * 3600, gt=0)
+
+    # The server's Ed25519 signing key (64 hex digits) for tree heads and receipts. Empty
+    # means one is generated into `data_dir/signing.key` (mode 0600) on first start.
+    signing_key: str = ""
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        """`trusted_proxies` as a list, each entry checked to be an address or a network."""
+        entries = [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
+        for entry in entries:
+            ipaddress.ip_network(entry, strict=False)
+        return entries
 
     @property
     def rail(self) -> str:
@@ -75,6 +108,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
+        try:
+            self.trusted_proxy_list  # noqa: B018  (validates the entries)
+        except ValueError as exc:
+            raise ValueError(f"POLLEN_TRUSTED_PROXIES: {exc}") from None
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'pollen.db'}"
         if self.blob_dir is None:

@@ -27,20 +27,17 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import IntEnum
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import anyio
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlmodel import Session, create_engine
 
 from market.errors import DatabaseInUseError
 
 log = logging.getLogger(__name__)
-
-# PostgreSQL advisory-lock keys: one per thing they serialize, named in one place.
-MIGRATION_LOCK_KEY = 0x706F6C6C01
-PAYOUT_RUN_LOCK_KEY = 0x706F6C6C02
 
 SQLITE_ONE_PROCESS = (
     "SQLite serves one server process: its writes cannot be locked across processes. "
@@ -90,6 +87,25 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+class AdvisoryLock(IntEnum):
+    """PostgreSQL advisory-lock keys, one per thing serialized, all named here.
+
+    Two users of one key serialize against each other by accident (the ledger and matching
+    once shared 0x706F6C6C656E, so every settlement stalled matching and the reverse).
+    """
+
+    LEDGER = 0x706F6C6C656E  # "pollen": appends to the journal's hash chain
+    MATCHING = 0x706F6C6C6D61  # "pollma": matching passes
+    MIGRATION = 0x706F6C6C6D69  # "pollmi": Alembic upgrades at startup
+    PAYOUT_RUN = 0x706F6C6C7061  # "pollpa": payout runs (session-level, across commits)
+
+
+def advisory_xact_lock(session: Session, key: AdvisoryLock) -> None:
+    """Take `key` until the session's transaction ends (PostgreSQL only; a no-op elsewhere)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": int(key)})
 
 
 @contextmanager

@@ -8,8 +8,12 @@
         ├── InvalidInputError            422 well-formed JSON that breaks a domain rule
         ├── PayloadTooLargeError         413 an upload beyond its size limit
         ├── UploadStalledError           408 an upload's body stopped arriving
-        ├── TooManyFailedAttemptsError   429 too many failed authentications from one address
+        ├── RateLimitedError             429 too many of something from one address; Retry-After
+        │   ├── TooManyFailedAttemptsError  failed authentications
+        │   └── TooManyRegistrationsError   account registrations
         └── ConflictError                409 the resource is not in a state that allows it
+            ├── QuotaExceededError       409 an account at its quota (listings, draft jobs)
+            ├── UploadInProgressError    409 this provider's upload for the round is under way
             ├── InvalidStateError        409 e.g. funding a job that is already running
             ├── OfferExpiredError        409 accepting an offer after its deadline
             ├── RoundClosedError         409 submitting to a round that is not collecting
@@ -20,6 +24,7 @@
         │   ├── UnbalancedTransactionError  postings do not sum to zero
         │   ├── TooFewPostingsError         fewer than two postings
         │   ├── ZeroPostingError            a posting of zero
+        │   ├── NonIntegerPostingError      an amount that is not an integer number of cents
         │   ├── InsufficientFundsError      an account would go below zero where it must not
         │   └── ImmutableLedgerError        an update or delete of a journal row (500)
         ├── PaymentError                 502 the payment rail (Stripe) failed or refused
@@ -87,22 +92,56 @@ class UploadStalledError(MarketError):
     title = "Upload stalled"
 
 
-class TooManyFailedAttemptsError(MarketError):
-    """Refused without looking at the key; `retry_after` (seconds) becomes `Retry-After`."""
+class RateLimitedError(MarketError):
+    """Too many from one address; `retry_after` (seconds) becomes `Retry-After`."""
 
     status = 429
-    code = "too-many-failed-attempts"
-    title = "Too many failed authentication attempts"
+    code = "rate-limited"
+    title = "Too many requests"
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message, retry_after=retry_after)
         self.retry_after = retry_after
 
 
+class TooManyFailedAttemptsError(RateLimitedError):
+    """A wrong key from an address past the failure limit (a correct key still passes)."""
+
+    code = "too-many-failed-attempts"
+    title = "Too many failed authentication attempts"
+
+
+class TooManyRegistrationsError(RateLimitedError):
+    code = "too-many-registrations"
+    title = "Too many accounts registered from this address"
+
+
 class ConflictError(MarketError):
     status = 409
     code = "conflict"
     title = "Conflict"
+
+
+class QuotaExceededError(ConflictError):
+    """`quota` names the setting, `limit` its value."""
+
+    code = "quota-exceeded"
+    title = "Account quota reached"
+
+    def __init__(self, message: str, *, quota: str, limit: int) -> None:
+        super().__init__(message, quota=quota, limit=limit)
+
+
+class UploadInProgressError(ConflictError):
+    """`retry_after` (seconds) becomes `Retry-After`: by then the other upload has ended or
+    its claim has gone stale."""
+
+    code = "upload-in-progress"
+    title = "An upload for this round is already under way"
+
+    def __init__(self, message: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **extra)
+        self.retry_after = retry_after
 
 
 class InvalidStateError(ConflictError):
@@ -156,6 +195,11 @@ class TooFewPostingsError(LedgerError):
 class ZeroPostingError(LedgerError):
     code = "ledger-zero-posting"
     title = "A posting is never zero"
+
+
+class NonIntegerPostingError(LedgerError):
+    code = "ledger-non-integer-posting"
+    title = "A posting is an integer number of minor units"
 
 
 class InsufficientFundsError(LedgerError):

@@ -18,7 +18,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, text
 
 import migrations
-from market.db import MIGRATION_LOCK_KEY
+from market.db import AdvisoryLock
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     cfg = alembic_config()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            key = {"k": int(AdvisoryLock.MIGRATION)}
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), key)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     log.info("database schema at %s", revision)

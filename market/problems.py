@@ -24,7 +24,7 @@ from crypto.errors import (
     KeyFileError,
     PollenError,
 )
-from market.errors import MarketError, TooManyFailedAttemptsError
+from market.errors import MarketError, RateLimitedError, UploadInProgressError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ async def _pollen_error(request: Request, exc: Exception) -> JSONResponse:
     response = problem(
         request, status=status, code=exc.code, title=exc.title, detail=exc.message, **extra
     )
-    if isinstance(exc, TooManyFailedAttemptsError):
+    if isinstance(exc, RateLimitedError | UploadInProgressError):
         response.headers["Retry-After"] = str(exc.retry_after)
     return response
 

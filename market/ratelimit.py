@@ -1,143 +1,142 @@
-"""Rate limiting of failed authentication, per client address, over a sliding window.
+"""Limits per client address over a sliding window, counted in the database.
 
-More than `Settings.auth_fail_limit` failed attempts from one address within
-`Settings.auth_fail_window_s` seconds, and that address is refused with 429 (and
-`Retry-After`) until the oldest of those failures leaves the window. The refusal applies to
-every key the address sends, a correct one included: if a correct key still passed, 429 vs
-200 would itself tell a guesser when it hit, and the limit would slow nothing. A request
-that sends no key is not an attempt and is never counted.
+Two things are counted per address: failed authentications (a wrong API key, on the API or
+the dashboard's login form, which share one limit) and account registrations. The counts
+live in the `rate_event` table, so every server process sees the same ones: a count kept in
+one process's memory lets N processes take N times the limit.
 
-One `AuthFailureLimiter` lives on each app (`for_app`), in process: API workers behind a load
-balancer each count on their own, which bounds guessing per worker (see DESIGN, scale path).
-Time is whatever the caller passes as `now` (seconds), so the service uses its own clock and
-tests move it by hand instead of sleeping.
+**Failures are throttled, never the owner.** A correct key authenticates whatever its
+address has done; only a wrong key from an address that already failed
+`Settings.auth_fail_limit` times within `auth_fail_window_s` is refused with 429 (and
+`Retry-After`, until the oldest counted failure leaves the window) instead of 401. Refusing
+the correct key too would let anyone who shares the owner's address (a NAT, a proxy, or a
+spoofed `X-Forwarded-For` when uvicorn believed it from loopback) lock the owner out with a
+few wrong keys. Answering correct keys does leave 200-versus-429 to a guesser, which is
+worthless against keys of 256 random bits (`market.services.accounts`); what the limit bounds
+is the server's work: past it a wrong key costs one indexed read and writes nothing, so the
+table holds at most `limit` rows per address and window, and rows older than the window are
+pruned on every write.
 
-The public helpers `check(request)` and `record_failure(request)` are what any login
-surface (the API's bearer auth, the dashboard's login form) calls, so they share one limit.
+**The address** is the ASGI server's client address. `market.server` has uvicorn believe
+`X-Forwarded-For` only from `Settings.trusted_proxies` (nobody by default), so a client cannot
+choose the address it is counted under.
+
+Time is the app's clock (`app.state.clock`), so tests move it by hand instead of sleeping.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict, deque
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from sqlalchemy import delete
+from sqlmodel import Session, col, select
 from starlette.requests import Request
 
-from market.errors import TooManyFailedAttemptsError
+from market.config import Settings
+from market.errors import TooManyFailedAttemptsError, TooManyRegistrationsError
+from market.models import RateEvent
 
 __all__ = [
-    "AuthFailureLimiter",
-    "check",
+    "AUTH_FAILURE",
+    "REGISTRATION",
+    "SlidingWindow",
     "client_address",
-    "for_app",
-    "record_failure",
+    "count_registration",
+    "failed_authentication",
 ]
 
+AUTH_FAILURE = "auth-failure"
+REGISTRATION = "registration"
 _UNKNOWN = "unknown"
-# Addresses tracked at once; beyond this the least recently failed are forgotten first, so a
-# flood of spoofed sources cannot grow the process without bound.
-_MAX_ADDRESSES = 100_000
+_SUBJECT_MAX = 64
 
 
-class AuthFailureLimiter:
-    """Counts failed authentications per address in a sliding window; thread-safe."""
+@dataclass(frozen=True)
+class SlidingWindow:
+    """At most `limit` events of `scope` per subject within any `window_s` seconds."""
 
-    def __init__(self, *, limit: int, window_s: float) -> None:
-        if limit < 1 or window_s <= 0:
-            raise ValueError("limit must be >= 1 and window_s > 0")
-        self.limit = limit
-        self.window_s = window_s
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
+    scope: str
+    limit: int
+    window_s: float
 
-    def _live(self, address: str, now: float) -> deque[float] | None:
-        stamps = self._failures.get(address)
-        if stamps is None:
+    def retry_after(self, session: Session, subject: str, now: datetime) -> int | None:
+        """Whole seconds until `subject` is under the limit again, or None if it is now."""
+        since = now - timedelta(seconds=self.window_s)
+        newest = session.exec(
+            select(RateEvent.at)
+            .where(RateEvent.scope == self.scope, RateEvent.subject == subject)
+            .where(col(RateEvent.at) > since)
+            .order_by(col(RateEvent.at).desc())
+            .limit(self.limit)
+        ).all()
+        if len(newest) < self.limit:
             return None
-        while stamps and stamps[0] <= now - self.window_s:
-            stamps.popleft()
-        if not stamps:
-            del self._failures[address]
-            return None
-        return stamps
+        # Under the limit again once the oldest of the newest `limit` leaves the window.
+        oldest = newest[-1]
+        return max(1, math.ceil((oldest - since).total_seconds()))
 
-    def retry_after(self, address: str, now: float) -> float | None:
-        """Seconds until `address` may try again, or None if it may try now."""
-        with self._lock:
-            stamps = self._live(address, now)
-            if stamps is None or len(stamps) < self.limit:
-                return None
-            # Allowed again once the oldest counted failure leaves the window.
-            return max(stamps[0] + self.window_s - now, 0.0)
-
-    def check(self, address: str, now: float) -> None:
-        """Refuse with `TooManyFailedAttemptsError` if `address` is over the limit."""
-        wait = self.retry_after(address, now)
-        if wait is not None:
-            seconds = max(1, math.ceil(wait))
-            raise TooManyFailedAttemptsError(
-                f"too many failed authentication attempts from this address; "
-                f"try again in {seconds} s",
-                retry_after=seconds,
-            )
-
-    def record_failure(self, address: str, now: float) -> None:
-        """Count one failed attempt from `address` at `now`."""
-        with self._lock:
-            stamps = self._live(address, now)
-            if stamps is None:
-                while len(self._failures) >= _MAX_ADDRESSES:
-                    self._failures.popitem(last=False)
-                stamps = self._failures.setdefault(address, deque())
-            # Most recently failed last, so eviction drops the quietest address first.
-            self._failures.move_to_end(address)
-            stamps.append(now)
-            # Only the newest `limit` failures can matter for the decision.
-            while len(stamps) > self.limit:
-                stamps.popleft()
-
-    def tracked(self) -> int:
-        """How many addresses currently have failures on record."""
-        with self._lock:
-            return len(self._failures)
+    def record(self, session: Session, subject: str, now: datetime) -> None:
+        """Count one event for `subject` at `now`, drop this scope's expired rows; commits."""
+        since = now - timedelta(seconds=self.window_s)
+        session.add(RateEvent(scope=self.scope, subject=subject, at=now))
+        session.execute(
+            delete(RateEvent).where(col(RateEvent.scope) == self.scope, col(RateEvent.at) <= since)
+        )
+        session.commit()
 
 
-_create_lock = threading.Lock()
+def auth_failures(settings: Settings) -> SlidingWindow:
+    return SlidingWindow(AUTH_FAILURE, settings.auth_fail_limit, settings.auth_fail_window_s)
 
 
-def for_app(app: Any) -> AuthFailureLimiter:
-    """The app's limiter, created on first use from its settings."""
-    limiter: AuthFailureLimiter | None = getattr(app.state, "auth_limiter", None)
-    if limiter is not None:
-        return limiter
-    with _create_lock:
-        limiter = getattr(app.state, "auth_limiter", None)
-        if limiter is None:
-            settings = app.state.settings
-            limiter = AuthFailureLimiter(
-                limit=settings.auth_fail_limit, window_s=settings.auth_fail_window_s
-            )
-            app.state.auth_limiter = limiter
-        return limiter
+def registrations(settings: Settings) -> SlidingWindow:
+    return SlidingWindow(REGISTRATION, settings.register_limit, settings.register_window_s)
 
 
 def client_address(request: Request) -> str:
-    """The address a request came from (as the ASGI server reports it)."""
-    return request.client.host if request.client is not None else _UNKNOWN
+    """The address a request came from, as the ASGI server reports it (see the docstring)."""
+    host = request.client.host if request.client is not None else _UNKNOWN
+    return host[:_SUBJECT_MAX]
 
 
-def _now(request: Request) -> float:
+def _now(request: Request) -> datetime:
     # The app's clock, so tests can move time without sleeping.
-    return float(request.app.state.clock().timestamp())
+    now: datetime = request.app.state.clock()
+    return now
 
 
-def check(request: Request) -> None:
-    """Refuse the request with 429 if its address failed authentication too often."""
-    for_app(request.app).check(client_address(request), _now(request))
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
 
 
-def record_failure(request: Request) -> None:
-    """Count a failed authentication (unknown key, bad login) from the request's address."""
-    for_app(request.app).record_failure(client_address(request), _now(request))
+def failed_authentication(request: Request, session: Session) -> None:
+    """After a wrong key: 429 if its address is past the limit (nothing recorded), else count
+    the failure so the caller answers 401."""
+    window = auth_failures(_settings(request))
+    address, now = client_address(request), _now(request)
+    wait = window.retry_after(session, address, now)
+    if wait is not None:
+        session.rollback()
+        raise TooManyFailedAttemptsError(
+            f"too many failed authentication attempts from this address; "
+            f"try again in {wait} s (a correct key is always accepted)",
+            retry_after=wait,
+        )
+    window.record(session, address, now)
+
+
+def count_registration(request: Request, session: Session) -> None:
+    """Count a registration from the request's address; 429 past the limit (not counted)."""
+    window = registrations(_settings(request))
+    address, now = client_address(request), _now(request)
+    wait = window.retry_after(session, address, now)
+    if wait is not None:
+        session.rollback()
+        raise TooManyRegistrationsError(
+            f"too many accounts registered from this address; try again in {wait} s",
+            retry_after=wait,
+        )
+    window.record(session, address, now)

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -39,6 +40,26 @@ def return_large_buffers_to_the_os() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, _LARGE_BUFFER))
     except (OSError, AttributeError):  # not glibc
         return False
+
+
+def _proxy_options(settings: Settings) -> dict[str, Any]:
+    """`X-Forwarded-*` believed only from `trusted_proxies`.
+
+    uvicorn's own default believes `X-Forwarded-For` from 127.0.0.1, so any local client
+    (or a proxy on loopback passing client headers through) chose the address it is
+    counted under: rotating the header escaped the failed-key limit, spoofing the admin's
+    address put it over. With no trusted proxy the headers are ignored altogether.
+    """
+    trusted = settings.trusted_proxy_list
+    return {
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": ",".join(trusted) if trusted else "",
+    }
+
+
+def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
+    """How uvicorn runs one app process (see `_proxy_options`)."""
+    return uvicorn.Config(app, host=host, port=port, log_level="info", **_proxy_options(settings))
 
 
 def serve(
@@ -80,11 +101,11 @@ def serve(
         finally:
             engine.dispose()
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port)).run()
         return
     os.environ["POLLEN_DATA_DIR"] = str(settings.data_dir)
     os.environ["POLLEN_DATABASE_URL"] = settings.database_url
     uvicorn.run(
         "market.app:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level="info",
+        log_level="info", **_proxy_options(settings),
     )  # fmt: skip

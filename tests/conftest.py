@@ -92,6 +92,7 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
         database_url=db_url,
         admin_api_key=ADMIN_KEY,
         deadline_tick_s=0,  # tests drive deadlines through the clock and `tick`
+        min_round_deadline_s=1,  # rounds with deadlines of a few (fake) seconds
     )
 
 

@@ -9,6 +9,7 @@ caller so a posting lands in the same database transaction as the state change i
 from __future__ import annotations
 
 import logging
+import numbers
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,10 +19,12 @@ from typing import Any
 from sqlalchemy import event, func, text
 from sqlmodel import Session, col, select
 
+from market.db import AdvisoryLock, advisory_xact_lock
 from market.errors import (
     IdempotencyConflictError,
     ImmutableLedgerError,
     InsufficientFundsError,
+    NonIntegerPostingError,
     TooFewPostingsError,
     UnbalancedTransactionError,
     ZeroPostingError,
@@ -35,8 +38,6 @@ log = logging.getLogger(__name__)
 
 Legs = Sequence[tuple[str, int]]
 _append_lock = threading.Lock()
-# Any constant: the PostgreSQL advisory lock that serializes appends to the chain.
-_PG_LOCK_ID = 0x706F6C6C656E
 
 
 def _refuse_change(_mapper: Any, _conn: Any, target: Any) -> None:
@@ -53,8 +54,12 @@ def check_legs(legs: Legs) -> None:
     if len(legs) < 2:
         raise TooFewPostingsError(f"{len(legs)} posting(s): a transaction needs at least two")
     for account, amount in legs:
-        if not isinstance(amount, int) or isinstance(amount, bool):
-            raise ZeroPostingError(f"posting on {account} is not an integer number of cents")
+        # Checked as given, never coerced first: int(1.9) would quietly post 1.
+        if not isinstance(amount, numbers.Integral) or isinstance(amount, bool):
+            raise NonIntegerPostingError(
+                f"posting on {account} is {amount!r}, not an integer number of minor units",
+                account=account,
+            )
         if amount == 0:
             raise ZeroPostingError(f"posting of zero on {account}")
         kind_of(account)
@@ -90,7 +95,7 @@ def _lock_chain(session: Session) -> None:
     row still takes the database's write lock (held until commit).
     """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
+        advisory_xact_lock(session, AdvisoryLock.LEDGER)
     else:
         session.execute(text("UPDATE ledger_txn SET seq = seq WHERE 1 = 0"))
 
@@ -108,8 +113,8 @@ def post(
     meta: dict[str, Any] | None = None,
 ) -> LedgerTransaction:
     """Append one balanced transaction (flushed, not committed); idempotent on `key`."""
-    legs = [(a, int(x)) for a, x in legs]
     check_legs(legs)
+    legs = [(a, int(x)) for a, x in legs]  # numpy integers become plain ints
     first = find(session, key)
     if first is not None:
         _replay(session, first, currency, legs)
@@ -172,6 +177,10 @@ def post(
         )
         session.add(txn)
         session.flush()
+        # Its leaf in the transparency log commits with it, under the same lock.
+        from market.translog.log import append_ledger
+
+        append_ledger(session, txn.hash, body, job_id=job_id, now=now)
     log.info("ledger %d %s %s: %s", seq, kind, key, legs)
     return txn
 

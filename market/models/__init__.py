@@ -17,6 +17,7 @@ from market.models.ledger import (
     LedgerReport,
     LedgerTransaction,
 )
+from market.models.limits import RateEvent, UploadClaim
 from market.models.listings import Listing, ListingCreate, ListingPublic, ListingUpdate
 from market.models.money import (
     ConnectedAccount,
@@ -35,13 +36,18 @@ from market.models.money import (
 from market.models.offers import LIVE_OFFER_STATES, Offer, OfferPublic
 from market.models.privacy import PrivacyReport, PrivacyReportCreate, PrivacyReportPublic
 from market.models.rounds import (
+    GroupPublic,
+    GroupValue,
+    GroupValuesCreate,
     MetricsCreate,
     Round,
+    RoundGroup,
     RoundPublic,
     Submission,
     SubmissionReceipt,
 )
 from market.models.schema import DatasetSchema, FeatureSpec, LabelSpec
+from market.models.translog import IdentityKey, LogLeaf
 
 __all__ = [
     "LIVE_OFFER_STATES",
@@ -56,6 +62,10 @@ __all__ = [
     "CreditPublic",
     "DatasetSchema",
     "FeatureSpec",
+    "GroupPublic",
+    "GroupValue",
+    "GroupValuesCreate",
+    "IdentityKey",
     "Job",
     "JobCreate",
     "JobPublic",
@@ -68,6 +78,7 @@ __all__ = [
     "ListingCreate",
     "ListingPublic",
     "ListingUpdate",
+    "LogLeaf",
     "MetricsCreate",
     "Offer",
     "OfferPublic",
@@ -81,14 +92,17 @@ __all__ = [
     "PrivacyReportCreate",
     "PrivacyReportPublic",
     "ProviderEarnings",
+    "RateEvent",
     "Receipt",
     "ReputationEvent",
     "ReputationEventPublic",
     "ReputationPublic",
     "Role",
     "Round",
+    "RoundGroup",
     "RoundPublic",
     "RoundSummary",
     "Submission",
     "SubmissionReceipt",
+    "UploadClaim",
 ]

@@ -106,11 +106,18 @@ class JobCreate(Strict):
     privacy: PrivacySpec | Literal["off"] | None = None
     # A provider that sends nothing in a round is not waited for in the rounds after it.
     drop_missed: bool = True
+    # Providers per random group whose sum the buyer scores (≥ quorum; None: the quorum).
+    group_size: Annotated[int, Field(ge=2, le=1000)] | None = None
+    # After a round closes the buyer has this long to publish the next model (or complete
+    # the job); past it the job ends as failed by the buyer, at no cost to providers.
+    publish_deadline_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
 
     @model_validator(mode="after")
     def _coherent(self) -> JobCreate:
         if self.quorum > self.min_providers:
             raise ValueError("quorum cannot exceed min_providers")
+        if self.group_size is not None and not self.quorum <= self.group_size:
+            raise ValueError("group_size cannot be below the quorum")
         if self.min_providers > self.max_providers:
             raise ValueError("min_providers cannot exceed max_providers")
         if self.dataset_schema.task != self.task:
@@ -162,6 +169,8 @@ class Job(SQLModel, table=True):
     fingerprint: str | None = SQLField(default=None, max_length=64)
     context_key: str | None = SQLField(default=None, max_length=200)
     param_count: int | None = None
+    # Tensor name → shape of the initial model: every model published later must match it.
+    layout: dict[str, list[int]] | None = SQLField(default=None, sa_type=JSON)
     model_key: str | None = SQLField(default=None, max_length=200)
     final_model_key: str | None = SQLField(default=None, max_length=200)
     failure_reason: str | None = SQLField(default=None, max_length=500)

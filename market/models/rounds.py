@@ -35,10 +35,41 @@ class Round(SQLModel, table=True):
     # The providers inside the sum `acc_key` points at, copied from that sum's own header in
     # the same transaction: settlement pays exactly these.
     acc_providers: list[str] = SQLField(default_factory=list, sa_type=JSON)
+    # SHA-256 of the sum `acc_key` holds: what the signed round-closed record commits to.
+    acc_sha256: str | None = SQLField(default=None, max_length=64)
     weight_norm: int
     expected: list[str] = SQLField(default_factory=list, sa_type=JSON)
     metrics: dict[str, Any] | None = SQLField(default=None, sa_type=JSON)
     close_reason: str | None = SQLField(default=None, max_length=64)
+
+
+class RoundGroup(SQLModel, table=True):
+    """One random group of a round's providers and the encrypted sum of its updates.
+
+    The partition is drawn by the server when the round opens (`market.services.groups`);
+    at close a group with fewer than `group_size` updates is merged into another
+    (`merged_into`), so every sum the buyer may decrypt holds at least `group_size` ≥ quorum
+    updates. The buyer reports how each group's average update changed its validation loss.
+    """
+
+    __tablename__ = "round_group"
+    __table_args__ = (UniqueConstraint("round_id", "index"),)
+
+    id: str = SQLField(primary_key=True, max_length=32)
+    round_id: str = SQLField(foreign_key="round.id", index=True, max_length=32)
+    index: int
+    members: list[str] = SQLField(default_factory=list, sa_type=JSON)
+    acc_key: str | None = SQLField(default=None, max_length=200)
+    acc_count: int = 0
+    acc_providers: list[str] = SQLField(default_factory=list, sa_type=JSON)
+    merged_into: int | None = None
+    # The buyer's measure of the group's update (see market.services.groups), and the
+    # held-out losses it reported beside it.
+    value: float | None = None
+    loss_without: float | None = None
+    loss_with: float | None = None
+    excluded: bool = False
+    reason: str | None = SQLField(default=None, max_length=300)
 
 
 class Submission(SQLModel, table=True):
@@ -67,6 +98,10 @@ class SubmissionReceipt(BaseModel):
     attempt: int
     payload_sha256: str
     accepted_at: datetime
+    # The server's signed `accepted` record and its leaf in the transparency log (the
+    # inclusion proof under any later head: GET /v1/log/inclusion).
+    record: dict[str, Any] | None = None
+    leaf_index: int | None = None
 
 
 class RoundPublic(BaseModel):
@@ -89,14 +124,53 @@ class RoundPublic(BaseModel):
     summands: int
     metrics: dict[str, float] | None
     close_reason: str | None
+    groups: list[GroupPublic] = []
+
+
+# A loss beyond this is a diverged model or a hostile post, not a figure worth charting
+# (1.7e308 once overflowed the dashboard's chart ticks and broke the job page).
+MAX_LOSS = 1e9
+
+
+class GroupPublic(BaseModel):
+    """A round's group as its viewer may see it (a provider: its own group's members only)."""
+
+    index: int
+    count: int
+    members: list[str]
+    merged_into: int | None
+    value: float | None
+    loss_without: float | None
+    loss_with: float | None
+    excluded: bool
+    reason: str | None
+
+
+class GroupValue(Strict):
+    """The buyer's measure of one released group's average update: `value`, its alignment
+    with the other groups' step (about 1 for a group that pulls its weight, 0 for updates of
+    zeros, negative against it); the held-out losses of the step with every group and
+    without this one; and whether the buyer left the group out of its step (and why)."""
+
+    index: Annotated[int, Field(ge=0, le=10_000)]
+    value: Annotated[float, Field(ge=-1, le=2, allow_inf_nan=False)]
+    loss_without: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
+    loss_with: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
+    excluded: bool = False
+    reason: Annotated[str, Field(max_length=300)] | None = None
+
+
+class GroupValuesCreate(Strict):
+    groups: Annotated[list[GroupValue], Field(min_length=1, max_length=10_000)]
 
 
 class MetricsCreate(Strict):
     """The buyer's evaluation of a round's model: accuracy (classification) or RMSE, MAE and
-    R² in the target's own units (regression), and the loss it trains on."""
+    R² in the target's own units (regression), and the loss it trains on; each bounded so a
+    hostile figure never breaks a page that charts it."""
 
-    loss: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    loss: Annotated[float, Field(ge=0, le=MAX_LOSS, allow_inf_nan=False)]
     accuracy: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
-    rmse: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
-    mae: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
-    r2: Annotated[float, Field(le=1, allow_inf_nan=False)] | None = None
+    rmse: Annotated[float, Field(ge=0, le=MAX_LOSS, allow_inf_nan=False)] | None = None
+    mae: Annotated[float, Field(ge=0, le=MAX_LOSS, allow_inf_nan=False)] | None = None
+    r2: Annotated[float, Field(ge=-MAX_LOSS, le=1, allow_inf_nan=False)] | None = None

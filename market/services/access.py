@@ -5,12 +5,14 @@ revealed); an object it may see but not act on is 403.
 
 - a buyer sees its own jobs; a provider sees the jobs it has (or had) an offer for; an admin
   sees everything but acts as a buyer on nothing;
-- "participant" means an accepted offer: only participants read a job's context and models.
+- "participant" means an accepted offer: only participants read a job's context and models;
+- a provider's reputation history is public, but the jobs it names are shown only to the
+  provider itself, operators, and the buyer of each job (`sees_event_details`).
 """
 
 from __future__ import annotations
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from market.errors import NotFoundError, PermissionDeniedError
 from market.models import Account, Job, Listing, Offer
@@ -64,3 +66,20 @@ def owned_listing(session: Session, listing_id: str, viewer: Account) -> Listing
     if viewer.role == "admin" or listing.provider_id == viewer.id:
         return listing
     raise NotFoundError(f"no listing {listing_id}")
+
+
+def sees_event_details(
+    session: Session, viewer: Account | None, provider_id: str, job_ids: set[str]
+) -> set[str]:
+    """Of `job_ids` (jobs named by `provider_id`'s reputation events), those `viewer` may see
+    named: all of them for the provider itself and operators, a buyer's own jobs, else none."""
+    if viewer is None or not job_ids:
+        return set()
+    if viewer.role == "admin" or viewer.id == provider_id:
+        return set(job_ids)
+    if viewer.role != "buyer":
+        return set()
+    owned = session.exec(
+        select(Job.id).where(col(Job.id).in_(sorted(job_ids)), Job.buyer_id == viewer.id)
+    ).all()
+    return set(owned)

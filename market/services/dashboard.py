@@ -223,9 +223,14 @@ def _job_row(session: Session, job: Job) -> JobRow:
     )  # fmt: skip
 
 
-def provider_ranking(session: Session, *, now: datetime) -> list[ProviderRank]:
+def provider_ranking(
+    session: Session, viewer: Account | None, *, now: datetime
+) -> list[ProviderRank]:
     """Every provider by reputation, best first (what `GET /v1/reputation` shows)."""
-    reps = [reputation.public(session, p, now=now, limit=1) for p in reputation.providers(session)]
+    reps = [
+        reputation.public(session, p, now=now, viewer=viewer, limit=1)
+        for p in reputation.providers(session)
+    ]
     reps.sort(key=lambda r: (-r.score, r.name, r.provider_id))
     return [
         ProviderRank(
@@ -252,7 +257,7 @@ def marketplace(session: Session, viewer: Account | None, *, now: datetime) -> M
     return MarketplacePage(
         open_jobs=[r for r in rows if r.state not in TERMINAL_JOB_STATES],
         finished_jobs=[r for r in rows if r.state in TERMINAL_JOB_STATES],
-        providers=provider_ranking(session, now=now),
+        providers=provider_ranking(session, viewer, now=now),
     )
 
 
@@ -357,7 +362,9 @@ def provider_page(
     """A provider's public reputation: score, history with reasons, score over time."""
     account = _provider(session, provider_id)
     return ProviderPage(
-        reputation=reputation.public(session, account, now=now, limit=HISTORY_LIMIT),
+        reputation=reputation.public(
+            session, account, now=now, viewer=viewer, limit=HISTORY_LIMIT
+        ),
         series=reputation_series(session, provider_id),
         may_see_money=_may_see_money(viewer, provider_id),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -10,15 +11,18 @@ from sqlmodel import Session, col, select
 
 from crypto import ContextError, PublicContext, get_preset
 from market import weights
-from market.blobs import BlobStore
+from market.blobs import BlobStore, TempBlob
+from market.config import Settings
 from market.errors import InvalidInputError, InvalidStateError, PermissionDeniedError
 from market.models import TERMINAL_JOB_STATES, Account, Job, JobCreate, Offer, Round
 from market.models.types import new_id
-from market.services import settlement
+from market.services import quotas, settlement
 from market.services.locks import locked_job
 from market.services.rounds import find_round, withdraw_pending_offers
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_DRAFTS: int = Settings.model_fields["max_draft_jobs_per_buyer"].default
 
 
 def create_job(
@@ -28,9 +32,17 @@ def create_job(
     *,
     now: datetime,
     allow_plaintext: bool = False,
+    max_drafts: int = DEFAULT_MAX_DRAFTS,
+    min_round_deadline_s: int = 1,
 ) -> Job:
+    """Post a job in `draft`, within the buyer's quota of drafts (409 past it)."""
     if buyer.role != "buyer":
         raise PermissionDeniedError("only buyers post jobs")
+    if spec.round_deadline_s < min_round_deadline_s:
+        raise InvalidInputError(
+            f"round_deadline_s must be at least {min_round_deadline_s} s on this marketplace",
+            minimum=min_round_deadline_s,
+        )
     preset = get_preset(spec.preset)
     if preset.is_plain and not allow_plaintext:
         raise InvalidInputError(
@@ -42,6 +54,7 @@ def create_job(
             f"preset {preset.id} sums at most {preset.max_summands} updates: "
             f"max_providers must not exceed it"
         )
+    quotas.reserve_draft_job(session, buyer.id, limit=max_drafts)
     job = Job(
         id=new_id("job"),
         buyer_id=buyer.id,
@@ -97,14 +110,17 @@ def put_context(session: Session, blobs: BlobStore, job: Job, data: bytes, *, no
 
 
 def put_initial_model(
-    session: Session, blobs: BlobStore, job: Job, data: bytes, *, now: datetime
+    session: Session, blobs: BlobStore, job: Job, upload: TempBlob, *, now: datetime
 ) -> Job:
+    """The initial model from a finished upload (moved into the store, never read whole)."""
     _require_draft(job)
-    count = weights.param_count(data)
+    layout = weights.layout_file(upload.path)
+    count = sum(math.prod(shape) for shape in layout.values())
     key = f"jobs/{job.id}/models/round-0001.safetensors"
-    blobs.put_bytes(key, data)
+    blobs.put_temp(key, upload)
     job.model_key = key
     job.param_count = count
+    job.layout = layout
     job.updated_at = now
     session.add(job)
     session.commit()
@@ -112,14 +128,14 @@ def put_initial_model(
 
 
 def put_final_model(
-    session: Session, blobs: BlobStore, job: Job, data: bytes, *, now: datetime
+    session: Session, blobs: BlobStore, job: Job, upload: TempBlob, *, now: datetime
 ) -> Job:
     if job.state not in ("running", "completed"):
         raise InvalidStateError(f"job is {job.state}")
-    if weights.param_count(data) != job.param_count:
-        raise InvalidInputError(f"the model must have {job.param_count} parameters")
+    assert job.param_count is not None
+    weights.check_layout(upload.path, job.layout, job.param_count)
     key = f"jobs/{job.id}/models/final.safetensors"
-    blobs.put_bytes(key, data)
+    blobs.put_temp(key, upload)
     job.final_model_key = key
     job.updated_at = now
     session.add(job)
@@ -139,7 +155,10 @@ def request_funding(session: Session, job: Job, *, now: datetime) -> Job:
     return job
 
 
-def cancel_job(session: Session, job: Job, *, now: datetime) -> Job:
+def cancel_job(session: Session, job: Job, *, now: datetime, fee_bps: int = 0) -> Job:
+    """The buyer stops its job. Work already done is paid first: the collecting round's
+    accepted submitters are settled as if it had closed (their sum is never released);
+    then `fee_bps` of what is left goes to the platform and the rest is refunded."""
     with locked_job(session, job.id) as job:
         if job.state in TERMINAL_JOB_STATES:
             raise InvalidStateError(f"job is already {job.state}")
@@ -152,7 +171,11 @@ def cancel_job(session: Session, job: Job, *, now: datetime) -> Job:
         ):
             rnd.state = "cancelled"
             rnd.closed_at = now
+            rnd.close_reason = "cancelled by the buyer"
             session.add(rnd)
+            if rnd.acc_providers:
+                settlement.settle_round(session, job, rnd, now=now)
+        settlement.charge_cancel_fee(session, job, fee_bps, now=now)
         settlement.on_job_ended(session, job, now=now)
         session.commit()
     log.info("job %s cancelled", job.id)

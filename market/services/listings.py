@@ -8,13 +8,16 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from market.config import Settings
 from market.errors import InvalidStateError, PermissionDeniedError
 from market.models import Account, Listing, ListingCreate, ListingPublic, ListingUpdate, Offer
 from market.models.types import new_id
-from market.services import access
+from market.services import access, quotas
 from market.services.matching import run_matching
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LISTINGS: int = Settings.model_fields["max_listings_per_provider"].default
 
 
 def public(listing: Listing) -> ListingPublic:
@@ -22,10 +25,17 @@ def public(listing: Listing) -> ListingPublic:
 
 
 def create_listing(
-    session: Session, provider: Account, data: ListingCreate, *, now: datetime
+    session: Session,
+    provider: Account,
+    data: ListingCreate,
+    *,
+    now: datetime,
+    max_listings: int = DEFAULT_MAX_LISTINGS,
 ) -> Listing:
+    """Publish a listing, within the provider's quota of active listings (409 past it)."""
     if provider.role != "provider":
         raise PermissionDeniedError("only providers publish listings")
+    quotas.reserve_listing(session, provider.id, limit=max_listings)
     listing = Listing(
         id=new_id("lst"),
         provider_id=provider.id,

@@ -12,10 +12,11 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, text
+from sqlalchemy import func, insert
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from market.db import AdvisoryLock, advisory_xact_lock
 from market.matching import Demand, Explanation, SchemaShape, Supply, explain, match
 from market.models import LIVE_OFFER_STATES, TERMINAL_JOB_STATES, Job, Listing, Offer
 from market.models.jobs import MatchingExclusion, MatchingPublic
@@ -37,7 +38,6 @@ def rounds_left(job: Job) -> int:
 # see "no offer yet" and both propose one: passes are serialized, within the process by this
 # lock and across processes on PostgreSQL by an advisory lock.
 _matching_lock = threading.Lock()
-_PG_MATCHING_LOCK_ID = 0x706F6C6C656E  # "pollen"
 
 
 def run_matching(session: Session, *, now: datetime, job_ids: Sequence[str] = ()) -> list[str]:
@@ -48,8 +48,7 @@ def run_matching(session: Session, *, now: datetime, job_ids: Sequence[str] = ()
     with _matching_lock:
         # Commit what the caller did so the pass below reads a snapshot taken under the lock.
         session.commit()
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_MATCHING_LOCK_ID})
+        advisory_xact_lock(session, AdvisoryLock.MATCHING)
         return _run_matching(session, now=now, job_ids=job_ids)
 
 
@@ -65,7 +64,7 @@ def _run_matching(session: Session, *, now: datetime, job_ids: Sequence[str]) ->
     for o in offers:
         by_job.setdefault(o.job_id, []).append(o)
     demands = [_demand(job, by_job.get(job.id, [])) for job in jobs]
-    supplies = _supplies(session)
+    supplies = _supplies(session, now=now)
     proposals = match(demands, supplies)
     jobs_by_id = {j.id: j for j in jobs}
     rows = [
@@ -115,10 +114,10 @@ def _demand(job: Job, offers: list[Offer]) -> Demand:
     )
 
 
-def explain_job(session: Session, job: Job) -> MatchingPublic:
+def explain_job(session: Session, job: Job, *, now: datetime) -> MatchingPublic:
     """Why the active listings are or are not offered `job` (counts by reason); reads only."""
     offers = list(session.exec(select(Offer).where(col(Offer.job_id) == job.id)))
-    report: Explanation = explain(_demand(job, offers), _supplies(session, keep_full=True))
+    report: Explanation = explain(_demand(job, offers), _supplies(session, now=now, keep_full=True))
     states: dict[str, int] = {}
     for o in offers:
         states[o.state] = states.get(o.state, 0) + 1
@@ -136,7 +135,9 @@ def explain_job(session: Session, job: Job) -> MatchingPublic:
     )
 
 
-def _supplies(session: Session, *, keep_full: bool = False) -> list[Supply]:
+def _supplies(
+    session: Session, *, now: datetime, keep_full: bool = False
+) -> list[Supply]:
     # Plain columns, not ORM objects: this loads every active listing on each pass.
     listings = (
         session.connection()
@@ -164,7 +165,8 @@ def _supplies(session: Session, *, keep_full: bool = False) -> list[Supply]:
             .group_by(col(Offer.listing_id))
         ).all()
     )
-    reps = reputation.scores(session, {row[1] for row in listings})
+    # The service's clock: events age by the time the service keeps, as everywhere else.
+    reps = reputation.scores(session, {row[1] for row in listings}, now=now)
     shapes: dict[str, SchemaShape] = {}
     supplies = []
     for listing_id, provider_id, schema, samples, ask, currency, capacity in listings:

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from market import ledger
-from market.db import PAYOUT_RUN_LOCK_KEY
+from market.db import AdvisoryLock
 from market.errors import InvalidStateError, NotFoundError, PaymentError
 from market.ledger.names import owner_of
 from market.models import (
@@ -139,12 +139,13 @@ def _one_run_at_a_time(session: Session) -> Iterator[None]:
         if engine.dialect.name != "postgresql":
             yield
             return
+        key = {"k": int(AdvisoryLock.PAYOUT_RUN)}
         with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PAYOUT_RUN_LOCK_KEY})
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), key)
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PAYOUT_RUN_LOCK_KEY})
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), key)
 
 
 def run(session: Session, rail: PaymentRail, *, now: datetime) -> PayoutBatch | None:

@@ -18,6 +18,10 @@ idempotency key (recording the same event twice counts it once):
 
 Matching reads `scores` (a job's `min_reputation` filters listings) and settlement weighs each
 provider's share by `factor_milli`.
+
+The history is public, but which provider took part in which job is not: a viewer that is
+neither the provider itself, an operator, nor the buyer of the event's job sees the kind,
+weight and day of each event with a reason that names no job (`access.sees_event_details`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sqlmodel import Session, col, select
 
 from market.models import Account, ReputationEvent, ReputationEventPublic, ReputationPublic
 from market.models.types import new_id, utcnow
+from market.services import access
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,15 @@ WEIGHTS = {
     "refused-after-accept": -3.0,
 }
 _config = {"decay": 0.98}
+# What anyone may read of an event whose job they are not party to.
+PUBLIC_REASONS = {
+    "on-time-submission": "valid update before a round's deadline",
+    "included": "update included in a round's aggregate",
+    "job-completed": "saw a job through to completion",
+    "missed-deadline": "no update by a round's deadline",
+    "invalid-submission": "envelope refused by validation",
+    "refused-after-accept": "withdrew from a job after accepting its offer",
+}
 
 
 def configure(*, decay: float) -> None:
@@ -136,11 +150,35 @@ def factor_milli(score_value: float) -> int:
     return 500 + round(500 * score_value)
 
 
+def _event_view(e: ReputationEvent, detailed: bool) -> ReputationEventPublic:
+    if detailed:
+        return ReputationEventPublic(
+            kind=e.kind, weight=e.weight, reason=e.reason, job_id=e.job_id,
+            round=e.round_number, at=e.at,
+        )  # fmt: skip
+    # The day only: an exact instant would match a round's close time.
+    day = e.at.replace(hour=0, minute=0, second=0, microsecond=0)
+    reason = PUBLIC_REASONS.get(e.kind, e.kind)
+    return ReputationEventPublic(
+        kind=e.kind, weight=e.weight, reason=reason, job_id=None, round=None, at=day
+    )
+
+
 def public(
-    session: Session, account: Account, *, now: datetime, limit: int = 200
+    session: Session,
+    account: Account,
+    *,
+    now: datetime,
+    viewer: Account | None,
+    limit: int = 200,
 ) -> ReputationPublic:
+    """A provider's score and history as `viewer` may read it (None: anonymous)."""
     events = _events(session, [account.id]).get(account.id, [])
     alpha, beta = alpha_beta(events, now)
+    shown = list(reversed(events[-limit:]))
+    detailed = access.sees_event_details(
+        session, viewer, account.id, {e.job_id for e in shown if e.job_id}
+    )
     return ReputationPublic(
         provider_id=account.id,
         name=account.name,
@@ -148,17 +186,7 @@ def public(
         alpha=alpha,
         beta=beta,
         events=len(events),
-        history=[
-            ReputationEventPublic(
-                kind=e.kind,
-                weight=e.weight,
-                reason=e.reason,
-                job_id=e.job_id,
-                round=e.round_number,
-                at=e.at,
-            )
-            for e in reversed(events[-limit:])
-        ],
+        history=[_event_view(e, e.job_id is None or e.job_id in detailed) for e in shown],
     )
 
 

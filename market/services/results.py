@@ -12,8 +12,11 @@ from sqlmodel import Session
 
 from market.blobs import BlobStore
 from market.errors import AggregateUnavailableError, InvalidStateError, NotFoundError
-from market.models import Job, MetricsCreate, Round
+from market.models import GroupValuesCreate, Job, MetricsCreate, Round
+from market.services import groups
+from market.services.locks import locked_job, locked_round
 from market.services.rounds import load_round
+from market.services.submissions import job_context
 
 
 def aggregate_bytes(
@@ -52,4 +55,23 @@ def record_metrics(
     rnd.metrics = metrics.model_dump(exclude_none=True)
     session.add(rnd)
     session.commit()
+    return rnd
+
+
+def group_aggregate_bytes(
+    session: Session, blobs: BlobStore, job: Job, number: int, index: int
+) -> bytes:
+    """The encrypted sum of one released group of a closed round (each holds ≥ quorum)."""
+    rnd = load_round(session, job, number)
+    return groups.group_aggregate_bytes(session, blobs, job_context(blobs, job), rnd, index)
+
+
+def record_group_values(
+    session: Session, job: Job, number: int, body: GroupValuesCreate
+) -> Round:
+    """The buyer's evaluation of each released group of round `number` (committed)."""
+    with locked_job(session, job.id) as job:
+        rnd = locked_round(session, job, number)
+        groups.record_values(session, rnd, body.groups)
+        session.commit()
     return rnd

@@ -22,14 +22,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from crypto import weight_norm
 from market import weights
-from market.blobs import BlobStore
-from market.errors import InvalidInputError, InvalidStateError, NotFoundError
+from market.blobs import BlobStore, TempBlob
+from market.errors import InvalidStateError, NotFoundError
 from market.models import Job, Offer, Round, Submission
 from market.models.types import new_id
-from market.services import settlement
+from market.services import groups, settlement, trust
 from market.services.locks import job_unless_busy, locked_job, locked_round
 from market.services.matching import run_matching
+from market.translog import current
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +77,13 @@ def open_round(session: Session, job: Job, number: int, model_key: str, *, now: 
         deadline=now + timedelta(seconds=job.round_deadline_s),
         opened_at=now,
         model_key=model_key,
-        weight_norm=max((o.samples for o in accepted), default=1),
+        weight_norm=weight_norm(min(o.samples, job.sample_cap) for o in accepted),
         expected=expected_in_round(session, job, number, accepted),
     )
     session.add(rnd)
     session.add(job)
+    session.flush()
+    groups.open_groups(session, job, rnd)
     session.commit()
     return rnd
 
@@ -109,7 +113,9 @@ def join_round(session: Session, job: Job, offer: Offer) -> None:
     # Weights already submitted were computed with the current norm; keep it stable then.
     # A later joiner with more samples than the norm is weighted as the norm (weight ≤ 1).
     if rnd.acc_count == 0:
-        rnd.weight_norm = max(rnd.weight_norm, offer.samples)
+        rnd.weight_norm = weight_norm(
+            min(o.samples, job.sample_cap) for o in participants(session, job.id)
+        )
     session.add(rnd)
 
 
@@ -124,6 +130,9 @@ def close_round(session: Session, job: Job, rnd: Round, *, now: datetime, reason
     rnd.closed_at = now
     rnd.close_reason = reason
     session.add(rnd)
+    groups.seal(session, job, rnd)
+    # The signed promise of exactly which updates the aggregate holds, before its payments.
+    trust.log_round_closed(session, current(), job, rnd, rnd.acc_sha256, now=now)
     settlement.on_round_closed(session, job, rnd, now=now)
     log.info("job %s round %d closed (%s, %d updates)", job.id, rnd.number, reason, rnd.acc_count)
 
@@ -224,28 +233,76 @@ def tick(session: Session, *, now: datetime) -> int:
         )
     ).all()
     moved = 0
-    for job_id, number in overdue:
+    for job_id, number in [*overdue, *_unpublished(session, now)]:
         try:
             with job_unless_busy(session, job_id) as job:
                 if job is None:
                     continue
                 rnd = locked_round(session, job, number)
-                before = (rnd.state, rnd.attempt)
+                before = (rnd.state, rnd.attempt, job.state)
                 check_round(session, job, rnd, now=now)
+                end_if_unpublished(session, job, rnd, now=now)
                 session.commit()
-                moved += (rnd.state, rnd.attempt) != before
+                moved += (rnd.state, rnd.attempt, job.state) != before
         except Exception:  # one job's failure must not stop the pass for the others
             session.rollback()
             log.exception("deadline of job %s round %d not applied", job_id, number)
     return moved
 
 
+def publish_deadline(job: Job, rnd: Round) -> datetime | None:
+    """When the buyer must have published the model after `rnd` (or completed the job)."""
+    if rnd.state != "closed" or rnd.closed_at is None:
+        return None
+    return rnd.closed_at + timedelta(seconds=int(job.spec.get("publish_deadline_s", 86400)))
+
+
+def _unpublished(session: Session, now: datetime) -> list[tuple[str, int]]:
+    """(job, round) of running jobs whose closed round waits past its publication deadline."""
+    rows = session.exec(
+        select(Job, Round)
+        .join(Round, col(Round.job_id) == col(Job.id))
+        .where(Job.state == "running", Round.state == "closed")
+    ).all()
+    return [
+        (job.id, rnd.number)
+        for job, rnd in rows
+        if (due := publish_deadline(job, rnd)) is not None and due <= now
+    ]
+
+
+def end_if_unpublished(session: Session, job: Job, rnd: Round, *, now: datetime) -> None:
+    """A buyer that never publishes the next model must not hold providers forever: past the
+    publication deadline the job ends (the caller holds the job's lock and commits).
+
+    After the last round the buyer has its model: the job completes. Before it, the job
+    fails by the buyer: the rest of the escrow is refunded, every offer is released, and no
+    provider loses reputation (none is recorded)."""
+    due = publish_deadline(job, rnd)
+    if job.state != "running" or due is None or due > now:
+        return
+    if rnd.number >= job.rounds_total:
+        job.state = "completed"
+        log.info("job %s completed at its publication deadline", job.id)
+    else:
+        job.state = "failed"
+        job.failure_reason = (
+            f"failed by the buyer: no model for round {rnd.number + 1} was published within "
+            f"{int(job.spec.get('publish_deadline_s', 86400))} s of round {rnd.number} closing"
+        )
+        log.warning("job %s: %s", job.id, job.failure_reason)
+    job.updated_at = now
+    session.add(job)
+    withdraw_pending_offers(session, job, now=now)
+    settlement.on_job_ended(session, job, now=now)
+
+
 def publish_model(
-    session: Session, blobs: BlobStore, job: Job, number: int, data: bytes, *, now: datetime
+    session: Session, blobs: BlobStore, job: Job, number: int, upload: TempBlob, *, now: datetime
 ) -> Round:
     """The buyer's global model for round `number` (> 1): publishes the previous round."""
-    if weights.param_count(data) != job.param_count:
-        raise InvalidInputError(f"the model must have {job.param_count} parameters")
+    assert job.param_count is not None
+    weights.check_layout(upload.path, job.layout, job.param_count)
     with locked_job(session, job.id) as job:
         if job.state != "running":
             raise InvalidStateError(f"job is {job.state}, not running")
@@ -258,7 +315,7 @@ def publish_model(
         if prev.state != "closed":
             raise InvalidStateError(f"round {prev.number} is {prev.state}, not closed")
         key = f"jobs/{job.id}/models/round-{number:04d}.safetensors"
-        blobs.put_bytes(key, data)
+        blobs.put_temp(key, upload)
         prev.state = "published"
         session.add(prev)
         job.current_round = number

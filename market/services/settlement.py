@@ -7,11 +7,14 @@ Per round (in `close_round`, in the same database transaction):
 - pool  = (budget − fee) // rounds, the last round the remainder, so all rounds together
   spend exactly the budget;
 - the pool is split among the round's included providers (those whose update is in the
-  aggregate; late and invalid providers have none and get nothing) in proportion to their
-  **contribution weight** = min(samples declared in the envelope, the job's sample_cap) ×
-  reputation factor (500 + 500 × score, in thousandths, see `reputation.factor_milli`),
-  with **largest-remainder rounding** (ties by provider id) so the shares add up to the pool
-  to the cent;
+  aggregate; late and invalid providers have none and get nothing) by **measured
+  contribution**: each provider's score φ from the buyer's evaluations of the random groups
+  it was in, in earlier rounds (`market.services.groups`). A provider with no score yet gets
+  exactly the equal share pool / n; the providers with a score share the rest in proportion
+  to max(φ − floor, 0), the floor a quarter of the mean positive score (equally if none is
+  above it). No claim moves money: neither the samples a
+  provider declares nor its reputation (which gates matching only). **Largest-remainder
+  rounding** (ties by provider id) makes the shares add up to the pool to the cent;
 - postings: escrow −(pool + fee), each provider's payable +share, platform fees +fee;
   idempotency key `round:<round id>:settle`.
 
@@ -23,7 +26,7 @@ line for the operator on the manual rail).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from sqlmodel import Session, col, select
@@ -32,7 +35,7 @@ from market import ledger
 from market.ledger.journal import find
 from market.models import TERMINAL_JOB_STATES, Job, LedgerTransaction, Payment, Round, Submission
 from market.models.types import new_id
-from market.services import reputation
+from market.services import groups, reputation
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +80,24 @@ def split(pool: int, weights: Mapping[str, int]) -> dict[str, int]:
     return shares
 
 
-def contribution_weights(
-    samples: Mapping[str, int], cap: int, scores: Mapping[str, float]
-) -> dict[str, int]:
-    return {
-        pid: min(max(n, 0), cap) * reputation.factor_milli(scores[pid])
-        for pid, n in samples.items()
-    }
+# A score below this fraction of the scored providers' mean positive score earns nothing:
+# that close to zero, an estimate from a few random groups cannot tell a small contribution
+# from none (a freeloader's first groups credit it with half of its partners' work).
+MIN_SHARE_OF_MEAN = 0.25
+
+
+def contribution_weights(included: Iterable[str], scores: Mapping[str, float]) -> dict[str, int]:
+    """Integer split weights: unscored providers weigh the scored ones' mean, so each gets
+    exactly pool / n; scored ones weigh max(φ − floor, 0) (in millionths), the floor being
+    `MIN_SHARE_OF_MEAN` of the mean positive score."""
+    included = sorted(set(included))
+    positive = [scores[p] for p in included if p in scores and scores[p] > 0]
+    floor = MIN_SHARE_OF_MEAN * sum(positive) / len(positive) if positive else 0.0
+    scored = {p: max(0, round(1_000_000 * (scores[p] - floor))) for p in included if p in scores}
+    if not scored or sum(scored.values()) == 0:
+        return dict.fromkeys(included, 1)
+    mean = max(1, round(sum(scored.values()) / len(scored)))
+    return {p: scored.get(p, mean) for p in included}
 
 
 def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> dict[str, int]:
@@ -94,15 +108,14 @@ def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> di
     """
     inside = set(rnd.acc_providers)
     subs = session.exec(select(Submission).where(Submission.round_id == rnd.id)).all()
-    samples = {s.provider_id: s.samples for s in subs if s.provider_id in inside}
-    if len(samples) != len(inside):
+    submitted = {s.provider_id for s in subs if s.provider_id in inside}
+    if submitted != inside:
         log.error(
             "round %s: the sum lists %s without a submission row; they are not paid",
-            rnd.id, sorted(inside - set(samples)),
+            rnd.id, sorted(inside - submitted),
         )  # fmt: skip
-    weights = contribution_weights(
-        samples, job.sample_cap, reputation.scores(session, samples, now=now)
-    )
+    scores = groups.scores(session, job)
+    weights = contribution_weights(submitted, scores)
     pool, fee = round_amounts(job, rnd.number)
     escrow = ledger.job_escrow(job.id)
     available = ledger.balance(session, escrow, job.currency)
@@ -126,10 +139,34 @@ def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> di
             legs=[(escrow, -spent), *legs],
             job_id=job.id,
             memo=f"round {rnd.number} of {job.rounds_total}",
-            meta={"round": rnd.number, "weights": weights},
+            meta={
+                "round": rnd.number,
+                "weights": weights,
+                "scores": {p: round(scores[p], 6) for p in sorted(weights) if p in scores},
+            },
             now=now,
         )
     return shares
+
+
+def charge_cancel_fee(session: Session, job: Job, fee_bps: int, *, now: datetime) -> int:
+    """The platform's cancellation fee: `fee_bps` of what is left in escrow (not committed)."""
+    if fee_bps <= 0:
+        return 0
+    escrow = ledger.job_escrow(job.id)
+    fee = ledger.balance(session, escrow, job.currency) * fee_bps // 10_000
+    if fee > 0:
+        ledger.post(
+            session,
+            key=f"job:{job.id}:cancel-fee",
+            kind="fee",
+            currency=job.currency,
+            legs=[(escrow, -fee), (ledger.FEES, fee)],
+            job_id=job.id,
+            memo=f"cancellation fee ({fee_bps} bps of the escrow left)",
+            now=now,
+        )
+    return fee
 
 
 def record_funding(
@@ -226,8 +263,15 @@ def on_round_closed(session: Session, job: Job, rnd: Round, *, now: datetime) ->
 def on_round_missed(
     session: Session, job: Job, rnd: Round, missing: list[str], *, now: datetime
 ) -> None:
-    """Expected providers that had not submitted when the round's deadline passed."""
+    """Expected providers that had not submitted when the round's deadline passed.
+
+    When nobody expected made it, the failure is the buyer's (a deadline nobody could meet,
+    a model nobody could train): it costs no provider any reputation.
+    """
     if rnd.deadline > now:
+        return
+    if set(missing) >= set(rnd.expected) and not rnd.acc_providers:
+        log.info("job %s round %d: every provider late; no one is blamed", job.id, rnd.number)
         return
     for pid in missing:
         reputation.record(

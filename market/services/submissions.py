@@ -22,6 +22,8 @@ slot hold neither memory, an API thread, nor a database connection.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -35,10 +37,12 @@ from crypto import (
     CryptoError,
     EnvelopeBinding,
     PublicContext,
+    ValidatedEnvelope,
     envelope_size,
     get_preset,
     validate_envelope,
 )
+from market import translog
 from market.blobs import BlobStore, TempBlob
 from market.db import PerLoop
 from market.errors import (
@@ -49,7 +53,7 @@ from market.errors import (
 )
 from market.models import Account, Job, Round, Submission, SubmissionReceipt
 from market.models.types import new_id
-from market.services import access, reputation
+from market.services import access, groups, reputation, trust
 from market.services.locks import locked_job, locked_round
 from market.services.rounds import check_round, load_round
 
@@ -60,7 +64,7 @@ _cache_guard = threading.Lock()
 # submission does not parse the whole persisted sum again. Taken out under the job's lock,
 # used only if the database still points at that very sum (another process may have added).
 _accumulators: dict[str, tuple[str, Accumulator]] = {}
-_ACC_CACHE = 8
+_ACC_CACHE = 16
 _contexts: OrderedDict[str, PublicContext] = OrderedDict()
 _CONTEXT_CACHE = 16
 
@@ -91,8 +95,8 @@ def job_context(blobs: BlobStore, job: Job) -> PublicContext:
     return ctx.for_preset(job.preset_id)
 
 
-def receipt(sub: Submission) -> SubmissionReceipt:
-    return SubmissionReceipt(
+def receipt(sub: Submission, session: Session | None = None) -> SubmissionReceipt:
+    out = SubmissionReceipt(
         submission_id=sub.id,
         job_id=sub.job_id,
         round=sub.round_number,
@@ -100,6 +104,16 @@ def receipt(sub: Submission) -> SubmissionReceipt:
         payload_sha256=sub.payload_sha256,
         accepted_at=sub.accepted_at,
     )
+    if session is not None:
+        # The signed record of this acceptance, if the log holds one (older rows have none).
+        for leaf in translog.leaves_of(
+            session, job_id=sub.job_id, kind="accepted", account_id=sub.provider_id
+        ):
+            if leaf.round == sub.round_number:
+                record = json.loads(leaf.payload)
+                if record["body"]["payload_sha256"] == sub.payload_sha256:
+                    out.record, out.leaf_index = record, leaf.index
+    return out
 
 
 def upload_limit(job: Job) -> int:
@@ -114,7 +128,7 @@ def _refuse_if_not_open(session: Session, job: Job, rnd: Round, provider: Accoun
         )
     ).first()
     if existing is not None:
-        first = receipt(existing)
+        first = receipt(existing, session)
         raise DuplicateSubmissionError(
             f"provider {provider.id} already submitted to round {rnd.number}",
             first=first.model_dump(mode="json"),
@@ -146,6 +160,32 @@ def _discard(blobs: BlobStore, key: str) -> None:
         log.warning("could not delete the superseded sum %s", key, exc_info=True)
 
 
+def _added(
+    blobs: BlobStore,
+    ctx: PublicContext,
+    job: Job,
+    number: int,
+    cache_id: str,
+    current_key: str | None,
+    update: ValidatedEnvelope,
+) -> Accumulator:
+    """The committed sum at `current_key` (a round's, or one group's) plus `update`."""
+    assert job.param_count is not None
+    with _cache_guard:
+        cached = _accumulators.pop(cache_id, None)
+    if cached is not None and cached[0] == current_key:
+        acc = cached[1]  # the persisted sum, already parsed: skip re-reading 10 MB
+    elif current_key is None:
+        acc = Accumulator.empty(
+            ctx, job_id=job.id, round=number, param_count=job.param_count,
+            summands=job.max_providers,
+        )  # fmt: skip
+    else:
+        acc = Accumulator.from_bytes(blobs.get_bytes(current_key), ctx)
+    acc.add(update)
+    return acc
+
+
 def submit(
     session: Session,
     blobs: BlobStore,
@@ -155,8 +195,12 @@ def submit(
     upload: TempBlob,
     *,
     now: datetime,
+    signature: str | None = None,
 ) -> SubmissionReceipt:
-    """Validate an uploaded envelope and add it to the round's encrypted sum."""
+    """Validate an uploaded envelope and add it to the round's encrypted sum.
+
+    A provider that registered an identity key must sign the envelope's header hash
+    (`signature`); the server checks it and logs it inside its signed `accepted` record."""
     assert job.param_count is not None
     ctx = job_context(blobs, job)
     data = upload.read_bytes()
@@ -167,6 +211,10 @@ def submit(
         # The refusal changes nothing in the round; it is noted in the sender's reputation.
         reputation.record_invalid(session, job.id, number, provider.id, data, exc, now=now)
         raise
+    header_sha256 = hashlib.sha256(data[: validated.header.header_len]).hexdigest()
+    signed = trust.verify_envelope_signature(
+        session, provider, header_sha256, signature, required=False
+    )
     with locked_job(session, job.id) as fresh_job:
         rnd = locked_round(session, fresh_job, number)
         # A deadline that passed before this update arrived is applied first; the decision
@@ -176,24 +224,23 @@ def submit(
         if (rnd.state, rnd.attempt) != before:
             session.commit()
         _refuse_if_not_open(session, fresh_job, rnd, provider)
-        with _cache_guard:
-            cached = _accumulators.pop(rnd.id, None)
-        if cached is not None and cached[0] == rnd.acc_key:
-            acc = cached[1]  # the persisted sum, already parsed: skip re-reading 10 MB
-        elif rnd.acc_key is None:
-            acc = Accumulator.empty(
-                ctx,
-                job_id=job.id,
-                round=number,
-                param_count=job.param_count,
-                summands=job.max_providers,
-            )
-        else:
-            acc = Accumulator.from_bytes(blobs.get_bytes(rnd.acc_key), ctx)
-        acc.add(validated)
         sub_id = new_id("sub")
-        acc_key = f"jobs/{job.id}/rounds/{number:04d}/acc-{acc.count:04d}-{sub_id}.bin"
-        blobs.put_bytes(acc_key, acc.to_bytes())
+        base = f"jobs/{job.id}/rounds/{number:04d}"
+        acc = _added(blobs, ctx, job, number, rnd.id, rnd.acc_key, validated)
+        acc_key = f"{base}/acc-{acc.count:04d}-{sub_id}.bin"
+        acc_bytes = acc.to_bytes()
+        blobs.put_bytes(acc_key, acc_bytes)
+        # The same update goes into its random group's sum (contribution is measured on
+        # group sums: market.services.groups).
+        group = groups.group_for(session, rnd, provider.id)
+        group_acc = _added(blobs, ctx, job, number, group.id, group.acc_key, validated)
+        group_key = f"{base}/group-{group.index:03d}-{group_acc.count:04d}-{sub_id}.bin"
+        blobs.put_bytes(group_key, group_acc.to_bytes())
+        offer = access.offer_of(session, job.id, provider.id)
+        # A claim never exceeds what was matched: the listing's count when offered.
+        samples = validated.header.samples
+        if offer is not None:
+            samples = min(samples, offer.samples)
         sub = Submission(
             id=sub_id,
             job_id=job.id,
@@ -204,31 +251,50 @@ def submit(
             payload_sha256=validated.header.payload_sha256,
             envelope_key=None,
             size_bytes=upload.size,
-            samples=validated.header.samples,
+            samples=samples,
             weight=validated.header.weight,
             accepted_at=now,
         )
-        superseded = rnd.acc_key
+        superseded = [k for k in (rnd.acc_key, group.acc_key) if k is not None]
         rnd.acc_key = acc_key
         rnd.acc_count = acc.count
         # Who is inside the sum, copied from the sum itself: what settlement pays.
         rnd.acc_providers = list(acc.provider_ids)
+        rnd.acc_sha256 = hashlib.sha256(acc_bytes).hexdigest()
+        group.acc_key, group.acc_count = group_key, group_acc.count
+        group.acc_providers = list(group_acc.provider_ids)
         session.add(sub)
         session.add(rnd)
+        session.add(group)
         session.flush()
+        record, leaf = trust.log_accepted(
+            session,
+            translog.current(),
+            job_id=job.id,
+            round=number,
+            attempt=rnd.attempt,
+            provider_id=provider.id,
+            payload_sha256=sub.payload_sha256,
+            envelope=signed,
+            accepted_at=sub.accepted_at.isoformat(),
+            now=now,
+        )
         # The last expected update closes the round in the same transaction.
         check_round(session, fresh_job, rnd, now=now)
         session.commit()
     # The database now points at the new sum; the previous one is garbage. The envelope was
     # never stored: it lives on only inside the sum (the route deletes the upload). A crash
     # before this line leaves an orphan file, never a dangling pointer.
-    if superseded is not None:
-        _discard(blobs, superseded)
+    for key in superseded:
+        _discard(blobs, key)
     # Only a committed sum goes back in the cache; any failure above leaves it out, so the
     # next submission re-reads the persisted blob the database points to.
     with _cache_guard:
         _accumulators[rnd.id] = (acc_key, acc)
+        _accumulators[group.id] = (group_key, group_acc)
         while len(_accumulators) > _ACC_CACHE:
             _accumulators.pop(next(iter(_accumulators)))
     log.info("job %s round %d: update %d from %s", job.id, number, acc.count, provider.id)
-    return receipt(sub)
+    out = receipt(sub)
+    out.record, out.leaf_index = record, leaf.index
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlmodel import Session, col, select
 
 from market.models import Account, Job, JobCreate, JobPublic, Round, RoundPublic, RoundSummary
+from market.services import groups
 from market.services.rounds import participants, submitters
 
 
@@ -44,6 +45,7 @@ def round_public(session: Session, job: Job, rnd: Round, viewer: Account) -> Rou
         summands=job.max_providers,
         metrics=rnd.metrics,
         close_reason=rnd.close_reason,
+        groups=groups.public(session, rnd, viewer.id, _sees_all(job, viewer)),
     )
 
 

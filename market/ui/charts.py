@@ -38,15 +38,30 @@ _RIGHT, _TOP, _BOTTOM = 16, 16, 48
 _CHAR_W, _Y_TITLE_W = 9.0, 40
 
 
+# Values are charted within ±this: far beyond any metric, far below where float arithmetic
+# on the range overflows (1.7e308 once made the tick step an int too large for a float).
+_MAX_ABS = 1e15
+
+
+def _bounded(value: float, default: float) -> float:
+    if not math.isfinite(value):
+        return default if not math.isinf(value) else math.copysign(_MAX_ABS, value)
+    return min(max(value, -_MAX_ABS), _MAX_ABS)
+
+
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round tick values covering [lo, hi]: steps of 1, 2 or 5 times a power of ten."""
+    """Round tick values covering [lo, hi]: steps of 1, 2 or 5 times a power of ten.
+
+    Bounds are clamped to ±1e15 (NaN counts as 0), so any input gives a handful of ticks.
+    """
+    lo, hi = _bounded(lo, 0.0), _bounded(hi, 0.0)
     if hi < lo:
         lo, hi = hi, lo
     if math.isclose(lo, hi):
         pad = abs(lo) * 0.1 or 1.0
         lo, hi = lo - pad, hi + pad
     raw = (hi - lo) / max(count - 1, 1)
-    power = 10 ** math.floor(math.log10(raw))
+    power = 10.0 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     start = math.floor(lo / step) * step
     ticks = []
@@ -82,6 +97,10 @@ def line_chart(
     empty_text: str = "No data yet",
 ) -> Markup:
     """An SVG line chart; `x_ticks` defaults to every integer x (rounds)."""
+    # Non-finite and absurd values are drawn at the chart's bounds, never raise.
+    series = [
+        Series(s.name, [Point(p.x, _bounded(p.y, 0.0), p.label) for p in s.points]) for s in series
+    ]
     points = [p for s in series for p in s.points]
     xs = [p.x for p in points] or [1.0]
     ys = [p.y for p in points] or [0.0, 1.0]

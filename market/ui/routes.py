@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import logging
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from market import ratelimit
 from market.api.deps import NowDep, SessionDep, SettingsDep
-from market.errors import AuthenticationError, NotFoundError, TooManyFailedAttemptsError
+from market.errors import (
+    AuthenticationError,
+    NotFoundError,
+    PermissionDeniedError,
+    TooManyFailedAttemptsError,
+)
 from market.models import Account
 from market.services import accounts
 from market.services import dashboard as pages
@@ -56,6 +62,23 @@ def _safe_next(target: str | None) -> str:
     return "/ui/account"
 
 
+def _same_origin(request: Request) -> None:
+    """Refuse a form posted from another site: login CSRF (signing a visitor into the
+    attacker's account) and forced sign-out. Browsers send `Sec-Fetch-Site` and `Origin` on
+    every cross-site POST; a client sending neither is not a browser another site drives."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise PermissionDeniedError("this form works only from the dashboard's own pages")
+    origin = request.headers.get("origin")
+    # The host only: behind a TLS proxy not listed in POLLEN_TRUSTED_PROXIES the server sees
+    # http while the browser says https, and that is still the dashboard's own page.
+    if origin is not None and urlsplit(origin).netloc != request.url.netloc:
+        raise PermissionDeniedError("this form works only from the dashboard's own pages")
+
+
+SameOrigin = [Depends(_same_origin)]
+
+
 @router.get("", response_class=HTMLResponse)
 def marketplace(request: Request, viewer: Viewer, session: SessionDep, now: NowDep) -> Response:
     data = pages.marketplace(session, viewer, now=now)
@@ -69,7 +92,7 @@ def login_form(request: Request, viewer: Viewer, next: str | None = None) -> Res
     )
 
 
-@router.post("/login", response_class=HTMLResponse)
+@router.post("/login", response_class=HTMLResponse, dependencies=SameOrigin)
 def login(
     request: Request,
     session: SessionDep,
@@ -82,18 +105,19 @@ def login(
     """Exchange an API key for a session cookie; a wrong key gets the form back (401)."""
     target = _safe_next(next)
     try:
-        # The same per-address limit as the API's bearer keys: the form is no side door.
-        ratelimit.check(request)
         account = accounts.authenticate(session, api_key.strip())
-    except TooManyFailedAttemptsError as exc:
-        refused = page(
-            request, "login.html", viewer=None, title="Sign in", status_code=429, next=target,
-            error=f"Too many failed sign-ins from this address. Try again in {exc.retry_after} s.",
-        )  # fmt: skip
-        refused.headers["Retry-After"] = str(exc.retry_after)
-        return refused
     except AuthenticationError:
-        ratelimit.record_failure(request)
+        try:
+            # The same per-address limit as the API's bearer keys: the form is no side door.
+            ratelimit.failed_authentication(request, session)
+        except TooManyFailedAttemptsError as exc:
+            refused = page(
+                request, "login.html", viewer=None, title="Sign in", status_code=429,
+                next=target, error="Too many failed sign-ins from this address. "
+                f"Try again in {exc.retry_after} s.",
+            )  # fmt: skip
+            refused.headers["Retry-After"] = str(exc.retry_after)
+            return refused
         log.info("dashboard sign-in refused from %s", ratelimit.client_address(request))
         return page(
             request, "login.html", viewer=None, title="Sign in", status_code=401, next=target,
@@ -112,7 +136,7 @@ def login(
     return signed_in
 
 
-@router.post("/logout")
+@router.post("/logout", dependencies=SameOrigin)
 def logout() -> Response:
     response = RedirectResponse("/ui", status_code=303)
     response.delete_cookie(ui_session.COOKIE, path="/ui", httponly=True, samesite="strict")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,7 +69,9 @@ def test_payouts_and_reputation(live: Live) -> None:
     code, out = _run("payouts", "--run", "--server", live.url, "--api-key", ADMIN_KEY)
     assert code == 0, out
     assert "payout_id,provider_id,job_id,amount_cents,currency" in out
-    assert "71.25 USD" in out and "23.75 USD" in out  # 95.00 split 3:1
+    # 95.00 split evenly: no contribution score yet, and the claimed 300 vs 100 samples
+    # move no money.
+    assert out.count("47.50 USD") >= 2
     code, out = _run("reputation", "--server", live.url)
     assert code == 0 and "p0" in out and "0.8" in out
     code, out = _run("reputation", live.providers[1], "--server", live.url)
@@ -85,3 +88,82 @@ def test_ledger_verify_fails_on_a_rewritten_posting(live: Live) -> None:
     conn.close()
     code, out = _run("ledger", "verify", "--server", live.url)
     assert code == 1 and "first broken link" in out and "#1" in out
+
+
+HOSTILE = "[link=https://evil.example/pay]clinic-3[/link][bold red]VERIFIED"
+
+
+def _rendered(renderable: object) -> str:
+    from rich.console import Console
+
+    with open(os.devnull, "w") as sink:
+        out = Console(record=True, width=400, file=sink)
+        segments = list(out.render(renderable))  # type: ignore[arg-type]
+        assert not [s.text for s in segments if s.style is not None and s.style.link]
+        out.print(renderable)  # type: ignore[arg-type]
+        return out.export_text()
+
+
+def test_user_supplied_text_is_never_rich_markup() -> None:
+    """Names, reasons and ids from the server print literally: no hidden hyperlink, no style.
+
+    Issue 11: a provider named `[link=…]clinic-3[/link]` became a hidden hyperlink in
+    every table that listed it (payouts, reputation, receipt, history).
+    """
+    from agents import cli_money
+
+    pay = {"provider_id": "prv_1", "name": HOSTILE, "earned_cents": 100, "rounds": 1}
+    tables = [
+        cli_money.payouts_table(
+            {"earnings": [{"provider_id": HOSTILE, "currency": "usd", "earned_cents": 1,
+                           "paid_cents": 0, "balance_cents": 1, "jobs": [],
+                           "payouts": [{"id": HOSTILE, "external_id": None, "status": HOSTILE}]}]}
+        ),
+        cli_money.payouts_table(
+            {"earnings": [{"provider_id": "prv_1", "currency": "usd", "earned_cents": 1,
+                           "paid_cents": 0, "balance_cents": 1, "jobs": [], "payouts": []}]},
+            {"prv_1": HOSTILE},
+        ),
+        cli_money.reputation_table(
+            [{"name": HOSTILE, "provider_id": "prv_1", "score": 0.5, "alpha": 1, "beta": 1,
+              "events": 1, "history": [{"reason": HOSTILE}]}]
+        ),
+        cli_money.history_table(
+            {"name": HOSTILE, "score": 0.5, "history": [
+                {"at": "2026-01-01T00:00:00", "kind": HOSTILE, "weight": 1.0, "job_id": None,
+                 "round": None, "reason": HOSTILE}]}
+        ),
+        cli_money.receipt_table(
+            {"job_id": HOSTILE, "state": "completed", "rail": "manual", "currency": "usd",
+             "budget_cents": 1, "funded_cents": 1, "providers": [pay], "paid_cents": 1,
+             "fee_bps": 500, "fees_cents": 0, "refunded_cents": 0, "escrow_cents": 0,
+             "balanced": True}
+        ),
+    ]  # fmt: skip
+    for table in tables:
+        text = _rendered(table).replace("\n", "").replace(" ", "").replace("│", "")
+        assert "[link=https://evil.example/pay]" in text, text
+    broken = {"ok": False, "broken": {"seq": 1, "txn_id": "ltx", "reason": HOSTILE}}
+    assert HOSTILE in _rendered(cli_money.ledger_line(broken))
+
+
+def test_job_status_prints_the_title_literally(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pollen job status` shows a job titled with markup as typed, and errors likewise."""
+    from agents import cli
+    from agents.client import ApiError
+
+    class Stub:
+        def get_job(self, job_id: str) -> dict[str, object]:
+            if job_id == "bad":
+                raise ApiError(404, "not-found", "Not found", HOSTILE, {})
+            return {"id": "job_1", "title": HOSTILE, "state": "open", "current_round": 0,
+                    "rounds_total": 1, "rounds": []}  # fmt: skip
+
+        def get_privacy(self, job_id: str) -> list[dict[str, object]]:
+            return []
+
+    monkeypatch.setattr(cli, "_client", lambda *a, **k: Stub())
+    code, out = _run("job", "status", "job_1", "--api-key", "k")
+    assert code == 0 and "[link=https://evil.example/pay]" in out, out
+    code, out = _run("job", "status", "bad", "--api-key", "k")
+    assert code == 1 and "[link=https://evil.example/pay]" in out, out

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import Session
 
 from agents.client import ApiError, PollenClient
 from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update
+from market.models import UploadClaim
+from tests.utils.clock import FakeClock
 from tests.utils.factories import ADMIN_KEY, job_body, listing_body, model_file
+from tests.utils.scenario import running_job
 
 PARAMS = 200
 
@@ -112,3 +117,32 @@ def test_sends_the_bearer_key() -> None:
         assert c.me() == {"id": "byr_1"}
     assert seen[0].headers["authorization"] == "Bearer pk_x"
     assert str(seen[0].url) == "http://pollen.invalid/v1/accounts/me"
+
+
+def test_submit_waits_out_an_upload_left_by_a_dead_server(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider whose earlier upload's claim outlived a killed server waits as told (409
+    `upload-in-progress`, Retry-After) and sends again: the agent neither fails nor gives up,
+    and the update lands once."""
+    scn = running_job(client, clock, buyer_keys)
+    provider = scn.providers[0]
+    app: Any = client.app
+    with Session(app.state.engine) as s:
+        s.add(
+            UploadClaim(
+                job_id=scn.job_id, round_number=1, provider_id=provider.id, token="dead",
+                heartbeat_at=clock.now,
+            )
+        )  # fmt: skip
+        s.commit()
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
+    monkeypatch.setattr("agents.client.time.sleep", sleep)
+    receipt = _as(client, provider.api_key).submit(scn.job_id, 1, scn.envelope(provider, 1))
+    assert receipt["round"] == 1
+    assert app.state.settings.upload_idle_timeout_s <= sum(slept) <= 40

@@ -27,7 +27,7 @@ def live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Live
     """The marketplace as a real uvicorn process on a free port, on SQLite or PostgreSQL."""
     data_dir = tmp_path / "server"
     data_dir.mkdir()
-    env: dict[str, str] = {"POLLEN_DEADLINE_TICK_S": "0.5"}
+    env: dict[str, str] = {"POLLEN_DEADLINE_TICK_S": "0.5", "POLLEN_MIN_ROUND_DEADLINE_S": "1"}
     database_url = None
     name = None
     if request.param == "postgres":

@@ -23,7 +23,11 @@ from agents.demo import free_port, job_spec, start_agent, start_server, stop, wa
 from agents.experiment import load_digits_split
 from agents.state import StateFile
 from crypto import BuyerKeys
+from crypto.identity import IdentityKey
 from tests.utils.browser import DESKTOP, PHONE, launch, overflows, require_browser, screenshot
+
+# The buyer's identity key: it signs every job's manifest and every round's model.
+BUYER_IDENTITY = IdentityKey.generate()
 
 pytestmark = pytest.mark.e2e
 ROUNDS = 3
@@ -71,7 +75,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
         buyer = PollenClient(url, buyer_key)
         spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
         spec["round_deadline_s"] = 120
-        job = post_job(buyer, keys, spec)
+        job = post_job(buyer, keys, spec, identity=BUYER_IDENTITY)
         admin = PollenClient(url, admin_key)
         admin.credit_job(job["id"], spec["budget_cents"])
         procs = []
@@ -80,8 +84,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
             write_csv(ds, csv)
             procs.append(start_agent(url, csv, root / f"agent{i}", i, root / f"agent{i}.log"))
         try:
-            outcome = BuyerRun(buyer, keys, job["id"], split.test, out_dir=root / "buyer",
-                               poll_s=0.2).run()  # fmt: skip
+            outcome = BuyerRun(buyer, keys, job["id"], split.test, identity=BUYER_IDENTITY,
+                               out_dir=root / "buyer", poll_s=0.2).run()  # fmt: skip
             codes = [p.wait(timeout=120) for p in procs]
         finally:
             for p in procs:

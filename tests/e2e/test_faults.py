@@ -34,7 +34,8 @@ from agents.models import ModelSpec, build_model
 from agents.optim import FedAvg
 from agents.provider import train_seed
 from agents.training import compute_update, train_local
-from crypto import BuyerKeys
+from crypto import Accumulator, BuyerKeys, weight_norm
+from crypto.identity import IdentityKey
 from market.db import make_engine
 from market.models import Round, Submission
 from tests.utils import postgres
@@ -69,7 +70,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerPro
     backend = getattr(request, "param", "sqlite")
     data_dir = tmp_path / "server"
     data_dir.mkdir()
-    env = {"POLLEN_DEADLINE_TICK_S": "0.2"}
+    env = {"POLLEN_DEADLINE_TICK_S": "0.2", "POLLEN_MIN_ROUND_DEADLINE_S": "1"}
     name = None
     if backend == "postgres":
         pg: str = request.getfixturevalue("pg_server")
@@ -186,9 +187,16 @@ class Market:
         finally:
             engine.dispose()
 
-    def envelope_blobs(self, number: int, provider_id: str) -> list[Path]:
-        folder = self.server.data_dir / "blobs" / "jobs" / self.job_id / "rounds"
-        return sorted((folder / f"{number:04d}" / "envelopes").glob(f"{provider_id}-*.bin"))
+    def sum_members(self, number: int) -> list[str]:
+        """The providers the round's persisted sum itself lists (its header), in order."""
+        key, _ = self.accumulator(number)
+        assert key is not None
+        data = (self.server.data_dir / "blobs" / key).read_bytes()
+        return Accumulator.from_bytes(data).provider_ids
+
+    def stored_envelopes(self) -> list[Path]:
+        """Individual envelopes in the blob store (none: a sum holds them)."""
+        return sorted((self.server.data_dir / "blobs" / "jobs").glob("*/rounds/*/envelopes/*"))
 
     def partial_uploads(self) -> list[Path]:
         return sorted((self.server.data_dir / "blobs" / ".tmp").glob("upload-*"))
@@ -234,10 +242,12 @@ def market_factory(server: ServerProcess, tmp_path: Path) -> Iterator[Any]:
         buyer = PollenClient(server.url, registered["api_key"])
         admin = PollenClient(server.url, server.admin_key)
         spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
-        # A cap above every dataset: each update weighs its true sample count, as in the
-        # plaintext FedAvg the results are compared with.
+        # A cap above every dataset: each update weighs min(its sample count, the median), as
+        # in the plaintext FedAvg the results are compared with.
         spec.update(round_deadline_s=deadline_s, sample_cap=10**6)
-        job = post_job(buyer, keys, spec)
+        # The buyer process (`pollen job run --keys`) signs with the identity beside its keys.
+        identity = IdentityKey.load_or_create(tmp_path / "buyer.key.identity")
+        job = post_job(buyer, keys, spec, identity=identity)
         admin.credit_job(job["id"], spec["budget_cents"])
         market = Market(
             server, tmp_path, split, datasets, keys, buyer, registered["api_key"], admin, job
@@ -263,6 +273,7 @@ def plaintext_fedavg(market: Market) -> np.ndarray:
     load_safetensors(model, initial_model_bytes(spec))
     weights = flatten(model)
     local = [prepare(ds, schema) for ds in market.datasets]
+    norm = weight_norm(len(data) for data in local)  # the marketplace's weighting
     for number in range(1, ROUNDS + 1):
         total = np.zeros_like(weights, dtype=np.float64)
         samples = 0
@@ -276,8 +287,9 @@ def plaintext_fedavg(market: Market) -> np.ndarray:
                 batch_size=int(spec["batch_size"]),
                 seed=train_seed(int(spec["seed"]), number, i),
             )
-            total += len(data) * compute_update(weights, flatten(model)).astype(np.float64)
-            samples += len(data)
+            weight = min(len(data), norm)
+            total += weight * compute_update(weights, flatten(model)).astype(np.float64)
+            samples += weight
         weights = FedAvg().step(weights, (total / samples).astype(np.float32))
     return weights
 
@@ -340,7 +352,7 @@ def test_agent_killed_mid_training_resumes_and_submits_once(market_factory: Any)
 
     assert_completed_once_each(market)
     assert market.submissions().count((1, victim)) == 1
-    assert len(market.envelope_blobs(1, victim)) == 1
+    assert market.sum_members(1).count(victim) == 1 and market.stored_envelopes() == []
     assert market.round(1)["included"] == sorted(market.provider_id(i) for i in range(3))
     text = log.text()
     assert text.count("round 1: training") == 2 and text.count("round 1: submitted") == 1
@@ -377,7 +389,7 @@ def test_agent_killed_mid_upload_leaves_nothing_and_resends_once(market_factory:
 
     assert_completed_once_each(market)
     assert market.submissions().count((1, victim)) == 1
-    assert len(market.envelope_blobs(1, victim)) == 1
+    assert market.sum_members(1).count(victim) == 1 and market.stored_envelopes() == []
     # The restarted agent re-sent the very bytes it had prepared before the kill.
     recorded = market.agent_state(0)["jobs"][market.job_id]["submitted"]["1"]
     assert recorded == hashlib.sha256(in_flight).hexdigest()

@@ -18,20 +18,25 @@ from agents.modelio import load_safetensors
 from agents.models import ModelSpec, build_model
 from agents.provider import ProviderAgent
 from crypto import BuyerKeys
+from crypto.identity import IdentityKey
 from tests.e2e.conftest import LiveServer
 from tests.utils.wire import wire_bytes
+
+# The buyer's identity key: it signs every job's manifest and every round's model.
+BUYER_IDENTITY = IdentityKey.generate()
 
 pytestmark = pytest.mark.e2e
 ROUNDS = 3
 
 
-def _post(server: LiveServer, keys: BuyerKeys, providers: int, rounds: int, schema: dict
-          ) -> tuple[PollenClient, dict]:
+def _post(
+    server: LiveServer, keys: BuyerKeys, providers: int, rounds: int, schema: dict
+) -> tuple[PollenClient, dict]:
     anon = PollenClient(server.url, None)
     buyer = PollenClient(server.url, anon.register(role="buyer", name="e2e-buyer")["api_key"])
     spec = job_spec(rounds, providers, schema)
     spec["round_deadline_s"] = 120
-    job = post_job(buyer, keys, spec)
+    job = post_job(buyer, keys, spec, identity=BUYER_IDENTITY)
     PollenClient(server.url, server.admin_key).credit_job(job["id"], spec["budget_cents"])
     return buyer, job
 
@@ -45,11 +50,19 @@ def test_encrypted_job_runs_to_completion(live_server: LiveServer, tmp_path: Pat
     for i, ds in enumerate(split.providers):
         csv = tmp_path / f"p{i}.csv"
         write_csv(ds, csv)
-        procs.append(start_agent(live_server.url, csv, tmp_path / f"agent{i}", i,
-                                 tmp_path / f"agent{i}.log"))
+        procs.append(
+            start_agent(live_server.url, csv, tmp_path / f"agent{i}", i, tmp_path / f"agent{i}.log")
+        )
     try:
-        outcome = BuyerRun(buyer, keys, job["id"], split.test, out_dir=tmp_path / "buyer",
-                           poll_s=0.2).run()
+        outcome = BuyerRun(
+            buyer,
+            keys,
+            job["id"],
+            split.test,
+            identity=BUYER_IDENTITY,
+            out_dir=tmp_path / "buyer",
+            poll_s=0.2,
+        ).run()
         codes = [p.wait(timeout=120) for p in procs]
     finally:
         for p in procs:
@@ -109,8 +122,9 @@ def test_raw_records_never_leave_the_agent(live_server: LiveServer, tmp_path: Pa
     key = anon.register(role="provider", name="recorded")["api_key"]
     client = PollenClient(live_server.url, key, transport=recorder)
     data = load_dataset(csv)
-    agent = ProviderAgent(client, data, state_dir=tmp_path / "mine", listing_name="recorded",
-                          ask_cents=100, seed=0)
+    agent = ProviderAgent(
+        client, data, state_dir=tmp_path / "mine", listing_name="recorded", ask_cents=100, seed=0
+    )
     agent.ensure_listing(classes=list(range(10)))
     errors: list[BaseException] = []
 
@@ -123,8 +137,15 @@ def test_raw_records_never_leave_the_agent(live_server: LiveServer, tmp_path: Pa
     thread = threading.Thread(target=run_agent, daemon=True)
     thread.start()
     try:
-        outcome = BuyerRun(buyer, keys, job["id"], split.test, out_dir=tmp_path / "buyer",
-                           poll_s=0.2).run()
+        outcome = BuyerRun(
+            buyer,
+            keys,
+            job["id"],
+            split.test,
+            identity=BUYER_IDENTITY,
+            out_dir=tmp_path / "buyer",
+            poll_s=0.2,
+        ).run()
         thread.join(timeout=120)
     finally:
         stop(other)
@@ -146,9 +167,14 @@ def test_agent_restart_does_not_submit_twice(live_server: LiveServer, tmp_path: 
     agents = []
     for i, ds in enumerate(split.providers):
         key = anon.register(role="provider", name=f"p{i}")["api_key"]
-        agent = ProviderAgent(PollenClient(live_server.url, key), ds,
-                              state_dir=tmp_path / f"a{i}", listing_name=f"p{i}",
-                              ask_cents=100, seed=i)
+        agent = ProviderAgent(
+            PollenClient(live_server.url, key),
+            ds,
+            state_dir=tmp_path / f"a{i}",
+            listing_name=f"p{i}",
+            ask_cents=100,
+            seed=i,
+        )
         agent.ensure_listing(classes=list(range(10)))
         agents.append(agent)
     me = agents[0].client.me()["id"]
@@ -159,8 +185,14 @@ def test_agent_restart_does_not_submit_twice(live_server: LiveServer, tmp_path: 
     agents[0].state.section("jobs")[job["id"]]["submitted"].clear()
     agents[0].state.save()
     # Second life from the state on disk: the server already has it, nothing new is added.
-    reborn = ProviderAgent(agents[0].client, split.providers[0], state_dir=tmp_path / "a0",
-                           listing_name="p0", ask_cents=100, seed=0)
+    reborn = ProviderAgent(
+        agents[0].client,
+        split.providers[0],
+        state_dir=tmp_path / "a0",
+        listing_name="p0",
+        ask_cents=100,
+        seed=0,
+    )
     reborn.work_round(job["id"], me)
     rnd = buyer.get_round(job["id"], 1)
     assert rnd["submitted"] == 1

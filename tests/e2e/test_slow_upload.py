@@ -26,9 +26,13 @@ from agents.buyer import post_job
 from agents.client import PollenClient
 from agents.demo import free_port, start_server, stop, wait_ready
 from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update
+from crypto.identity import IdentityKey
 from market.db import POOL_CAPACITY
 from tests.utils import postgres
 from tests.utils.factories import job_body, listing_body
+
+# The buyer's identity key: it signs every job's manifest and every round's model.
+BUYER_IDENTITY = IdentityKey.generate()
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +55,7 @@ class Server:
 def _serve(tmp_path: Path, database_url: str | None, **env: str) -> Iterator[Server]:
     data_dir = tmp_path / "server"
     data_dir.mkdir()
-    env = {"POLLEN_DEADLINE_TICK_S": "0.3", **env}
+    env = {"POLLEN_DEADLINE_TICK_S": "0.3", "POLLEN_MIN_ROUND_DEADLINE_S": "1", **env}
     if database_url:
         env["POLLEN_DATABASE_URL"] = database_url
     port, admin_key = free_port(), secrets.token_urlsafe(16)
@@ -123,7 +127,7 @@ def _running_round(server: Server, providers: int, deadline_s: int) -> Round:
     spec = job_body(rounds=1, min_providers=providers, max_providers=providers, quorum=NORMAL,
                     round_deadline_s=deadline_s, budget_cents=100_000)  # fmt: skip
     keys = BuyerKeys.generate()
-    job = post_job(buyer, keys, spec)
+    job = post_job(buyer, keys, spec, identity=BUYER_IDENTITY)
     PollenClient(server.url, server.admin_key).credit_job(job["id"], spec["budget_cents"])
     for p in accounts:  # one at a time: the last acceptance starts the job
         with PollenClient(server.url, p.api_key) as client:

@@ -40,7 +40,11 @@ def four_workers(pg_server: str, tmp_path: Path) -> Iterator[tuple[str, str, Pat
     data_dir = tmp_path / "server"
     data_dir.mkdir()
     port, admin_key = free_port(), secrets.token_urlsafe(16)
-    env = {"POLLEN_DATABASE_URL": database_url, "POLLEN_DEADLINE_TICK_S": "0.5"}
+    env = {
+        "POLLEN_DATABASE_URL": database_url,
+        "POLLEN_DEADLINE_TICK_S": "0.5",
+        "POLLEN_MIN_ROUND_DEADLINE_S": "1",
+    }
     proc = start_server(data_dir, port, admin_key, extra_env=env, workers=WORKERS)
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc)

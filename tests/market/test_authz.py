@@ -113,6 +113,8 @@ CASES: list[tuple[str, str, Body | None, dict[str, int]]] = [
     ("PUT", "/v1/jobs/{job}/rounds/2/model", MODEL, _m(401, 409, 404, 403, 403, 404, 403)),
     ("PUT", "/v1/jobs/{job}/rounds/1/submission", _envelope, _m(401, 403, 403, 201, 403, 404, 403)),
     ("GET", "/v1/jobs/{job}/rounds/1/aggregate", None, _m(401, 409, 404, 403, 403, 404, 403)),
+    ("GET", "/v1/jobs/{job}/rounds/1/groups/0/aggregate", None, _m(401, 409, 404, 403, 403, 404, 403)),
+    ("POST", "/v1/jobs/{job}/rounds/1/groups", _json({"groups": [{"index": 0, "value": 1.0}]}), _m(401, 409, 404, 403, 403, 404, 403)),
     ("POST", "/v1/jobs/{job}/rounds/1/metrics", _json({"loss": 1.0, "accuracy": 0.5}), _m(401, 409, 404, 403, 403, 404, 403)),
     ("POST", "/v1/jobs/{job}/privacy", _json({"round": 1, "epsilon": 1.0, "delta": 1e-5}), _m(401, 403, 403, 422, 403, 404, 403)),
     ("GET", "/v1/jobs/{job}/privacy", None, _m(401, 200, 404, 200, 200, 404, 200)),
@@ -123,6 +125,16 @@ CASES: list[tuple[str, str, Body | None, dict[str, int]]] = [
     ("GET", "/v1/reputation/{provider}", None, _m(200, 200, 200, 200, 200, 200, 200)),
     ("GET", "/v1/ledger/verify", None, _m(200, 200, 200, 200, 200, 200, 200)),
     ("GET", "/v1/jobs/{job}/receipt", None, _m(401, 200, 404, 403, 403, 404, 200)),
+    ("GET", "/v1/log/key", None, _m(200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/v1/log/head", None, _m(200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/v1/log/consistency?first=1&second=2", None, _m(422, 422, 422, 422, 422, 422, 422)),
+    ("GET", "/v1/log/inclusion?index=0&size=1", None, _m(200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/v1/log/leaves/0", None, _m(401, 200, 404, 200, 404, 404, 200)),
+    ("GET", "/v1/jobs/{job}/records", None, _m(401, 200, 404, 200, 200, 404, 200)),
+    ("PUT", "/v1/jobs/{job}/manifest", _json({"kind": "manifest"}), _m(401, 422, 404, 403, 403, 403, 403)),
+    ("POST", "/v1/jobs/{job}/records", _json({"kind": "model"}), _m(401, 422, 404, 403, 403, 403, 403)),
+    ("PUT", "/v1/accounts/me/identity", _json({"kind": "identity"}), _m(401, 422, 422, 422, 422, 422, 422)),
+    ("GET", "/v1/accounts/{provider}/identity", None, _m(401, 404, 404, 404, 404, 404, 404)),
     ("POST", "/v1/webhooks/stripe", _json({"type": "payment_intent.succeeded"}), _m(400, 400, 400, 400, 400, 400, 400)),
 ]  # fmt: skip
 
@@ -162,11 +174,15 @@ def test_matrix_covers_every_route(client: TestClient) -> None:
         "{offer}": "{offer_id}",
         "{draft}": "{job_id}",
         "{job}": "{job_id}",
+        "{provider}/identity": "{account_id}/identity",
         "{provider}": "{provider_id}",
+        "/leaves/0": "/leaves/{index}",
         "{batch}": "{batch_id}",
+        "/groups/0/": "/groups/{index}/",
     }
     covered = set()
     for method, path, _, _ in CASES:
+        path = path.split("?")[0]
         for k, v in normalize.items():
             path = path.replace(k, v)
         covered.add((method, path.replace("/1", "/{number}").replace("/2/", "/{number}/")))

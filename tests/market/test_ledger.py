@@ -16,6 +16,7 @@ from market.errors import (
     IdempotencyConflictError,
     ImmutableLedgerError,
     InsufficientFundsError,
+    NonIntegerPostingError,
     TooFewPostingsError,
     UnbalancedTransactionError,
     ZeroPostingError,
@@ -95,6 +96,11 @@ def test_same_key_other_content_is_refused(engine: Engine) -> None:
         ([(ESCROW, 5), (ledger.CLEARING, -4)], UnbalancedTransactionError),
         ([(ESCROW, 0), (ledger.CLEARING, 0)], ZeroPostingError),
         ([(ESCROW, 0)], TooFewPostingsError),
+        # Issue 11: `int()` before the check stored -1.9 / +1.9 silently as -1 / +1.
+        ([(ledger.CLEARING, -1.9), (ESCROW, 1.9)], NonIntegerPostingError),
+        ([(ledger.CLEARING, -1.0), (ESCROW, 1.0)], NonIntegerPostingError),
+        ([(ledger.CLEARING, -1), (ESCROW, True)], NonIntegerPostingError),
+        ([(ledger.CLEARING, "-5"), (ESCROW, "5")], NonIntegerPostingError),
     ],
 )
 def test_python_rules(engine: Engine, legs: list[tuple[str, int]], error: type[Exception]) -> None:
@@ -246,3 +252,32 @@ def test_verify_detects_rehashed_rewrite(engine: Engine) -> None:
         report = ledger.verify(s)
     assert report.broken is not None and report.broken.txn_id == second.id
     assert "prev_hash" in report.broken.reason
+
+
+def test_ledger_and_matching_do_not_share_a_lock(engine: Engine) -> None:
+    """A ledger append in progress does not hold up a matching pass on PostgreSQL.
+
+    Issue 11: both used advisory lock 0x706F6C6C656E, so every settlement stalled matching
+    (and the reverse) until it committed.
+    """
+    if engine.dialect.name != "postgresql":
+        pytest.skip("advisory locks exist on PostgreSQL only")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from market.services.matching import run_matching
+
+    with Session(engine, expire_on_commit=False) as appending:
+        ledger.post(
+            appending, key="held", kind="fund", currency="usd",
+            legs=[(ledger.CLEARING, -5), (ESCROW, 5)], now=NOW,
+        )  # fmt: skip
+        # The append's lock is held until this session commits.
+
+        def match() -> list[str]:
+            with Session(engine, expire_on_commit=False) as other:
+                other.execute(text("SET lock_timeout = '3s'"))
+                return run_matching(other, now=NOW)
+
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(match).result(timeout=10) == []
+        appending.commit()

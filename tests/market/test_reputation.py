@@ -56,7 +56,9 @@ def test_rounds_write_reputation_with_reasons(
     assert good["score"] > 0.5 > bad["score"]
     assert {e["kind"] for e in good["history"]} == {"on-time-submission", "included"}
     assert [e["kind"] for e in bad["history"]] == ["missed-deadline"]
-    assert scn.job_id in bad["history"][0]["reason"] and bad["history"][0]["round"] == 1
+    # The provider itself (and the job's buyer) reads which job and round it was.
+    own = client.get(f"/v1/reputation/{p3.id}", headers=p3.headers).json()
+    assert scn.job_id in own["history"][0]["reason"] and own["history"][0]["round"] == 1
     everyone = client.get("/v1/reputation").json()
     assert {r["provider_id"] for r in everyone} >= {p1.id, p2.id, p3.id}
     assert client.get(f"/v1/reputation/{scn.buyer.id}").status_code == 404
@@ -112,3 +114,63 @@ def test_withdrawing_after_accepting_costs_reputation(
     rep = client.get(f"/v1/reputation/{p3.id}").json()
     assert [e["kind"] for e in rep["history"]] == ["refused-after-accept"]
     assert rep["score"] < 0.5
+
+
+def test_public_history_does_not_say_who_took_part_in_which_job(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """Anonymous visitors, other providers and other buyers read each event's kind, weight
+    and day, never the job or round, nor an instant that matches a round's close; the
+    provider itself, operators and the job's buyer read it all (API and dashboard)."""
+    scn = running_job(client, clock, buyer_keys, round_deadline_s=5)
+    p1, p2, _ = scn.providers
+    scn.submit(p1, 1)
+    scn.submit(p2, 1)
+    clock.advance(6)
+    scn.tick()
+    stranger = register(client, "buyer", "stranger")
+    for headers in ({}, p2.headers, stranger.headers):
+        for view in (
+            client.get(f"/v1/reputation/{p1.id}", headers=headers).json(),
+            next(
+                r
+                for r in client.get("/v1/reputation", headers=headers).json()
+                if r["provider_id"] == p1.id
+            ),
+        ):
+            assert view["history"], view
+            for event in view["history"]:
+                assert event["job_id"] is None and event["round"] is None
+                assert scn.job_id not in event["reason"]
+                assert event["at"].endswith("T00:00:00Z") or "T00:00:00" in event["at"]
+        page = client.get(f"/ui/providers/{p1.id}", headers=headers).text
+        assert scn.job_id not in page
+    for headers in (p1.headers, scn.buyer.headers, scn.admin.headers):
+        history = client.get(f"/v1/reputation/{p1.id}", headers=headers).json()["history"]
+        assert {e["job_id"] for e in history} == {scn.job_id}
+
+
+def test_matching_scores_reputation_on_the_app_clock(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """Matching reads reputation at the service's time, not the machine's.
+
+    Issue 11: `reputation.scores` was called without `now`, so matching aged events by the
+    wall clock: a provider whose bad events had long decayed on the service's clock still
+    scored as if they were fresh (or, on a clock behind, events in the future never aged).
+    """
+    clock.now = datetime(2031, 1, 1, tzinfo=UTC)  # ahead of the machine's own clock
+    operator = admin(client)
+    p = register(client, "provider")
+    with _session(client) as s:
+        for i in range(5):
+            reputation.record(s, p.id, "invalid-submission", "bad", key=f"bad{i}", now=clock.now)
+        s.commit()
+    clock.advance(3 * 365 * 86400)  # 0.98**1095: the events are forgotten, score back to 0.5
+    r = client.post("/v1/listings", json=listing_body(), headers=p.headers)
+    assert r.status_code == 201, r.text
+    buyer = register(client, "buyer")
+    job_id = draft_job(client, buyer_keys, buyer, min_reputation=0.45)
+    fund(client, job_id, buyer, operator, 10_000)
+    offers = client.get("/v1/offers", headers=p.headers).json()
+    assert [o["job_id"] for o in offers] == [job_id]

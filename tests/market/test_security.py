@@ -87,6 +87,7 @@ BINARY_DOWNLOADS = {
     ("GET", "/v1/jobs/{job_id}/final-model"),
     ("GET", "/v1/jobs/{job_id}/rounds/{number}/model"),
     ("GET", "/v1/jobs/{job_id}/rounds/{number}/aggregate"),
+    ("GET", "/v1/jobs/{job_id}/rounds/{number}/groups/{index}/aggregate"),
 }
 
 
@@ -134,6 +135,7 @@ def test_no_pickle_crosses_the_network(
         for url in (f"{job}/rounds/1/model", f"{job}/final-model", f"{job}/context")
     }
     served["aggregate"] = client.get(f"{job}/rounds/1/aggregate", headers=scn.buyer.headers)
+    served["group"] = client.get(f"{job}/rounds/1/groups/0/aggregate", headers=scn.buyer.headers)
     for url, r in served.items():
         assert r.status_code == 200, (url, r.text)
         assert not r.content.startswith(b"\x80"), f"{url} looks like a pickle"
@@ -141,6 +143,8 @@ def test_no_pickle_crosses_the_network(
     load_safetensors(served[f"{job}/final-model"].content)
     assert PublicContext.from_bytes(served[f"{job}/context"].content).is_public()
     assert decrypt_aggregate(buyer_keys, served["aggregate"].content).count == 3
+    # Three providers, quorum 2: one group of all three (never a sum of one).
+    assert decrypt_aggregate(buyer_keys, served["group"].content).count == 3
 
     hostile = [pickle.dumps({"w": np.zeros(4)}), pickle.dumps(_Evil()), _torch_file()]
     for url in (f"{job}/final-model", f"{job}/rounds/2/model"):

@@ -345,3 +345,85 @@ def test_nice_ticks_cover_the_range_with_round_steps() -> None:
     assert ticks[0] <= 0.83 and ticks[-1] >= 0.97
     steps = {round(b - a, 9) for a, b in itertools.pairwise(ticks)}
     assert len(steps) == 1 and steps.pop() in (0.02, 0.05)
+
+
+# ---------------------------------------------------------------- issue 11: hostile inputs
+
+
+def test_a_huge_loss_is_refused_and_never_breaks_the_job_page(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """Metrics must be finite and of sane magnitude (422); the page renders for everyone.
+
+    Issue 11: a buyer posting loss 1.7e308 made `nice_ticks` overflow, and the job page
+    answered 500 to every visitor from then on.
+    """
+    scn = running_job(client, clock, buyer_keys)
+    for p in scn.providers:
+        assert scn.submit(p, 1).status_code == 201
+    url = f"/v1/jobs/{scn.job_id}/rounds/1/metrics"
+    for loss in (1.7e308, 1e300, -1e300):
+        r = client.post(url, json={"loss": loss, "accuracy": 0.5}, headers=scn.buyer.headers)
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+    assert client.get(f"/ui/jobs/{scn.job_id}").status_code == 200
+    r = client.post(url, json={"loss": 1e6, "accuracy": 0.5}, headers=scn.buyer.headers)
+    assert r.status_code == 200, r.text
+    assert client.get(f"/ui/jobs/{scn.job_id}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi"), [(0.0, 1.7e308), (-1.7e308, 1.7e308), (0.0, float("inf")), (float("nan"), 1.0)]
+)
+def test_charts_survive_any_range(lo: float, hi: float) -> None:
+    """Ticks and charts over extreme or non-finite values never raise."""
+    ticks = charts.nice_ticks(lo, hi)
+    assert 2 <= len(ticks) <= 20 and all(map(lambda t: t == t and abs(t) < 1e300, ticks))
+    series = [charts.Series("loss", [charts.Point(1, lo, "a"), charts.Point(2, hi, "b")])]
+    chart = charts.line_chart(
+        series, chart_id="c", title="t", description="d", x_label="x", y_label="y"
+    )
+    assert "nan" not in chart.lower() and "inf" not in chart.lower()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "https://sub.testserver"},
+    ],
+)
+def test_cross_site_login_and_logout_are_refused(done: Done, headers: dict[str, str]) -> None:
+    """A form on another site can neither sign a visitor in (login CSRF) nor out (403).
+
+    Issue 11: /ui/login and /ui/logout accepted cross-site POSTs, so any page could sign a
+    visitor into an attacker's account or sign them out.
+    """
+    c, buyer = done.client, done.scn.buyer
+    c.cookies.clear()
+    r = c.post(
+        "/ui/login", data={"api_key": buyer.api_key}, headers=headers, follow_redirects=False
+    )
+    assert r.status_code == 403 and "set-cookie" not in r.headers
+    sign_in(c, buyer)
+    r = c.post("/ui/logout", headers=headers, follow_redirects=False)
+    assert r.status_code == 403 and "set-cookie" not in r.headers
+    assert c.get("/ui/account", follow_redirects=False).status_code == 200
+
+
+def test_same_origin_login_and_logout_work(done: Done) -> None:
+    """The dashboard's own forms (same origin, or a client sending neither header) work."""
+    c, buyer = done.client, done.scn.buyer
+    for same in (
+        {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+        {"Origin": "https://testserver"},  # TLS ended by a proxy in front
+        {},
+    ):
+        c.cookies.clear()
+        r = c.post(
+            "/ui/login", data={"api_key": buyer.api_key}, headers=same, follow_redirects=False
+        )
+        assert r.status_code == 303
+        assert c.post("/ui/logout", headers=same, follow_redirects=False).status_code == 303

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
+from market import ratelimit
 from market.api.deps import CurrentAccount, SessionDep
 from market.models import AccountCreate, AccountCreated, AccountPublic
 from market.services import accounts
@@ -12,8 +13,13 @@ router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
 
 @router.post("", status_code=201, response_model=AccountCreated)
-def register(body: AccountCreate, session: SessionDep) -> AccountCreated:
-    """Create a buyer or provider account; the API key is shown only in this response."""
+def register(body: AccountCreate, request: Request, session: SessionDep) -> AccountCreated:
+    """Create a buyer or provider account; the API key is shown only in this response.
+
+    Registrations are limited per address (`POLLEN_REGISTER_LIMIT` per
+    `POLLEN_REGISTER_WINDOW_S`, in every process together): past it, 429 with Retry-After.
+    """
+    ratelimit.count_registration(request, session)
     return accounts.create_account(session, role=body.role, name=body.name)
 
 

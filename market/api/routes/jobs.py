@@ -17,6 +17,7 @@ from market.api.deps import (
     SettingsDep,
     binary_body,
     read_body,
+    streamed_upload,
 )
 from market.errors import NotFoundError
 from market.models import JobCreate, JobPublic, PaymentPublic
@@ -31,7 +32,13 @@ def create(
     body: JobCreate, account: BuyerAccount, session: SessionDep, now: NowDep, settings: SettingsDep
 ) -> JobPublic:
     job = jobs.create_job(
-        session, account, body, now=now, allow_plaintext=settings.allow_plaintext_jobs
+        session,
+        account,
+        body,
+        now=now,
+        allow_plaintext=settings.allow_plaintext_jobs,
+        max_drafts=settings.max_draft_jobs_per_buyer,
+        min_round_deadline_s=settings.min_round_deadline_s,
     )
     return views.job_public(session, job, account)
 
@@ -47,9 +54,11 @@ def status(job_id: str, account: CurrentAccount, session: SessionDep) -> JobPubl
 
 
 @router.get("/{job_id}/matching", response_model=MatchingPublic)
-def matching_status(job_id: str, account: CurrentAccount, session: SessionDep) -> MatchingPublic:
+def matching_status(
+    job_id: str, account: CurrentAccount, session: SessionDep, now: NowDep
+) -> MatchingPublic:
     """The job's buyer: how many listings fit the job, and why the others are left out."""
-    return matching.explain_job(session, access.owned_job(session, job_id, account))
+    return matching.explain_job(session, access.owned_job(session, job_id, account), now=now)
 
 
 @router.put(
@@ -98,8 +107,10 @@ async def put_model(
     now: NowDep,
 ) -> JobPublic:
     job = await run_in_threadpool(access.owned_job, session, job_id, account)
-    data = await read_body(request, settings.max_model_bytes)
-    job = await run_in_threadpool(jobs.put_initial_model, session, blobs, job, data, now=now)
+    async with streamed_upload(
+        request, blobs, settings.max_model_bytes, idle_timeout_s=settings.upload_idle_timeout_s
+    ) as upload:
+        job = await run_in_threadpool(jobs.put_initial_model, session, blobs, job, upload, now=now)
     return await run_in_threadpool(views.job_public, session, job, account)
 
 
@@ -118,8 +129,10 @@ async def put_final_model(
     now: NowDep,
 ) -> JobPublic:
     job = await run_in_threadpool(access.owned_job, session, job_id, account)
-    data = await read_body(request, settings.max_model_bytes)
-    job = await run_in_threadpool(jobs.put_final_model, session, blobs, job, data, now=now)
+    async with streamed_upload(
+        request, blobs, settings.max_model_bytes, idle_timeout_s=settings.upload_idle_timeout_s
+    ) as upload:
+        job = await run_in_threadpool(jobs.put_final_model, session, blobs, job, upload, now=now)
     return await run_in_threadpool(views.job_public, session, job, account)
 
 
@@ -161,10 +174,22 @@ def fund(
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel(
-    job_id: str, account: CurrentAccount, session: SessionDep, rail: RailDep, now: NowDep
+    job_id: str,
+    account: CurrentAccount,
+    session: SessionDep,
+    rail: RailDep,
+    now: NowDep,
+    settings: SettingsDep,
 ) -> JobPublic:
-    """Stop the job; the unspent escrow is refunded (a Stripe Refund on the stripe rail)."""
-    job = jobs.cancel_job(session, access.owned_job(session, job_id, account), now=now)
+    """Stop the job: the collecting round's accepted submitters are paid for their work,
+    then the unspent escrow is refunded (a Stripe Refund on the stripe rail), less the
+    platform's cancellation fee if it sets one."""
+    job = jobs.cancel_job(
+        session,
+        access.owned_job(session, job_id, account),
+        now=now,
+        fee_bps=settings.cancel_fee_bps,
+    )
     payments.process_refunds(session, rail, now=now)
     return views.job_public(session, job, account)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from market.api.deps import NowDep, ProviderAccount, ProviderOrAdmin, SessionDep
+from market.api.deps import NowDep, ProviderAccount, ProviderOrAdmin, SessionDep, SettingsDep
 from market.models import ListingCreate, ListingPublic, ListingUpdate
 from market.services import access, listings
 
@@ -13,9 +13,17 @@ router = APIRouter(prefix="/v1/listings", tags=["listings"])
 
 @router.post("", status_code=201, response_model=ListingPublic)
 def create(
-    body: ListingCreate, account: ProviderAccount, session: SessionDep, now: NowDep
+    body: ListingCreate,
+    account: ProviderAccount,
+    session: SessionDep,
+    now: NowDep,
+    settings: SettingsDep,
 ) -> ListingPublic:
-    return listings.public(listings.create_listing(session, account, body, now=now))
+    """Publish a listing; past `POLLEN_MAX_LISTINGS_PER_PROVIDER` active ones, 409."""
+    listing = listings.create_listing(
+        session, account, body, now=now, max_listings=settings.max_listings_per_provider
+    )
+    return listings.public(listing)
 
 
 @router.get("", response_model=list[ListingPublic])

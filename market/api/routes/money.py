@@ -90,15 +90,23 @@ def _provider(session: Session, provider_id: str) -> Account:
 
 
 @router.get("/v1/reputation", response_model=list[ReputationPublic])
-def list_reputation(session: SessionDep, now: NowDep) -> list[ReputationPublic]:
-    """Every provider's score with its latest reasons (public)."""
-    return [reputation.public(session, p, now=now, limit=10) for p in reputation.providers(session)]
+def list_reputation(
+    account: MaybeAccount, session: SessionDep, now: NowDep
+) -> list[ReputationPublic]:
+    """Every provider's score with its latest reasons (public; jobs named only to parties)."""
+    return [
+        reputation.public(session, p, now=now, viewer=account, limit=10)
+        for p in reputation.providers(session)
+    ]
 
 
 @router.get("/v1/reputation/{provider_id}", response_model=ReputationPublic)
-def get_reputation(provider_id: str, session: SessionDep, now: NowDep) -> ReputationPublic:
-    """One provider's score and full history with reasons (public)."""
-    return reputation.public(session, _provider(session, provider_id), now=now)
+def get_reputation(
+    provider_id: str, account: MaybeAccount, session: SessionDep, now: NowDep
+) -> ReputationPublic:
+    """One provider's score and full history with reasons (public; the jobs its events
+    name are shown only to the provider, operators and each job's buyer)."""
+    return reputation.public(session, _provider(session, provider_id), now=now, viewer=account)
 
 
 @router.get("/v1/ledger/verify", response_model=LedgerReport)

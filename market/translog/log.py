@@ -1,0 +1,131 @@
+"""Appending leaves and reading the tree back: heads, inclusion and consistency proofs.
+
+Appends share the journal's serialization (`market.ledger.journal`'s process lock and its
+database lock held to commit), so leaf indices are gap-free and a ledger transaction and its
+leaf commit together or not at all. The tree is recomputed from the stored leaf hashes: a log
+of this size (thousands of leaves) needs no cached interior nodes.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session, col, func, select
+
+from crypto.identity import IdentityKey, canonical
+from crypto.merkle import consistency_proof, inclusion_proof, leaf_hash, tree_root
+from market.errors import InvalidInputError
+from market.ledger import journal
+from market.models.translog import LogLeaf
+
+
+def _append_locked(
+    session: Session,
+    kind: str,
+    doc: dict[str, Any],
+    *,
+    now: datetime,
+    job_id: str | None = None,
+    round: int | None = None,
+    account_id: str | None = None,
+) -> LogLeaf:
+    last = session.exec(select(func.max(LogLeaf.index))).one()
+    payload = canonical(doc).decode()
+    leaf = LogLeaf(
+        index=0 if last is None else int(last) + 1,
+        leaf_hash=leaf_hash(payload.encode()).hex(),
+        kind=kind,
+        job_id=job_id,
+        round=round,
+        account_id=account_id,
+        payload=payload,
+        created_at=now,
+    )
+    session.add(leaf)
+    session.flush()
+    return leaf
+
+
+def append(
+    session: Session,
+    kind: str,
+    doc: dict[str, Any],
+    *,
+    now: datetime,
+    job_id: str | None = None,
+    round: int | None = None,
+    account_id: str | None = None,
+) -> LogLeaf:
+    """Append one leaf (flushed, not committed): a signed record, under the chain's lock."""
+    with journal._append_lock:
+        journal._lock_chain(session)
+        return _append_locked(
+            session, kind, doc, now=now, job_id=job_id, round=round, account_id=account_id
+        )
+
+
+def append_ledger(
+    session: Session, txn_hash: str, body: str, *, job_id: str | None, now: datetime
+) -> LogLeaf:
+    """The leaf of one ledger transaction; called by `journal.post` under its lock."""
+    doc = {"kind": "ledger", "hash": txn_hash, "txn": json.loads(body)}
+    return _append_locked(session, "ledger", doc, now=now, job_id=job_id)
+
+
+def leaf_hashes(session: Session, size: int | None = None) -> list[bytes]:
+    stmt = select(LogLeaf.leaf_hash).order_by(col(LogLeaf.index))
+    if size is not None:
+        stmt = stmt.limit(size)
+    return [bytes.fromhex(h) for h in session.exec(stmt).all()]
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def head(session: Session, key: IdentityKey, *, now: datetime) -> dict[str, Any]:
+    """The signed tree head of everything committed: a `tree-head` record."""
+    hashes = leaf_hashes(session)
+    body = {"size": len(hashes), "root": tree_root(hashes).hex(), "timestamp": _iso(now)}
+    return key.record("tree-head", body)
+
+
+def _sizes(session: Session, *sizes: int) -> list[bytes]:
+    hashes = leaf_hashes(session)
+    for s in sizes:
+        if not 0 <= s <= len(hashes):
+            raise InvalidInputError(f"the log has {len(hashes)} leaves, not {s}")
+    return hashes
+
+
+def inclusion(session: Session, index: int, size: int) -> list[str]:
+    hashes = _sizes(session, size)
+    if not 0 <= index < size:
+        raise InvalidInputError(f"leaf {index} is not in a tree of {size}")
+    return [h.hex() for h in inclusion_proof(index, hashes[:size])]
+
+
+def consistency(session: Session, first: int, second: int) -> list[str]:
+    hashes = _sizes(session, first, second)
+    if first > second:
+        raise InvalidInputError(f"a tree of size {second} cannot extend one of {first}")
+    return [h.hex() for h in consistency_proof(first, hashes[:second])]
+
+
+def leaves_of(
+    session: Session,
+    *,
+    job_id: str | None = None,
+    kind: str | None = None,
+    account_id: str | None = None,
+) -> list[LogLeaf]:
+    stmt = select(LogLeaf).order_by(col(LogLeaf.index))
+    if job_id is not None:
+        stmt = stmt.where(LogLeaf.job_id == job_id)
+    if kind is not None:
+        stmt = stmt.where(LogLeaf.kind == kind)
+    if account_id is not None:
+        stmt = stmt.where(LogLeaf.account_id == account_id)
+    return list(session.exec(stmt).all())
