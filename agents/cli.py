@@ -458,18 +458,19 @@ def _print_matching(report: dict[str, Any]) -> None:
         f"{accepted} of the {report['min_providers']} providers needed have accepted"
     )
     for row in report["excluded"]:
-        console.print(f"  {row['listings']:>4} left out: {row['reason']}")
+        console.print(f"  {row['listings']:>4} left out: {escape(str(row['reason']))}")
 
 
 def rounds_table(job: dict[str, Any]) -> Table:
     """A job's rounds with the measures its task has (accuracy, or RMSE, MAE and R²)."""
-    measures = ["accuracy"] if job["spec"].get("task") != "regression" else ["rmse", "mae", "r2"]
+    task = (job.get("spec") or {}).get("task")
+    measures = ["accuracy"] if task != "regression" else ["rmse", "mae", "r2"]
     table = Table("round", "state", "attempt", "submitted", *measures, "loss")
     for r in job["rounds"]:
         m = r.get("metrics") or {}
         table.add_row(
             str(r["round"]),
-            r["state"],
+            escape(r["state"]),
             str(r["attempt"]),
             str(r["submitted"]),
             *(f"{m[k]:.4f}" if k in m else "" for k in [*measures, "loss"]),
