@@ -18,6 +18,7 @@ from agents.jobspec import load_spec
 from agents.sample_tables import diabetes_table, loan_table, split_rows, write_table_csv
 from agents.tabular import read_table
 from crypto import BuyerKeys
+from crypto.identity import IdentityKey
 from tests.e2e.conftest import LiveServer
 
 pytestmark = pytest.mark.e2e
@@ -53,9 +54,11 @@ def _run_job(
         JOB_YAML.format(title=f"{task} e2e", task=task, label=label, arch=arch, rounds=ROUNDS)
     )
     keys = BuyerKeys.generate()
+    # The buyer signs the manifest and every model: agents trust nothing unsigned.
+    identity = IdentityKey.generate()
     anon = PollenClient(server.url, None)
     buyer = PollenClient(server.url, anon.register(role="buyer", name="b")["api_key"])
-    job = post_job(buyer, keys, load_spec(tmp_path / "job.yaml"))
+    job = post_job(buyer, keys, load_spec(tmp_path / "job.yaml"), identity=identity)
     PollenClient(server.url, server.admin_key).credit_job(job["id"], 5000)
     procs = []
     for i, table in enumerate(providers):
@@ -68,7 +71,7 @@ def _run_job(
     try:
         run = BuyerRun(
             buyer, keys, job["id"], read_table(tmp_path / "buyer.csv"),
-            out_dir=tmp_path / "out", poll_s=0.2,
+            out_dir=tmp_path / "out", poll_s=0.2, identity=identity,
         )  # fmt: skip
         run.run()
         codes = [p.wait(timeout=120) for p in procs]
