@@ -23,7 +23,7 @@ lint: setup
 	$(BIN)/ruff format --check crypto
 
 typecheck: setup
-	$(BIN)/mypy --strict crypto market
+	$(BIN)/mypy --strict crypto dataspec market
 
 # Installs Chromium when missing (as root, e.g. CI on a fresh Debian 12); otherwise says how.
 browser:

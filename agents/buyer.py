@@ -28,7 +28,8 @@ from agents.models import ModelSpec, build_model
 from agents.optim import ServerOptimizer, make_server_optimizer
 from agents.robust import robust_average, score_groups
 from agents.state import StateFile, write_atomic
-from agents.training import evaluate
+from agents.tabular import Table
+from agents.training import evaluate, evaluate_regression
 from agents.trust import Trust, TrustError, manifest_body, register_identity
 from crypto import BuyerKeys, PollenError, decrypt_aggregate
 from crypto.identity import IdentityKey, verify_record
@@ -38,12 +39,31 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RoundReport:
+    """One round's evaluation on the buyer's held-out data: accuracy for a classification;
+    RMSE, MAE and R² (target units) for a regression; the training loss for both."""
+
     round: int
-    accuracy: float
+    accuracy: float | None
     loss: float
     providers: int
     samples: int
     seconds: float
+    rmse: float | None = None
+    mae: float | None = None
+    r2: float | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """What the server records for the round (only the measures this task has)."""
+        named = {"accuracy": self.accuracy, "rmse": self.rmse, "mae": self.mae, "r2": self.r2}
+        named["loss"] = self.loss
+        return {k: float(v) for k, v in named.items() if v is not None}
+
+    def describe(self) -> str:
+        if self.accuracy is not None:
+            head = f"accuracy {self.accuracy:.4f}"
+        else:
+            head = f"RMSE {self.rmse:.4g}  MAE {self.mae:.4g}  R² {self.r2:.4f}"
+        return f"{head}  loss {self.loss:.4f}"
 
 
 @dataclass
@@ -115,7 +135,7 @@ class BuyerRun:
         client: PollenClient,
         keys: BuyerKeys,
         job_id: str,
-        test: Dataset,
+        test: Dataset | Table,
         *,
         out_dir: Path,
         optimizer: str = "fedavg",
@@ -173,7 +193,21 @@ class BuyerRun:
         if job["state"] in ("cancelled", "failed"):
             reason = job.get("failure_reason") or "no reason recorded"
             raise JobEndedError(f"job {self.job_id} is {job['state']} ({reason}); nothing to run")
-        return job if job["state"] in ("running", "completed") else None
+        if job["state"] not in ("running", "completed"):
+            self._note_waiting(job)
+            return None
+        return job
+
+    def _note_waiting(self, job: dict[str, Any]) -> None:
+        """Say, once per change, how far the job is from starting (providers accepted)."""
+        accepted = len(job.get("accepted_providers") or [])
+        note = (
+            f"job {self.job_id} is {job['state']}: {accepted} of "
+            f"{job['spec'].get('min_providers', 2)} providers needed have accepted"
+        )
+        if note != getattr(self, "_last_note", None):
+            self._last_note = note
+            self.notify(note + " (pollen job status shows why listings are left out)")
 
     def apply_round(self, number: int) -> RoundReport:
         """Decrypt round `number`'s sum and step from that round's global model.
@@ -200,23 +234,35 @@ class BuyerRun:
         self.state.section("group_scores")[str(number)] = [s.as_json() for s in scores]
         weights = self.optimizer.step(start, robust_average(agg, sums, scores))
         unflatten_into(self.model, weights)
-        result = evaluate(self.model, self.test)
         # The model first, then the state that says it is done: a crash in between only
         # makes a restart redo this round from the same inputs.
-        write_atomic(self.model_path, to_safetensors(self.model))
-        report = RoundReport(
-            number,
-            result.accuracy,
-            result.loss,
-            agg.count,
-            agg.samples_sum,
-            time.perf_counter() - started,
-        )
+        write_atomic(self.model_path, self._model_file())
+        report = self._evaluate(number, agg.count, agg.samples_sum, started)
         self.state.section("rounds")[str(number)] = report.__dict__
         self.state.data["applied"] = number
         self.state.data["optimizer_state"] = self.optimizer.state_dict()
         self.state.save()
         return report
+
+    def _model_file(self) -> bytes:
+        """The model as safetensors with its contract (schema, preprocessing, classes)."""
+        from agents.contract import Contract, model_bytes
+
+        return model_bytes(self.model, Contract.from_spec(self.job_id, self.spec))
+
+    def _evaluate(self, number: int, providers: int, samples: int, started: float) -> RoundReport:
+        label = DatasetSchema.model_validate(self.spec["schema"]).label
+        if label.classes is None:
+            reg = evaluate_regression(self.model, self.test, offset=label.offset, scale=label.scale)
+            return RoundReport(
+                number, None, reg.loss, providers, samples, time.perf_counter() - started,
+                rmse=reg.rmse, mae=reg.mae, r2=reg.r2,
+            )  # fmt: skip
+        result = evaluate(self.model, self.test)
+        return RoundReport(
+            number, result.accuracy, result.loss, providers, samples,
+            time.perf_counter() - started,
+        )  # fmt: skip
 
     def _check_aggregate(self, number: int, blob: bytes) -> None:
         """The aggregate is the one the server's signed round-closed record commits to."""
@@ -280,9 +326,7 @@ class BuyerRun:
         self._report_groups(applied)
         if int(self.state.get("reported", 0)) < applied:
             report = RoundReport(**self.state.section("rounds")[str(applied)])
-            self.client.post_metrics(
-                self.job_id, applied, {"loss": report.loss, "accuracy": report.accuracy}
-            )
+            self.client.post_metrics(self.job_id, applied, report.metrics())
             self.state.data["reported"] = applied
             self.state.save()
             if self.on_round:
@@ -316,18 +360,14 @@ class BuyerRun:
         outcome.model_path = self.model_path
         outcome.metrics_path = self.out_dir / f"{self.job_id}.metrics.csv"
         rounds = self.state.section("rounds")
+        reports = [RoundReport(**rounds[key]) for key in sorted(rounds, key=int)]
+        columns = ["round", *reports[0].metrics(), "providers", "samples"] if reports else []
         with outcome.metrics_path.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["round", "accuracy", "loss", "providers", "samples"])
-            for key in sorted(rounds, key=int):
-                r = rounds[key]
+            writer.writerow(columns)
+            for r in reports:
+                m = r.metrics()
                 writer.writerow(
-                    [
-                        r["round"],
-                        f"{r['accuracy']:.6f}",
-                        f"{r['loss']:.6f}",
-                        r["providers"],
-                        r["samples"],
-                    ]
+                    [r.round, *(f"{m[k]:.6f}" for k in columns[1:-2]), r.providers, r.samples]
                 )
-                outcome.reports.append(RoundReport(**r))
+                outcome.reports.append(r)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -201,25 +200,7 @@ def account_register(
 # ---------------------------------------------------------------------------- jobs
 
 
-def load_spec(path: Path) -> dict[str, Any]:
-    """Read a job spec YAML; `schema_from: FILE` derives the schema from the buyer's data."""
-    from agents.data import derive_schema, load_dataset, standardized_schema
-
-    if not path.exists():
-        raise FileNotFoundError(f"no job spec at {path}")
-    spec = yaml.safe_load(path.read_text())
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path} must hold a mapping of job fields")
-    source = spec.pop("schema_from", None)
-    standardize = bool(spec.pop("standardize", True))
-    if source and "schema" not in spec:
-        data = load_dataset(path.parent / source, label=spec.pop("label", "label"))
-        classes = spec.pop("classes", None)
-        schema = derive_schema(data, classes=classes)
-        if standardize:
-            schema = standardized_schema(schema, data)
-        spec["schema"] = schema.model_dump()
-    return spec
+from agents.jobspec import load_spec  # noqa: E402  (YAML specs; `schema_from`, `task`)
 
 
 @job_app.command("post")
@@ -229,18 +210,26 @@ def job_post(
     server: ServerOpt = DEFAULT_SERVER,
     api_key: ApiKeyOpt = "",
     keys: KeysOpt = DEFAULT_KEYS,
+    allow_low_budget: Annotated[
+        bool, typer.Option("--allow-low-budget", help="Post even if the budget looks short.")
+    ] = False,
 ) -> None:
     """Post a job: validate the spec, upload the public context and initial model, fund it."""
     from agents.buyer import post_job
     from agents.cli_trust import identity_path
+    from agents.jobspec import budget_problem
     from crypto import BuyerKeys
     from crypto.identity import IdentityKey
 
+    spec = load_spec(spec_file)
+    short = budget_problem(spec)
+    if short and not allow_low_budget:
+        raise ValueError(short)
+    if short:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(short)}")
     identity = IdentityKey.load_or_create(identity_path(keys))
     console.print(f"signing the manifest with identity {identity.fingerprint}")
-    job = post_job(
-        _client(server, api_key), BuyerKeys.load(keys), load_spec(spec_file), identity=identity
-    )
+    job = post_job(_client(server, api_key), BuyerKeys.load(keys), spec, identity=identity)
     console.print(f"job [bold]{escape(job['id'])}[/bold] is {escape(job['state'])}")
     console.print(f"next: pollen job run {escape(job['id'])} --test YOUR_HELD_OUT.csv")
 
@@ -250,7 +239,9 @@ def job_post(
 def job_run(
     job_id: Annotated[str, typer.Argument(metavar="JOB")],
     test: Annotated[Path, typer.Option(help="The buyer's held-out data (CSV/npz/Parquet).")],
-    label: Annotated[str, typer.Option(help="Label column.")] = "label",
+    label: Annotated[
+        str | None, typer.Option(help="Label column (default: the job's).", hidden=True)
+    ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     api_key: ApiKeyOpt = "",
     keys: KeysOpt = DEFAULT_KEYS,
@@ -264,7 +255,7 @@ def job_run(
     """Drive a job: each round decrypt the sum, step the model, evaluate, publish the next."""
     from agents.buyer import BuyerRun, RoundReport
     from agents.client import Backoff
-    from agents.data import load_dataset
+    from agents.tabular import read_table
     from crypto import BuyerKeys
 
     _logging(verbose)
@@ -272,7 +263,7 @@ def job_run(
 
     def show(r: RoundReport) -> None:
         console.print(
-            f"round {r.round:>3}: accuracy {r.accuracy:.4f}  loss {r.loss:.4f}  "
+            f"round {r.round:>3}/{run.rounds_total}: {r.describe()}  "
             f"providers {r.providers}  samples {r.samples}"
         )
 
@@ -283,7 +274,7 @@ def job_run(
         _client(server, api_key),
         BuyerKeys.load(keys),
         job_id,
-        load_dataset(test, label=label),
+        read_table(test),
         identity=IdentityKey.load_or_create(identity_path(keys)),
         out_dir=out,
         optimizer=optimizer,
@@ -323,18 +314,9 @@ def job_status(
         f"[bold]{escape(job['id'])}[/bold] {escape(repr(job['title']))}: {escape(job['state'])} "
         f"(round {job['current_round']}/{job['rounds_total']})"
     )
-    table = Table("round", "state", "attempt", "submitted", "accuracy", "loss")
-    for r in job["rounds"]:
-        m = r.get("metrics") or {}
-        table.add_row(
-            str(r["round"]),
-            escape(r["state"]),
-            str(r["attempt"]),
-            str(r["submitted"]),
-            f"{m['accuracy']:.4f}" if "accuracy" in m else "",
-            f"{m['loss']:.4f}" if "loss" in m else "",
-        )
-    console.print(table)
+    if job["state"] in ("funding", "open"):
+        _print_matching(_client(server, api_key).get_matching(job_id))
+    console.print(rounds_table(job))
     spent = _client(server, api_key).get_privacy(job_id)
     if spent:
         eps = Table("provider", "ε spent (DP-SGD)", "δ", "after round")
@@ -407,13 +389,15 @@ def agent_run(
     import torch
 
     from agents.client import Backoff, PollenClient, never_sent
-    from agents.data import load_dataset
     from agents.provider import AgentPolicy, ProviderAgent
     from agents.state import StateFile
+    from agents.tabular import read_table
 
     _logging(verbose)
     torch.set_num_threads(1)
-    dataset = load_dataset(data, label=label)
+    dataset = read_table(data)
+    if label not in dataset.columns:
+        raise DataError(f"{data}: no label column {label!r} (--label); columns are {dataset.names}")
     state = StateFile(state_dir / "agent-state.json")
     say = functools.partial(_say, name)
     backoff = Backoff(
@@ -447,6 +431,7 @@ def agent_run(
     agent = ProviderAgent(
         PollenClient(server, key),
         dataset,
+        label=label,
         state_dir=state_dir,
         listing_name=name,
         ask_cents=ask_cents,
@@ -456,11 +441,41 @@ def agent_run(
         dp=dp,
         seed=seed,
         notify=say,
+        on_epoch=lambda e: say(f"  epoch {e.epoch}/{e.epochs}: loss {e.loss:.4f}"),
         identity=identity,
         trust_buyer=trust_buyer,
     )
     backoff.call(agent.ensure_listing, classes=_parse_classes(classes))
     agent.run(poll_s=poll, exit_after_jobs=exit_after_jobs, backoff=backoff)
+
+
+def _print_matching(report: dict[str, Any]) -> None:
+    """Why an open job is waiting: the listings that fit it and why the others do not."""
+    accepted = report["offers"].get("accepted", 0)
+    console.print(
+        f"matching: {report['eligible']} of {report['listings']} active listings can be "
+        f"offered this job; offers {report['offers'] or 'none yet'}; "
+        f"{accepted} of the {report['min_providers']} providers needed have accepted"
+    )
+    for row in report["excluded"]:
+        console.print(f"  {row['listings']:>4} left out: {escape(str(row['reason']))}")
+
+
+def rounds_table(job: dict[str, Any]) -> Table:
+    """A job's rounds with the measures its task has (accuracy, or RMSE, MAE and R²)."""
+    task = (job.get("spec") or {}).get("task")
+    measures = ["accuracy"] if task != "regression" else ["rmse", "mae", "r2"]
+    table = Table("round", "state", "attempt", "submitted", *measures, "loss")
+    for r in job["rounds"]:
+        m = r.get("metrics") or {}
+        table.add_row(
+            str(r["round"]),
+            escape(r["state"]),
+            str(r["attempt"]),
+            str(r["submitted"]),
+            *(f"{m[k]:.4f}" if k in m else "" for k in [*measures, "loss"]),
+        )
+    return table
 
 
 def _say(name: str, message: str) -> None:
@@ -528,6 +543,11 @@ def demo(
 from agents.cli_money import register as _register_money  # noqa: E402
 
 _register_money(app, job_app)
+
+# Data and model commands (job init, job cancel, job model, model predict).
+from agents.cli_data import register as _register_data  # noqa: E402
+
+_register_data(app, job_app, friendly)
 
 from agents.cli_trust import register as _register_trust  # noqa: E402
 

@@ -315,6 +315,11 @@ class PollenClient:
         result: Json = self._json("POST", f"/v1/jobs/{job_id}/fund")
         return result
 
+    def get_matching(self, job_id: str) -> Json:
+        """How many listings fit the job and why the others are left out (the buyer)."""
+        result: Json = self._json("GET", f"/v1/jobs/{job_id}/matching")
+        return result
+
     def cancel_job(self, job_id: str) -> Json:
         result: Json = self._json("POST", f"/v1/jobs/{job_id}/cancel")
         return result

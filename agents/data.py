@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import importlib
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,9 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crypto.errors import PollenError
+from dataspec import JobDatasetSchema, JobFeatureSpec, JobLabelSpec
 
 __all__ = [
     "DEFAULT_LABEL",
@@ -56,7 +55,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_LABEL = "label"
-FeatureType = Literal["float", "int"]
+FeatureType = Literal["float", "int", "categorical"]
 FloatMatrix = npt.NDArray[np.float32]
 IntVector = npt.NDArray[np.int64]
 
@@ -91,6 +90,7 @@ class Dataset:
     feature_names: list[str]
     label_name: str
     feature_types: list[FeatureType]
+    continuous: bool
 
     def __init__(
         self,
@@ -99,12 +99,19 @@ class Dataset:
         feature_names: Sequence[str],
         label_name: str = DEFAULT_LABEL,
         feature_types: Sequence[FeatureType] | None = None,
+        *,
+        continuous: bool = False,
     ) -> None:
         self.X = np.ascontiguousarray(X, dtype=np.float32)
         labels = np.asarray(y)
-        if labels.size and not _is_integral(labels.astype(np.float64)):
-            raise DataError(f"label column {label_name!r} must hold integers")
-        self.y = labels.astype(np.int64)
+        self.continuous = continuous
+        if continuous:
+            # A regression target (already scaled by the job's transform), not classes.
+            self.y = labels.astype(np.float32)
+        else:
+            if labels.size and not _is_integral(labels.astype(np.float64)):
+                raise DataError(f"label column {label_name!r} must hold integers")
+            self.y = labels.astype(np.int64)
         self.feature_names = list(feature_names)
         self.label_name = label_name
         if self.X.ndim != 2:
@@ -144,6 +151,7 @@ class Dataset:
             list(self.feature_names),
             self.label_name,
             list(self.feature_types),
+            continuous=self.continuous,
         )
 
 
@@ -165,72 +173,16 @@ def concat(datasets: Sequence[Dataset]) -> Dataset:
         list(first.feature_names),
         first.label_name,
         types,
+        continuous=first.continuous,
     )
 
 
 # --------------------------------------------------------------------------- schema
 
-
-class FeatureSpec(BaseModel):
-    """One input column; ``(x - offset) * scale`` is the fixed transform applied before use."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(min_length=1)
-    type: FeatureType = "float"
-    offset: float = 0.0
-    scale: float = 1.0
-
-    @model_validator(mode="after")
-    def _finite(self) -> FeatureSpec:
-        if not (math.isfinite(self.offset) and math.isfinite(self.scale)) or self.scale == 0:
-            raise ValueError(f"feature {self.name!r}: offset/scale must be finite, scale nonzero")
-        return self
-
-
-class LabelSpec(BaseModel):
-    """The label column and its classes, in model output order."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = DEFAULT_LABEL
-    classes: list[int]
-
-    @model_validator(mode="after")
-    def _distinct(self) -> LabelSpec:
-        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"label needs at least two distinct classes, got {self.classes}")
-        return self
-
-
-class DatasetSchema(BaseModel):
-    """What a provider publishes about its data and what a job requires of it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    features: list[FeatureSpec] = Field(min_length=1)
-    label: LabelSpec
-
-    @model_validator(mode="after")
-    def _unique(self) -> DatasetSchema:
-        names = [f.name for f in self.features]
-        if len(set(names)) != len(names):
-            raise ValueError("feature names must be unique")
-        if self.label.name in names:
-            raise ValueError(f"label {self.label.name!r} is also a feature")
-        return self
-
-    @property
-    def feature_names(self) -> list[str]:
-        return [f.name for f in self.features]
-
-    @property
-    def n_features(self) -> int:
-        return len(self.features)
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.label.classes)
+# One definition for server and agents (dataspec); the names agents have always used.
+FeatureSpec = JobFeatureSpec
+LabelSpec = JobLabelSpec
+DatasetSchema = JobDatasetSchema
 
 
 def derive_schema(data: Dataset, *, classes: Sequence[int] | None = None) -> DatasetSchema:
@@ -301,8 +253,9 @@ def check_schema(data: Dataset, schema: DatasetSchema) -> Dataset:
                 raise DataError(
                     f"column {spec.name!r} should hold integers but row {r} has {float(col[r])!r}"
                 )
-    unknown = np.flatnonzero(~np.isin(data.y, np.asarray(schema.label.classes)))
-    if unknown.size:
+    known = np.asarray(schema.label.classes or [], dtype=object)
+    unknown = np.flatnonzero(~np.isin(data.y.astype(object), known))
+    if schema.label.classes is not None and unknown.size:
         r = int(unknown[0])
         raise DataError(
             f"label {int(data.y[r])} at row {r} is not one of the schema's classes "
@@ -312,18 +265,26 @@ def check_schema(data: Dataset, schema: DatasetSchema) -> Dataset:
     return Dataset(X, data.y.copy(), schema.feature_names, data.label_name, types)
 
 
-def prepare(data: Dataset, schema: DatasetSchema) -> Dataset:
-    """Check, transform and label-encode ``data`` for training a model built for ``schema``.
+def prepare(data: Any, schema: DatasetSchema) -> Dataset:
+    """Check, transform and encode ``data`` (a :class:`Dataset` or an
+    :class:`agents.tabular.Table`) for training a model built for ``schema``.
 
-    The result's ``y`` holds indices into ``schema.label.classes`` (0..n_classes-1).
+    Exactly the job's declared preprocessing (:func:`agents.tabular.encode`): the result's
+    ``X`` holds the model's inputs and ``y`` the indices into ``schema.label.classes`` (or,
+    for a regression, the target after the job's transform).
     """
-    checked = check_schema(data, schema)
-    offset = np.array([f.offset for f in schema.features], dtype=np.float64)
-    scale = np.array([f.scale for f in schema.features], dtype=np.float64)
-    X = ((checked.X.astype(np.float64) - offset) * scale).astype(np.float32)
-    index = {c: i for i, c in enumerate(schema.label.classes)}
-    y = np.array([index[int(v)] for v in checked.y], dtype=np.int64)
-    return Dataset(X, y, checked.feature_names, checked.label_name, ["float"] * len(offset))
+    from agents.tabular import Table, encode
+
+    if isinstance(data, Dataset):
+        plain = schema.task == "classification" and all(
+            f.fill is None and f.categories is None for f in schema.features
+        )
+        if plain:
+            check_schema(data, schema)  # the numeric checks, with their row-numbered messages
+        data = Table.from_dataset(data)
+    if not isinstance(data, Table):
+        raise TypeError(f"cannot prepare a {type(data).__name__}")
+    return encode(data, schema)
 
 
 # --------------------------------------------------------------------------- files

@@ -39,6 +39,7 @@ __all__ = [
     "load_safetensors",
     "param_count",
     "param_count_from_safetensors",
+    "safetensors_metadata",
     "state_keys",
     "to_safetensors",
     "unflatten_into",
@@ -114,11 +115,31 @@ def unflatten_into(model: nn.Module, vec: npt.ArrayLike) -> None:
             offset += n
 
 
-def to_safetensors(model: nn.Module) -> bytes:
-    """Serialise the model's tensors to safetensors bytes (no pickle)."""
+def to_safetensors(model: nn.Module, metadata: Mapping[str, str] | None = None) -> bytes:
+    """Serialise the model's tensors to safetensors bytes (no pickle), with optional
+    string ``metadata`` in the file's header (see :mod:`agents.contract`)."""
     state = {k: v.detach().cpu().contiguous() for k, v in _state(model).items()}
-    data: bytes = safetensors.torch.save(state)
+    data: bytes = safetensors.torch.save(state, metadata=dict(metadata) if metadata else None)
     return data
+
+
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors file's header (empty if none)."""
+    import json
+
+    if len(data) < 8:
+        raise ModelIOError("not a valid safetensors file: too short")
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8 or size > 100_000_000:
+        raise ModelIOError("not a valid safetensors file: header length out of range")
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except ValueError as exc:
+        raise ModelIOError(f"not a valid safetensors file: {exc}") from exc
+    meta = header.get("__metadata__") or {} if isinstance(header, dict) else {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ModelIOError("safetensors metadata must map strings to strings")
+    return {str(k): v for k, v in meta.items()}
 
 
 def load_safetensors(model: nn.Module, data: bytes) -> None:

@@ -9,9 +9,15 @@ Architectures:
 
 - ``logreg`` — multinomial logistic regression: one ``Linear(n_features, n_classes)``; the
   softmax lives in the loss.
-- ``mlp`` — ``Linear → ReLU`` for each size in ``hidden``, then a ``Linear`` to the classes.
+- ``mlp`` — ``Linear → ReLU`` for each size in ``hidden``, then a ``Linear`` to the classes
+  (or to one output, for a regression).
+- ``linear`` — linear regression: one ``Linear(n_features, 1)``.
+- ``cnn`` — for image-shaped inputs: the features are read as an image of ``input_shape``
+  (channels, height, width); for each entry of ``channels`` a 3×3 ``Conv2d`` (padding 1),
+  ``ReLU`` and 2×2 ``AvgPool2d``; then ``Linear → ReLU`` for each size in ``hidden`` and a
+  ``Linear`` to the outputs.
 
-Both are ``torch.nn.Sequential`` without buffers, so ``state_dict()`` holds exactly the
+All are ``torch.nn.Sequential`` without buffers, so ``state_dict()`` holds exactly the
 trainable parameters (see :mod:`agents.modelio` for how they are flattened).
 """
 
@@ -29,7 +35,7 @@ __all__ = ["Arch", "ModelSpec", "build_model"]
 
 logger = logging.getLogger(__name__)
 
-Arch = Literal["logreg", "mlp"]
+Arch = Literal["logreg", "mlp", "linear", "cnn"]
 
 
 class ModelSpec(BaseModel):
@@ -39,13 +45,25 @@ class ModelSpec(BaseModel):
 
     arch: Arch = "logreg"
     hidden: list[int] = Field(default_factory=list)
+    input_shape: list[int] | None = None
+    channels: list[int] | None = None
 
     @model_validator(mode="after")
     def _check_hidden(self) -> ModelSpec:
         # Reject rather than ignore: a logreg spec carrying hidden sizes is almost certainly a
         # mistake by the buyer, and silently training a different model would waste the job.
-        if self.arch == "logreg" and self.hidden:
-            raise ValueError("arch 'logreg' takes no hidden layers; use arch 'mlp'")
+        # The same rules as the server's (market.models.jobs), tested side by side.
+        if self.arch in ("logreg", "linear") and self.hidden:
+            raise ValueError(f"arch {self.arch!r} takes no hidden layers; use arch 'mlp'")
+        if self.arch != "cnn" and (self.input_shape is not None or self.channels is not None):
+            raise ValueError("input_shape and channels are for arch 'cnn' only")
+        if self.arch == "cnn":
+            if self.input_shape is None or len(self.input_shape) != 3:
+                raise ValueError("arch 'cnn' needs input_shape [channels, height, width]")
+            if any(v <= 0 for v in [*self.input_shape, *(self.channels or [8])]):
+                raise ValueError("cnn input_shape and channels must be positive")
+            if not 1 <= len(self.channels or [8]) <= 4:
+                raise ValueError("cnn takes 1 to 4 convolution layers")
         if self.arch == "mlp" and not self.hidden:
             raise ValueError("arch 'mlp' needs at least one hidden layer size")
         if any(h <= 0 for h in self.hidden):
@@ -56,17 +74,22 @@ class ModelSpec(BaseModel):
 def build_model(spec: ModelSpec, n_features: int, n_classes: int, *, seed: int) -> nn.Module:
     """Build the model named by ``spec`` with a deterministic initialisation from ``seed``.
 
-    The global torch RNG is left untouched (initialisation runs in a forked RNG state), so
-    building a model never perturbs the caller's own random stream.
+    ``n_classes`` is the number of outputs: the classes, or 1 for a regression. The global
+    torch RNG is left untouched (initialisation runs in a forked RNG state), so building a
+    model never perturbs the caller's own random stream.
     """
     if n_features <= 0:
         raise ValueError(f"n_features must be positive, got {n_features}")
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-    sizes = [n_features, *spec.hidden, n_classes]
+    if n_classes < 1 or (spec.arch == "logreg" and n_classes < 2):
+        raise ValueError(f"{spec.arch} needs more outputs than {n_classes}")
+    if spec.arch == "linear" and n_classes != 1:
+        raise ValueError("arch 'linear' is a regression (one output); use 'logreg' for classes")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         layers: list[nn.Module] = []
+        if spec.arch == "cnn":
+            layers, n_features = _conv_layers(spec, n_features)
+        sizes = [n_features, *spec.hidden, n_classes]
         for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(fan_in, fan_out))
             if i < len(sizes) - 2:
@@ -76,3 +99,22 @@ def build_model(spec: ModelSpec, n_features: int, n_classes: int, *, seed: int) 
         model = nn.Sequential(*layers).to(torch.float32)
     logger.debug("built %s model %s with seed %d", spec.arch, sizes, seed)
     return model
+
+
+def _conv_layers(spec: ModelSpec, n_features: int) -> tuple[list[nn.Module], int]:
+    """The convolutional front of a ``cnn`` and the width of what it hands the dense layers."""
+    assert spec.input_shape is not None
+    c, h, w = spec.input_shape
+    if c * h * w != n_features:
+        raise ValueError(
+            f"cnn input_shape {spec.input_shape} holds {c * h * w} values, the data has "
+            f"{n_features} inputs"
+        )
+    layers: list[nn.Module] = [nn.Unflatten(1, (c, h, w))]
+    for out in spec.channels or [8]:
+        if h < 2 or w < 2:
+            raise ValueError(f"cnn: image {spec.input_shape} too small for the pooling layers")
+        layers += [nn.Conv2d(c, out, kernel_size=3, padding=1), nn.ReLU(), nn.AvgPool2d(2)]
+        c, h, w = out, h // 2, w // 2
+    layers.append(nn.Flatten())
+    return layers, c * h * w

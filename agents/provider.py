@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 from agents.client import ApiError, Backoff, PollenClient
-from agents.data import Dataset, DatasetSchema, derive_schema, prepare
+from agents.data import DataError, Dataset, DatasetSchema, prepare
 from agents.modelio import flatten, load_safetensors
 from agents.models import ModelSpec, build_model
 from agents.privacy import DPPlan, PrivacyDeclinedError, PrivacyPolicy, plan_record_dp
 from agents.state import StateFile, write_atomic
+from agents.tabular import Table, listing_schema
 from agents.training import EpochInfo, RecordDP, compute_update, train_local
 from agents.trust import Trust, TrustError, register_identity
 from crypto import EnvelopeBinding, PublicContext, encrypt_update, read_header, update_weight
@@ -42,6 +43,7 @@ from crypto.identity import IdentityKey, SignatureError, verify_record
 
 if TYPE_CHECKING:
     from agents.privacy import DPConfig
+    from dataspec import DatasetSchema as ListingSchema
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +78,9 @@ class ProviderAgent:
     def __init__(
         self,
         client: PollenClient,
-        data: Dataset,
+        data: Dataset | Table,
         *,
+        label: str | None = None,
         state_dir: Path,
         listing_name: str,
         ask_cents: int,
@@ -100,7 +103,10 @@ class ProviderAgent:
         self.trust_buyer = trust_buyer
         self.trust = Trust.in_dir(state_dir) if identity is not None else None
         self._manifests: dict[str, dict[str, Any]] = {}
+        # The data as read (a Table keeps text, categories and missing cells for the job's
+        # preprocessing); a numeric Dataset brings its own label name.
         self.data = data
+        self.label = label or (data.label_name if isinstance(data, Dataset) else "label")
         self.state_dir = state_dir
         self.state = StateFile(state_dir / "agent-state.json")
         self.listing_name = listing_name
@@ -118,8 +124,38 @@ class ProviderAgent:
 
     # ------------------------------------------------------------------ listing & offers
 
-    def schema(self) -> DatasetSchema:
-        return derive_schema(self.data)
+    def _table(self) -> Table:
+        return Table.from_dataset(self.data) if isinstance(self.data, Dataset) else self.data
+
+    def schema(self, classes: list[int] | None = None) -> ListingSchema:
+        """What the listing says about the local data (column kinds, missing, classes)."""
+        return listing_schema(self._table(), self.label, classes=classes)
+
+    def cannot_serve(self, spec: dict[str, Any]) -> str | None:
+        """Why this agent's data cannot train the job ``spec`` describes (None: it can).
+
+        Checked before accepting, against the data as it is now (not as the listing said
+        when it was published), so a changed file is declined up front instead of crashing
+        in every round."""
+        from dataspec import incompatibility
+
+        try:
+            schema = DatasetSchema.model_validate(spec["schema"])
+            reason = incompatibility(schema, self.schema())
+            if reason is not None:
+                return f"the local data does not fit the job's schema: {reason}"
+            prepared = prepare(self.data, schema)
+            build_model(
+                ModelSpec.model_validate(spec["model"]),
+                schema.n_features,
+                schema.n_classes,
+                seed=0,
+            )
+        except (DataError, ValueError, KeyError) as exc:
+            return f"cannot apply the job's preprocessing: {exc}"
+        if len(prepared) == 0:
+            return "no rows"
+        return None
 
     def claimed_samples(self, rows: int) -> int:
         """How many samples the agent says it has, in its listing and envelopes: its rows.
@@ -131,12 +167,10 @@ class ProviderAgent:
         listing_id = self.state.get("listing_id")
         if listing_id:
             return str(listing_id)
-        schema = derive_schema(self.data, classes=classes)
+        schema = self.schema(classes)
         body = {
             "name": self.listing_name,
-            "schema": schema.model_dump(
-                include={"features": {"__all__": {"name", "type"}}, "label": True}
-            ),
+            "schema": schema.model_dump(exclude_none=True),
             "samples": self.claimed_samples(len(self.data)),
             "ask_cents": self.ask_cents,
             "currency": self.currency,
@@ -169,7 +203,14 @@ class ProviderAgent:
                 self.client.decline_offer(offer["id"])
                 self.notify(f"declined offer {offer['id']} (price {price}, busy {busy})")
                 continue
-            requirement = self.client.get_job(offer["job_id"])["spec"].get("privacy")
+            job_spec = self.client.get_job(offer["job_id"])["spec"]
+            unfit = self.cannot_serve(job_spec)
+            if unfit is not None:
+                self.client.decline_offer(offer["id"])
+                logger.warning("declined offer %s: %s", offer["id"], unfit)
+                self.notify(f"declined offer {offer['id']} for job {offer['job_id']}: {unfit}")
+                continue
+            requirement = job_spec.get("privacy")
             try:
                 self.privacy.target_for(requirement)
             except PrivacyDeclinedError as exc:
@@ -358,6 +399,11 @@ class ProviderAgent:
                 self.state.save()
                 self.notify(f"job {job_id} round {number}: privacy budget spent, stopping: {exc}")
                 return False
+            except DataError as exc:
+                # The data changed since the offer was accepted: retrying every round would
+                # fail the same way, so stop working for this job and say why.
+                self._give_up(job_id, entry, f"the local data no longer fits the job: {exc}")
+                return False
             write_atomic(path, envelope)
         signature = None
         if self.identity is not None:
@@ -391,6 +437,14 @@ class ProviderAgent:
         )
         self._report_privacy(job_id, number, entry)
         return True
+
+    def _give_up(self, job_id: str, entry: dict[str, Any], reason: str) -> None:
+        entry["done"] = True
+        entry["final_state"] = "abandoned"
+        entry["abandoned"] = reason
+        self.state.save()
+        logger.warning("job %s: %s", job_id, reason)
+        self.notify(f"job {job_id}: stopped, {reason}")
 
     def _refuse(self, job_id: str, entry: dict[str, Any], exc: TrustError) -> None:
         """Stop working for a job the marketplace tampered with; loudly, sending nothing."""

@@ -27,7 +27,7 @@ from torch import nn
 
 from agents.data import Dataset
 from agents.modelio import unflatten_into
-from agents.training import evaluate
+from agents.training import evaluate, evaluate_regression
 from crypto import DecryptedAggregate
 
 EXCLUDE_MARGIN = 0.25
@@ -84,7 +84,11 @@ class _Loss:
     def __call__(self, update: FloatVector | None) -> float:
         step = self.weights if update is None else self.weights + update
         unflatten_into(self.model, step.astype(np.float32))
-        loss = float(evaluate(self.model, self.test).loss)
+        if self.test.continuous:  # a regression: mean squared error on the scaled target
+            result = evaluate_regression(self.model, self.test, offset=0.0, scale=1.0)
+            loss = float(result.loss)
+        else:
+            loss = float(evaluate(self.model, self.test).loss)
         return loss if np.isfinite(loss) else 1e9
 
 

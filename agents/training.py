@@ -35,9 +35,12 @@ __all__ = [
     "OptimizerName",
     "ProgressCallback",
     "RecordDP",
+    "RegressionResult",
     "TrainResult",
     "compute_update",
     "evaluate",
+    "evaluate_regression",
+    "predict_values",
     "train_local",
 ]
 
@@ -107,12 +110,19 @@ class EvalResult(NamedTuple):
 
 
 def _tensors(model: nn.Module, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """The dataset as tensors, after checking labels fit the model's output units."""
+    """The dataset as tensors, after checking labels fit the model's output units.
+
+    A regression (``dataset.continuous``) gives targets of shape (n, 1) for one output.
+    """
     if len(dataset) == 0:
         raise ValueError("dataset is empty")
     X, y = torch.from_numpy(dataset.X), torch.from_numpy(dataset.y)
     with torch.no_grad():
         n_classes = int(model(X[:1]).shape[1])
+    if dataset.continuous:
+        if n_classes != 1:
+            raise ValueError(f"a regression needs a model with one output, not {n_classes}")
+        return X, y.reshape(-1, 1)
     if dataset.y.min() < 0 or dataset.y.max() >= n_classes:
         # The model's labels are class *indices*; raw labels must go through data.prepare.
         raise ValueError(
@@ -154,7 +164,8 @@ def train_local(
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; use 'sgd' or 'adam'")
-    loss_fn = nn.CrossEntropyLoss()
+    # Regression trains on the job's standardized target, so MSE is on the unit scale.
+    loss_fn: nn.Module = nn.MSELoss() if dataset.continuous else nn.CrossEntropyLoss()
     if dp is not None:
         return _train_dp(
             model,
@@ -270,8 +281,50 @@ def compute_update(global_vec: npt.ArrayLike, local_vec: npt.ArrayLike) -> Float
     return loc - g
 
 
+class RegressionResult(NamedTuple):
+    """Mean squared error on the standardized target (the training loss) and RMSE, MAE and
+    R² in the target's own units."""
+
+    loss: float
+    rmse: float
+    mae: float
+    r2: float
+
+
+def predict_values(model: nn.Module, X: npt.ArrayLike, *, batch_size: int = 4096) -> FloatVector:
+    """The model's raw outputs for inputs ``X`` (n, d) as a float32 array (n, outputs)."""
+    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    model.eval()
+    with torch.no_grad():
+        out = [model(Xt[i : i + batch_size]) for i in range(0, len(Xt), batch_size)]
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def evaluate_regression(
+    model: nn.Module, dataset: Dataset, *, offset: float, scale: float
+) -> RegressionResult:
+    """Regression metrics of ``model`` on ``dataset`` whose targets went through the job's
+    transform ``(y - offset) * scale``; RMSE, MAE and R² are reported back in raw units."""
+    _tensors(model, dataset)
+    pred = predict_values(model, dataset.X)[:, 0].astype(np.float64)
+    target = dataset.y.astype(np.float64)
+    loss = float(np.mean((pred - target) ** 2))
+    raw_pred, raw = pred / scale + offset, target / scale + offset
+    err = raw_pred - raw
+    var = float(np.sum((raw - raw.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(err**2)) / var if var > 0 else 0.0
+    return RegressionResult(
+        loss=loss,
+        rmse=float(np.sqrt(np.mean(err**2))),
+        mae=float(np.mean(np.abs(err))),
+        r2=r2,
+    )
+
+
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 4096) -> EvalResult:
     """Mean cross-entropy and accuracy of ``model`` on ``dataset`` (labels = class indices)."""
+    if dataset.continuous:
+        raise ValueError("a regression has no accuracy: use evaluate_regression")
     X, y = _tensors(model, dataset)
     model.eval()
     loss_sum = 0.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("crypto", "matching", "round", "load", "privacy", "fairness")
+BENCHMARKS = ("crypto", "matching", "round", "load", "privacy", "fairness", "tasks")
 
 
 def main(argv: list[str]) -> int:

@@ -2,8 +2,10 @@
 
 Eligibility of a listing for a job (all must hold):
 
-- compatible schema: every feature the job requires exists in the listing with the same type,
-  the label has the same name, and every label class of the listing is one the job knows;
+- compatible schema (`dataspec.incompatibility`, the rule agents apply too): the listing has
+  exactly the job's columns, each of a kind the job's feature accepts, missing values only
+  where the job declares a fill, the same label, and only classes the job knows (or, for a
+  regression, a numeric target);
 - provider reputation ≥ the job's `min_reputation`;
 - ask per round ≤ the job's `price_cap_cents`, in the job's currency;
 - samples ≥ the job's `min_samples`;
@@ -25,38 +27,55 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
+
+from dataspec import DatasetSchema, JobDatasetSchema, incompatibility
 
 
 @dataclass(frozen=True, eq=False)
 class SchemaShape:
-    """A dataset schema reduced to what compatibility needs, with a stable `key`."""
+    """A dataset schema as stored (a JSON mapping), with a stable `key` for grouping."""
 
-    features: frozenset[tuple[str, str]]
-    label: str
-    classes: frozenset[int]
+    schema: Mapping[str, Any]
     key: str = field(default="")
 
     @classmethod
     def from_schema(cls, schema: Mapping[str, Any]) -> SchemaShape:
         canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"))
-        return cls(
-            features=frozenset((f["name"], f["type"]) for f in schema["features"]),
-            label=str(schema["label"]["name"]),
-            classes=frozenset(int(c) for c in schema["label"]["classes"]),
-            key=hashlib.sha256(canonical.encode()).hexdigest(),
-        )
+        return cls(schema=schema, key=hashlib.sha256(canonical.encode()).hexdigest())
+
+    @cached_property
+    def as_job(self) -> JobDatasetSchema | None:
+        try:
+            return JobDatasetSchema.model_validate(self.schema)
+        except ValidationError:
+            return None
+
+    @cached_property
+    def as_listing(self) -> DatasetSchema | None:
+        try:
+            return DatasetSchema.model_validate(self.schema)
+        except ValidationError:
+            return None
+
+
+def why_incompatible(required: SchemaShape, offered: SchemaShape) -> str | None:
+    """Why data with the `offered` (listing) schema cannot train the `required` (job) one."""
+    job, listing = required.as_job, offered.as_listing
+    if job is None:
+        return "the job's schema is not valid"
+    if listing is None:
+        return "the listing's schema is not valid"
+    return incompatibility(job, listing)
 
 
 def compatible(required: SchemaShape, offered: SchemaShape) -> bool:
     """Can data with the `offered` schema train a model built for the `required` one?"""
-    return (
-        required.label == offered.label
-        and required.features <= offered.features
-        and offered.classes <= required.classes
-    )
+    return why_incompatible(required, offered) is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,3 +200,55 @@ def _take(
         if len(taken) >= job.slots:
             break
     return taken
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why listings are or are not offered a job: counts, never listing identities."""
+
+    listings: int
+    eligible: int
+    excluded: dict[str, int]
+
+
+def _public_reason(reason: str) -> str:
+    # What a buyer may read: reasons about the job's own columns keep their names; anything
+    # naming the listing's side (its other columns, label or classes) is generalised.
+    if reason.startswith("extra column"):
+        return "the listing has columns the job does not"
+    if reason.startswith("label column is"):
+        return "the listing has another label column"
+    if reason.startswith("label class"):
+        return "the listing has label classes the job does not know"
+    return reason
+
+
+def explain(job: Demand, supplies: Sequence[Supply]) -> Explanation:
+    """For one job, how many listings could be offered it and, for the rest, the first rule
+    (in the order of the module docstring) that leaves each out, counted by reason."""
+    excluded: dict[str, int] = {}
+    eligible = 0
+    budget_left = job.budget_left_cents
+    for s in supplies:
+        reason = why_incompatible(job.schema, s.schema)
+        if reason is not None:
+            reason = "schema: " + _public_reason(reason)
+        elif s.currency != job.currency:
+            reason = f"asks in {s.currency}, the job pays in {job.currency}"
+        elif s.reputation < job.min_reputation:
+            reason = f"reputation below the job's minimum {job.min_reputation:g}"
+        elif s.ask_cents > job.price_cap_cents:
+            reason = f"asks more than the price cap of {job.price_cap_cents} cents a round"
+        elif s.samples < job.min_samples:
+            reason = f"fewer samples than the job's minimum {job.min_samples}"
+        elif s.free_capacity <= 0:
+            reason = "busy with other jobs (no free capacity)"
+        elif s.provider_id in job.excluded_providers:
+            reason = "already had an offer for this job"
+        elif s.ask_cents * job.rounds > budget_left:
+            reason = f"its ask × {job.rounds} rounds exceeds the budget left ({budget_left} cents)"
+        if reason is None:
+            eligible += 1
+        else:
+            excluded[reason] = excluded.get(reason, 0) + 1
+    return Explanation(listings=len(supplies), eligible=eligible, excluded=excluded)

@@ -11,6 +11,7 @@ from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
 
 from crypto import DEFAULT_PRESET_ID
+from dataspec import Task, input_width
 from market.models.listings import Cents, Currency
 from market.models.schema import JobDatasetSchema, Strict
 from market.models.types import UTCDateTime, utcnow
@@ -32,8 +33,32 @@ class MLPSpec(Strict):
     hidden: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=1, max_length=8)]
 
 
+class LinearSpec(Strict):
+    """Linear regression: one output, no hidden layer (regression jobs only)."""
+
+    arch: Literal["linear"]
+
+
+class CNNSpec(Strict):
+    """A small convolutional network for image-shaped inputs: the features, in schema order,
+    are read as an image of `input_shape` (channels, height, width), then 3x3 convolutions
+    with ReLU and 2x2 average pooling, one per entry of `channels`, and ReLU layers of
+    `hidden` widths before the output."""
+
+    arch: Literal["cnn"]
+    input_shape: Annotated[
+        list[Annotated[int, Field(ge=1, le=512)]], Field(min_length=3, max_length=3)
+    ]
+    channels: Annotated[
+        list[Annotated[int, Field(ge=1, le=256)]], Field(min_length=1, max_length=4)
+    ] = [8]
+    hidden: Annotated[
+        list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=0, max_length=8)
+    ] = []
+
+
 # The registry of architectures a job may ask for; agents build the same ones in torch.
-ModelSpec = Annotated[LogRegSpec | MLPSpec, Field(discriminator="arch")]
+ModelSpec = Annotated[LogRegSpec | MLPSpec | LinearSpec | CNNSpec, Field(discriminator="arch")]
 
 
 class PrivacySpec(Strict):
@@ -56,6 +81,8 @@ class JobCreate(Strict):
     )
 
     title: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    # Must agree with the schema's label: classes for classification, none for regression.
+    task: Task = "classification"
     model: ModelSpec
     rounds: Annotated[int, Field(ge=1, le=1000)]
     local_epochs: Annotated[int, Field(ge=1, le=100)] = 1
@@ -77,6 +104,8 @@ class JobCreate(Strict):
     offer_ttl_s: Annotated[int, Field(ge=1, le=7 * 86400)] = 3600
     preset: Annotated[str, StringConstraints(min_length=1, max_length=64)] = DEFAULT_PRESET_ID
     privacy: PrivacySpec | Literal["off"] | None = None
+    # A provider that sends nothing in a round is not waited for in the rounds after it.
+    drop_missed: bool = True
     # Providers per random group whose sum the buyer scores (≥ quorum; None: the quorum).
     group_size: Annotated[int, Field(ge=2, le=1000)] | None = None
     # After a round closes the buyer has this long to publish the next model (or complete
@@ -91,6 +120,25 @@ class JobCreate(Strict):
             raise ValueError("group_size cannot be below the quorum")
         if self.min_providers > self.max_providers:
             raise ValueError("min_providers cannot exceed max_providers")
+        if self.dataset_schema.task != self.task:
+            raise ValueError(
+                f"task is {self.task} but the schema's label "
+                + ("lists classes" if self.task == "regression" else "lists no classes")
+            )
+        arch = self.model.arch
+        if arch == "logreg" and self.task == "regression":
+            raise ValueError("arch 'logreg' is for classification; use 'linear' or 'mlp'")
+        if arch == "linear" and self.task == "classification":
+            raise ValueError("arch 'linear' is for regression; use 'logreg' or 'mlp'")
+        if isinstance(self.model, CNNSpec):
+            c, h, w = self.model.input_shape
+            if c * h * w != input_width(self.dataset_schema):
+                raise ValueError(
+                    f"cnn input_shape {self.model.input_shape} holds {c * h * w} values but "
+                    f"the schema gives {input_width(self.dataset_schema)} inputs"
+                )
+            if min(h, w) < 2 ** len(self.model.channels):
+                raise ValueError("cnn: the image is too small for that many pooling layers")
         return self
 
 
@@ -190,3 +238,21 @@ class JobPublic(BaseModel):
     rounds: list[RoundSummary]
     created_at: datetime
     updated_at: datetime
+
+
+class MatchingExclusion(BaseModel):
+    reason: str
+    listings: int
+
+
+class MatchingPublic(BaseModel):
+    """Why an open job has the offers it has: how many active listings could be offered it
+    and, for the others, the first rule that leaves them out (counts, never identities)."""
+
+    job_id: str
+    state: str
+    listings: int
+    eligible: int
+    offers: dict[str, int]
+    min_providers: int
+    excluded: list[MatchingExclusion]

@@ -165,5 +165,12 @@ class GroupValuesCreate(Strict):
 
 
 class MetricsCreate(Strict):
+    """The buyer's evaluation of a round's model: accuracy (classification) or RMSE, MAE and
+    R² in the target's own units (regression), and the loss it trains on; each bounded so a
+    hostile figure never breaks a page that charts it."""
+
     loss: Annotated[float, Field(ge=0, le=MAX_LOSS, allow_inf_nan=False)]
-    accuracy: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    accuracy: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    rmse: Annotated[float, Field(ge=0, le=MAX_LOSS, allow_inf_nan=False)] | None = None
+    mae: Annotated[float, Field(ge=0, le=MAX_LOSS, allow_inf_nan=False)] | None = None
+    r2: Annotated[float, Field(ge=-MAX_LOSS, le=1, allow_inf_nan=False)] | None = None

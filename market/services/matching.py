@@ -17,8 +17,9 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from market.db import AdvisoryLock, advisory_xact_lock
-from market.matching import Demand, SchemaShape, Supply, match
+from market.matching import Demand, Explanation, SchemaShape, Supply, explain, match
 from market.models import LIVE_OFFER_STATES, TERMINAL_JOB_STATES, Job, Listing, Offer
+from market.models.jobs import MatchingExclusion, MatchingPublic
 from market.models.types import new_id
 from market.services import reputation
 
@@ -113,7 +114,30 @@ def _demand(job: Job, offers: list[Offer]) -> Demand:
     )
 
 
-def _supplies(session: Session, *, now: datetime) -> list[Supply]:
+def explain_job(session: Session, job: Job, *, now: datetime) -> MatchingPublic:
+    """Why the active listings are or are not offered `job` (counts by reason); reads only."""
+    offers = list(session.exec(select(Offer).where(col(Offer.job_id) == job.id)))
+    report: Explanation = explain(_demand(job, offers), _supplies(session, now=now, keep_full=True))
+    states: dict[str, int] = {}
+    for o in offers:
+        states[o.state] = states.get(o.state, 0) + 1
+    return MatchingPublic(
+        job_id=job.id,
+        state=job.state,
+        listings=report.listings,
+        eligible=report.eligible,
+        offers=states,
+        min_providers=job.min_providers,
+        excluded=[
+            MatchingExclusion(reason=r, listings=n)
+            for r, n in sorted(report.excluded.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
+    )
+
+
+def _supplies(
+    session: Session, *, now: datetime, keep_full: bool = False
+) -> list[Supply]:
     # Plain columns, not ORM objects: this loads every active listing on each pass.
     listings = (
         session.connection()
@@ -147,7 +171,7 @@ def _supplies(session: Session, *, now: datetime) -> list[Supply]:
     supplies = []
     for listing_id, provider_id, schema, samples, ask, currency, capacity in listings:
         free = capacity - int(used.get(listing_id, 0))
-        if free <= 0:
+        if free <= 0 and not keep_full:
             continue
         shape = SchemaShape.from_schema(schema)
         shape = shapes.setdefault(shape.key, shape)

@@ -52,7 +52,7 @@ def record_metrics(
     rnd = load_round(session, job, number)
     if rnd.state not in ("closed", "published"):
         raise InvalidStateError(f"round {number} is {rnd.state}: no aggregate to evaluate yet")
-    rnd.metrics = metrics.model_dump()
+    rnd.metrics = metrics.model_dump(exclude_none=True)
     session.add(rnd)
     session.commit()
     return rnd

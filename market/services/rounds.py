@@ -78,7 +78,7 @@ def open_round(session: Session, job: Job, number: int, model_key: str, *, now: 
         opened_at=now,
         model_key=model_key,
         weight_norm=weight_norm(min(o.samples, job.sample_cap) for o in accepted),
-        expected=sorted(o.provider_id for o in accepted),
+        expected=expected_in_round(session, job, number, accepted),
     )
     session.add(rnd)
     session.add(job)
@@ -86,6 +86,22 @@ def open_round(session: Session, job: Job, number: int, model_key: str, *, now: 
     groups.open_groups(session, job, rnd)
     session.commit()
     return rnd
+
+
+def expected_in_round(
+    session: Session, job: Job, number: int, accepted: Sequence[Offer]
+) -> list[str]:
+    """Who round `number` waits for: the accepted providers, minus (the job's `drop_missed`,
+    on by default) those expected in the previous round that sent nothing, so one gone
+    provider costs the job one deadline, not one per round. Never below quorum: then the
+    round waits for everyone, as before."""
+    everyone = sorted(o.provider_id for o in accepted)
+    previous = find_round(session, job.id, number - 1) if number > 1 else None
+    if previous is None or not job.spec.get("drop_missed", True):
+        return everyone
+    sent = set(submitters(session, previous))
+    kept = [p for p in everyone if p in sent or p not in previous.expected]
+    return kept if len(kept) >= job.quorum else everyone
 
 
 def join_round(session: Session, job: Job, offer: Offer) -> None:

@@ -162,6 +162,10 @@ def test_job_status_prints_the_title_literally(monkeypatch: pytest.MonkeyPatch) 
         def get_privacy(self, job_id: str) -> list[dict[str, object]]:
             return []
 
+        def get_matching(self, job_id: str) -> dict[str, object]:
+            return {"offers": {}, "eligible": 0, "listings": 0, "min_providers": 2,
+                    "excluded": [{"listings": 1, "reason": HOSTILE}]}  # fmt: skip
+
     monkeypatch.setattr(cli, "_client", lambda *a, **k: Stub())
     code, out = _run("job", "status", "job_1", "--api-key", "k")
     assert code == 0 and "[link=https://evil.example/pay]" in out, out

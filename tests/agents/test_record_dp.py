@@ -67,7 +67,9 @@ class _Offers:
         return [{"id": "o1", "job_id": "j1", "state": "pending", "price_cents": 100}]
 
     def get_job(self, job_id: str) -> dict[str, Any]:
-        return {"id": job_id, "spec": {"privacy": self.privacy}}
+        schema = load_digits_split(2, seed=0).schema.model_dump(exclude_none=True)
+        spec = {"privacy": self.privacy, "schema": schema, "model": {"arch": "logreg"}}
+        return {"id": job_id, "spec": spec}
 
     def decline_offer(self, offer_id: str) -> None:
         self.declined.append(offer_id)

@@ -99,6 +99,7 @@ CASES: list[tuple[str, str, Body | None, dict[str, int]]] = [
     ("POST", "/v1/jobs/{draft}/fund", None, _m(401, 200, 404, 404, 404, 404, 403)),
     ("POST", "/v1/jobs/{job}/cancel", None, _m(401, 200, 404, 403, 403, 404, 403)),
     ("POST", "/v1/jobs/{job}/complete", None, _m(401, 409, 404, 403, 403, 404, 403)),
+    ("GET", "/v1/jobs/{job}/matching", None, _m(401, 200, 404, 403, 403, 404, 403)),
     ("GET", "/v1/jobs/{job}/context", None, _m(401, 200, 404, 200, 403, 404, 403)),
     ("PUT", "/v1/jobs/{job}/final-model", MODEL, _m(401, 200, 404, 403, 403, 404, 403)),
     ("GET", "/v1/jobs/{job}/final-model", None, _m(401, 200, 404, 200, 403, 404, 403)),

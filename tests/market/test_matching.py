@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from market.matching import Demand, SchemaShape, Supply, compatible, match
+from market.matching import Demand, SchemaShape, Supply, compatible, match, why_incompatible
 
 BASE = SchemaShape.from_schema(
     {
@@ -60,24 +60,62 @@ def demand(**over: Any) -> Demand:
     return Demand(**fields)
 
 
+def _shape(features: list[dict[str, Any]], label: dict[str, Any]) -> SchemaShape:
+    return SchemaShape.from_schema({"features": features, "label": label})
+
+
 def test_schema_compatibility_rules() -> None:
-    """A listing with extra features and fewer classes fits; the reverse does not."""
-    assert compatible(BASE, WIDER)
-    assert not compatible(WIDER, BASE)
-    other_label = SchemaShape.from_schema(
-        {
-            "features": [{"name": "a", "type": "float"}, {"name": "b", "type": "int"}],
-            "label": {"name": "z", "classes": [0, 1]},
-        }
+    """Fewer classes fit; an extra column, another label or a narrower type does not."""
+    fewer = _shape([{"name": "a"}, {"name": "b", "type": "int"}], {"name": "y", "classes": [0]})
+    assert compatible(BASE, fewer)
+    assert not compatible(BASE, WIDER)
+    assert why_incompatible(BASE, WIDER) == "extra column 'c' (not in the job's schema)"
+    other_label = _shape(
+        [{"name": "a", "type": "float"}, {"name": "b", "type": "int"}],
+        {"name": "z", "classes": [0, 1]},
     )
     assert not compatible(BASE, other_label)
-    retyped = SchemaShape.from_schema(
-        {
-            "features": [{"name": "a", "type": "int"}, {"name": "b", "type": "int"}],
-            "label": {"name": "y", "classes": [0, 1]},
-        }
+    widened = _shape(
+        [{"name": "a", "type": "int"}, {"name": "b", "type": "int"}],
+        {"name": "y", "classes": [0, 1]},
     )
-    assert not compatible(BASE, retyped)
+    assert compatible(BASE, widened)  # integer data serves a float feature
+    narrowed = _shape(
+        [{"name": "a", "type": "float"}, {"name": "b", "type": "float"}],
+        {"name": "y", "classes": [0, 1]},
+    )
+    assert why_incompatible(BASE, narrowed) == "column 'b' is float, the job needs int"
+
+
+def test_categorical_missing_values_and_tasks_decide_compatibility() -> None:
+    """Text columns need a categorical feature, gaps need a fill, regression needs numbers."""
+    job = _shape(
+        [
+            {"name": "region", "type": "categorical", "categories": ["n", "s"], "fill": "n"},
+            {"name": "income", "fill": 1.0},
+        ],
+        {"name": "outcome", "classes": ["default", "repaid"]},
+    )
+    listing = [
+        {"name": "region", "type": "categorical", "missing": True},
+        {"name": "income", "missing": True},
+    ]
+    assert compatible(job, _shape(listing, {"name": "outcome", "classes": ["repaid"]}))
+    assert "not one of the job's classes" in str(
+        why_incompatible(job, _shape(listing, {"name": "outcome", "classes": ["late"]}))
+    )
+    no_fill = _shape(
+        [{"name": "region", "type": "categorical", "categories": ["n", "s"]}, {"name": "income"}],
+        {"name": "outcome", "classes": ["default", "repaid"]},
+    )
+    assert "has missing values and the job declares no fill" in str(
+        why_incompatible(no_fill, _shape(listing, {"name": "outcome", "classes": ["repaid"]}))
+    )
+    regression = _shape([{"name": "x"}], {"name": "t", "offset": 1.0, "scale": 0.5})
+    assert compatible(regression, _shape([{"name": "x"}], {"name": "t"}))
+    assert compatible(regression, _shape([{"name": "x"}], {"name": "t", "classes": [3, 9]}))
+    assert not compatible(regression, _shape([{"name": "x"}], {"name": "t", "classes": ["a"]}))
+    assert not compatible(BASE, _shape([{"name": "a"}, {"name": "b"}], {"name": "y"}))
 
 
 def test_ineligible_listings_get_no_offer() -> None:

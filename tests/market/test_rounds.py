@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from fastapi.testclient import TestClient
 
 from crypto import BuyerKeys
@@ -212,3 +213,27 @@ def test_background_task_enforces_deadlines(
             time.sleep(0.05)
         assert fresh is not None
     assert scn.job()["rounds"][0]["state"] == "closed"
+
+
+@pytest.mark.parametrize(("drop", "expected"), [(True, 2), (False, 3)])
+def test_a_provider_that_missed_a_round_is_not_waited_for_again(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys, drop: bool, expected: int
+) -> None:
+    """One gone provider costs one deadline: round 2 waits only for those who sent round 1,
+    and closes all-in; with `drop_missed: false` it waits for everyone again."""
+    scn = _job_round(client, clock, buyer_keys, rounds=2, drop_missed=drop)
+    p1, p2, _ = scn.providers
+    scn.submit(p1, 1)
+    scn.submit(p2, 1)
+    clock.advance(2)
+    scn.tick()
+    url = f"/v1/jobs/{scn.job_id}/rounds/2/model"
+    assert client.put(url, content=model_file(), headers=scn.buyer.headers).status_code == 201
+    assert len(scn.round(2)["expected_providers"]) == expected
+    scn.submit(p1, 2)
+    scn.submit(p2, 2)
+    rnd = scn.round(2)
+    if drop:
+        assert (rnd["state"], rnd["close_reason"]) == ("closed", "all-in")
+    else:
+        assert rnd["state"] == "collecting"

@@ -21,7 +21,8 @@ from market.api.deps import (
 )
 from market.errors import NotFoundError
 from market.models import JobCreate, JobPublic, PaymentPublic
-from market.services import access, jobs, payments, results, views
+from market.models.jobs import MatchingPublic
+from market.services import access, jobs, matching, payments, results, views
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -50,6 +51,14 @@ def list_(account: CurrentAccount, session: SessionDep) -> list[JobPublic]:
 @router.get("/{job_id}", response_model=JobPublic)
 def status(job_id: str, account: CurrentAccount, session: SessionDep) -> JobPublic:
     return views.job_public(session, access.visible_job(session, job_id, account), account)
+
+
+@router.get("/{job_id}/matching", response_model=MatchingPublic)
+def matching_status(
+    job_id: str, account: CurrentAccount, session: SessionDep, now: NowDep
+) -> MatchingPublic:
+    """The job's buyer: how many listings fit the job, and why the others are left out."""
+    return matching.explain_job(session, access.owned_job(session, job_id, account), now=now)
 
 
 @router.put(
