@@ -48,6 +48,7 @@ from market.models.ledger import PostingPublic, TransactionPublic
 from market.services import (
     access,
     accounts,
+    groups,
     listings,
     offers,
     payouts,
@@ -137,6 +138,16 @@ class JobPage:
     own_earnings: dict[str, Any] | None
     # ε each provider reports having spent (all of them for the buyer/admin, else its own).
     privacy: list[PrivacyLine] = field(default_factory=list)
+    # Each provider's contribution score (market.services.groups) beside what it earned:
+    # every provider for the buyer and admins, a provider its own line.
+    contributions: list[ContributionLine] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ContributionLine:
+    provider: Named
+    score: float
+    earned_cents: int
 
 
 @dataclass(frozen=True)
@@ -315,11 +326,20 @@ def job_page(session: Session, job_id: str, viewer: Account | None) -> JobPage:
             for j in e.jobs:
                 if j["job_id"] == job.id:
                     own = {**j, "currency": e.currency}
+    earned = {str(p["provider_id"]): int(p["earned_cents"]) for p in (rec.providers if rec else [])}
+    if own is not None:
+        earned[account.id] = int(own["earned_cents"])
+    scores = groups.scores(session, job)
+    contributions = [
+        ContributionLine(Named(pid, names.get(pid, pid)), score, earned.get(pid, 0))
+        for pid, score in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        if sees_all or pid == account.id
+    ]
     return JobPage(
         job=view, buyer=Named(job.buyer_id, names.get(job.buyer_id, job.buyer_id)),
         sees_all=sees_all, providers=_named(view.accepted_providers, names), rounds=lines,
         accuracy=accuracy, loss=loss, receipt=rec, names=names, own_earnings=own,
-        privacy=privacy_lines,
+        privacy=privacy_lines, contributions=contributions,
     )  # fmt: skip
 
 

@@ -164,6 +164,18 @@ def test_pay_follows_measured_contribution_not_claims(
     assert last.get(cheat, 0) <= 0.25 * honest[1], last
     # Every round's (60_000 − 5%) / 6 = 9_500 pool is paid out to the cent.
     assert sum(_payables(scn).values()) == rounds * 9_500
+    # The dashboard shows each score beside the pay: all of them to the buyer, a provider
+    # only its own line.
+    from tests.market.test_ui import sign_in
+
+    sign_in(client, scn.buyer)
+    page = client.get(f"/ui/jobs/{scn.job_id}").text
+    assert "Contribution score" in page
+    table = page.split('id="contribution-h"')[1].split("</table>")[0]
+    assert table.count('<tr><th scope="row">') == 4
+    sign_in(client, actors[cheat])
+    mine = client.get(f"/ui/jobs/{scn.job_id}").text.split('id="contribution-h"')[1]
+    assert mine.split("</table>")[0].count('<tr><th scope="row">') == 1
 
 
 def test_group_values_are_recorded_once_and_checked(
