@@ -9,14 +9,12 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlmodel import Session
 
 from agents.client import ApiError, PollenClient
 from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update
-from market.models import UploadClaim
 from tests.utils.clock import FakeClock
 from tests.utils.factories import ADMIN_KEY, job_body, listing_body, model_file
-from tests.utils.scenario import running_job
+from tests.utils.scenario import dead_upload_claim, running_job
 
 PARAMS = 200
 
@@ -128,14 +126,7 @@ def test_submit_waits_out_an_upload_left_by_a_dead_server(
     scn = running_job(client, clock, buyer_keys)
     provider = scn.providers[0]
     app: Any = client.app
-    with Session(app.state.engine) as s:
-        s.add(
-            UploadClaim(
-                job_id=scn.job_id, round_number=1, provider_id=provider.id, token="dead",
-                heartbeat_at=clock.now,
-            )
-        )  # fmt: skip
-        s.commit()
+    dead_upload_claim(client, scn.job_id, provider.id, clock.now)
     slept: list[float] = []
 
     def sleep(seconds: float) -> None:

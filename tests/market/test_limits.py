@@ -26,7 +26,7 @@ from market.models import Account, Job, Listing, Submission, UploadClaim
 from market.services import uploads
 from tests.utils.clock import FakeClock
 from tests.utils.factories import ADMIN_KEY, job_body, listing_body, register
-from tests.utils.scenario import running_job
+from tests.utils.scenario import dead_upload_claim, running_job
 
 
 def _app(db_url: str, data_dir: Path, clock: FakeClock, **over: Any) -> FastAPI:
@@ -298,14 +298,7 @@ def test_a_stale_claim_is_taken_over(
     scn = running_job(client, clock, buyer_keys)
     provider = scn.providers[0]
     app: Any = client.app
-    with Session(app.state.engine) as s:
-        s.add(
-            UploadClaim(
-                job_id=scn.job_id, round_number=1, provider_id=provider.id, token="dead",
-                heartbeat_at=clock.now,
-            )
-        )  # fmt: skip
-        s.commit()
+    dead_upload_claim(client, scn.job_id, provider.id, clock.now)
     r = scn.submit(provider, 1)
     _problem(r, 409, "upload-in-progress")
     assert int(r.headers["Retry-After"]) == app.state.settings.upload_idle_timeout_s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -141,3 +142,20 @@ def running_job(client: TestClient, clock: FakeClock, keys: BuyerKeys, **spec: A
     scn = open_job(client, clock, keys, providers=providers, accept=providers, **spec)
     assert scn.job()["state"] == "running"
     return scn
+
+
+def dead_upload_claim(client: TestClient, job_id: str, provider_id: str, at: datetime) -> None:
+    """An upload claim for round 1 left by a server process killed mid-upload."""
+    from sqlmodel import Session
+
+    from market.models import UploadClaim
+
+    app: Any = client.app
+    with Session(app.state.engine) as s:
+        s.add(
+            UploadClaim(
+                job_id=job_id, round_number=1, provider_id=provider_id, token="dead",
+                heartbeat_at=at,
+            )
+        )  # fmt: skip
+        s.commit()
