@@ -1,8 +1,8 @@
 """The blob store's contract, on the local folder and on a real S3 server (SeaweedFS).
 
 Each contract test runs against both stores; then what only S3 has to show: uploads and
-downloads stream (a 64 MiB blob never whole in memory), a server on an absent bucket or with
-refused credentials does not start, and a whole round keeps its blobs in the bucket.
+downloads stream (a 64 MiB blob never whole in memory), and a server on an absent bucket or
+with refused credentials does not start. A whole round on S3: tests/e2e/test_s3_blobs.py.
 """
 
 from __future__ import annotations
@@ -16,18 +16,13 @@ import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from crypto import BuyerKeys, decrypt_aggregate
 from market.app import create_app
 from market.blobs import BlobStore, LocalBlobStore, store_for
 from market.config import Settings
 from market.errors import BlobStoreUnavailableError
-from tests.utils.clock import FakeClock
-from tests.utils.factories import ADMIN_KEY
-from tests.utils.scenario import PARAMS, running_job
 from tests.utils.seaweed import Seaweed
 
 MiB = 1024 * 1024
@@ -58,9 +53,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]
 def _temp_file_blob(store: BlobStore, size: int) -> tuple[object, str]:
     """A finished upload of `size` pseudo-random bytes, written 1 MiB at a time."""
     temp = store.temp(size)
-    rng = np.random.default_rng(7)
     sha = hashlib.sha256()
-    block = rng.bytes(MiB)
+    block = os.urandom(MiB)
     for i in range(size // MiB):
         chunk = bytes([i % 256]) + block[1:]
         sha.update(chunk)
@@ -136,7 +130,9 @@ def test_open_read_streams_chunks(store: BlobStore) -> None:
 def test_sweep_envelopes_deletes_only_envelopes(store: BlobStore) -> None:
     """The startup sweep deletes kept envelopes and nothing else (sums, models, contexts)."""
     keep = ["jobs/j1/model.st", "jobs/j1/rounds/0001/acc.bin", "jobs/j1/rounds/0001/groups/0"]
-    gone = [f"jobs/j{j}/rounds/000{r}/envelopes/p{p}" for j in (1, 2) for r in (1, 2) for p in (1, 2)]
+    gone = [
+        f"jobs/j{j}/rounds/000{r}/envelopes/p{p}" for j in (1, 2) for r in (1, 2) for p in (1, 2)
+    ]
     for key in keep + gone:
         store.put_bytes(key, b"x")
     assert store.sweep_envelopes() == len(gone)
@@ -265,43 +261,3 @@ def test_server_refuses_to_start_on_a_missing_bucket(seaweed: Seaweed, tmp_path:
     assert lines[-1].endswith("the bucket does not exist")
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "pollen.db").exists()
-
-
-def test_round_with_blobs_on_s3(
-    seaweed: Seaweed, s3_blob_url: str, tmp_path: Path, buyer_keys: BuyerKeys
-) -> None:
-    """A full round with POLLEN_BLOB_URL=s3://…: the sum decrypts to what was sent, and the
-    context, models and running sum are objects in the bucket, with no blob on local disk."""
-    data_dir = tmp_path / "data"
-    settings = _s3_settings(
-        seaweed, s3_blob_url, data_dir,
-        database_url=f"sqlite:///{tmp_path / 'pollen.db'}", admin_api_key=ADMIN_KEY,
-        deadline_tick_s=0, min_round_deadline_s=1,
-    )  # fmt: skip
-    clock = FakeClock()
-    app = create_app(settings)
-    app.state.clock = clock
-    with TestClient(app) as client:
-        scn = running_job(client, clock, buyer_keys)
-        for i, p in enumerate(scn.providers):
-            r = scn.submit(p, 1, scn.envelope(p, 1, value=0.1 * (i + 1)))
-            assert r.status_code == 201, r.text
-        assert scn.round(1)["state"] == "closed"
-        agg = client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
-        assert agg.status_code == 200
-        assert agg.headers["content-length"] == str(len(agg.content))
-        model = client.get(f"/v1/jobs/{scn.job_id}/rounds/1/model", headers=scn.providers[0].headers)
-        assert model.status_code == 200 and len(model.content) > 0
-    dec = decrypt_aggregate(scn.keys, agg.content)
-    assert dec.count == 3
-    np.testing.assert_allclose(dec.total, np.full(PARAMS, 0.6), atol=1e-3)
-    prefix = s3_blob_url.removeprefix(f"s3://{seaweed.bucket}/") + "/"
-    listing = seaweed.client().list_objects_v2(Bucket=seaweed.bucket, Prefix=prefix)
-    keys = {o["Key"].removeprefix(prefix) for o in listing.get("Contents", [])}
-    job = f"jobs/{scn.job_id}/"
-    assert any(k.startswith(job) and "context" in k for k in keys), keys
-    assert any(k.startswith(job + "rounds/0001/") for k in keys), keys
-    assert not any("/envelopes/" in k for k in keys), keys
-    on_disk = [p for p in data_dir.rglob("*") if p.is_file() and "upload-tmp" not in p.parts]
-    leftovers = list((data_dir / "upload-tmp").glob("*"))
-    assert not (data_dir / "blobs").exists() and leftovers == [], (on_disk, leftovers)

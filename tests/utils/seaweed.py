@@ -115,7 +115,9 @@ class Seaweed:
         }
 
 
-def _wait_ready(server: Seaweed, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+def _wait_ready(
+    server: Seaweed, proc: subprocess.Popen[bytes], log: Path, timeout_s: float
+) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     client = server.client()
@@ -134,7 +136,9 @@ def _wait_ready(server: Seaweed, proc: subprocess.Popen[bytes], log: Path, timeo
             time.sleep(0.1)
 
 
-def start(weed: Path, root: Path, *, timeout_s: float = 60.0) -> tuple[Seaweed, subprocess.Popen[bytes]]:
+def start(
+    weed: Path, root: Path, *, timeout_s: float = 60.0
+) -> tuple[Seaweed, subprocess.Popen[bytes]]:
     """`weed mini` in `root` on free loopback ports; returns once the bucket answers."""
     data = root / "data"
     data.mkdir(parents=True)
