@@ -261,3 +261,21 @@ def test_server_refuses_to_start_on_a_missing_bucket(seaweed: Seaweed, tmp_path:
     assert lines[-1].endswith("the bucket does not exist")
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "pollen.db").exists()
+
+
+def test_s3_outage_is_a_clear_503(tmp_path: Path) -> None:
+    """A bucket that goes away under a running server fails reads and writes with
+    `BlobStoreUnavailableError` (503 problem) naming the blob, not a bare 500."""
+    from tests.utils import seaweed as sw
+
+    own, proc = sw.start(sw.require_weed(), tmp_path / "weed")
+    try:
+        store = store_for(_s3_settings(own, f"s3://{own.bucket}/p", tmp_path / "data"))
+        store.put_bytes("jobs/j1/model.st", b"m")
+    finally:
+        sw.stop(proc)
+    assert BlobStoreUnavailableError.status == 503
+    with pytest.raises(BlobStoreUnavailableError, match=r"reading jobs/j1/model\.st failed"):
+        store.open_read("jobs/j1/model.st")
+    with pytest.raises(BlobStoreUnavailableError, match="writing jobs/j1/other failed"):
+        store.put_bytes("jobs/j1/other", b"x")
