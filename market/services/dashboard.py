@@ -25,7 +25,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from market import ledger
-from market.blobs import BlobStore
+from market.blobs import BlobStore, BlobStream
 from market.errors import AuthenticationError, NotFoundError, PermissionDeniedError
 from market.models import (
     TERMINAL_JOB_STATES,
@@ -367,14 +367,16 @@ def _series(lines: Sequence[RoundLine], attr: str, name: str, fmt: str) -> Serie
     return Series(name, points)
 
 
-def final_model(session: Session, blobs: BlobStore, job_id: str, viewer: Account | None) -> bytes:
+def final_model(
+    session: Session, blobs: BlobStore, job_id: str, viewer: Account | None
+) -> BlobStream:
     """The job's final model file, for its buyer and admins (providers held every round's
     model already, but the page offers the result to the party who paid for it)."""
     account = require(viewer)
     job = access.visible_job(session, job_id, account)
     if account.role != "admin" and account.id != job.buyer_id:
         raise PermissionDeniedError("the final model is downloaded by the job's buyer")
-    return results.final_model_bytes(blobs, job)
+    return results.open_final_model(blobs, job)
 
 
 def _provider(session: Session, provider_id: str) -> Account:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from market import ratelimit
-from market.api.deps import BlobsDep, NowDep, SessionDep, SettingsDep
+from market.api.deps import BlobsDep, NowDep, SessionDep, SettingsDep, blob_response
 from market.errors import (
     AuthenticationError,
     NotFoundError,
@@ -153,13 +153,9 @@ def job(request: Request, job_id: str, viewer: Viewer, session: SessionDep) -> R
 def final_model(job_id: str, viewer: Viewer, session: SessionDep, blobs: BlobsDep) -> Response:
     """The final model as a download, on the dashboard's session (the cookie is scoped to
     /ui, so the API's route with its bearer key is out of a browser's reach)."""
-    data = pages.final_model(session, blobs, job_id, viewer)
-    name = f"{job_id}.model.safetensors"
-    return Response(
-        data,
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
+    download = blob_response(pages.final_model(session, blobs, job_id, viewer))
+    download.headers["Content-Disposition"] = f'attachment; filename="{job_id}.model.safetensors"'
+    return download
 
 
 @router.get("/providers/{provider_id}", response_class=HTMLResponse)

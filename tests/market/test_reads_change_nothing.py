@@ -32,8 +32,8 @@ def test_every_get_leaves_the_database_unchanged_past_a_deadline(
     }
     spec = client.get("/openapi.json").json()
     gets = sorted(p for p, ops in spec["paths"].items() if "get" in ops)
-    pages = ["/ui", f"/ui/jobs/{scn.job_id}", "/ui/ledger", "/ui/payouts", "/ui/account",
-             f"/ui/providers/{provider.id}"]  # fmt: skip
+    pages = ["/ui", f"/ui/jobs/{scn.job_id}", f"/ui/jobs/{scn.job_id}/model", "/ui/ledger",
+             "/ui/payouts", "/ui/account", f"/ui/providers/{provider.id}"]  # fmt: skip
     before = snapshot(client)
     answered = 0
     for path in gets:
