@@ -473,6 +473,11 @@ class PollenClient:
         result: list[Json] = self._json("GET", f"/v1/jobs/{job_id}/records")
         return result
 
+    def my_records(self) -> list[Json]:
+        """The server-signed settlement and payout records about this account, with proofs."""
+        result: list[Json] = self._json("GET", "/v1/accounts/me/records")
+        return result
+
     def put_manifest(self, job_id: str, record: Json) -> Json:
         result: Json = self._json("PUT", f"/v1/jobs/{job_id}/manifest", json=record)
         return result

@@ -10,6 +10,10 @@ already covers, into one batch:
   (ledger key `payout:<payout id>`). A failed transfer stays pending for the next run;
 - otherwise (manual rail): the batch is exported as CSV, and `mark_paid` posts the ledger
   transactions once the operator has sent the money.
+
+Each payout posted also gets the server's signed `payout` record in the transparency log
+(provider, cents, currency, the job it covers, the rail and its reference): what a
+provider's `pollen audit` holds its payments to.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy import text
 from sqlmodel import Session, col, select
 
-from market import ledger
+from market import ledger, translog
 from market.db import AdvisoryLock
 from market.errors import InvalidStateError, NotFoundError, PaymentError
 from market.ledger.names import owner_of
@@ -44,6 +48,7 @@ from market.models import (
 )
 from market.models.types import could_be_id, new_id
 from market.payments import PaymentRail
+from market.services import trust
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,7 @@ def payable_by_job(
 
 
 def _post_paid(session: Session, payout: Payout, *, now: datetime) -> None:
-    ledger.post(
+    txn = ledger.post(
         session,
         key=f"payout:{payout.id}",
         kind="payout",
@@ -88,6 +93,9 @@ def _post_paid(session: Session, payout: Payout, *, now: datetime) -> None:
         memo=f"payout {payout.id} ({payout.external_id or 'manual'})",
         now=now,
     )
+    batch = session.get(PayoutBatch, payout.batch_id)
+    rail = batch.rail if batch is not None else "manual"
+    trust.log_payout(session, translog.current(), payout, txn, rail=rail, now=now)
     payout.status = "paid"
     payout.paid_at = now
     session.add(payout)

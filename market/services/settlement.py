@@ -16,11 +16,15 @@ Per round (in `close_round`, in the same database transaction):
   provider declares nor its reputation (which gates matching only). **Largest-remainder
   rounding** (ties by provider id) makes the shares add up to the pool to the cent;
 - postings: escrow −(pool + fee), each provider's payable +share, platform fees +fee;
-  idempotency key `round:<round id>:settle`.
+  idempotency key `round:<round id>:settle`;
+- the server signs a `settlement` record of the same money (each payee's cents, the fee, the
+  ledger transaction's leaf) into the transparency log, so a party's audit can hold the
+  ledger to what was signed (`market.services.trust.log_settlement`).
 
 At the end of a job (completed, cancelled or failed) whatever is still in escrow goes to the
 buyer's refunds account, and a refund is queued on the payment rail (a Stripe Refund, or a
-line for the operator on the manual rail).
+line for the operator on the manual rail); a cancellation fee and the refund get their signed
+`settlement` records too (round None).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from market import ledger
 from market.ledger.journal import find
 from market.models import TERMINAL_JOB_STATES, Job, LedgerTransaction, Payment, Round, Submission
 from market.models.types import new_id
-from market.services import groups, reputation
+from market.services import groups, reputation, trust
+from market.translog import current
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +135,11 @@ def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> di
     if fee > 0:
         legs.append((ledger.FEES, fee))
     spent = sum(x for _, x in legs)
-    if spent > 0:
-        ledger.post(
+    key = f"round:{rnd.id}:settle"
+    if spent > 0 and find(session, key) is None:
+        txn = ledger.post(
             session,
-            key=f"round:{rnd.id}:settle",
+            key=key,
             kind="settle",
             currency=job.currency,
             legs=[(escrow, -spent), *legs],
@@ -146,6 +152,10 @@ def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> di
             },
             now=now,
         )
+        trust.log_settlement(
+            session, current(), job, round=rnd.number, attempt=rnd.attempt, payees=shares,
+            fees_cents=fee, refund_cents=0, txns=[txn], now=now,
+        )  # fmt: skip
     return shares
 
 
@@ -155,8 +165,8 @@ def charge_cancel_fee(session: Session, job: Job, fee_bps: int, *, now: datetime
         return 0
     escrow = ledger.job_escrow(job.id)
     fee = ledger.balance(session, escrow, job.currency) * fee_bps // 10_000
-    if fee > 0:
-        ledger.post(
+    if fee > 0 and find(session, f"job:{job.id}:cancel-fee") is None:
+        txn = ledger.post(
             session,
             key=f"job:{job.id}:cancel-fee",
             kind="fee",
@@ -166,6 +176,10 @@ def charge_cancel_fee(session: Session, job: Job, fee_bps: int, *, now: datetime
             memo=f"cancellation fee ({fee_bps} bps of the escrow left)",
             now=now,
         )
+        trust.log_settlement(
+            session, current(), job, round=None, attempt=None, payees={}, fees_cents=fee,
+            refund_cents=0, txns=[txn], now=now,
+        )  # fmt: skip
     return fee
 
 
@@ -206,7 +220,7 @@ def close_out(session: Session, job: Job, *, rail: str, now: datetime) -> Paymen
     key = f"job:{job.id}:refund:{last_fund.seq if last_fund else 0}"
     if find(session, key) is not None:
         return None
-    ledger.post(
+    txn = ledger.post(
         session,
         key=key,
         kind="refund",
@@ -216,6 +230,10 @@ def close_out(session: Session, job: Job, *, rail: str, now: datetime) -> Paymen
         memo=f"unspent escrow of a {job.state} job",
         now=now,
     )
+    trust.log_settlement(
+        session, current(), job, round=None, attempt=None, payees={}, fees_cents=0,
+        refund_cents=left, txns=[txn], now=now,
+    )  # fmt: skip
     payment = Payment(
         id=new_id("pay"),
         job_id=job.id,

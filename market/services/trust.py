@@ -4,8 +4,11 @@
   the server holds proof of possession); a different key later is refused;
 - the buyer's signed `manifest` binds the job to its context fingerprint, model size, initial
   model hash, quorum, prices and deadlines; its `model` records sign each round's global model;
-- the server signs what it promises: `accepted` (a submission is inside the round's sum) and
-  `round-closed` (exactly which providers the aggregate holds, and the aggregate's hash).
+- the server signs what it promises: `accepted` (a submission is inside the round's sum),
+  `round-closed` (exactly which providers the aggregate holds, the aggregate's hash, and each
+  released group's members and sum hash), `settlement` (where a round's money went: each
+  payee's cents, the fees, any refund, and the ledger transactions' leaves) and `payout`
+  (what left the platform for one provider, on which rail, under which reference).
 
 Every record is a log leaf, appended in the same database transaction as the state it
 describes; the caller commits.
@@ -23,7 +26,7 @@ from sqlmodel import Session, select
 from crypto.identity import IdentityKey, SignatureError, fingerprint, verify_record
 from market.blobs import BlobStore
 from market.errors import ConflictError, InvalidInputError, InvalidStateError, NotFoundError
-from market.models import Account, Job, Round
+from market.models import Account, Job, LedgerTransaction, Payout, Round
 from market.models.translog import IdentityKey as IdentityRow
 from market.models.translog import LogLeaf
 from market.translog import log
@@ -147,13 +150,59 @@ def put_model_record(session: Session, job: Job, record: Record, *, now: datetim
     return leaf
 
 
-def records_of(session: Session, job_id: str) -> list[dict[str, Any]]:
-    """Every logged record about a job (not its ledger transactions), with leaf indices."""
+def records_of(
+    session: Session, job_id: str, viewer: Account | None = None
+) -> list[dict[str, Any]]:
+    """Every logged record about a job (not its ledger transactions), with leaf indices.
+
+    Money records are shown only to whom they concern (`viewer`; None: everything): a
+    settlement to the job's buyer and the payees it names, a payout to its provider."""
     out = []
     for leaf in log.leaves_of(session, job_id=job_id):
-        if leaf.kind != "ledger":
-            out.append({"index": leaf.index, "kind": leaf.kind, "record": json.loads(leaf.payload)})
+        if leaf.kind == "ledger" or (viewer is not None and not _concerns(session, viewer, leaf)):
+            continue
+        out.append({"index": leaf.index, "kind": leaf.kind, "record": json.loads(leaf.payload)})
     return out
+
+
+def _payee_ids(leaf: LogLeaf) -> set[str]:
+    body = json.loads(leaf.payload).get("body", {})
+    return {str(p["provider_id"]) for p in body.get("payees", [])}
+
+
+def _concerns(session: Session, account: Account, leaf: LogLeaf) -> bool:
+    """Whether a money record is `account`'s business (others of a job see it not)."""
+    if account.role == "admin" or leaf.kind not in MONEY_KINDS:
+        return True
+    if leaf.kind == "payout":
+        return leaf.account_id == account.id
+    job = session.get(Job, leaf.job_id) if leaf.job_id else None
+    return (job is not None and job.buyer_id == account.id) or account.id in _payee_ids(leaf)
+
+
+MONEY_KINDS = ("settlement", "payout")
+
+
+def money_records_of(session: Session, account: Account) -> list[dict[str, Any]]:
+    """The settlement records naming `account` as payee and its payout records, each with
+    its RFC 9162 inclusion proof under the current tree (size given)."""
+    rows = [
+        leaf
+        for leaf in log.leaves_of(session, kind="settlement")
+        if account.id in _payee_ids(leaf)
+    ]
+    rows += log.leaves_of(session, kind="payout", account_id=account.id)
+    rows.sort(key=lambda r: r.index)
+    size, proofs = log.inclusions(session, [r.index for r in rows])
+    return [
+        {
+            "index": r.index,
+            "kind": r.kind,
+            "record": json.loads(r.payload),
+            "inclusion": {"size": size, "proof": proofs[r.index]},
+        }
+        for r in rows
+    ]
 
 
 def verify_envelope_signature(
@@ -221,6 +270,7 @@ def log_round_closed(
     aggregate_sha256: str | None,
     *,
     now: datetime,
+    group_sums: list[dict[str, Any]] | None = None,
 ) -> LogLeaf:
     body = {
         "job_id": job.id,
@@ -230,8 +280,77 @@ def log_round_closed(
         "count": rnd.acc_count,
         "aggregate_sha256": aggregate_sha256,
     }
+    if group_sums is not None:
+        body["groups"] = group_sums
     record = key.record("round-closed", body)
     return log.append(session, "round-closed", record, now=now, job_id=job.id, round=rnd.number)
+
+
+def _ledger_refs(session: Session, txns: list[LedgerTransaction]) -> list[dict[str, Any]]:
+    refs = []
+    for txn in txns:
+        leaf = log.ledger_leaf(session, txn.hash, txn.job_id)
+        refs.append({"txn_id": txn.id, "leaf_index": leaf.index})
+    return refs
+
+
+def log_settlement(
+    session: Session,
+    key: IdentityKey,
+    job: Job,
+    *,
+    round: int | None,
+    attempt: int | None,
+    payees: dict[str, int],
+    fees_cents: int,
+    refund_cents: int,
+    txns: list[LedgerTransaction],
+    now: datetime,
+) -> LogLeaf:
+    """The server's signed account of money leaving a job's escrow: a round's shares and
+    fee, a cancellation fee, or the refund of what was left (`round` None at the end)."""
+    body = {
+        "job_id": job.id,
+        "buyer_id": job.buyer_id,
+        "round": round,
+        "attempt": attempt,
+        "currency": job.currency,
+        "payees": [{"provider_id": p, "cents": c} for p, c in sorted(payees.items()) if c > 0],
+        "fees_cents": fees_cents,
+        "refund_cents": refund_cents,
+        "ledger": _ledger_refs(session, txns),
+    }
+    record = key.record("settlement", body)
+    return log.append(
+        session, "settlement", record, now=now, job_id=job.id, round=round, account_id=job.buyer_id
+    )
+
+
+def log_payout(
+    session: Session,
+    key: IdentityKey,
+    payout: Payout,
+    txn: LedgerTransaction,
+    *,
+    rail: str,
+    now: datetime,
+) -> LogLeaf:
+    """The server's signed record that a provider was paid (rail and its reference)."""
+    body = {
+        "payout_id": payout.id,
+        "provider_id": payout.provider_id,
+        "cents": payout.amount_cents,
+        "currency": payout.currency,
+        "jobs": [payout.job_id],
+        "batch_id": payout.batch_id,
+        "rail": rail,
+        "rail_reference": payout.external_id or payout.batch_id,
+        "ledger": _ledger_refs(session, [txn]),
+    }
+    record = key.record("payout", body)
+    return log.append(
+        session, "payout", record, now=now, job_id=payout.job_id, account_id=payout.provider_id
+    )
 
 
 def leaf(session: Session, index: int) -> LogLeaf:
@@ -243,6 +362,8 @@ def leaf(session: Session, index: int) -> LogLeaf:
 
 def may_read(session: Session, account: Account, row: LogLeaf) -> bool:
     """Leaf payloads are shown to admins and to the parties they concern (hashes to all)."""
+    if row.kind in MONEY_KINDS:
+        return _concerns(session, account, row)
     if account.role == "admin" or row.account_id == account.id or account.id in row.payload:
         return True
     if row.job_id is None:

@@ -114,6 +114,22 @@ def consistency(session: Session, first: int, second: int) -> list[str]:
     return [h.hex() for h in consistency_proof(first, hashes[:second])]
 
 
+def inclusions(session: Session, indices: list[int]) -> tuple[int, dict[int, list[str]]]:
+    """The current tree size and the audit path of each leaf in `indices` under it."""
+    hashes = leaf_hashes(session)
+    return len(hashes), {i: [h.hex() for h in inclusion_proof(i, hashes)] for i in indices}
+
+
+def ledger_leaf(session: Session, txn_hash: str, job_id: str | None) -> LogLeaf:
+    """The leaf of the ledger transaction with chain hash `txn_hash` (`journal.post`'s)."""
+    stmt = select(LogLeaf).where(LogLeaf.kind == "ledger", LogLeaf.job_id == job_id)
+    stmt = stmt.where(col(LogLeaf.payload).contains(f'"hash":"{txn_hash}"'))
+    row = session.exec(stmt.order_by(col(LogLeaf.index).desc())).first()
+    if row is None:
+        raise LookupError(f"ledger transaction {txn_hash[:16]}… has no log leaf")
+    return row
+
+
 def leaves_of(
     session: Session,
     *,

@@ -96,9 +96,17 @@ def get_leaf(
 
 @router.get("/v1/jobs/{job_id}/records")
 def job_records(job_id: str, account: CurrentAccount, session: SessionDep) -> list[dict[str, Any]]:
-    """The job's signed records (manifest, models, acceptances, closes) with leaf indices."""
+    """The job's signed records (manifest, models, acceptances, closes, and the settlements
+    and payouts the caller is party to) with leaf indices."""
     access.visible_job(session, job_id, account)
-    return trust.records_of(session, job_id)
+    return trust.records_of(session, job_id, account)
+
+
+@router.get("/v1/accounts/me/records")
+def my_money_records(account: CurrentAccount, session: SessionDep) -> list[dict[str, Any]]:
+    """The server-signed settlement records naming the caller as payee and its payout
+    records, each with its inclusion proof under the current tree."""
+    return trust.money_records_of(session, account)
 
 
 @router.put("/v1/jobs/{job_id}/manifest")
