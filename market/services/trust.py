@@ -187,9 +187,7 @@ def money_records_of(session: Session, account: Account) -> list[dict[str, Any]]
     """The settlement records naming `account` as payee and its payout records, each with
     its RFC 9162 inclusion proof under the current tree (size given)."""
     rows = [
-        leaf
-        for leaf in log.leaves_of(session, kind="settlement")
-        if account.id in _payee_ids(leaf)
+        leaf for leaf in log.leaves_of(session, kind="settlement") if account.id in _payee_ids(leaf)
     ]
     rows += log.leaves_of(session, kind="payout", account_id=account.id)
     rows.sort(key=lambda r: r.index)
