@@ -226,10 +226,13 @@ class BuyerRun:
         agg = decrypt_aggregate(self.keys, blob)
         load_safetensors(self.model, self.client.get_round_model(self.job_id, number))
         start = flatten(self.model)
-        sums = {
-            g: decrypt_aggregate(self.keys, self.client.get_group_aggregate(self.job_id, number, g))
+        served = {
+            g: self.client.get_group_aggregate(self.job_id, number, g)
             for g in self._released_groups(number)
         }
+        if self.trust is not None:
+            self.trust.check_group_sums(self.client, self.job_id, number, served)
+        sums = {g: decrypt_aggregate(self.keys, data) for g, data in served.items()}
         scores = score_groups(self.model, start, sums, self.test)
         for s in scores:
             if s.excluded:

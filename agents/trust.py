@@ -208,6 +208,62 @@ class Trust:
                 f"the one the buyer signed ({str(signed)[:16]}…): refusing to train on it"
             )
 
+    # -- the round-closed record ------------------------------------------------------------
+
+    def round_closed(self, client: PollenClient, job_id: str, number: int) -> Json:
+        """The server's signed round-closed record of round `number`, included in the log."""
+        key = self.server_key(client)
+        found = [r for r in client.job_records(job_id) if r["kind"] == "round-closed"]
+        bodies = []
+        for r in found:
+            try:
+                body = verify_record(r["record"], key, kind="round-closed")
+            except SignatureError as exc:
+                raise TrustError(f"job {job_id}: a round-closed record is forged: {exc}") from exc
+            if body.get("job_id") == job_id and body.get("round") == number:
+                bodies.append((r, body))
+        if not bodies:
+            raise TrustError(
+                f"job {job_id} round {number}: the server signed no round-closed record"
+            )
+        record, body = bodies[-1]
+        if "head" in self.data and int(record["index"]) < int(self.data["head"]["body"]["size"]):
+            self.check_inclusion(client, int(record["index"]), canonical(record["record"]).decode())
+        return body
+
+    def check_group_sums(
+        self, client: PollenClient, job_id: str, number: int, sums: dict[int, bytes]
+    ) -> Json:
+        """The group sums served are exactly the ones the signed round-closed record names:
+        the same groups, each sum's sha256 as signed, and together they hold each included
+        provider's update exactly once."""
+        body = self.round_closed(client, job_id, number)
+        signed = body.get("groups")
+        where = f"job {job_id} round {number}"
+        if not isinstance(signed, list):
+            raise TrustError(f"{where}: the signed round-closed record names no group sums")
+        by_index = {int(g["index"]): g for g in signed}
+        if set(by_index) != set(sums):
+            raise TrustError(
+                f"{where}: the server releases groups {sorted(sums)}, its signed round-closed "
+                f"record names {sorted(by_index)}"
+            )
+        members = [p for g in signed for p in g["members"]]
+        if sorted(members) != sorted(body["included"]):
+            raise TrustError(
+                f"{where}: the signed groups hold {sorted(members)}, not each included "
+                f"provider {sorted(body['included'])} exactly once"
+            )
+        for index, data in sorted(sums.items()):
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != by_index[index]["sum_sha256"]:
+                raise TrustError(
+                    f"{where}: group {index}'s sum served (sha256 {digest[:16]}…) is not the "
+                    f"one the server signed ({str(by_index[index]['sum_sha256'])[:16]}…): "
+                    "refusing to score it"
+                )
+        return body
+
     # -- receipts --------------------------------------------------------------------------
 
     def keep_receipt(self, receipt: Json) -> None:

@@ -278,10 +278,33 @@ def log_round_closed(
         "count": rnd.acc_count,
         "aggregate_sha256": aggregate_sha256,
     }
-    if group_sums is not None:
-        body["groups"] = group_sums
+    body["groups"] = (
+        group_sums if group_sums is not None else released_group_sums(session, job, rnd)
+    )
     record = key.record("round-closed", body)
     return log.append(session, "round-closed", record, now=now, job_id=job.id, round=rnd.number)
+
+
+def released_group_sums(session: Session, job: Job, rnd: Round) -> list[dict[str, Any]]:
+    """Each group sum the buyer may decrypt: its index, the providers inside it and the
+    sha256 of the exact bytes `GET …/groups/{index}/aggregate` serves."""
+    from market.services import groups
+    from market.services.submissions import job_context
+    from market.translog import blobs
+
+    parts = groups.released(session, rnd)
+    if not parts:
+        return []
+    store = blobs()
+    ctx = job_context(store, job)
+    out = []
+    for index, rows in sorted(parts.items()):
+        data = groups.group_aggregate_bytes(session, store, ctx, rnd, index)
+        members = sorted({p for g in rows for p in g.acc_providers})
+        out.append(
+            {"index": index, "members": members, "sum_sha256": hashlib.sha256(data).hexdigest()}
+        )
+    return out
 
 
 def _ledger_refs(session: Session, txns: list[LedgerTransaction]) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ API is caught by anyone who saw an earlier head. Hashing and proofs are in `cryp
 signatures in `crypto.identity`; this package stores leaves and serves proofs.
 """
 
-from market.translog.keys import current, install, server_key
+from market.translog.keys import blobs, current, install, server_key
 from market.translog.log import (
     append,
     append_ledger,
@@ -21,6 +21,7 @@ from market.translog.log import (
 __all__ = [
     "append",
     "append_ledger",
+    "blobs",
     "consistency",
     "current",
     "head",

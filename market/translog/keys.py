@@ -2,15 +2,18 @@
 into the data directory (mode 0600) on first start and kept there.
 
 `install` makes it the process's key (one server process signs with one key): the services
-that sign receipts and round records deep inside a transaction take it from `current()`.
+that sign receipts and round records deep inside a transaction take it from `current()`,
+and the blob store the round-closed record reads its group sums from, from `blobs()`.
 """
 
 from __future__ import annotations
 
 from crypto.identity import IdentityKey
+from market.blobs import BlobStore, LocalBlobStore
 from market.config import Settings
 
 _current: IdentityKey | None = None
+_blobs: BlobStore | None = None
 
 
 def server_key(settings: Settings) -> IdentityKey:
@@ -20,9 +23,16 @@ def server_key(settings: Settings) -> IdentityKey:
 
 
 def install(settings: Settings) -> IdentityKey:
-    global _current
+    global _current, _blobs
     _current = server_key(settings)
+    _blobs = LocalBlobStore(settings.blob_root)
     return _current
+
+
+def blobs() -> BlobStore:
+    if _blobs is None:
+        raise RuntimeError("no blob store installed (create_app installs it)")
+    return _blobs
 
 
 def current() -> IdentityKey:
