@@ -147,10 +147,16 @@ class BuyerRun:
         identity: IdentityKey | None = None,
     ) -> None:
         self.client = client
-        # With an identity the buyer signs every round's model and checks the log: the
-        # server's key pinned, every head consistent with the last one it verified.
-        self.identity = identity
-        self.trust = Trust(out_dir / f"{job_id}.trust.json") if identity is not None else None
+        # The buyer signs every round's model and checks the log: the server's key pinned,
+        # every head consistent with the last one it verified, the aggregate and the group
+        # sums the signed round-closed record names. Without an identity given, the key is
+        # made on first use in `out_dir` (0600) and registered before it first signs.
+        self.identity: IdentityKey = (
+            identity
+            if identity is not None
+            else IdentityKey.load_or_create(out_dir / "identity.key")
+        )
+        self.trust: Trust = Trust(out_dir / f"{job_id}.trust.json")
         self.keys = keys
         self.job_id = job_id
         self.out_dir = out_dir
@@ -221,8 +227,7 @@ class BuyerRun:
         """
         started = time.perf_counter()
         blob = self.client.get_aggregate(self.job_id, number)
-        if self.trust is not None:
-            self._check_aggregate(number, blob)
+        self._check_aggregate(number, blob)
         agg = decrypt_aggregate(self.keys, blob)
         load_safetensors(self.model, self.client.get_round_model(self.job_id, number))
         start = flatten(self.model)
@@ -230,8 +235,7 @@ class BuyerRun:
             g: self.client.get_group_aggregate(self.job_id, number, g)
             for g in self._released_groups(number)
         }
-        if self.trust is not None:
-            self.trust.check_group_sums(self.client, self.job_id, number, served)
+        self.trust.check_group_sums(self.client, self.job_id, number, served)
         sums = {g: decrypt_aggregate(self.keys, data) for g, data in served.items()}
         scores = score_groups(self.model, start, sums, self.test)
         for s in scores:
@@ -272,7 +276,6 @@ class BuyerRun:
 
     def _check_aggregate(self, number: int, blob: bytes) -> None:
         """The aggregate is the one the server's signed round-closed record commits to."""
-        assert self.trust is not None
         key = self.trust.server_key(self.client)
         closes = [
             verify_record(r["record"], key, kind="round-closed")
@@ -316,8 +319,7 @@ class BuyerRun:
         file say now; safe to repeat after any failure. True once every round is applied
         and published."""
         job = self._job_if_running()
-        if self.trust is not None:
-            self.trust.check_head(self.client)
+        self.trust.check_head(self.client)
         if job is None:
             return False
         if job["state"] == "completed":
@@ -344,10 +346,13 @@ class BuyerRun:
             # Checked against the server each time, so a publication whose answer was lost
             # is never sent twice.
             model = self.model_path.read_bytes()
-            if self.identity is not None:
-                # Signed first: a provider seeing the model can always find its signature.
-                record = model_record(self.identity, self.job_id, applied + 1, model)
-                self.client.post_record(self.job_id, record)
+            # Signed first: a provider seeing the model can always find its signature.
+            if not self.state.get("identity_registered"):
+                ensure_registered(self.client, self.identity)
+                self.state.data["identity_registered"] = self.identity.fingerprint
+                self.state.save()
+            record = model_record(self.identity, self.job_id, applied + 1, model)
+            self.client.post_record(self.job_id, record)
             self.client.publish_model(self.job_id, applied + 1, model)
             self.notify(f"job {self.job_id}: published the model of round {applied + 1}")
         return False

@@ -98,12 +98,17 @@ class ProviderAgent:
         progress: AgentProgress | None = None,
     ) -> None:
         self.client = client
-        # With an identity the agent signs its envelopes and trusts nothing unsigned: the
-        # buyer's key is pinned (or `trust_buyer`, a fingerprint, given up front), and a
-        # context or model that does not match the buyer's signed manifest is refused.
-        self.identity = identity
+        # The agent signs its envelopes and trusts nothing unsigned: the buyer's key is
+        # pinned (or `trust_buyer`, a fingerprint, given up front), and a context or model
+        # that does not match the buyer's signed manifest is refused. Without an identity
+        # given, the key is made on first use in the state directory (0600), never skipped.
+        self.identity: IdentityKey = (
+            identity
+            if identity is not None
+            else IdentityKey.load_or_create(state_dir / "identity.key")
+        )
         self.trust_buyer = trust_buyer
-        self.trust = Trust.in_dir(state_dir) if identity is not None else None
+        self.trust: Trust = Trust.in_dir(state_dir)
         self._manifests: dict[str, dict[str, Any]] = {}
         # The data as read (a Table keeps text, categories and missing cells for the job's
         # preprocessing); a numeric Dataset brings its own label name.
@@ -228,10 +233,8 @@ class ProviderAgent:
 
     # ------------------------------------------------------------------ rounds
 
-    def _manifest(self, job: dict[str, Any]) -> dict[str, Any] | None:
-        """The job's signed manifest, verified (None when the agent runs without trust)."""
-        if self.trust is None:
-            return None
+    def _manifest(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The job's signed manifest, verified against the pinned buyer key."""
         if job["id"] not in self._manifests:
             self._manifests[job["id"]] = self.trust.manifest(self.client, job, self.trust_buyer)
         return self._manifests[job["id"]]
@@ -241,11 +244,10 @@ class ProviderAgent:
             path = self.state_dir / "contexts" / f"{job_id}.ctx"
             if not path.exists():
                 served = self.client.get_context(job_id)
-                if self.trust is not None:
-                    manifest = self._manifests.get(job_id)
-                    if manifest is None:
-                        raise TrustError(f"job {job_id}: no verified manifest for its context")
-                    self.trust.check_context(manifest, served)
+                manifest = self._manifests.get(job_id)
+                if manifest is None:
+                    raise TrustError(f"job {job_id}: no verified manifest for its context")
+                self.trust.check_context(manifest, served)
                 write_atomic(path, served)
             self._contexts[job_id] = PublicContext.from_bytes(path.read_bytes())
         return self._contexts[job_id]
@@ -262,10 +264,9 @@ class ProviderAgent:
         model = build_model(model_spec, schema.n_features, schema.n_classes, seed=0)
         served = self.client.get_round_model(job["id"], number)
         manifest = self._manifest(job)
-        if self.trust is not None and manifest is not None:
-            self.trust.check_model(self.client, manifest, number, served)
-            # The context is checked before any training, too: a refusal costs nothing.
-            self._context(job["id"])
+        self.trust.check_model(self.client, manifest, number, served)
+        # The context is checked before any training, too: a refusal costs nothing.
+        self._context(job["id"])
         load_safetensors(model, served)
         global_vec = flatten(model)
         entry = self._active_jobs()[job["id"]]
@@ -420,11 +421,9 @@ class ProviderAgent:
                 self._give_up(job_id, entry, f"the local data no longer fits the job: {exc}")
                 return False
             write_atomic(path, envelope)
-        signature = None
-        if self.identity is not None:
-            header = envelope[: read_header(envelope).header_len]
-            body = {"header_sha256": hashlib.sha256(header).hexdigest()}
-            signature = self.identity.sign("envelope", body)
+        header = envelope[: read_header(envelope).header_len]
+        body = {"header_sha256": hashlib.sha256(header).hexdigest()}
+        signature = self.identity.sign("envelope", body)
         self.progress.uploading(job_id, number, size=len(envelope))
         try:
             with steps_of(self.progress, job_id, number):
@@ -446,8 +445,7 @@ class ProviderAgent:
         entry["submitted"][str(number)] = hashlib.sha256(envelope).hexdigest()
         self.state.save()
         path.unlink(missing_ok=True)
-        if self.trust is not None:
-            self._keep_receipt(job_id, number, receipt)
+        self._keep_receipt(job_id, number, receipt)
         spent = f", ε spent {float(entry['epsilon']):.3f}" if "epsilon" in entry else ""
         self.notify(
             f"job {job_id} round {number}: submitted "
@@ -474,7 +472,6 @@ class ProviderAgent:
 
     def _keep_receipt(self, job_id: str, number: int, receipt: dict[str, Any]) -> None:
         """Check the server's signed `accepted` record, and keep it for `pollen audit`."""
-        assert self.trust is not None
         record = receipt.get("record")
         if record is None:
             raise TrustError(f"job {job_id} round {number}: the server signed no receipt")
@@ -486,9 +483,19 @@ class ProviderAgent:
             raise TrustError(f"job {job_id} round {number}: the receipt is for something else")
         self.trust.keep_receipt({"leaf_index": receipt["leaf_index"], "record": record})
 
+    def ensure_registered(self, me: str) -> None:
+        """Register the identity key with the account once (first use); a different key
+        already registered is refused loudly (TrustError)."""
+        if self.trust.data.get("registered") == [me, self.identity.fingerprint]:
+            return
+        register_identity(self.client, self.identity, me)
+        self.trust.data["registered"] = [me, self.identity.fingerprint]
+        self.trust.save()
+        self.notify(f"identity key {self.identity.fingerprint[:16]}… registered")
+
     def step(self, me: str) -> None:
-        if self.trust is not None:
-            self.trust.check_head(self.client)
+        self.ensure_registered(me)
+        self.trust.check_head(self.client)
         self.handle_offers()
         for job_id, entry in list(self._active_jobs().items()):
             if not entry.get("done"):
@@ -512,9 +519,7 @@ class ProviderAgent:
         backoff = backoff or Backoff(first_wait_s=poll_s, notify=self.notify)
         warm_up()
         me = str(backoff.call(self.client.me)["id"])
-        if self.identity is not None:
-            backoff.call(register_identity, self.client, self.identity, me)
-            self.notify(f"identity key {self.identity.fingerprint[:16]}… registered")
+        backoff.call(self.ensure_registered, me)
         while True:
             backoff.call(self.step, me)
             if exit_after_jobs is not None and self.finished_jobs() >= exit_after_jobs:

@@ -116,3 +116,19 @@ def test_swapped_group_sums_refused_by_the_buyer_run(
     with pytest.raises(TrustError, match="group 0's sum served"):
         run.apply_round(1)
     assert "group_scores" not in run.state.data or "1" not in run.state.section("group_scores")
+
+
+def test_buyer_run_without_a_key_still_checks_group_sums(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys, tmp_path: Path
+) -> None:
+    """A buyer run given no identity key does not skip the checks: it makes its key on
+    first use and refuses the swapped sums all the same."""
+    job_id, key, _ = _closed_round(client, buyer_keys, tmp_path)
+    proxy = Operator(client, _swap_groups(client))
+    run = BuyerRun(
+        PollenClient("http://testserver", key, transport=proxy), buyer_keys, job_id,
+        _data(seed=9), out_dir=tmp_path / "buyer",
+    )  # fmt: skip
+    assert (tmp_path / "buyer" / "identity.key").exists()
+    with pytest.raises(TrustError, match="group 0's sum served"):
+        run.apply_round(1)

@@ -60,9 +60,10 @@ def _swap(path_end: str, content: bytes) -> Rewrite:
 
 def _market(
     client: TestClient, keys: BuyerKeys, tmp_path: Path, rewrite: Rewrite | None = None,
-    trust_buyer: str | None = None,
+    trust_buyer: str | None = None, keyless: bool = False,
 ) -> tuple[str, IdentityKey, list[ProviderAgent], Operator, list[str]]:  # fmt: skip
-    """A signed, funded job and two agents (behind `rewrite`) that accepted it."""
+    """A signed, funded job and two agents (behind `rewrite`) that accepted it; `keyless`
+    agents are given no identity key (they make and register their own)."""
     operator = admin(client)
     buyer = register(client, "buyer")
     buyer_id = IdentityKey.generate()
@@ -82,8 +83,8 @@ def _market(
         api_p = PollenClient("http://testserver", p.api_key, transport=proxy)
         agent = ProviderAgent(
             api_p, _data(seed=i), state_dir=tmp_path / f"agent{i}", listing_name=f"p{i}",
-            ask_cents=100, identity=IdentityKey.generate(), trust_buyer=trust_buyer,
-            notify=lambda m: None,
+            ask_cents=100, identity=None if keyless else IdentityKey.generate(),
+            trust_buyer=trust_buyer, notify=lambda m: None,
         )  # fmt: skip
         agent.ensure_listing(classes=[0, 1])
         agents.append(agent)
@@ -91,8 +92,8 @@ def _market(
     for agent, pid in zip(agents, ids, strict=True):
         from agents.trust import register_identity
 
-        assert agent.identity is not None
-        register_identity(agent.client, agent.identity, pid)
+        if not keyless:
+            register_identity(agent.client, agent.identity, pid)
     for agent, pid in zip(agents, ids, strict=True):
         agent.step(pid)
     return str(job["id"]), buyer_id, agents, proxy, ids
@@ -178,3 +179,40 @@ def test_substituted_buyer_identity_refused_with_trust_buyer(
     assert proxy.submissions == []
     for agent in agents:
         assert "key substitution" in agent.state.section("jobs")[job_id]["refused"]
+
+
+def test_agent_without_a_key_makes_one_and_still_refuses(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys, tmp_path: Path
+) -> None:
+    """An agent given no identity key does not skip the checks: it makes its key on first
+    use (0600, in its state directory), registers it, and refuses the substituted context
+    exactly as a keyed agent does, sending nothing."""
+    import stat
+
+    operator_keys = BuyerKeys.generate()
+    rewrite = _swap("/context", operator_keys.public_context().to_bytes())
+    job_id, _, agents, proxy, ids = _market(client, buyer_keys, tmp_path, rewrite, keyless=True)
+    _work(agents, ids)
+    assert proxy.submissions == []
+    for i, (agent, pid) in enumerate(zip(agents, ids, strict=True)):
+        assert "key substitution" in agent.state.section("jobs")[job_id]["refused"]
+        key_file = tmp_path / f"agent{i}" / "identity.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        auth = {"Authorization": f"Bearer {agent.client.api_key}"}
+        served = client.get(f"/v1/accounts/{pid}/identity", headers=auth).json()
+        assert served["fingerprint"] == agent.identity.fingerprint
+        assert agent.trust.data["registered"] == [pid, agent.identity.fingerprint]
+
+
+def test_agent_without_a_key_works_for_an_honest_buyer(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys, tmp_path: Path
+) -> None:
+    """Control: keyless agents, nothing altered: they sign their envelopes with the key
+    they made and keep the server's signed receipts."""
+    _, _, agents, proxy, ids = _market(client, buyer_keys, tmp_path, keyless=True)
+    _work(agents, ids)
+    assert len(proxy.submissions) == 2
+    assert all(s.headers.get("pollen-signature") for s in proxy.submissions)
+    for agent in agents:
+        (receipt,) = agent.trust.data["receipts"]
+        assert receipt["record"]["kind"] == "accepted"
