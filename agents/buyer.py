@@ -104,13 +104,25 @@ def post_job(
     client.put_context(job["id"], context.to_bytes())
     model = initial_model_bytes(job["spec"])
     client.put_model(job["id"], model)
-    if identity is not None:
+    if identity is None:
+        logger.warning(
+            "job %s is posted without a signed manifest: agents that verify will refuse it "
+            "(pass identity=buyer_identity(out_dir))",
+            job["id"],
+        )
+    else:
         ensure_registered(client, identity)
         job = client.get_job(job["id"])
         body = manifest_body(job, context.fingerprint, model)
         client.put_manifest(job["id"], identity.record("manifest", body))
         client.post_record(job["id"], model_record(identity, job["id"], 1, model))
     return client.fund_job(job["id"])
+
+
+def buyer_identity(out_dir: Path) -> IdentityKey:
+    """The buyer's identity key kept in its output directory (made on first use, 0600):
+    the key `BuyerRun` signs with when given none, so `post_job` can sign with it too."""
+    return IdentityKey.load_or_create(out_dir / "identity.key")
 
 
 def ensure_registered(client: PollenClient, identity: IdentityKey) -> None:

@@ -18,6 +18,7 @@ malicious weights, reconstructs rows from an aggregate, and scores the reconstru
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,11 @@ def attack_round(
         "privacy": job_privacy,
     }
     job = {"id": "imprint", "spec": spec, "param_count": param_count}
+    manifest = {
+        "job_id": "imprint",
+        "initial_model_sha256": hashlib.sha256(server.model_bytes).hexdigest(),
+        "context_fingerprint": public.fingerprint,
+    }
     rnd = {"round": 1, "weight_norm": sum(len(d) for d in local), "summands": n}
     acc = Accumulator.empty(public, job_id="imprint", round=1, param_count=param_count, summands=n)
     for i, raw in enumerate(providers):
@@ -204,6 +210,9 @@ def attack_round(
             **dict(agent_options or {}),
         )
         agent._active_jobs()["imprint"] = {"offer_id": "o", "submitted": {}, "done": False}
+        # The harness is the buyer: its manifest is the verified one (model and context
+        # are still checked against it before training).
+        agent._manifests["imprint"] = manifest
         envelope = agent._build_envelope(job, rnd, f"p{i}")
         binding = EnvelopeBinding("imprint", 1, f"p{i}", param_count, n)
         acc.add(validate_envelope(envelope, public, binding))

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.buyer import BuyerRun, post_job
+from agents.buyer import BuyerRun, buyer_identity, post_job
 from agents.client import PollenClient
 from agents.demo import free_port, job_spec, start_server, stop, wait_ready
 from agents.experiment import load_digits_split
@@ -105,7 +105,7 @@ def _run(cheat: bool) -> dict[str, Any]:
             buyer = PollenClient(url, acct["api_key"])
             spec = job_spec(ROUNDS, len(names), split.schema.model_dump())
             spec.update(privacy="off", budget_cents=100_000, round_deadline_s=120)
-            job = post_job(buyer, keys, spec)
+            job = post_job(buyer, keys, spec, identity=buyer_identity(root / "buyer"))
             PollenClient(url, admin_key).credit_job(job["id"], spec["budget_cents"])
             threads = [
                 threading.Thread(

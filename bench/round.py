@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.buyer import BuyerRun, post_job
+from agents.buyer import BuyerRun, buyer_identity, post_job
 from agents.client import PollenClient
 from agents.data import write_csv
 from agents.demo import free_port, job_spec, start_agent, start_server, stop, wait_ready
@@ -42,7 +42,7 @@ def _timed_job(url: str, admin: PollenClient, keys: BuyerKeys, split: Any, prese
         title=f"round bench ({preset})", preset=preset, local_epochs=1,
         model={"arch": "mlp", "hidden": HIDDEN}, quorum=PROVIDERS, round_deadline_s=600,
     )
-    job = post_job(buyer, keys, spec)
+    job = post_job(buyer, keys, spec, identity=buyer_identity(workdir / preset))
     admin.credit_job(job["id"], spec["budget_cents"])
     run = BuyerRun(buyer, keys, job["id"], split.test, out_dir=workdir / preset, poll_s=0.05)
     run._wait(run._job_if_running, "the job to start")

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.buyer import BuyerRun, post_job
+from agents.buyer import BuyerRun, buyer_identity, post_job
 from agents.client import PollenClient
 from agents.data import concat, prepare
 from agents.demo import free_port, start_agent, start_server, stop, wait_ready
@@ -76,7 +76,7 @@ def _federated(
 ) -> dict[str, float]:  # fmt: skip
     keys = BuyerKeys.generate()
     buyer = PollenClient(url, PollenClient(url, None).register(role="buyer", name=name)["api_key"])
-    job = post_job(buyer, keys, spec)
+    job = post_job(buyer, keys, spec, identity=buyer_identity(workdir / name))
     admin.credit_job(job["id"], spec["budget_cents"])
     procs = []
     try:
