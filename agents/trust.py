@@ -123,7 +123,10 @@ class Trust:
         return sth
 
     def check_inclusion(self, client: PollenClient, index: int, payload: str) -> None:
-        """Verify that the leaf with `payload` sits at `index` under our latest head."""
+        """Verify that the leaf with `payload` sits at `index` under our latest head (a leaf
+        appended since is checked under a newer head, itself proven consistent first)."""
+        if "head" not in self.data or index >= int(self.data["head"]["body"]["size"]):
+            self.check_head(client)
         head = self.data["head"]["body"]
         size = int(head["size"])
         if index >= size:
@@ -227,8 +230,7 @@ class Trust:
                 f"job {job_id} round {number}: the server signed no round-closed record"
             )
         record, body = bodies[-1]
-        if "head" in self.data and int(record["index"]) < int(self.data["head"]["body"]["size"]):
-            self.check_inclusion(client, int(record["index"]), canonical(record["record"]).decode())
+        self.check_inclusion(client, int(record["index"]), canonical(record["record"]).decode())
         return body
 
     def check_group_sums(
