@@ -2,23 +2,32 @@
 
 Appends share the journal's serialization (`market.ledger.journal`'s process lock and its
 database lock held to commit), so leaf indices are gap-free and a ledger transaction and its
-leaf commit together or not at all. The tree is recomputed from the stored leaf hashes: a log
-of this size (thousands of leaves) needs no cached interior nodes.
+leaf commit together or not at all.
+
+Heads and proofs come from an in-memory tree of the committed leaves (`market.translog.tree`),
+one per database, extended on each request by the leaves committed since (read on a
+connection of its own, so a leaf of an open transaction never enters it): O(1) queries and
+O(log² n) hashes instead of reading and rehashing all n leaves. A restarted server rebuilds
+it from the stored leaf hashes.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlmodel import Session, col, func, select
 
 from crypto.identity import IdentityKey, canonical
-from crypto.merkle import consistency_proof, inclusion_proof, leaf_hash, tree_root
+from crypto.merkle import leaf_hash
 from market.errors import InvalidInputError
 from market.ledger import journal
 from market.models.translog import LogLeaf
+from market.translog.tree import Levels
 
 
 def _append_locked(
@@ -81,43 +90,73 @@ def leaf_hashes(session: Session, size: int | None = None) -> list[bytes]:
     return [bytes.fromhex(h) for h in session.exec(stmt).all()]
 
 
+_trees: weakref.WeakKeyDictionary[Engine, Levels] = weakref.WeakKeyDictionary()
+_trees_lock = threading.Lock()
+
+
+def tree(session: Session) -> Levels:
+    """The tree of every committed leaf of this session's database, brought up to date."""
+    engine = session.get_bind().engine
+    with _trees_lock:
+        levels = _trees.setdefault(engine, Levels())
+        stmt = (
+            select(LogLeaf.index, LogLeaf.leaf_hash)
+            .where(col(LogLeaf.index) >= levels.size)
+            .order_by(col(LogLeaf.index))
+        )
+        with Session(engine) as fresh:
+            for index, h in fresh.exec(stmt).all():
+                if index != levels.size:
+                    raise RuntimeError(f"log leaf {index} follows {levels.size - 1}: a gap")
+                levels.append(bytes.fromhex(h))
+        return levels
+
+
+def forget(engine: Engine) -> None:
+    """Drop the cached tree of `engine`'s database (as a restart does)."""
+    with _trees_lock:
+        _trees.pop(engine, None)
+
+
 def _iso(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def head(session: Session, key: IdentityKey, *, now: datetime) -> dict[str, Any]:
     """The signed tree head of everything committed: a `tree-head` record."""
-    hashes = leaf_hashes(session)
-    body = {"size": len(hashes), "root": tree_root(hashes).hex(), "timestamp": _iso(now)}
+    levels = tree(session)
+    size = levels.size
+    body = {"size": size, "root": levels.root(size).hex(), "timestamp": _iso(now)}
     return key.record("tree-head", body)
 
 
-def _sizes(session: Session, *sizes: int) -> list[bytes]:
-    hashes = leaf_hashes(session)
+def _sized(session: Session, *sizes: int) -> Levels:
+    levels = tree(session)
     for s in sizes:
-        if not 0 <= s <= len(hashes):
-            raise InvalidInputError(f"the log has {len(hashes)} leaves, not {s}")
-    return hashes
+        if not 0 <= s <= levels.size:
+            raise InvalidInputError(f"the log has {levels.size} leaves, not {s}")
+    return levels
 
 
 def inclusion(session: Session, index: int, size: int) -> list[str]:
-    hashes = _sizes(session, size)
+    levels = _sized(session, size)
     if not 0 <= index < size:
         raise InvalidInputError(f"leaf {index} is not in a tree of {size}")
-    return [h.hex() for h in inclusion_proof(index, hashes[:size])]
+    return [h.hex() for h in levels.inclusion(index, size)]
 
 
 def consistency(session: Session, first: int, second: int) -> list[str]:
-    hashes = _sizes(session, first, second)
+    levels = _sized(session, first, second)
     if first > second:
         raise InvalidInputError(f"a tree of size {second} cannot extend one of {first}")
-    return [h.hex() for h in consistency_proof(first, hashes[:second])]
+    return [h.hex() for h in levels.consistency(first, second)]
 
 
 def inclusions(session: Session, indices: list[int]) -> tuple[int, dict[int, list[str]]]:
     """The current tree size and the audit path of each leaf in `indices` under it."""
-    hashes = leaf_hashes(session)
-    return len(hashes), {i: [h.hex() for h in inclusion_proof(i, hashes)] for i in indices}
+    levels = tree(session)
+    size = levels.size
+    return size, {i: [h.hex() for h in levels.inclusion(i, size)] for i in indices}
 
 
 def ledger_leaf(session: Session, txn_hash: str, job_id: str | None) -> LogLeaf:

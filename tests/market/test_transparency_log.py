@@ -84,6 +84,10 @@ def _rewrite_settlement(client: TestClient, cents: int) -> None:
             conn.execute(
                 text('UPDATE log_leaf SET payload=:p, leaf_hash=:h WHERE "index"=:i'), new
             )
+    # ...and restarts the server, which rebuilds its tree from the rewritten leaves.
+    from market.translog.log import forget
+
+    forget(engine)
 
 
 def test_rewritten_settlement_is_caught_by_every_saved_head(
