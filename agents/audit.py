@@ -176,13 +176,13 @@ def audit_provider_money(client: PollenClient, trust: Trust, key: str, me: str) 
             )
     paid: dict[tuple[str, str], int] = {}
     for p in payouts:
-        body = signed_payouts.get(str(p["id"]))
-        if body is None:
+        sp = signed_payouts.get(str(p["id"]))
+        if sp is None:
             raise TrustError(
                 f"payout {p['id']} ({p['amount_cents']} {p['currency']} cents, job "
                 f"{p['job_id']}) has no signed payout record in the log"
             )
-        if (int(body["cents"]), body["currency"], body["jobs"]) != (
+        if (int(sp["cents"]), sp["currency"], sp["jobs"]) != (
             int(p["amount_cents"]),
             p["currency"],
             [p["job_id"]],
@@ -190,7 +190,7 @@ def audit_provider_money(client: PollenClient, trust: Trust, key: str, me: str) 
             raise TrustError(
                 f"amount mismatch: payout {p['id']} is reported as {p['amount_cents']} "
                 f"{p['currency']} cents for job {p['job_id']}, its signed payout record says "
-                f"{body['cents']} {body['currency']} cents for {body['jobs']}"
+                f"{sp['cents']} {sp['currency']} cents for {sp['jobs']}"
             )
     for body in signed_payouts.values():
         k = (str(body["currency"]), str(body["jobs"][0]))

@@ -217,10 +217,10 @@ class Trust:
         """The server's signed round-closed record of round `number`, included in the log."""
         key = self.server_key(client)
         found = [r for r in client.job_records(job_id) if r["kind"] == "round-closed"]
-        bodies = []
+        bodies: list[tuple[Json, Json]] = []
         for r in found:
             try:
-                body = verify_record(r["record"], key, kind="round-closed")
+                body: Json = verify_record(r["record"], key, kind="round-closed")
             except SignatureError as exc:
                 raise TrustError(f"job {job_id}: a round-closed record is forged: {exc}") from exc
             if body.get("job_id") == job_id and body.get("round") == number:

@@ -134,6 +134,7 @@ CASES: list[tuple[str, str, Body | None, dict[str, int]]] = [
     ("PUT", "/v1/jobs/{job}/manifest", _json({"kind": "manifest"}), _m(401, 422, 404, 403, 403, 403, 403)),
     ("POST", "/v1/jobs/{job}/records", _json({"kind": "model"}), _m(401, 422, 404, 403, 403, 403, 403)),
     ("PUT", "/v1/accounts/me/identity", _json({"kind": "identity"}), _m(401, 422, 422, 422, 422, 422, 422)),
+    ("GET", "/v1/accounts/me/records", None, _m(401, 200, 200, 200, 200, 200, 200)),
     ("GET", "/v1/accounts/{provider}/identity", None, _m(401, 404, 404, 404, 404, 404, 404)),
     ("POST", "/v1/webhooks/stripe", _json({"type": "payment_intent.succeeded"}), _m(400, 400, 400, 400, 400, 400, 400)),
 ]  # fmt: skip
