@@ -177,9 +177,11 @@ def test_cancel_refunds_through_stripe(world: World) -> None:
     assert (seen.amount, seen.payment_intent) == (5_000, funding["payment"]["external_id"])
 
 
-def test_connect_transfers_pay_providers(world: World) -> None:
+def test_connect_transfers_pay_providers(world: World, tmp_path: Path) -> None:
     """Payouts create one connected account per provider and one transfer per provider and
-    job; a failed transfer is retried under the same idempotency key and paid once."""
+    job; a failed transfer is retried under the same idempotency key and paid once. Each
+    transfer has the server's signed payout record naming it, and every party's audit of
+    the money (settled at cancel, fee and refund included) passes."""
     scn = open_job(world.http, world.clock, world.keys, providers=3, accept=3)  # type: ignore[arg-type]
     for p in scn.providers:
         assert scn.submit(p, 1).status_code == 201
@@ -202,3 +204,16 @@ def test_connect_transfers_pay_providers(world: World) -> None:
     assert all(e["balance_cents"] == 0 for e in view["earnings"])
     report = world.http.get("/v1/ledger/verify", headers=operator.headers).json()
     assert report["ok"] and report["totals"]["usd"]["transferred"] == sum(earned.values())
+    from agents.audit import audit
+    from agents.client import PollenClient
+    from agents.trust import Trust
+
+    for i, p in enumerate(scn.providers):
+        with PollenClient(world.url, p.api_key) as api:
+            paid = [r["record"]["body"] for r in api.my_records() if r["kind"] == "payout"]
+            assert [b["rail"] for b in paid] == ["stripe"]
+            assert paid[0]["rail_reference"] in world.connect.transfers
+            assert paid[0]["cents"] == by_dest[p.id]
+            assert audit(api, Trust(tmp_path / f"p{i}" / "trust.json"))
+    with PollenClient(world.url, scn.buyer.api_key) as api:
+        assert audit(api, Trust(tmp_path / "buyer" / f"{scn.job_id}.trust.json"))
