@@ -16,7 +16,7 @@ from agents.audit import audit
 from agents.client import PollenClient
 from agents.trust import Trust, TrustError
 from crypto import BuyerKeys
-from crypto.identity import verify_record
+from crypto.identity import canonical, verify_record
 from crypto.merkle import leaf_hash, verify_inclusion
 from tests.market.test_transparency_log import _rewrite_settlement, _settled
 from tests.utils.clock import FakeClock
@@ -57,6 +57,13 @@ def test_settlement_and_payout_records_are_signed_and_served_with_proofs(
         if r["kind"] == "settlement"
     ]
     assert sum(p["cents"] for b in settlements for p in b["payees"]) == receipt["paid_cents"]
+    head = client.get("/v1/log/head").json()["body"]
+    for r in client.get(f"/v1/jobs/{scn.job_id}/records", headers=scn.buyer.headers).json():
+        assert r["inclusion"]["size"] == head["size"]
+        verify_inclusion(
+            r["index"], head["size"], leaf_hash(canonical(r["record"])),
+            [bytes.fromhex(h) for h in r["inclusion"]["proof"]], bytes.fromhex(head["root"]),
+        )  # fmt: skip
     assert sum(b["fees_cents"] for b in settlements) == receipt["fees_cents"]
     for p in scn.providers:
         mine = client.get("/v1/accounts/me/records", headers=p.headers).json()

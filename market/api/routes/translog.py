@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from market.api.deps import BlobsDep, BuyerAccount, CurrentAccount, NowDep, SessionDep
 from market.errors import NotFoundError
 from market.services import access, trust
-from market.translog import consistency, current, head, inclusion
+from market.translog import consistency, current, head, inclusion, log
 
 router = APIRouter(tags=["log"])
 
@@ -97,9 +97,14 @@ def get_leaf(
 @router.get("/v1/jobs/{job_id}/records")
 def job_records(job_id: str, account: CurrentAccount, session: SessionDep) -> list[dict[str, Any]]:
     """The job's signed records (manifest, models, acceptances, closes, and the settlements
-    and payouts the caller is party to) with leaf indices."""
+    and payouts the caller is party to) with leaf indices and inclusion proofs under the
+    current tree."""
     access.visible_job(session, job_id, account)
-    return trust.records_of(session, job_id, account)
+    records = trust.records_of(session, job_id, account)
+    size, proofs = log.inclusions(session, [r["index"] for r in records])
+    for r in records:
+        r["inclusion"] = {"size": size, "proof": proofs[r["index"]]}
+    return records
 
 
 @router.get("/v1/accounts/me/records")
