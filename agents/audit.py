@@ -59,7 +59,17 @@ def audit(client: PollenClient, trust: Trust) -> list[str]:
                     closes[(job_id, int(b["round"]))] = b
                     trust.check_inclusion(client, int(r["index"]), canonical(r["record"]).decode())
         close = closes.get((job_id, number))
-        if close is not None and body["provider_id"] not in close["included"]:
+        if close is None:
+            state = client.get_round(job_id, number).get("state")
+            if state in ("closed", "published"):
+                raise TrustError(
+                    f"job {job_id} round {number} is {state}, but the server serves no signed "
+                    f"round-closed record for it: the receipt at leaf {receipt['leaf_index']} "
+                    "cannot be checked against the aggregate"
+                )
+            done.append(f"receipt job {job_id} round {number}: signed, in the log ({state})")
+            continue
+        if body["provider_id"] not in close["included"]:
             raise TrustError(
                 f"job {job_id} round {number}: the server signed that it accepted the update of "
                 f"{body['provider_id']} (leaf {receipt['leaf_index']}), but its signed "

@@ -180,3 +180,35 @@ def test_accepted_update_missing_from_the_aggregate_is_proven(
     assert scn.round(1)["state"] == "closed"
     with pytest.raises(TrustError, match="leaves it out of the aggregate"):
         audit(api, t)
+
+
+def test_withheld_round_closed_record_fails_the_audit(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys, tmp_path: object
+) -> None:
+    """The operator hides the round-closed record of a closed round (the one record that
+    would prove an accepted update missing from the sum): the provider's audit does not
+    pass for want of it, it fails naming the round."""
+    from pathlib import Path
+
+    import httpx
+
+    from tests.agents.test_trust_attacks import Operator
+
+    def withhold(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if request.url.path.endswith("/records") and request.method == "GET":
+            kept = [r for r in response.json() if r["kind"] != "round-closed"]
+            return httpx.Response(200, json=kept, request=request)
+        return response
+
+    scn = running_job(client, clock, buyer_keys)
+    victim = scn.providers[0]
+    r = scn.submit(victim, 1)
+    assert r.status_code == 201
+    t = Trust(Path(str(tmp_path)) / "trust.json")
+    t.keep_receipt({"leaf_index": r.json()["leaf_index"], "record": r.json()["record"]})
+    for p in scn.providers[1:]:
+        assert scn.submit(p, 1).status_code == 201
+    assert scn.round(1)["state"] == "closed"
+    api = PollenClient("http://testserver", victim.api_key, transport=Operator(client, withhold))
+    with pytest.raises(TrustError, match="serves no signed round-closed record"):
+        audit(api, t)
