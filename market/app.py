@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.blobs = store_for(settings)  # a folder, or the S3 bucket of POLLEN_BLOB_URL
     app.state.clock = utcnow
     app.state.rail = rail_for(settings)
-    app.state.signer = install(settings)
+    app.state.signer = install(settings, app.state.blobs)
     reputation.configure(decay=settings.reputation_decay)
     problems.install(app)
     for module in (accounts, listings, jobs, offers, rounds, admin, money, privacy, translog):

@@ -9,7 +9,7 @@ and the blob store the round-closed record reads its group sums from, from `blob
 from __future__ import annotations
 
 from crypto.identity import IdentityKey
-from market.blobs import BlobStore, LocalBlobStore
+from market.blobs import BlobStore, store_for
 from market.config import Settings
 
 _current: IdentityKey | None = None
@@ -22,10 +22,10 @@ def server_key(settings: Settings) -> IdentityKey:
     return IdentityKey.load_or_create(settings.data_dir / "signing.key")
 
 
-def install(settings: Settings) -> IdentityKey:
+def install(settings: Settings, store: BlobStore | None = None) -> IdentityKey:
     global _current, _blobs
     _current = server_key(settings)
-    _blobs = LocalBlobStore(settings.blob_root)
+    _blobs = store if store is not None else store_for(settings)
     return _current
 
 
