@@ -510,6 +510,33 @@ def admin_credit(
     )
 
 
+@admin_app.command("approve-provider")
+@friendly
+def admin_approve_provider(
+    account_id: Annotated[str, typer.Argument(metavar="ACCOUNT")],
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: ApiKeyOpt = "",
+) -> None:
+    """Verify a provider: only verified providers are matched and count toward quorums."""
+    acct = _client(server, api_key).approve_provider(account_id)
+    console.print(
+        f"provider {escape(acct['id'])} ({escape(acct['name'])}) verified by "
+        f"{escape(str(acct['verified_by']))}"
+    )
+
+
+@admin_app.command("revoke-provider")
+@friendly
+def admin_revoke_provider(
+    account_id: Annotated[str, typer.Argument(metavar="ACCOUNT")],
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: ApiKeyOpt = "",
+) -> None:
+    """Withdraw a provider's verification: no new offers, its pending offers withdrawn."""
+    acct = _client(server, api_key).revoke_provider(account_id)
+    console.print(f"provider {escape(acct['id'])} ({escape(acct['name'])}) is no longer verified")
+
+
 # ---------------------------------------------------------------------------- demo
 
 
