@@ -74,7 +74,9 @@ def test_without_the_rule_the_sybil_isolates_the_victim(
         scn = Scenario(client, clock, buyer_keys, buyer, admin(client), [real, sybil], job_id)
         r = scn.submit(real, 1, scn.envelope(real, 1, value=0.3, summands=2))
         assert r.status_code == 201, r.text
-        assert scn.submit(sybil, 1, scn.envelope(sybil, 1, value=0.0, summands=2)).status_code == 201
+        assert (
+            scn.submit(sybil, 1, scn.envelope(sybil, 1, value=0.0, summands=2)).status_code == 201
+        )
         r = client.get(f"/v1/jobs/{job_id}/rounds/1/aggregate", headers=buyer.headers)
         assert r.status_code == 200, r.text
         agg = decrypt_aggregate(buyer_keys, r.content)

@@ -39,17 +39,17 @@ def tick(account: AdminAccount, session: SessionDep, now: NowDep) -> TickResult:
     return TickResult(rounds_checked=rounds.tick(session, now=now))
 
 
-@router.post("/providers/{account_id}/approve", response_model=AccountPublic)
+@router.post("/providers/{provider_id}/approve", response_model=AccountPublic)
 def approve_provider(
-    account_id: str, account: AdminAccount, session: SessionDep, now: NowDep
+    provider_id: str, account: AdminAccount, session: SessionDep, now: NowDep
 ) -> AccountPublic:
     """Vouch for a provider: from now on it is matched to jobs and counts toward quorums."""
-    return accounts.public(verification.approve(session, account, account_id, now=now))
+    return accounts.public(verification.approve(session, account, provider_id, now=now))
 
 
-@router.post("/providers/{account_id}/revoke", response_model=AccountPublic)
+@router.post("/providers/{provider_id}/revoke", response_model=AccountPublic)
 def revoke_provider(
-    account_id: str, account: AdminAccount, session: SessionDep, now: NowDep
+    provider_id: str, account: AdminAccount, session: SessionDep, now: NowDep
 ) -> AccountPublic:
     """Withdraw a provider's verification: no new offers; its pending offers are withdrawn."""
-    return accounts.public(verification.revoke(session, account, account_id, now=now))
+    return accounts.public(verification.revoke(session, account, provider_id, now=now))
