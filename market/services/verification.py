@@ -64,6 +64,16 @@ def is_verified(account: Account) -> bool:
     return account.role == "provider" and account.verified_at is not None
 
 
+def describe(account: Account) -> str:
+    """One line for people: whether the provider is verified, by whom, since when."""
+    if account.verified_at is None:
+        return "not verified: never matched to a job" + (" (revoked)" if revoked(account) else "")
+    since = f"{account.verified_at:%Y-%m-%d %H:%M} UTC"
+    if account.verified_by == STRIPE_CONNECT:
+        return f"verified by its Stripe Connect account (payouts enabled) since {since}"
+    return f"approved by an operator on {since}"
+
+
 def verified_ids(session: Session, provider_ids: Iterable[str]) -> set[str]:
     ids = list(set(provider_ids))
     if not ids:

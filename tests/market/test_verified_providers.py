@@ -132,3 +132,13 @@ def test_connect_onboarding_is_refused_on_the_manual_rail(client: TestClient) ->
     provider = register(client, "provider", "p", verified=False)
     r = client.post("/v1/accounts/me/connect", headers=provider.headers)
     assert r.status_code == 409 and "operator approves providers" in r.json()["detail"]
+
+
+def test_provider_page_shows_verification(client: TestClient) -> None:
+    """The public provider page says whether the provider is verified, and by whom."""
+    approved = register(client, "provider", "clinic")
+    sybil = register(client, "provider", "sock", verified=False)
+    page = client.get(f"/ui/providers/{approved.id}")
+    assert page.status_code == 200 and "approved by an operator on" in page.text
+    page = client.get(f"/ui/providers/{sybil.id}")
+    assert "not verified: never matched to a job" in page.text
