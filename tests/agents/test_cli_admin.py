@@ -59,3 +59,10 @@ def test_refusals_are_one_line(url: str) -> None:
     for args, message in cases:
         code, out = _run("admin", "approve-provider", *args, "--server", url)
         assert code == 1 and message in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_connect_on_the_manual_rail_is_one_line(url: str) -> None:
+    """`pollen account connect` without Stripe Connect says the operator approves instead."""
+    p = _register(url, "provider")
+    code, out = _run("account", "connect", "--server", url, "--api-key", p["api_key"])
+    assert code == 1 and "an operator approves providers" in out, out
