@@ -24,8 +24,11 @@ quorum of rounds, of groups and of aggregate release counts those parties and no
 Excluding at matching, rather than matching everyone and not counting some, is the version
 that is a guarantee by construction: no sum, group or close decision ever has to tell
 verified updates from unverified ones, and an unverified account is never paid for updates
-that could not count. Revoking withdraws the provider's pending offers and keeps it out of
-every later match; an offer it had already accepted stands until that job ends.
+that could not count. Losing verification (an operator's revocation, Connect payouts
+disabled) withdraws the provider's pending offers and keeps it out of every later match; an
+offer it had already accepted stands until that job ends (its updates were made while it was
+verified, and dropping it mid-round would only cost the other providers a deadline). The
+setting applies to offers made while it is on.
 """
 
 from __future__ import annotations
@@ -116,19 +119,26 @@ def approve(session: Session, operator: Account, account_id: str, *, now: dateti
 
 def revoke(session: Session, operator: Account, account_id: str, *, now: datetime) -> Account:
     """An operator withdraws a provider's verification (either kind); its pending offers go."""
+    from market.services.matching import run_matching
+
     account = _provider(session, account_id)
     account.verified_at = None
     account.verified_by = _REVOKED + operator.id
     session.add(account)
+    _withdraw_pending(session, account, now=now)
+    log.info("provider %s verification revoked by %s", account.id, operator.id)
+    run_matching(session, now=now)  # commits; the withdrawn places go to verified providers
+    return account
+
+
+def _withdraw_pending(session: Session, account: Account, *, now: datetime) -> None:
+    """An unverified provider must not accept an offer made while it was verified."""
     for offer in session.exec(
         select(Offer).where(Offer.provider_id == account.id, Offer.state == "pending")
     ):
         offer.state = "withdrawn"
         offer.decided_at = now
         session.add(offer)
-    session.commit()
-    log.info("provider %s verification revoked by %s", account.id, operator.id)
-    return account
 
 
 def revoked(account: Account) -> bool:
@@ -152,6 +162,7 @@ def apply_connect_status(
         account.verified_at = None
         account.verified_by = None
         session.add(account)
+        _withdraw_pending(session, account, now=now)
         log.warning("provider %s: Connect payouts disabled, no longer verified", account.id)
     return False
 

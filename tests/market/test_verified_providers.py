@@ -88,7 +88,7 @@ def test_operator_approval_matches_and_revocation_withdraws(
     client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
 ) -> None:
     """Approving a provider matches its listings at once; revoking withdraws its pending
-    offers and keeps it out of later matching passes."""
+    offer, and the place goes to another verified provider."""
     _, _, late, job_id = _sybil_setup(client, buyer_keys)
     r = client.post(f"/v1/admin/providers/{late.id}/approve", headers=OPERATOR)
     assert r.status_code == 200, r.text
@@ -98,16 +98,17 @@ def test_operator_approval_matches_and_revocation_withdraws(
     assert offer["state"] == "pending"
     again = client.post(f"/v1/admin/providers/{late.id}/approve", headers=OPERATOR).json()
     assert again["verified_at"] == body["verified_at"]  # idempotent
+    waiting = register(client, "provider", "waiting")  # the job's 2 places are taken
+    assert (
+        client.post("/v1/listings", json=listing_body(), headers=waiting.headers).status_code == 201
+    )
+    assert _offers(client, waiting, job_id) == []
     r = client.post(f"/v1/admin/providers/{late.id}/revoke", headers=OPERATOR)
     assert r.status_code == 200 and r.json()["verified_at"] is None
     assert [o["state"] for o in _offers(client, late, job_id)] == ["withdrawn"]
     r = client.post(f"/v1/offers/{offer['id']}/accept", headers=late.headers)
     assert r.status_code == 409
-    other = register(client, "buyer", "other")
-    draft_job(client, buyer_keys, other)
-    assert all(
-        o["state"] == "withdrawn" for o in client.get("/v1/offers", headers=late.headers).json()
-    )
+    assert [o["state"] for o in _offers(client, waiting, job_id)] == ["pending"]
 
 
 def test_approve_and_revoke_refusals_change_nothing(client: TestClient) -> None:

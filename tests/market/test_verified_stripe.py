@@ -72,6 +72,9 @@ def test_only_connect_accounts_with_payouts_enabled_count(world: World) -> None:
     reasons = {e["reason"]: e["listings"] for e in report["excluded"]}
     assert reasons["provider not verified (by Stripe Connect or an operator)"] == 1
     assert len(world.connect.accounts) == 2  # one Connect account each, created once
+    # Stripe disables the honest provider's payouts: its pending offer goes with its status.
+    assert _account_updated(world, world.connect.account_of(honest.id), False) == "unverified"
+    assert [o["state"] for o in _offers(world, honest)] == ["withdrawn"]
 
 
 def test_account_updated_webhook_verifies_and_unverifies(world: World) -> None:
