@@ -268,7 +268,12 @@ def run_demo(
             )
             stack.callback(stop, proc)
             agents.append(proc)
-        console.print(escape(f"{providers} provider agents started (logs in {data_dir}/agents/)"))
+        console.print(
+            escape(
+                f"{providers} provider accounts approved by the operator (only verified providers "
+                f"are matched), their agents started (logs in {data_dir}/agents/)"
+            )
+        )
 
         def show(r: RoundReport) -> None:
             console.print(
