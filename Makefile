@@ -34,9 +34,10 @@ browser:
 	    echo "need $(CHROMIUM): sudo apt-get install -y chromium"; exit 1; \
 	  fi; }
 
-# POLLEN_REQUIRE_BROWSER=1: a missing browser fails the dashboard tests instead of skipping.
+# POLLEN_REQUIRE_BROWSER=1 / POLLEN_REQUIRE_S3=1: a missing browser or SeaweedFS binary fails
+# the dashboard or S3 tests instead of skipping them.
 pytest: setup browser
-	POLLEN_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	POLLEN_REQUIRE_BROWSER=1 POLLEN_REQUIRE_S3=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

@@ -141,6 +141,7 @@ class BuyerRun:
         optimizer: str = "fedavg",
         notify: Callable[[str], None] | None = None,
         on_round: Callable[[RoundReport], None] | None = None,
+        on_collecting: Callable[[dict[str, Any]], None] | None = None,
         poll_s: float = 0.5,
         backoff: Backoff | None = None,
         identity: IdentityKey | None = None,
@@ -156,6 +157,8 @@ class BuyerRun:
         self.state = StateFile(out_dir / f"{job_id}.state.json")
         self.notify = notify or (lambda m: logger.info("%s", m))
         self.on_round = on_round
+        # Called with the server's view of the round each time it is polled while collecting.
+        self.on_collecting = on_collecting
         self.poll_s = poll_s
         self.backoff = backoff or Backoff(first_wait_s=max(poll_s, 0.1), notify=self.notify)
         job = self.backoff.call(client.get_job, job_id)
@@ -349,7 +352,11 @@ class BuyerRun:
     def _closed(self, number: int) -> dict[str, Any] | None:
         self._job_if_running()
         rnd = self.client.get_round(self.job_id, number)
-        return rnd if rnd["state"] in ("closed", "published") else None
+        if rnd["state"] in ("closed", "published"):
+            return rnd
+        if self.on_collecting is not None and rnd["state"] == "collecting":
+            self.on_collecting(rnd)
+        return None
 
     def _finish(self, outcome: JobOutcome) -> None:
         job = self.client.get_job(self.job_id)

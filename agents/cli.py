@@ -27,8 +27,9 @@ from rich.table import Table
 
 from agents.data import DataError
 
-console = Console()
-err_console = Console(stderr=True)
+# Soft wrap: a message stays one line in a log or a pipe (rich would cut it at 80 columns).
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
     help="Pollen: a marketplace for private model training with CKKS-encrypted updates.",
@@ -72,6 +73,13 @@ RetryForOpt = Annotated[
 ]
 MaxRetryWaitOpt = Annotated[
     float, typer.Option("--max-retry-wait", help="Longest wait between two retries, seconds.")
+]
+NoProgressOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-progress",
+        help="No live bars, even on a terminal: one plain line per event (as in a pipe).",
+    ),
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -240,16 +248,39 @@ def job_post(
     from crypto.identity import IdentityKey
 
     spec = load_spec(spec_file)
+    check_spec(spec, spec_file)
     short = budget_problem(spec)
     if short and not allow_low_budget:
         raise ValueError(short)
     if short:
         err_console.print(f"[yellow]warning:[/yellow] {escape(short)}")
+    client = _client(server, api_key)
+    buyer_keys = BuyerKeys.load(keys)
     identity = IdentityKey.load_or_create(identity_path(keys))
     console.print(f"signing the manifest with identity {identity.fingerprint}")
-    job = post_job(_client(server, api_key), BuyerKeys.load(keys), spec, identity=identity)
+    job = post_job(client, buyer_keys, spec, identity=identity)
     console.print(f"job [bold]{escape(job['id'])}[/bold] is {escape(job['state'])}")
     console.print(f"next: pollen job run {escape(job['id'])} --test YOUR_HELD_OUT.csv")
+
+
+def check_spec(spec: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line, a spec the server would refuse: unknown keys, bad values."""
+    from pydantic import ValidationError
+
+    from market.models.jobs import JobCreate
+
+    try:
+        JobCreate.model_validate(spec)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            if error["type"] == "extra_forbidden":
+                problems.append(f"unknown key {where!r}")
+            else:
+                message = str(error["msg"]).removeprefix("Value error, ")
+                problems.append(f"{where}: {message}" if where else message)
+        raise ValueError(f"{path}: " + "; ".join(problems)) from None
 
 
 @job_app.command("run")
@@ -268,45 +299,59 @@ def job_run(
     poll: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.5,
     retry_for: RetryForOpt = 300.0,
     max_retry_wait: MaxRetryWaitOpt = 10.0,
+    no_progress: NoProgressOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Drive a job: each round decrypt the sum, step the model, evaluate, publish the next."""
+    """Drive a job: each round decrypt the sum, step the model, evaluate, publish the next.
+
+    While a round collects, shows how many updates are in and the time to its deadline
+    (live on a terminal, a line per change otherwise); then the round's metrics."""
     from agents.buyer import BuyerRun, RoundReport
     from agents.client import Backoff
+    from agents.progress import RoundStatus, round_watch
     from agents.tabular import read_table
     from crypto import BuyerKeys
 
     _logging(verbose)
     say = functools.partial(_say, "buyer")
 
-    def show(r: RoundReport) -> None:
-        console.print(
-            f"round {r.round:>3}/{run.rounds_total}: {r.describe()}  "
-            f"providers {r.providers}  samples {r.samples}"
-        )
-
     from agents.cli_trust import identity_path
     from crypto.identity import IdentityKey
 
-    run = BuyerRun(
-        _client(server, api_key),
-        BuyerKeys.load(keys),
-        job_id,
-        read_table(test),
-        identity=IdentityKey.load_or_create(identity_path(keys)),
-        out_dir=out,
-        optimizer=optimizer,
-        notify=say,
-        on_round=show,
-        poll_s=poll,
-        backoff=Backoff(
-            give_up_after_s=retry_for,
-            first_wait_s=min(poll, max_retry_wait),
-            max_wait_s=max_retry_wait,
+    with round_watch(console, functools.partial(_say, None), live=not no_progress) as watch:
+
+        def show(r: RoundReport) -> None:
+            watch.closed()
+            console.print(
+                escape(
+                    f"round {r.round:>3}/{run.rounds_total}: {r.describe()}  "
+                    f"providers {r.providers}  samples {r.samples}"
+                ),
+                highlight=False,
+            )
+
+        run = BuyerRun(
+            _client(server, api_key),
+            BuyerKeys.load(keys),
+            job_id,
+            read_table(test),
+            identity=IdentityKey.load_or_create(identity_path(keys)),
+            out_dir=out,
+            optimizer=optimizer,
             notify=say,
-        ),
-    )
-    outcome = run.run()
+            on_round=show,
+            on_collecting=lambda rnd: watch.collecting(
+                RoundStatus.from_round(rnd, run.rounds_total)
+            ),
+            poll_s=poll,
+            backoff=Backoff(
+                give_up_after_s=retry_for,
+                first_wait_s=min(poll, max_retry_wait),
+                max_wait_s=max_retry_wait,
+                notify=say,
+            ),
+        )
+        outcome = run.run()
     console.print(
         escape(
             f"job {job_id} {outcome.state}; model {outcome.model_path}, "
@@ -394,6 +439,7 @@ def agent_run(
     ] = None,
     retry_for: RetryForOpt = 300.0,
     max_retry_wait: MaxRetryWaitOpt = 10.0,
+    no_progress: NoProgressOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     trust_buyer: Annotated[
         str | None,
@@ -403,10 +449,14 @@ def agent_run(
         ),
     ] = None,
 ) -> None:
-    """Run a provider agent: publish a listing, accept offers, train and submit encrypted."""
+    """Run a provider agent: publish a listing, accept offers, train and submit encrypted.
+
+    Shows each round's training epochs, encryption and upload (bars on a terminal, a line
+    per event otherwise)."""
     import torch
 
     from agents.client import Backoff, PollenClient, never_sent
+    from agents.progress import agent_progress
     from agents.provider import AgentPolicy, ProviderAgent
     from agents.state import StateFile
     from agents.tabular import read_table
@@ -446,25 +496,26 @@ def agent_run(
 
     identity = IdentityKey.load_or_create(state_dir / "identity.key")
     say(f"identity fingerprint {identity.fingerprint}")
-    agent = ProviderAgent(
-        PollenClient(server, key),
-        dataset,
-        label=label,
-        state_dir=state_dir,
-        listing_name=name,
-        ask_cents=ask_cents,
-        currency=currency,
-        policy=AgentPolicy(min_price_cents, max_jobs),
-        privacy=privacy,
-        dp=dp,
-        seed=seed,
-        notify=say,
-        on_epoch=lambda e: say(f"  epoch {e.epoch}/{e.epochs}: loss {e.loss:.4f}"),
-        identity=identity,
-        trust_buyer=trust_buyer,
-    )
-    backoff.call(agent.ensure_listing, classes=_parse_classes(classes))
-    agent.run(poll_s=poll, exit_after_jobs=exit_after_jobs, backoff=backoff)
+    with agent_progress(console, say, live=not no_progress) as progress:
+        agent = ProviderAgent(
+            PollenClient(server, key),
+            dataset,
+            label=label,
+            state_dir=state_dir,
+            listing_name=name,
+            ask_cents=ask_cents,
+            currency=currency,
+            policy=AgentPolicy(min_price_cents, max_jobs),
+            privacy=privacy,
+            dp=dp,
+            seed=seed,
+            notify=say,
+            identity=identity,
+            trust_buyer=trust_buyer,
+            progress=progress,
+        )
+        backoff.call(agent.ensure_listing, classes=_parse_classes(classes))
+        agent.run(poll_s=poll, exit_after_jobs=exit_after_jobs, backoff=backoff)
 
 
 def _print_matching(report: dict[str, Any]) -> None:
@@ -496,9 +547,9 @@ def rounds_table(job: dict[str, Any]) -> Table:
     return table
 
 
-def _say(name: str, message: str) -> None:
+def _say(name: str | None, message: str) -> None:
     # Escaped: "[provider-0]" or an "[Errno 111]" in a message would be eaten as markup.
-    console.print(escape(f"[{name}] {message}"), highlight=False)
+    console.print(escape(f"[{name}] {message}" if name else message), highlight=False)
 
 
 def _parse_classes(text: str | None) -> list[int] | None:

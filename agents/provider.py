@@ -34,6 +34,7 @@ from agents.data import DataError, Dataset, DatasetSchema, prepare
 from agents.modelio import flatten, load_safetensors
 from agents.models import ModelSpec, build_model
 from agents.privacy import DPPlan, PrivacyDeclinedError, PrivacyPolicy, plan_record_dp
+from agents.progress import AgentProgress, NullAgentProgress, steps_of
 from agents.state import StateFile, write_atomic
 from agents.tabular import Table, listing_schema
 from agents.training import EpochInfo, RecordDP, compute_update, train_local
@@ -94,6 +95,7 @@ class ProviderAgent:
         on_epoch: Callable[[EpochInfo], None] | None = None,
         identity: IdentityKey | None = None,
         trust_buyer: str | None = None,
+        progress: AgentProgress | None = None,
     ) -> None:
         self.client = client
         # With an identity the agent signs its envelopes and trusts nothing unsigned: the
@@ -120,6 +122,8 @@ class ProviderAgent:
         self.seed = seed
         self.notify = notify or (lambda msg: logger.info("%s", msg))
         self.on_epoch = on_epoch
+        # Training, encryption and upload as they happen (agents.progress draws them).
+        self.progress: AgentProgress = progress or NullAgentProgress()
         self._contexts: dict[str, PublicContext] = {}
 
     # ------------------------------------------------------------------ listing & offers
@@ -284,6 +288,14 @@ class ProviderAgent:
                 else ", no DP)"
             )
         )
+        epochs = int(spec["local_epochs"])
+        self.progress.training(job["id"], number, epochs=epochs, samples=len(local))
+
+        def on_epoch(info: EpochInfo) -> None:
+            self.progress.epoch(job["id"], number, info)
+            if self.on_epoch is not None:
+                self.on_epoch(info)
+
         result = train_local(
             model,
             local,
@@ -291,7 +303,7 @@ class ProviderAgent:
             lr=float(spec["learning_rate"]),
             batch_size=int(spec["batch_size"]),
             seed=train_seed(int(spec.get("seed", 0)), number, self.seed),
-            progress=self.on_epoch,
+            progress=on_epoch,
             dp=record_dp,
         )
         delta = compute_update(global_vec, flatten(model))
@@ -315,6 +327,7 @@ class ProviderAgent:
         binding = EnvelopeBinding(
             job["id"], number, me, int(job["param_count"]), int(rnd["summands"])
         )
+        self.progress.encrypting(job["id"], number, params=len(delta))
         envelope = encrypt_update(
             self._context(job["id"]).for_preset(str(spec["preset"])),
             delta,
@@ -322,6 +335,7 @@ class ProviderAgent:
             weight=weight,
             samples=samples,
         )
+        self.progress.encrypted(job["id"], number, size=len(envelope))
         self.notify(
             f"job {job['id']} round {number}: trained on {result.samples} samples, "
             f"loss {result.loss:.4f}, envelope {len(envelope) / 1e6:.2f} MB"
@@ -390,7 +404,8 @@ class ProviderAgent:
             if entry.get("budget_spent"):
                 return False
             try:
-                envelope = self._build_envelope(job, rnd, me)
+                with steps_of(self.progress, job_id, number):
+                    envelope = self._build_envelope(job, rnd, me)
             except TrustError as exc:
                 self._refuse(job_id, entry, exc)
                 return False
@@ -410,8 +425,11 @@ class ProviderAgent:
             header = envelope[: read_header(envelope).header_len]
             body = {"header_sha256": hashlib.sha256(header).hexdigest()}
             signature = self.identity.sign("envelope", body)
+        self.progress.uploading(job_id, number, size=len(envelope))
         try:
-            receipt = self.client.submit(job_id, number, envelope, signature=signature)
+            with steps_of(self.progress, job_id, number):
+                receipt = self.client.submit(job_id, number, envelope, signature=signature)
+            self.progress.uploaded(job_id, number, size=len(envelope))
         except ApiError as exc:
             if exc.status == 409 and exc.code == "duplicate-submission":
                 receipt = exc.body.get("first", exc.body)

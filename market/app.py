@@ -31,7 +31,7 @@ from market.api.routes import (
     rounds,
     translog,
 )
-from market.blobs import LocalBlobStore
+from market.blobs import store_for
 from market.config import Settings
 from market.db import SqliteProcessClaim, make_engine, session_scope
 from market.migrate import upgrade
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
-    app.state.blobs = LocalBlobStore(settings.blob_root)
+    app.state.blobs = store_for(settings)  # a folder, or the S3 bucket of POLLEN_BLOB_URL
     app.state.clock = utcnow
     app.state.rail = rail_for(settings)
     app.state.signer = install(settings)

@@ -1,8 +1,11 @@
 """Blob storage for contexts, models, envelopes and accumulators.
 
-`BlobStore` is the interface the services use (an S3-compatible store can implement it later);
-`LocalBlobStore` keeps blobs as files under one folder. Writes are atomic (temp file in the
-same folder, fsync, rename) so a reader never sees half a blob and a crash never corrupts one.
+`BlobStore` is the interface the services use. `LocalBlobStore` (the embedded default) keeps
+blobs as files under one folder; writes are atomic (temp file in the same folder, fsync,
+rename) so a reader never sees half a blob and a crash never corrupts one.
+`market.blobs_s3.S3BlobStore` keeps them in an S3-compatible bucket; `store_for(settings)`
+picks one from `POLLEN_BLOB_URL`. Large blobs leave the store as a `BlobStream` of chunks
+(`open_read`), so a model download never sits whole in the server's memory.
 Uploads are streamed into a `TempBlob` with a hard size limit before anything is parsed, and
 abandoned when the sender stalls (`receive`): uvicorn itself never times out a request body
 that stops arriving, so a stalled upload would otherwise keep its temp file forever.
@@ -17,15 +20,53 @@ import re
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import anyio
 
 from market.errors import PayloadTooLargeError, UploadStalledError
 
+if TYPE_CHECKING:
+    from market.config import Settings
+
 _KEY = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+# Where every envelope of every round lives (the sweep after an upgrade deletes them).
+ENVELOPE_KEY = re.compile(r"^jobs/[^/]+/rounds/[^/]+/envelopes/[^/]+$")
+CHUNK = 1024 * 1024
+
+
+def check_key(key: str) -> str:
+    """`key` if it is a safe relative path of plain names; ValueError otherwise."""
+    if not _KEY.match(key) or ".." in key.split("/"):
+        raise ValueError(f"bad blob key {key!r}")
+    return key
+
+
+class BlobStream:
+    """One blob being read, `size` bytes, as chunks of at most `CHUNK` bytes.
+
+    Opened eagerly (a missing blob fails at `open_read`, before a response starts); the
+    source is closed once the chunks are exhausted or `close()` is called.
+    """
+
+    def __init__(self, size: int, chunks: Iterator[bytes], close: Callable[[], None]) -> None:
+        self.size = size
+        self._chunks = chunks
+        self._close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._chunks
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._close()
+
+    def read_all(self) -> bytes:
+        return b"".join(self)
 
 
 class TempBlob:
@@ -100,7 +141,12 @@ class BlobStore(ABC):
         """Move a finished upload under `key` (the temp blob is consumed)."""
 
     @abstractmethod
-    def get_bytes(self, key: str) -> bytes: ...
+    def get_bytes(self, key: str) -> bytes:
+        """The whole blob (FileNotFoundError when absent): only for what a parser needs whole."""
+
+    @abstractmethod
+    def open_read(self, key: str) -> BlobStream:
+        """The blob as a stream of chunks (FileNotFoundError when absent)."""
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -110,7 +156,36 @@ class BlobStore(ABC):
 
     @abstractmethod
     def temp(self, limit: int) -> TempBlob:
-        """A new upload buffer on the same storage, so `put_temp` is a rename."""
+        """A new upload buffer (on the same storage for a folder, so `put_temp` is a rename)."""
+
+    @abstractmethod
+    def sweep_temp(self, older_than_s: float) -> int:
+        """Delete upload buffers left behind by a process that died mid-upload; how many."""
+
+    @abstractmethod
+    def sweep_envelopes(self) -> int:
+        """Delete individual envelopes an earlier version kept after summing them; how many."""
+
+
+def sweep_upload_dir(directory: Path, older_than_s: float) -> int:
+    """Delete `upload-*.part` files in `directory` untouched for `older_than_s`.
+
+    Only stale ones: another worker on the same folder may be receiving one right now, and a
+    live upload's file changes as its body arrives.
+    """
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in directory.glob("upload-*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def _file_chunks(handle: BinaryIO) -> Iterator[bytes]:
+    while chunk := handle.read(CHUNK):
+        yield chunk
 
 
 class LocalBlobStore(BlobStore):
@@ -123,9 +198,7 @@ class LocalBlobStore(BlobStore):
         self._tmp.mkdir(exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        if not _KEY.match(key) or ".." in key.split("/"):
-            raise ValueError(f"bad blob key {key!r}")
-        return self.root / key
+        return self.root / check_key(key)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         temp = self.temp(len(data))
@@ -150,6 +223,11 @@ class LocalBlobStore(BlobStore):
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
+    def open_read(self, key: str) -> BlobStream:
+        handle = self._path(key).open("rb")
+        size = os.fstat(handle.fileno()).st_size
+        return BlobStream(size, _file_chunks(handle), handle.close)
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
@@ -161,24 +239,10 @@ class LocalBlobStore(BlobStore):
         return TempBlob(self._tmp, limit)
 
     def sweep_temp(self, older_than_s: float) -> int:
-        """Delete uploads left behind by a process that died mid-upload; returns how many.
-
-        Only files untouched for `older_than_s`: another worker on the same folder may be
-        receiving one right now, and a live upload's file changes as its body arrives.
-        """
-        cutoff = time.time() - older_than_s
-        removed = 0
-        for path in self._tmp.glob("upload-*.part"):
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-        return removed
+        return sweep_upload_dir(self._tmp, older_than_s)
 
     def sweep_envelopes(self) -> int:
-        """Delete individual envelopes an earlier version kept after summing them.
-
-        Every accepted update lives on inside its round's committed sum, so an envelope on
+        """Every accepted update lives on inside its round's committed sum, so an envelope on
         disk is only something to steal; returns how many were removed.
         """
         removed = 0
@@ -187,3 +251,43 @@ class LocalBlobStore(BlobStore):
                 path.unlink()
                 removed += 1
         return removed
+
+
+def parse_blob_url(url: str) -> tuple[str, str]:
+    """`("file", folder)` or `("s3", "bucket/prefix")` from a `POLLEN_BLOB_URL` value."""
+    if url.startswith("s3://"):
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise ValueError(f"POLLEN_BLOB_URL {url!r} names no bucket (s3://bucket/prefix)")
+        return "s3", f"{bucket}/{prefix.strip('/')}".rstrip("/")
+    if url.startswith("file://"):
+        path = url.removeprefix("file://")
+        if not path.startswith("/"):
+            raise ValueError(f"POLLEN_BLOB_URL {url!r}: a file URL needs an absolute path")
+        return "file", path
+    if "://" in url:
+        raise ValueError(f"POLLEN_BLOB_URL {url!r}: use a folder, file:///folder or s3://bucket")
+    return "file", url
+
+
+def store_for(settings: Settings) -> BlobStore:
+    """The blob store `settings` select: a folder by default, S3 for an `s3://` URL.
+
+    An S3 bucket that is absent or refuses the credentials raises `BlobStoreUnavailableError`
+    here, so the server stops at startup with one line rather than on the first upload.
+    """
+    kind, where = parse_blob_url(settings.blob_url)
+    if kind == "file":
+        return LocalBlobStore(Path(where))
+    from market.blobs_s3 import S3BlobStore  # boto3 loads only for S3 deployments
+
+    bucket, _, prefix = where.partition("/")
+    return S3BlobStore.connect(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint=settings.s3_endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+        region=settings.s3_region,
+        temp_dir=settings.data_dir / "upload-tmp",
+    )

@@ -1,7 +1,8 @@
 """The service's one settings object, read from `POLLEN_*` environment variables.
 
 Every knob has a default that makes the embedded setup work: a SQLite file and a blob folder
-under `data_dir` (`.pollen` in the working directory).
+under `data_dir` (`.pollen` in the working directory). `POLLEN_BLOB_URL=s3://bucket/prefix`
+(with `POLLEN_S3_*`) keeps blobs in an S3-compatible bucket instead.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from market.blobs import parse_blob_url
 
 
 class Settings(BaseSettings):
@@ -22,6 +25,14 @@ class Settings(BaseSettings):
     # Empty means "derive from data_dir" (see the validator below).
     database_url: str = ""
     blob_dir: Path | None = None
+    # Where blobs live: a folder (a path or file:///path; default `data_dir/blobs`) or an
+    # S3-compatible bucket, `s3://bucket/prefix`, reached with the `s3_*` settings below.
+    # Without an access key boto3's own chain (AWS_* variables, ~/.aws) is used.
+    blob_url: str = ""
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
 
     # An admin account with this key is ensured at startup when set.
     admin_api_key: str | None = None
@@ -121,10 +132,15 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'pollen.db'}"
         if self.blob_dir is None:
             self.blob_dir = self.data_dir / "blobs"
+        if not self.blob_url:
+            self.blob_url = str(self.blob_dir)
+        kind, where = parse_blob_url(self.blob_url)
+        if kind == "file":
+            self.blob_dir = Path(where)
         return self
 
     @property
     def blob_root(self) -> Path:
-        """The blob folder, always set after validation."""
+        """The blob folder, always set after validation (unused when blobs are on S3)."""
         assert self.blob_dir is not None
         return self.blob_dir

@@ -29,7 +29,8 @@
         │   └── ImmutableLedgerError        an update or delete of a journal row (500)
         ├── PaymentError                 502 the payment rail (Stripe) failed or refused
         ├── WebhookSignatureError        400 a webhook whose signature does not verify
-        └── DatabaseInUseError           a second server process on one SQLite file (startup)
+        ├── DatabaseInUseError           a second server process on one SQLite file (startup)
+        └── BlobStoreUnavailableError    503 the S3 bucket is absent, refuses us, or is down
 
 Every class has a stable `code` slug and an HTTP `status`; `market.problems` turns any
 `PollenError`, crypto's included, into `application/problem+json` in one place.
@@ -232,3 +233,12 @@ class DatabaseInUseError(MarketError):
     status = 500
     code = "database-in-use"
     title = "Database in use by another server process"
+
+
+class BlobStoreUnavailableError(MarketError):
+    """The configured S3 bucket cannot be used: at startup (absent, bad credentials) the
+    server refuses to start with this message; during a request it is a 503."""
+
+    status = 503
+    code = "blob-store-unavailable"
+    title = "Blob storage unavailable"

@@ -12,9 +12,10 @@ from typing import Any
 import uvicorn
 
 from market.app import create_app
+from market.blobs import store_for
 from market.config import Settings
 from market.db import SQLITE_ONE_PROCESS, SqliteProcessClaim, is_sqlite, make_engine
-from market.errors import DatabaseInUseError
+from market.errors import BlobStoreUnavailableError, DatabaseInUseError
 from market.migrate import upgrade
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,10 @@ def serve(
         raise SystemExit("--workers must be at least 1")
     if workers > 1 and is_sqlite(settings.database_url):
         raise SystemExit(f"--workers {workers} needs PostgreSQL. {SQLITE_ONE_PROCESS}")
+    try:
+        store_for(settings)  # an absent bucket or refused credentials stop us here, in one line
+    except BlobStoreUnavailableError as exc:
+        raise SystemExit(str(exc)) from None
     claim = SqliteProcessClaim(settings.database_url)
     try:
         claim.acquire()  # held until this process exits (the app's own claim nests in it)

@@ -23,6 +23,7 @@ from market.db import make_engine
 from market.migrate import upgrade
 from tests.utils import postgres
 from tests.utils.clock import FakeClock
+from tests.utils.seaweed import s3_blob_url, seaweed  # noqa: F401  (fixtures)
 
 with warnings.catch_warnings():
     # Starlette nudges towards `httpx2`; the project pins httpx (see pyproject).

@@ -1,5 +1,5 @@
 """FastAPI dependencies: session, blob store, clock, the authenticated account and its role;
-request bodies streamed to disk."""
+request bodies streamed to disk, blobs streamed back out."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from market import ratelimit
-from market.blobs import BlobStore, TempBlob, receive
+from market.blobs import BlobStore, BlobStream, TempBlob, receive
 from market.config import Settings
 from market.errors import AuthenticationError, PayloadTooLargeError, PermissionDeniedError
 from market.models import Account
@@ -129,6 +130,13 @@ async def streamed_upload(
         yield upload
     finally:
         upload.discard()
+
+
+def blob_response(blob: BlobStream) -> StreamingResponse:
+    """A model or aggregate download, sent chunk by chunk as the store yields it."""
+    return StreamingResponse(
+        iter(blob), media_type=OCTET, headers={"content-length": str(blob.size)}
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:

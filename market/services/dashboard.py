@@ -8,7 +8,8 @@ values, and reuses the services the JSON API uses, so the pages obey the same vi
 - a buyer sees its own jobs in full (included providers, funded / spent / escrow);
 - a provider sees the jobs it has an offer for, only itself among their providers, and only
   its own money: its payouts page refuses anybody else but an admin (403);
-- an admin sees everything.
+- an admin sees everything;
+- a job's final model is downloaded from its page by its buyer and admins only.
 
 Nothing here renders HTML: pages get dataclasses and chart series (`market.ui.charts`).
 """
@@ -24,6 +25,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from market import ledger
+from market.blobs import BlobStore, BlobStream
 from market.errors import AuthenticationError, NotFoundError, PermissionDeniedError
 from market.models import (
     TERMINAL_JOB_STATES,
@@ -55,6 +57,7 @@ from market.services import (
     privacy,
     receipts,
     reputation,
+    results,
     verification,
     views,
 )
@@ -121,6 +124,10 @@ class RoundLine:
     close_reason: str | None
     accuracy: float | None
     loss: float | None
+    # A regression job's measures, in the target's units (R² unitless).
+    rmse: float | None = None
+    mae: float | None = None
+    r2: float | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,12 @@ class JobPage:
     # Each provider's contribution score (market.services.groups) beside what it earned:
     # every provider for the buyer and admins, a provider its own line.
     contributions: list[ContributionLine] = field(default_factory=list)
+    # "classification" (accuracy charted) or "regression" (RMSE and MAE, R² charted).
+    task: str = "classification"
+    errors: list[Series] = field(default_factory=list)
+    r2: Series = field(default_factory=lambda: Series("R²", []))
+    # Where the buyer (or an admin) downloads the final model; None for anyone else.
+    final_model_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -303,19 +316,15 @@ def job_page(session: Session, job_id: str, viewer: Account | None) -> JobPage:
                 closed_at=row.closed_at, deadline=s.deadline, submitted=s.submitted,
                 expected=len(row.expected), included=_named(s.included, names),
                 close_reason=row.close_reason, accuracy=_metric(s.metrics, "accuracy"),
-                loss=_metric(s.metrics, "loss"),
+                loss=_metric(s.metrics, "loss"), rmse=_metric(s.metrics, "rmse"),
+                mae=_metric(s.metrics, "mae"), r2=_metric(s.metrics, "r2"),
             )
         )  # fmt: skip
-    measured = [r for r in lines if r.accuracy is not None and r.loss is not None]
-    accuracy = Series(
-        "accuracy",
-        [Point(r.number, r.accuracy or 0.0, f"Round {r.number}: accuracy {r.accuracy:.4f}")
-         for r in measured],
-    )  # fmt: skip
-    loss = Series(
-        "loss",
-        [Point(r.number, r.loss or 0.0, f"Round {r.number}: loss {r.loss:.4f}") for r in measured],
-    )
+    task = str(job.spec.get("task", "classification"))
+    accuracy = _series(lines, "accuracy", "accuracy", "{:.4f}")
+    loss = _series(lines, "loss", "loss", "{:.4f}")
+    errors = [_series(lines, "rmse", "RMSE", "{:.4g}"), _series(lines, "mae", "MAE", "{:.4g}")]
+    r2 = _series(lines, "r2", "R²", "{:.4f}")
     spent = privacy.reports_for(session, job.id, account)
     names.update(names_of(session, {r.provider_id for r in spent} - set(names)))
     privacy_lines = [
@@ -338,12 +347,39 @@ def job_page(session: Session, job_id: str, viewer: Account | None) -> JobPage:
         for pid, score in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
         if sees_all or pid == account.id
     ]
+    download = None
+    if sees_all and job.final_model_key is not None:
+        download = f"/ui/jobs/{job.id}/model"
     return JobPage(
         job=view, buyer=Named(job.buyer_id, names.get(job.buyer_id, job.buyer_id)),
         sees_all=sees_all, providers=_named(view.accepted_providers, names), rounds=lines,
         accuracy=accuracy, loss=loss, receipt=rec, names=names, own_earnings=own,
-        privacy=privacy_lines, contributions=contributions,
+        privacy=privacy_lines, contributions=contributions, task=task, errors=errors, r2=r2,
+        final_model_url=download,
     )  # fmt: skip
+
+
+def _series(lines: Sequence[RoundLine], attr: str, name: str, fmt: str) -> Series:
+    """One measure per round that has it, each point labelled 'Round 3: RMSE 54.2'."""
+    points = []
+    for line in lines:
+        value = getattr(line, attr)
+        if value is not None:
+            label = f"Round {line.number}: {name} {fmt.format(value)}"
+            points.append(Point(line.number, value, label))
+    return Series(name, points)
+
+
+def final_model(
+    session: Session, blobs: BlobStore, job_id: str, viewer: Account | None
+) -> BlobStream:
+    """The job's final model file, for its buyer and admins (providers held every round's
+    model already, but the page offers the result to the party who paid for it)."""
+    account = require(viewer)
+    job = access.visible_job(session, job_id, account)
+    if account.role != "admin" and account.id != job.buyer_id:
+        raise PermissionDeniedError("the final model is downloaded by the job's buyer")
+    return results.open_final_model(blobs, job)
 
 
 def _provider(session: Session, provider_id: str) -> Account:

@@ -2,6 +2,8 @@
 
 The aggregate leaves the server only for a closed round holding at least `quorum` updates,
 so a buyer can never isolate one provider's update; no function here returns an envelope.
+Models and the aggregate are returned as a `BlobStream` (chunks straight from the store),
+never read whole into memory.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from datetime import datetime
 
 from sqlmodel import Session
 
-from market.blobs import BlobStore
+from market.blobs import BlobStore, BlobStream
 from market.errors import AggregateUnavailableError, InvalidStateError, NotFoundError
 from market.models import GroupValuesCreate, Job, MetricsCreate, Round
 from market.services import groups
@@ -19,9 +21,9 @@ from market.services.rounds import load_round
 from market.services.submissions import job_context
 
 
-def aggregate_bytes(
+def open_aggregate(
     session: Session, blobs: BlobStore, job: Job, number: int, *, now: datetime
-) -> bytes:
+) -> BlobStream:
     rnd = load_round(session, job, number)
     if rnd.state not in ("closed", "published"):
         raise AggregateUnavailableError(f"round {number} is {rnd.state}, not closed")
@@ -29,20 +31,22 @@ def aggregate_bytes(
         raise AggregateUnavailableError(
             f"round {number} holds {rnd.acc_count} updates, fewer than the quorum {job.quorum}"
         )
-    return blobs.get_bytes(rnd.acc_key)
+    return blobs.open_read(rnd.acc_key)
 
 
-def round_model_bytes(
+def open_round_model(
     session: Session, blobs: BlobStore, job: Job, number: int, *, now: datetime
-) -> bytes:
+) -> BlobStream:
     rnd = load_round(session, job, number)
-    return blobs.get_bytes(rnd.model_key)
+    if rnd.model_key is None:
+        raise NotFoundError(f"round {number} has no model")
+    return blobs.open_read(rnd.model_key)
 
 
-def final_model_bytes(blobs: BlobStore, job: Job) -> bytes:
+def open_final_model(blobs: BlobStore, job: Job) -> BlobStream:
     if job.final_model_key is None:
         raise NotFoundError(f"job {job.id} has no final model")
-    return blobs.get_bytes(job.final_model_key)
+    return blobs.open_read(job.final_model_key)
 
 
 def record_metrics(

@@ -111,7 +111,10 @@ def put_manifest(
             raise InvalidInputError(f"the manifest's {name} does not match the job")
     if job.model_key is None:
         raise InvalidStateError("upload the initial model before signing the manifest")
-    digest = hashlib.sha256(blobs.get_bytes(job.model_key)).hexdigest()
+    hasher = hashlib.sha256()
+    for chunk in blobs.open_read(job.model_key):  # a model can be 256 MiB: never whole
+        hasher.update(chunk)
+    digest = hasher.hexdigest()
     if body.get("initial_model_sha256") != digest:
         raise InvalidInputError("the manifest's initial_model_sha256 is not the uploaded model")
     existing = _records(session, job.id, "manifest")

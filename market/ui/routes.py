@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from market import ratelimit
-from market.api.deps import NowDep, SessionDep, SettingsDep
+from market.api.deps import BlobsDep, NowDep, SessionDep, SettingsDep, blob_response
 from market.errors import (
     AuthenticationError,
     NotFoundError,
@@ -147,6 +147,15 @@ def logout() -> Response:
 def job(request: Request, job_id: str, viewer: Viewer, session: SessionDep) -> Response:
     data = pages.job_page(session, job_id, viewer)
     return page(request, "job.html", viewer=viewer, title=data.job.title, page=data)
+
+
+@router.get("/jobs/{job_id}/model", response_class=Response)
+def final_model(job_id: str, viewer: Viewer, session: SessionDep, blobs: BlobsDep) -> Response:
+    """The final model as a download, on the dashboard's session (the cookie is scoped to
+    /ui, so the API's route with its bearer key is out of a browser's reach)."""
+    download = blob_response(pages.final_model(session, blobs, job_id, viewer))
+    download.headers["Content-Disposition"] = f'attachment; filename="{job_id}.model.safetensors"'
+    return download
 
 
 @router.get("/providers/{provider_id}", response_class=HTMLResponse)

@@ -76,3 +76,48 @@ def test_job_init_asks_for_the_task_of_a_numeric_label(tmp_path: Path) -> None:
     spec = load_spec(tmp_path / "j.yaml")
     assert spec["task"] == "regression" and spec["model"] == {"arch": "linear"}
     JobCreate.model_validate(spec)
+
+
+def test_unknown_key_is_one_line_before_anything_is_sent(tmp_path: Path) -> None:
+    """A misspelt job field is named in one line; no server is contacted, no key made."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "title: t\nmodel: {arch: logreg}\nrounds: 2\nbudget_cents: 5000\nprice_cap_cents: 10\n"
+        "colour: blue\nschema: {features: [{name: a}], label: {classes: [0, 1]}}\n"
+    )
+    keys = tmp_path / "buyer.key"
+    args = ["job", "post", str(path), "--api-key", "k", "--server", "http://127.0.0.1:9",
+            "--keys", str(keys)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {path}: unknown key 'colour'"
+    assert not list(tmp_path.glob("buyer.key*"))
+
+
+def test_missing_key_is_refused_before_an_identity_is_created(tmp_path: Path) -> None:
+    """`job post` without `keys init` says so in one line and leaves no identity file."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "title: t\nmodel: {arch: logreg}\nrounds: 2\nbudget_cents: 5000\nprice_cap_cents: 10\n"
+        "schema: {features: [{name: a}], label: {classes: [0, 1]}}\n"
+    )
+    keys = tmp_path / "buyer.key"
+    args = ["job", "post", str(path), "--api-key", "k", "--keys", str(keys)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "run `pollen keys init`" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not list(tmp_path.glob("buyer.key*"))
+
+
+def test_many_valued_numeric_label_without_task_is_one_line(tmp_path: Path) -> None:
+    """`schema_from` on a label with 40 numeric values and no `task`: one line asking for it."""
+    (tmp_path / "d.csv").write_text("x,y\n" + "".join(f"{i},{i * 3}\n" for i in range(40)))
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "title: t\nschema_from: d.csv\nlabel: y\nmodel: {arch: linear}\nrounds: 2\n"
+        "budget_cents: 5000\nprice_cap_cents: 10\n"
+    )
+    result = CliRunner().invoke(app, ["job", "post", str(path), "--api-key", "k"])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert "40 distinct numeric values" in line and "`task: regression`" in line

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
@@ -136,6 +137,28 @@ def test_buyer_job_page_charts_one_point_per_round(browser: Browser, run: Finish
         assert overflows(page) == 0, f"job page wider than a {viewport['width']} px screen"
         screenshot(page, f"{label}-job-buyer")
         context.close()
+
+
+def test_buyer_downloads_the_final_model_by_its_link(browser: Browser, run: FinishedRun) -> None:
+    """The buyer's job page links the final model; clicking it downloads the very file the
+    API serves, on the session cookie alone. A provider's page has no such link."""
+    context = browser.new_context(viewport=DESKTOP, accept_downloads=True)
+    page = sign_in(context, run.url, run.buyer_key)
+    page.goto(f"{run.url}/ui/jobs/{run.job_id}")
+    link = page.get_by_role("link", name="Download the final model")
+    expect(link).to_be_visible()
+    with page.expect_download() as info:
+        link.click()
+    download = info.value
+    assert download.suggested_filename == f"{run.job_id}.model.safetensors"
+    served = PollenClient(run.url, run.buyer_key).get_final_model(run.job_id)
+    assert Path(download.path()).read_bytes() == served
+    context.close()
+    context = browser.new_context(viewport=DESKTOP)
+    page = sign_in(context, run.url, run.providers[0].api_key)
+    page.goto(f"{run.url}/ui/jobs/{run.job_id}")
+    expect(page.get_by_role("link", name="Download the final model")).to_have_count(0)
+    context.close()
 
 
 def test_provider_sees_its_payouts_but_not_another_providers(

@@ -427,3 +427,118 @@ def test_same_origin_login_and_logout_work(done: Done) -> None:
         )
         assert r.status_code == 303
         assert c.post("/ui/logout", headers=same, follow_redirects=False).status_code == 303
+
+
+# ---------------------------------------------------------------- regression, final model
+
+REGRESSION_SCHEMA = {
+    "features": [{"name": "age", "type": "int"}, {"name": "bmi", "type": "float"}],
+    "label": {"name": "progression"},
+}
+REGRESSION_METRICS = [
+    {"loss": 0.71, "rmse": 61.25, "mae": 50.5, "r2": 0.31},
+    {"loss": 0.52, "rmse": 54.0, "mae": 44.75, "r2": 0.47},
+]
+
+
+def finished_regression(client: TestClient, clock: FakeClock, keys: BuyerKeys) -> Scenario:
+    """A completed 2-round regression job (2 providers) with RMSE/MAE/R² and a final model."""
+    from tests.utils.factories import admin as make_admin
+    from tests.utils.factories import listing_body
+    from tests.utils.scenario import draft_job, fund
+
+    operator = make_admin(client)
+    providers = [register(client, "provider", f"r{i}") for i in range(2)]
+    for p in providers:
+        body = listing_body(schema={**REGRESSION_SCHEMA, "label": {"name": "progression"}})
+        assert client.post("/v1/listings", json=body, headers=p.headers).status_code == 201
+    buyer = register(client, "buyer", "regression buyer")
+    spec = {"title": "disease progression", "task": "regression", "model": {"arch": "linear"},
+            "schema": REGRESSION_SCHEMA, "max_providers": 2, "round_deadline_s": 5}  # fmt: skip
+    job_id = draft_job(client, keys, buyer, **spec)
+    fund(client, job_id, buyer, operator, 10_000)
+    scn = Scenario(client, clock, keys, buyer, operator, providers, job_id)
+    for p in providers:
+        assert scn.accept(p).status_code == 200
+    base = f"/v1/jobs/{job_id}/rounds"
+    for number, metrics in enumerate(REGRESSION_METRICS, start=1):
+        if number > 1:
+            r = client.put(f"{base}/{number}/model", content=model_file(PARAMS),
+                           headers=buyer.headers)  # fmt: skip
+            assert r.status_code == 201, r.text
+        for p in providers:
+            assert scn.submit(p, number, scn.envelope(p, number, summands=2)).status_code == 201
+        r = client.post(f"{base}/{number}/metrics", json=metrics, headers=buyer.headers)
+        assert r.status_code == 200, r.text
+    final = model_file(PARAMS, seed=7)
+    r = client.put(f"/v1/jobs/{job_id}/final-model", content=final, headers=buyer.headers)
+    assert r.status_code == 200, r.text
+    assert client.post(f"/v1/jobs/{job_id}/complete", headers=buyer.headers).status_code == 200
+    return scn
+
+
+def test_regression_job_charts_rmse_mae_and_r2(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """A regression job's page charts RMSE and MAE (target units) and R², one point per
+    round, and its timeline lists them; no accuracy chart or column."""
+    scn = finished_regression(client, clock, buyer_keys)
+    sign_in(client, scn.buyer)
+    html = client.get(f"/ui/jobs/{scn.job_id}").text
+    errors, r2 = svg(html, "errors"), svg(html, "r2")
+    assert 'data-chart="accuracy"' not in html and ">Accuracy<" not in html
+    assert errors.count("<circle") == 2 * len(REGRESSION_METRICS)
+    assert 'data-series="RMSE"' in errors and 'data-series="MAE"' in errors
+    assert "Round 2: RMSE 54" in errors and "Round 1: MAE 50.5" in errors
+    assert r2.count("<circle") == len(REGRESSION_METRICS) and "Round 2: R² 0.4700" in r2
+    timeline = html.split("Round timeline")[1]
+    assert ">RMSE<" in timeline and ">R²<" in timeline and "61.25" in timeline
+
+
+def test_buyer_downloads_the_final_model_from_the_job_page(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """The buyer's page links the final model; the link serves it as a download with the
+    session cookie alone (no API key)."""
+    scn = finished_regression(client, clock, buyer_keys)
+    sign_in(client, scn.buyer)
+    html = client.get(f"/ui/jobs/{scn.job_id}").text
+    link = f'href="/ui/jobs/{scn.job_id}/model"'
+    assert link in html and "Download the final model" in html
+    got = client.get(f"/ui/jobs/{scn.job_id}/model")
+    assert got.status_code == 200 and got.content == model_file(PARAMS, seed=7)
+    assert got.headers["content-type"] == "application/octet-stream"
+    assert got.headers["content-disposition"] == (
+        f'attachment; filename="{scn.job_id}.model.safetensors"'
+    )
+    sign_in(client, scn.admin)
+    assert link in client.get(f"/ui/jobs/{scn.job_id}").text
+    assert client.get(f"/ui/jobs/{scn.job_id}/model").content == got.content
+
+
+def test_only_the_buyer_and_admins_get_the_final_model_link(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """A provider sees no link and is refused the file (403); an anonymous visitor is sent
+    to sign in; another buyer gets 404; a job without a final model shows no link."""
+    scn = finished_regression(client, clock, buyer_keys)
+    path = f"/ui/jobs/{scn.job_id}/model"
+    sign_in(client, scn.providers[0])
+    assert path not in client.get(f"/ui/jobs/{scn.job_id}").text
+    refused = client.get(path)
+    assert refused.status_code == 403 and refused.headers["content-type"].startswith("text/html")
+    assert refused.content != model_file(PARAMS, seed=7)
+    client.cookies.clear()
+    anon = client.get(path, follow_redirects=False)
+    assert anon.status_code == 303 and anon.headers["location"] == f"/ui/login?next={path}"
+    sign_in(client, register(client, "buyer", "stranger"))
+    assert client.get(path).status_code == 404
+
+
+def test_no_final_model_no_link(done: Done) -> None:
+    """A completed job whose buyer never uploaded a final model shows no download link."""
+    c = done.client
+    sign_in(c, done.scn.buyer)
+    assert f"/ui/jobs/{done.job_id}/model" not in c.get(f"/ui/jobs/{done.job_id}").text
+    missing = c.get(f"/ui/jobs/{done.job_id}/model")
+    assert missing.status_code == 404 and "no final model" in missing.text

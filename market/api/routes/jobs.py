@@ -16,6 +16,7 @@ from market.api.deps import (
     SessionDep,
     SettingsDep,
     binary_body,
+    blob_response,
     read_body,
     streamed_upload,
 )
@@ -143,7 +144,7 @@ def get_final_model(
     job_id: str, account: CurrentAccount, session: SessionDep, blobs: BlobsDep
 ) -> Response:
     job = access.participant_job(session, job_id, account)
-    return Response(results.final_model_bytes(blobs, job), media_type=OCTET)
+    return blob_response(results.open_final_model(blobs, job))
 
 
 class JobFunding(JobPublic):

@@ -25,6 +25,7 @@ from market.api.deps import (
     SessionDep,
     SettingsDep,
     binary_body,
+    blob_response,
     streamed_upload,
 )
 from market.blobs import BlobStore, TempBlob, receive
@@ -79,9 +80,7 @@ def get_model(
 ) -> Response:
     """Round `number`'s global model, safetensors (buyer and accepted providers)."""
     job = access.participant_job(session, job_id, account)
-    return Response(
-        results.round_model_bytes(session, blobs, job, number, now=now), media_type=OCTET
-    )
+    return blob_response(results.open_round_model(session, blobs, job, number, now=now))
 
 
 @router.put(
@@ -249,7 +248,7 @@ def aggregate(
 ) -> Response:
     """The round's encrypted sum (buyer only; closed round with at least `quorum` updates)."""
     job = access.owned_job(session, job_id, account)
-    return Response(results.aggregate_bytes(session, blobs, job, number, now=now), media_type=OCTET)
+    return blob_response(results.open_aggregate(session, blobs, job, number, now=now))
 
 
 @router.get(

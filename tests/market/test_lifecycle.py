@@ -1,0 +1,97 @@
+"""The lifecycle's pure rules (market/lifecycle.py): the round rules of test_rounds.py as
+decisions over plain facts, and the state tables kept in step with the stored types."""
+
+from __future__ import annotations
+
+import typing
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from market import lifecycle as lc
+from market.models import jobs, offers, rounds
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+LATER = NOW + timedelta(seconds=30)
+EARLIER = NOW - timedelta(seconds=1)
+
+
+def verdict(count: int, expected: int, *, quorum: int = 2, attempt: int = 1,
+            deadline: datetime = LATER) -> lc.RoundVerdict:  # fmt: skip
+    return lc.round_verdict(
+        count=count, expected=expected, quorum=quorum, attempt=attempt, deadline=deadline, now=NOW
+    )
+
+
+def test_round_closes_when_every_provider_submitted() -> None:
+    assert verdict(3, 3) == lc.Close("all-in")
+    assert verdict(2, 3) == lc.Wait()
+
+
+def test_everyone_in_below_quorum_waits_for_the_deadline() -> None:
+    assert verdict(1, 1, quorum=2) == lc.Wait()
+    assert verdict(1, 1, quorum=2, deadline=EARLIER) == lc.Retry()
+
+
+def test_deadline_with_quorum_closes_the_round() -> None:
+    assert verdict(2, 3, deadline=EARLIER) == lc.Close("deadline")
+    assert verdict(2, 3, deadline=NOW) == lc.Close("deadline")  # the deadline itself is late
+
+
+def test_below_quorum_retries_once_then_fails() -> None:
+    assert verdict(1, 3, deadline=EARLIER) == lc.Retry()
+    failed = verdict(1, 3, attempt=2, deadline=EARLIER)
+    assert isinstance(failed, lc.Fail) and "below quorum twice" in failed.reason
+
+
+@given(
+    count=st.integers(0, 50), expected=st.integers(1, 50), quorum=st.integers(1, 10),
+    attempt=st.sampled_from([1, 2]), late=st.booleans(),
+)  # fmt: skip
+def test_a_round_never_closes_below_quorum_and_always_decides_when_late(
+    count: int, expected: int, quorum: int, attempt: int, late: bool
+) -> None:
+    v = verdict(count, expected, quorum=quorum, attempt=attempt,
+                deadline=EARLIER if late else LATER)  # fmt: skip
+    if isinstance(v, lc.Close):
+        assert count >= quorum
+    if late:
+        assert not isinstance(v, lc.Wait)
+    if not late and count < max(quorum, expected):
+        assert v == lc.Wait()
+
+
+def test_publication_deadline() -> None:
+    assert lc.publish_verdict(round_number=2, rounds_total=5, due=LATER, now=NOW) == lc.Wait()
+    assert lc.publish_verdict(round_number=2, rounds_total=5, due=None, now=NOW) == lc.Wait()
+    assert lc.publish_verdict(round_number=5, rounds_total=5, due=EARLIER, now=NOW) == lc.Complete()
+    ended = lc.publish_verdict(round_number=2, rounds_total=5, due=EARLIER, now=NOW)
+    assert isinstance(ended, lc.FailByBuyer) and "round 3" in ended.reason
+
+
+@pytest.mark.parametrize(
+    ("enum", "stored"),
+    [(lc.JobState, jobs.JobState), (lc.RoundState, rounds.RoundState),
+     (lc.OfferState, offers.OfferState)],
+)  # fmt: skip
+def test_the_states_are_the_stored_ones(enum: type[lc.StrEnum], stored: object) -> None:
+    assert {s.value for s in enum} == set(typing.get_args(stored))
+
+
+def test_transition_tables_cover_every_state_and_ended_states_are_final() -> None:
+    for table, enum in [(lc.JOB_TRANSITIONS, lc.JobState), (lc.ROUND_TRANSITIONS, lc.RoundState),
+                        (lc.OFFER_TRANSITIONS, lc.OfferState)]:  # fmt: skip
+        assert set(table) == set(enum)
+    for state in lc.JOB_ENDED:
+        assert lc.JOB_TRANSITIONS[state] == frozenset()
+    assert lc.may_move(lc.JOB_TRANSITIONS, "running", "completed")
+    assert not lc.may_move(lc.JOB_TRANSITIONS, "completed", "running")
+    with pytest.raises(lc.TransitionError, match="from published to collecting"):
+        lc.check_move("round", lc.ROUND_TRANSITIONS, "published", "collecting")
+
+
+def test_a_state_is_its_stored_string() -> None:
+    assert lc.RoundState.CLOSED == "closed" and f"{lc.JobState.RUNNING}" == "running"
+    assert "published" in lc.ROUND_HAS_AGGREGATE and "collecting" not in lc.ROUND_HAS_AGGREGATE
