@@ -40,6 +40,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from market.errors import InvalidInputError, InvalidStateError, NotFoundError
+from market.lifecycle import OfferState
 from market.models import Account, ConnectedAccount, Offer
 from market.models.types import could_be_id
 from market.payments import PaymentRail
@@ -134,9 +135,9 @@ def revoke(session: Session, operator: Account, account_id: str, *, now: datetim
 def _withdraw_pending(session: Session, account: Account, *, now: datetime) -> None:
     """An unverified provider must not accept an offer made while it was verified."""
     for offer in session.exec(
-        select(Offer).where(Offer.provider_id == account.id, Offer.state == "pending")
+        select(Offer).where(Offer.provider_id == account.id, Offer.state == OfferState.PENDING)
     ):
-        offer.state = "withdrawn"
+        offer.state = OfferState.WITHDRAWN
         offer.decided_at = now
         session.add(offer)
 
