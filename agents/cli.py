@@ -203,6 +203,24 @@ def account_register(
     created = PollenClient(server, None).register(role=role, name=name)
     console.print(f"account {escape(created['id'])} ({escape(created['role'])})")
     console.print(f"API key (shown once): [bold]{created['api_key']}[/bold]")
+    if created["role"] == "provider":
+        console.print(
+            "not verified yet: you are matched to jobs once an operator approves you "
+            "(`pollen admin approve-provider`) or, on the Stripe rail, once your Connect "
+            "account can receive payouts (`pollen account connect`)"
+        )
+
+
+@account_app.command("connect")
+@friendly
+def account_connect(server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "") -> None:
+    """Provider, Stripe rail: create your Connect account, or check it again after Stripe's
+    onboarding; you are verified (matched, counted in quorums) while it can receive payouts."""
+    acct = _client(server, api_key).connect()
+    if acct["verified_at"]:
+        console.print(f"verified ({escape(str(acct['verified_by']))}): you are matched to jobs")
+    else:
+        console.print("not verified yet: finish Stripe's onboarding, then run this again")
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -559,6 +577,33 @@ def admin_credit(
     console.print(
         f"credited {amount_cents} to {escape(job_id)}: job is {escape(credit['job_state'])}"
     )
+
+
+@admin_app.command("approve-provider")
+@friendly
+def admin_approve_provider(
+    account_id: Annotated[str, typer.Argument(metavar="ACCOUNT")],
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: ApiKeyOpt = "",
+) -> None:
+    """Verify a provider: only verified providers are matched and count toward quorums."""
+    acct = _client(server, api_key).approve_provider(account_id)
+    console.print(
+        f"provider {escape(acct['id'])} ({escape(acct['name'])}) verified by "
+        f"{escape(str(acct['verified_by']))}"
+    )
+
+
+@admin_app.command("revoke-provider")
+@friendly
+def admin_revoke_provider(
+    account_id: Annotated[str, typer.Argument(metavar="ACCOUNT")],
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: ApiKeyOpt = "",
+) -> None:
+    """Withdraw a provider's verification: no new offers, its pending offers withdrawn."""
+    acct = _client(server, api_key).revoke_provider(account_id)
+    console.print(f"provider {escape(acct['id'])} ({escape(acct['name'])}) is no longer verified")
 
 
 # ---------------------------------------------------------------------------- demo

@@ -348,6 +348,20 @@ class PollenClient:
         result: Json = self._json("POST", "/v1/admin/tick")
         return result
 
+    def approve_provider(self, account_id: str) -> Json:
+        """Operator: verify a provider (it is matched to jobs and counts toward quorums)."""
+        result: Json = self._json("POST", f"/v1/admin/providers/{account_id}/approve")
+        return result
+
+    def revoke_provider(self, account_id: str) -> Json:
+        result: Json = self._json("POST", f"/v1/admin/providers/{account_id}/revoke")
+        return result
+
+    def connect(self) -> Json:
+        """Provider, Stripe rail: create or re-read its Connect account (verification)."""
+        result: Json = self._json("POST", "/v1/accounts/me/connect")
+        return result
+
     # -- offers (provider) ---------------------------------------------------------------
 
     def list_offers(self) -> list[Json]:

@@ -85,6 +85,20 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
     raise RuntimeError(f"server at {url} not ready after {timeout:.0f}s")
 
 
+def enroll_provider(operator: PollenClient, state_dir: Path, name: str) -> str:
+    """Register a provider account for the agent that will run in `state_dir` and approve it
+    as the operator (only verified providers are matched to jobs); the agent finds its key
+    in its state file. Once per state folder; returns the account id."""
+    state = StateFile(state_dir / "agent-state.json")
+    if state.get("api_key"):
+        return str(state.get("account_id"))
+    created = operator.register(role="provider", name=name)
+    operator.approve_provider(created["id"])
+    state.data.update(api_key=created["api_key"], account_id=created["id"])
+    state.save()
+    return str(created["id"])
+
+
 def start_agent(
     url: str,
     csv: Path,
@@ -92,8 +106,13 @@ def start_agent(
     index: int,
     log_path: Path,
     extra: list[str] | None = None,
+    *,
+    operator: PollenClient | None = None,
 ) -> subprocess.Popen[bytes]:
-    """A provider agent process; options in `extra` override the defaults (last one wins)."""
+    """A provider agent process; options in `extra` override the defaults (last one wins).
+
+    With `operator` (an admin client) the agent's account is created and approved first
+    (`enroll_provider`); without, the agent registers itself and waits for an operator."""
     cmd = [
         sys.executable,
         "-m",
@@ -120,6 +139,10 @@ def start_agent(
         "0.3",
         *(extra or []),
     ]
+    if operator is not None:
+        # The last `--name` wins, as for the agent's own option parsing.
+        name = next(cmd[i + 1] for i in range(len(cmd) - 2, -1, -1) if cmd[i] == "--name")
+        enroll_provider(operator, state_dir, name)
     return subprocess.Popen(
         cmd,
         stdout=log_path.open("ab"),
@@ -241,10 +264,16 @@ def run_demo(
                 data_dir / "agents" / f"provider-{i}",
                 i,
                 log,
+                operator=admin,  # the operator approves each provider it onboards
             )
             stack.callback(stop, proc)
             agents.append(proc)
-        console.print(escape(f"{providers} provider agents started (logs in {data_dir}/agents/)"))
+        console.print(
+            escape(
+                f"{providers} provider accounts approved by the operator (only verified providers "
+                f"are matched), their agents started (logs in {data_dir}/agents/)"
+            )
+        )
 
         def show(r: RoundReport) -> None:
             console.print(

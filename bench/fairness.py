@@ -90,6 +90,7 @@ def _run(cheat: bool) -> dict[str, Any]:
             agents, ids = [], {}
             for i, (name, data) in enumerate(zip(names, split.providers, strict=True)):
                 acct = anon.register(role="provider", name=name)
+                PollenClient(url, admin_key).approve_provider(acct["id"])  # the operator vouches
                 ids[acct["id"]] = name
                 kind = {"freeloader": Freeloader, "inflater": Inflater, "noise": NoiseSubmitter}
                 cls = kind.get(name, ProviderAgent) if cheat else ProviderAgent

@@ -163,6 +163,7 @@ def setup_round(
 
     def provider(i: int) -> Party:
         acct = anon.register(role="provider", name=f"load-provider-{i}")
+        PollenClient(url, admin_key).approve_provider(acct["id"])  # the operator vouches
         client = PollenClient(url, acct["api_key"])
         client.create_listing({
             "name": f"load-{i}", "schema": _schema(), "samples": SAMPLES,

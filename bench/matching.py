@@ -50,6 +50,7 @@ def generate(seed: int = 7) -> tuple[list[Demand], list[Supply]]:
             currency="usd" if rng.random() < 0.95 else "eur",
             free_capacity=rng.randint(1, 4),
             reputation=rng.uniform(0.2, 0.95),
+            verified=True,
         )
         for i in range(LISTINGS)
     ]
@@ -89,7 +90,12 @@ def db_pass(demands: list[Demand], supplies: list[Supply]) -> tuple[float, int]:
         upgrade(engine)
         with Session(engine) as session:
             providers = sorted({s.provider_id for s in supplies})
-            session.add_all(Account(id=p, role="provider", name=p, key_hash=p) for p in providers)
+            # Every provider verified (approved by the operator), as matching requires.
+            session.add_all(
+                Account(id=p, role="provider", name=p, key_hash=p, verified_at=now,
+                        verified_by="adm_bench")
+                for p in providers
+            )  # fmt: skip
             session.add(Account(id="byr_bench", role="buyer", name="b", key_hash="byr_bench"))
             session.add_all(
                 Listing(

@@ -79,15 +79,15 @@ def main() -> None:
         try:
             wait_ready(url, server)
             split = load_digits_split(PROVIDERS, alpha=1.0, seed=1)
+            admin = PollenClient(url, admin_key)
             for i, ds in enumerate(split.providers):
                 csv = workdir / f"p{i}.csv"
                 write_csv(ds, csv)
                 proc = start_agent(url, csv, workdir / f"agent{i}", i, workdir / f"agent{i}.log",
                                    extra=["--max-jobs", "2", "--exit-after-jobs", "2",
-                                          "--poll", "0.05"])
+                                          "--poll", "0.05"], operator=admin)
                 agents.append(proc)
             keys = BuyerKeys.generate()
-            admin = PollenClient(url, admin_key)
             console.print(f"{PROVIDERS} agents, MLP {HIDDEN}, {ROUNDS} rounds per job")
             enc, params, enc_acc = _timed_job(url, admin, keys, split, DEFAULT_PRESET_ID,
                                               workdir)

@@ -85,7 +85,7 @@ def _federated(
             write_table_csv(table, path)
             procs.append(start_agent(
                 url, path, workdir / f"{name}-a{i}", i, workdir / f"{name}-a{i}.log",
-                ["--label", label, "--classes", "", "--no-dp", "--poll", "0.1"],
+                ["--label", label, "--classes", "", "--no-dp", "--poll", "0.1"], operator=admin,
             ))  # fmt: skip
         run = BuyerRun(buyer, keys, job["id"], read_table(test_csv), out_dir=workdir / name,
                        poll_s=0.1)  # fmt: skip

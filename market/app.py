@@ -39,7 +39,7 @@ from market.models.types import utcnow
 from market.payments import PaymentRail, rail_for
 from market.services import accounts as account_service
 from market.services import payments as payment_service
-from market.services import reputation
+from market.services import reputation, verification
 from market.services import rounds as round_service
 from market.translog import install
 
@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rail = rail_for(settings)
     app.state.signer = install(settings, app.state.blobs)
     reputation.configure(decay=settings.reputation_decay)
+    verification.configure(required=settings.require_verified_providers)
     problems.install(app)
     for module in (accounts, listings, jobs, offers, rounds, admin, money, privacy, translog):
         app.include_router(module.router)

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     # Taken from what is left in escrow when a buyer cancels a running job (after the
     # collecting round's submitters are paid); 0 = no fee.
     cancel_fee_bps: int = Field(default=0, ge=0, le=10_000)
+    # Only verified providers (an operator's approval, or a Stripe Connect account with
+    # `payouts_enabled`) are matched to jobs, so only they count toward any quorum: a buyer's
+    # sybil provider accounts cannot isolate a real provider's update. Off only for a closed
+    # setup where every account is known.
+    require_verified_providers: bool = True
     # The platform's fee in basis points of a job's budget (500 = 5%).
     platform_fee_bps: int = Field(default=500, ge=0, le=10_000)
     # Reputation: an event `age` days old counts decay**age.

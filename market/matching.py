@@ -2,6 +2,10 @@
 
 Eligibility of a listing for a job (all must hold):
 
+- the provider is verified (its Stripe Connect account can receive payouts, or an operator
+  approved it), unless the job's demand says verification is not required: only verified
+  providers are ever offered a job, so every quorum counts real parties
+  (`market.services.verification`);
 - compatible schema (`dataspec.incompatibility`, the rule agents apply too): the listing has
   exactly the job's columns, each of a kind the job's feature accepts, missing values only
   where the job declares a fill, the same label, and only classes the job knows (or, for a
@@ -88,6 +92,7 @@ class Supply:
     currency: str
     free_capacity: int
     reputation: float
+    verified: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,7 @@ class Demand:
     slots: int
     budget_left_cents: int
     excluded_providers: frozenset[str] = frozenset()
+    require_verified: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +141,7 @@ def match(demands: Sequence[Demand], supplies: Sequence[Supply]) -> list[Proposa
     ask = np.fromiter((s.ask_cents for s in supplies), np.int64, len(supplies))
     rep = np.fromiter((s.reputation for s in supplies), np.float64, len(supplies))
     free = np.fromiter((s.free_capacity for s in supplies), np.int64, len(supplies))
+    verified = np.fromiter((s.verified for s in supplies), bool, len(supplies))
 
     proposals: list[Proposal] = []
     compat_cache: dict[str, np.ndarray] = {}
@@ -146,7 +153,8 @@ def match(demands: Sequence[Demand], supplies: Sequence[Supply]) -> list[Proposa
             compat = np.fromiter((compatible(job.schema, sh) for sh in shapes), bool, len(shapes))
             compat_cache[job.schema.key] = compat
         mask = (
-            compat[group]
+            (verified | (not job.require_verified))
+            & compat[group]
             & (currency == currencies[job.currency])
             & (rep >= job.min_reputation)
             & (ask <= job.price_cap_cents)
@@ -231,7 +239,9 @@ def explain(job: Demand, supplies: Sequence[Supply]) -> Explanation:
     budget_left = job.budget_left_cents
     for s in supplies:
         reason = why_incompatible(job.schema, s.schema)
-        if reason is not None:
+        if job.require_verified and not s.verified:
+            reason = "provider not verified (by Stripe Connect or an operator)"
+        elif reason is not None:
             reason = "schema: " + _public_reason(reason)
         elif s.currency != job.currency:
             reason = f"asks in {s.currency}, the job pays in {job.currency}"

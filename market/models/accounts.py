@@ -29,6 +29,11 @@ class Account(SQLModel, table=True):
     # SHA-256 of the API key; the key itself is shown once and never stored.
     key_hash: str = Field(max_length=64, unique=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # A provider counts as a real party (matched to jobs, so inside quorums) only once
+    # verified: by its Stripe Connect account's `payouts_enabled` ("stripe-connect") or by
+    # an operator's approval (the operator's account id). See `market.services.verification`.
+    verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    verified_by: str | None = Field(default=None, max_length=32)
 
 
 class AccountPublic(BaseModel):
@@ -36,6 +41,8 @@ class AccountPublic(BaseModel):
     role: Role
     name: str
     created_at: datetime
+    verified_at: datetime | None = None
+    verified_by: str | None = None
 
 
 class AccountCreated(AccountPublic):

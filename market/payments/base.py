@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from market.errors import InvalidStateError
+
 
 @dataclass(frozen=True)
 class Intent:
@@ -52,6 +54,10 @@ class PaymentRail(ABC):
 
     @abstractmethod
     def connected_account(self, *, provider_id: str, name: str, key: str) -> str: ...
+
+    def payouts_enabled(self, connected_id: str) -> bool:
+        """Whether a connected account may receive payouts (Stripe's `payouts_enabled`)."""
+        raise InvalidStateError(f"the {self.name} rail has no connected accounts")
 
     @abstractmethod
     def transfer(

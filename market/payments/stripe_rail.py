@@ -104,6 +104,11 @@ class StripeRail(PaymentRail):
         )
         return str(account.id)
 
+    def payouts_enabled(self, connected_id: str) -> bool:
+        assert self._connect is not None
+        account = self._call("Connect account", self._connect.v1.accounts.retrieve, connected_id)
+        return bool(account.payouts_enabled)
+
     def transfer(
         self,
         *,

@@ -58,6 +58,7 @@ from market.services import (
     receipts,
     reputation,
     results,
+    verification,
     views,
 )
 from market.services import jobs as job_service
@@ -176,6 +177,8 @@ class ProviderPage:
     reputation: ReputationPublic
     series: Series
     may_see_money: bool
+    # Whether the provider counts as a real party (matched, inside quorums), and by whom.
+    verified: str
 
 
 @dataclass(frozen=True)
@@ -423,6 +426,7 @@ def provider_page(
         ),
         series=reputation_series(session, provider_id),
         may_see_money=_may_see_money(viewer, provider_id),
+        verified=verification.describe(account),
     )
 
 

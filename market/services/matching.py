@@ -21,7 +21,7 @@ from market.matching import Demand, Explanation, SchemaShape, Supply, explain, m
 from market.models import LIVE_OFFER_STATES, TERMINAL_JOB_STATES, Job, Listing, Offer
 from market.models.jobs import MatchingExclusion, MatchingPublic
 from market.models.types import new_id
-from market.services import reputation
+from market.services import reputation, verification
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def _demand(job: Job, offers: list[Offer]) -> Demand:
         slots=job.max_providers - live,
         budget_left_cents=job.budget_cents - spent,
         excluded_providers=frozenset(o.provider_id for o in offers),
+        require_verified=verification.required(),
     )
 
 
@@ -167,6 +168,7 @@ def _supplies(
     )
     # The service's clock: events age by the time the service keeps, as everywhere else.
     reps = reputation.scores(session, {row[1] for row in listings}, now=now)
+    verified = verification.verified_ids(session, (row[1] for row in listings))
     shapes: dict[str, SchemaShape] = {}
     supplies = []
     for listing_id, provider_id, schema, samples, ask, currency, capacity in listings:
@@ -185,6 +187,7 @@ def _supplies(
                 currency=currency,
                 free_capacity=free,
                 reputation=reps[provider_id],
+                verified=provider_id in verified,
             )
         )
     return supplies

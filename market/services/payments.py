@@ -21,7 +21,7 @@ from market.ledger.journal import find
 from market.models import Job, Payment, PaymentPublic
 from market.models.types import new_id
 from market.payments import PaymentRail, WebhookEvent
-from market.services import funding, jobs, settlement
+from market.services import funding, jobs, settlement, verification
 from market.services.matching import run_matching
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ def record_success(session: Session, payment: Payment, amount: int, *, now: date
 
 def apply_webhook(session: Session, event: WebhookEvent, *, now: datetime) -> str:
     """Act on a verified event; returns what was done (for the response and the logs)."""
+    if event.type == "account.updated":
+        return verification.on_account_updated(session, event.object, now=now)
     if event.type not in ("payment_intent.succeeded", "payment_intent.payment_failed"):
         return "ignored"
     pi_id = str(event.object.get("id"))

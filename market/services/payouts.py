@@ -101,7 +101,8 @@ def _post_paid(session: Session, payout: Payout, *, now: datetime) -> None:
     session.add(payout)
 
 
-def _connected(session: Session, rail: PaymentRail, provider_id: str) -> str:
+def connected_account_id(session: Session, rail: PaymentRail, provider_id: str) -> str:
+    """The provider's Connect account, created once (key `connect:<provider>`); commits."""
     known = session.get(ConnectedAccount, provider_id)
     if known is not None:
         return known.external_id
@@ -209,7 +210,7 @@ def _transfer(
         if payout.status != "pending":
             continue
         try:
-            destination = _connected(session, rail, payout.provider_id)
+            destination = connected_account_id(session, rail, payout.provider_id)
             payout.external_id = rail.transfer(
                 destination=destination,
                 amount_cents=payout.amount_cents,

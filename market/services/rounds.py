@@ -11,6 +11,11 @@ fails the job. `tick` applies this to every overdue round (the app's background 
 it, in every server process), and every write that touches a round (a submission, a
 published model, an offer decision) applies it first, under the job's lock
 (`market.services.locks`). Reading a round never changes it.
+
+Quorum counts real parties: every provider a round expects was verified when matched
+(an operator's approval or a Stripe Connect account with payouts enabled; unverified ones are
+never matched, see `market.services.verification`), so `quorum` submitters are `quorum`
+parties someone vouched for, never a buyer's sybil accounts.
 """
 
 from __future__ import annotations

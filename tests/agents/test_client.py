@@ -30,9 +30,10 @@ def test_full_job_through_the_client(
     anon = _as(client, None)
     admin = _as(client, ADMIN_KEY)
     buyer = _as(client, anon.register(role="buyer", name="b")["api_key"])
-    providers = [
-        _as(client, anon.register(role="provider", name=f"p{i}")["api_key"]) for i in range(2)
-    ]
+    created = [anon.register(role="provider", name=f"p{i}") for i in range(2)]
+    for acct in created:
+        assert admin.approve_provider(acct["id"])["verified_at"] is not None
+    providers = [_as(client, acct["api_key"]) for acct in created]
     for p in providers:
         listing = p.create_listing(listing_body())
         sent = listing_body()["schema"]  # read back with the defaults stated (no gaps)

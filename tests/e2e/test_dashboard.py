@@ -83,7 +83,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
         for i, ds in enumerate(split.providers):
             csv = root / f"p{i}.csv"
             write_csv(ds, csv)
-            procs.append(start_agent(url, csv, root / f"agent{i}", i, root / f"agent{i}.log"))
+            procs.append(start_agent(url, csv, root / f"agent{i}", i, root / f"agent{i}.log",
+                                     operator=admin))  # fmt: skip
         try:
             outcome = BuyerRun(buyer, keys, job["id"], split.test, identity=BUYER_IDENTITY,
                                out_dir=root / "buyer", poll_s=0.2).run()  # fmt: skip

@@ -133,6 +133,8 @@ class Market:
             i,
             self.tmp / f"agent{i}.log",
             AGENT_OPTIONS,
+            # Enrolled straight with the server (not through a test's faulty proxy).
+            operator=PollenClient(self.server.url, self.server.admin_key),
         )
         self.procs.append(proc)
         return proc

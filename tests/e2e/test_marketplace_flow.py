@@ -51,7 +51,14 @@ def test_encrypted_job_runs_to_completion(live_server: LiveServer, tmp_path: Pat
         csv = tmp_path / f"p{i}.csv"
         write_csv(ds, csv)
         procs.append(
-            start_agent(live_server.url, csv, tmp_path / f"agent{i}", i, tmp_path / f"agent{i}.log")
+            start_agent(
+                live_server.url,
+                csv,
+                tmp_path / f"agent{i}",
+                i,
+                tmp_path / f"agent{i}.log",
+                operator=PollenClient(live_server.url, live_server.admin_key),
+            )
         )
     try:
         outcome = BuyerRun(
@@ -115,11 +122,16 @@ def test_raw_records_never_leave_the_agent(live_server: LiveServer, tmp_path: Pa
     write_csv(split.providers[0], csv)
     other_csv = tmp_path / "other.csv"
     write_csv(split.providers[1], other_csv)
-    other = start_agent(live_server.url, other_csv, tmp_path / "other", 1, tmp_path / "o.log")
+    operator = PollenClient(live_server.url, live_server.admin_key)
+    other = start_agent(
+        live_server.url, other_csv, tmp_path / "other", 1, tmp_path / "o.log", operator=operator
+    )
 
     recorder = RecordingTransport()
     anon = PollenClient(live_server.url, None)
-    key = anon.register(role="provider", name="recorded")["api_key"]
+    recorded = anon.register(role="provider", name="recorded")
+    operator.approve_provider(recorded["id"])
+    key = recorded["api_key"]
     client = PollenClient(live_server.url, key, transport=recorder)
     data = load_dataset(csv)
     agent = ProviderAgent(
@@ -166,7 +178,9 @@ def test_agent_restart_does_not_submit_twice(live_server: LiveServer, tmp_path: 
     anon = PollenClient(live_server.url, None)
     agents = []
     for i, ds in enumerate(split.providers):
-        key = anon.register(role="provider", name=f"p{i}")["api_key"]
+        acct = anon.register(role="provider", name=f"p{i}")
+        PollenClient(live_server.url, live_server.admin_key).approve_provider(acct["id"])
+        key = acct["api_key"]
         agent = ProviderAgent(
             PollenClient(live_server.url, key),
             ds,

@@ -121,6 +121,7 @@ def _running_round(server: Server, providers: int, deadline_s: int) -> Round:
     accounts = []
     for i in range(providers):
         acct = anon.register(role="provider", name=f"p{i}")
+        PollenClient(server.url, server.admin_key).approve_provider(acct["id"])
         with PollenClient(server.url, acct["api_key"]) as client:
             client.create_listing(listing_body(name=f"p{i}", capacity=1))
         accounts.append(Provider(acct["id"], acct["api_key"]))

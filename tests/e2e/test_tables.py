@@ -66,7 +66,15 @@ def _run_job(
         write_table_csv(table, path)
         extra = ["--label", label, "--classes", ""]
         procs.append(
-            start_agent(server.url, path, tmp_path / f"a{i}", i, tmp_path / f"a{i}.log", extra)
+            start_agent(
+                server.url,
+                path,
+                tmp_path / f"a{i}",
+                i,
+                tmp_path / f"a{i}.log",
+                extra,
+                operator=PollenClient(server.url, server.admin_key),
+            )
         )
     try:
         run = BuyerRun(

@@ -8,7 +8,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from market.matching import Demand, SchemaShape, Supply, compatible, match, why_incompatible
+from market.matching import (
+    Demand,
+    SchemaShape,
+    Supply,
+    compatible,
+    explain,
+    match,
+    why_incompatible,
+)
 
 BASE = SchemaShape.from_schema(
     {
@@ -38,6 +46,7 @@ def supply(i: int, **over: Any) -> Supply:
         "currency": "usd",
         "free_capacity": 1,
         "reputation": 0.5,
+        "verified": True,
     }
     fields.update(over)
     return Supply(**fields)
@@ -188,3 +197,14 @@ def test_invariants_hold_for_random_markets(
         assert len({p.provider_id for p in mine}) == len(mine)
         assert sum(p.price_cents * p.rounds for p in mine) <= d.budget_left_cents
         assert all(p.price_cents <= d.price_cap_cents for p in mine)
+
+
+def test_unverified_providers_are_never_matched() -> None:
+    """Only verified providers get offers (so only they can be in a quorum); the demand's
+    `require_verified=False` (the setting switched off) matches everyone."""
+    supplies = [supply(0, verified=False), supply(1)]
+    assert [p.provider_id for p in match([demand()], supplies)] == ["p1"]
+    report = explain(demand(), supplies)
+    assert report.excluded == {"provider not verified (by Stripe Connect or an operator)": 1}
+    everyone = match([demand(require_verified=False)], supplies)
+    assert sorted(p.provider_id for p in everyone) == ["p0", "p1"]

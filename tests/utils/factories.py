@@ -32,11 +32,27 @@ class Actor:
         return {"Authorization": f"Bearer {self.api_key}"}
 
 
-def register(client: TestClient, role: str, name: str | None = None) -> Actor:
+def register(
+    client: TestClient, role: str, name: str | None = None, *, verified: bool = True
+) -> Actor:
+    """A new account; a provider is approved by the operator unless `verified=False` (only
+    verified providers are matched to jobs, see `market.services.verification`)."""
     r = client.post("/v1/accounts", json={"role": role, "name": name or role})
     assert r.status_code == 201, r.text
     body = r.json()
-    return Actor(body["id"], role, body["api_key"])
+    actor = Actor(body["id"], role, body["api_key"])
+    if role == "provider" and verified:
+        approve(client, actor.id)
+    return actor
+
+
+def approve(client: TestClient, account_id: str) -> None:
+    """The operator verifies a provider (as on the manual rail)."""
+    r = client.post(
+        f"/v1/admin/providers/{account_id}/approve",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert r.status_code == 200, r.text
 
 
 def admin(client: TestClient) -> Actor:

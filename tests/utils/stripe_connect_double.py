@@ -8,6 +8,10 @@ errors), so the real `stripe` SDK talks to it unchanged.
         ...
         double.transfers  # what was sent, by id
         double.fail_next = 1  # the next transfer answers 402 card_declined-like error
+        double.set_payouts_enabled(acct_id, True)  # the account finished Stripe's onboarding
+
+A new (Express) account cannot receive payouts until its owner finishes onboarding, as on
+Stripe: `payouts_enabled` starts false (`payouts_enabled_on_create` changes that).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class ConnectDouble:
         self.transfers: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []
         self.fail_next = 0
+        self.payouts_enabled_on_create = False
         self._idem: dict[str, tuple[int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -53,6 +58,17 @@ class ConnectDouble:
         self._server.shutdown()
         self._server.server_close()
 
+    def set_payouts_enabled(self, account_id: str, enabled: bool) -> None:
+        with self._lock:
+            self.accounts[account_id]["payouts_enabled"] = enabled
+
+    def account_of(self, provider_id: str) -> str:
+        """The connected account created for a provider (by its metadata)."""
+        (acct,) = [
+            a for a in self.accounts.values() if a["metadata"].get("provider_id") == provider_id
+        ]
+        return str(acct["id"])
+
     def _create(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         now = int(time.time())
         if path == "/v1/accounts":
@@ -60,7 +76,8 @@ class ConnectDouble:
                 "id": "acct_" + secrets.token_hex(8), "object": "account", "type": body.get(
                     "type", "express"), "metadata": body.get("metadata", {}),
                 "business_profile": body.get("business_profile", {}), "created": now,
-                "charges_enabled": False, "payouts_enabled": True, "livemode": False,
+                "charges_enabled": False, "livemode": False,
+                "payouts_enabled": self.payouts_enabled_on_create,
             }  # fmt: skip
             self.accounts[acct["id"]] = acct
             return 200, acct

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from market import ratelimit
-from market.api.deps import CurrentAccount, SessionDep
+from market.api.deps import CurrentAccount, NowDep, ProviderAccount, RailDep, SessionDep
 from market.models import AccountCreate, AccountCreated, AccountPublic
-from market.services import accounts
+from market.services import accounts, verification
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
@@ -26,3 +26,13 @@ def register(body: AccountCreate, request: Request, session: SessionDep) -> Acco
 @router.get("/me", response_model=AccountPublic)
 def me(account: CurrentAccount) -> AccountPublic:
     return accounts.public(account)
+
+
+@router.post("/me/connect", response_model=AccountPublic)
+def connect(
+    account: ProviderAccount, session: SessionDep, rail: RailDep, now: NowDep
+) -> AccountPublic:
+    """Stripe rail: create the provider's Connect account if needed and read whether it can
+    receive payouts; while it can, the provider is verified (matched, counted in quorums).
+    Call it again after finishing Stripe's onboarding."""
+    return accounts.public(verification.refresh_connect(session, rail, account, now=now))
