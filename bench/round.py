@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.buyer import BuyerRun, post_job
+from agents.buyer import BuyerRun, model_record, post_job
 from agents.client import PollenClient
 from agents.data import write_csv
 from agents.demo import free_port, job_spec, start_agent, start_server, stop, wait_ready
 from agents.experiment import load_digits_split
 from bench.common import console, print_table, write_result
 from crypto import DEFAULT_PRESET_ID, PLAIN_PRESET_ID, BuyerKeys
+from crypto.identity import IdentityKey
 
 PROVIDERS = int(os.environ.get("POLLEN_BENCH_PROVIDERS", 10))
 HIDDEN = [1200, 760]  # 64·1200 + 1200 + 1200·760 + 760 + 760·10 + 10 = 998,370 parameters
@@ -42,16 +43,21 @@ def _timed_job(url: str, admin: PollenClient, keys: BuyerKeys, split: Any, prese
         title=f"round bench ({preset})", preset=preset, local_epochs=1,
         model={"arch": "mlp", "hidden": HIDDEN}, quorum=PROVIDERS, round_deadline_s=600,
     )
-    job = post_job(buyer, keys, spec)
+    # Agents trust only jobs whose manifest and models the buyer signed.
+    identity = IdentityKey.load_or_create(workdir / f"buyer-{preset}.identity")
+    job = post_job(buyer, keys, spec, identity=identity)
     admin.credit_job(job["id"], spec["budget_cents"])
-    run = BuyerRun(buyer, keys, job["id"], split.test, out_dir=workdir / preset, poll_s=0.05)
+    run = BuyerRun(buyer, keys, job["id"], split.test, out_dir=workdir / preset, poll_s=0.05,
+                   identity=identity)
     run._wait(run._job_if_running, "the job to start")
     times: list[float] = []
     accuracy = 0.0
     for number in range(1, ROUNDS + 1):
         started = time.perf_counter()
         if number > 1:
-            buyer.publish_model(job["id"], number, run.model_path.read_bytes())
+            model = run.model_path.read_bytes()
+            buyer.post_record(job["id"], model_record(identity, job["id"], number, model))
+            buyer.publish_model(job["id"], number, model)
         run._wait(functools.partial(run._closed, number), f"round {number}")
         report = run.apply_round(number)
         buyer.post_metrics(job["id"], number, {"loss": report.loss, "accuracy": report.accuracy})
