@@ -1,6 +1,6 @@
 """`python -m bench big [--params N]`: one large model through the real server, and memory.
 
-P parameters (20,000,000 by default: an MLP with two equal hidden layers) trained by 4 provider
+P parameters (20,000,000 by default: an MLP with three equal hidden layers) trained by 4 provider
 agents, each its own process, against the marketplace under uvicorn on loopback, for 2 rounds
 (the first encrypts on the spot, the second with the encryptions of zero made while the agent
 waited). Reported: the peak resident memory of every agent, of the server and of the buyer
@@ -45,8 +45,9 @@ agents.buyer.decrypt_aggregate = _watch.wrap("decrypt", agents.buyer.decrypt_agg
 
 
 def hidden_for(params: int) -> int:
-    """h with 64·h + h + h·h + h + 10·h + 10 = h² + 76·h + 10 closest to `params` from below."""
-    return max(1, int((-76 + math.sqrt(76**2 + 4 * max(params - 10, 0))) / 2))
+    """h, three hidden layers of h (a layer is at most 4096 wide): 64·h + h + 2·(h·h + h) +
+    10·h + 10 = 2·h² + 77·h + 10 parameters, the closest to `params` from below."""
+    return max(1, int((-77 + math.sqrt(77**2 + 8 * max(params - 10, 0))) / 4))
 
 
 def _peak_mb(proc: subprocess.Popen[bytes], *, terminate: bool, timeout_s: float) -> float:
@@ -97,13 +98,13 @@ def main(argv: list[str] | None = None) -> None:
                                  timeout=1800)
             spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
             spec.update(title="big bench", local_epochs=1, model={"arch": "mlp",
-                        "hidden": [hidden, hidden]}, quorum=PROVIDERS, round_deadline_s=3600,
+                        "hidden": [hidden] * 3}, quorum=PROVIDERS, round_deadline_s=3600,
                         privacy="off")  # fmt: skip
             identity = IdentityKey.load_or_create(workdir / "buyer.identity")
             job = post_job(buyer, keys, spec, identity=identity)
             admin.credit_job(job["id"], spec["budget_cents"])
             params = int(buyer.get_job(job["id"])["param_count"])
-            console.print(f"{PROVIDERS} agents, MLP [{hidden}, {hidden}]: {params:,} parameters, "
+            console.print(f"{PROVIDERS} agents, MLP [{hidden}] × 3: {params:,} parameters, "
                           f"envelope {preset.payload_bytes(params) / 1e6:.0f} MB")
             run = BuyerRun(buyer, keys, job["id"], split.test, out_dir=workdir / "buyer",
                            poll_s=0.2, identity=identity)
@@ -126,12 +127,13 @@ def main(argv: list[str] | None = None) -> None:
                 spent = _watch.take()
                 round_s.append(time.perf_counter() - started)
                 server, offset = server_lines(log, offset)
-                validate, submit = sum(server.get("validate", [])), sum(server.get("submit", []))
+                validate, add = sum(server.get("validate", [])), sum(server.get("add", []))
+                other = sum(server.get("submit", [])) - validate - add
                 step = time.perf_counter() - collected - sum(spent.values())
                 phases[str(number)] = {
                     **agent_phases([workdir / f"agent{i}" for i in range(PROVIDERS)],
                                    job["id"], [number]),
-                    "validate": validate, "add": submit - validate,
+                    "validate": validate, "add": add, "server_other": other,
                     "close": sum(server.get("close", [])),
                     "download": spent.get("download", 0.0), "decrypt": spent.get("decrypt", 0.0),
                     "step": step, "round": round_s[-1],
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
            ["buyer", f"{buyer_mb:.0f}", f"{buyer_mb / envelope_mb:.1f}"]],
     )
     result: dict[str, Any] = {
-        "params": params, "providers": PROVIDERS, "rounds": ROUNDS, "hidden": [hidden, hidden],
+        "params": params, "providers": PROVIDERS, "rounds": ROUNDS, "hidden": [hidden] * 3,
         "envelope_mb": envelope_mb, "round_s": round_s, "phases": phases,
         "peak_rss_mb": {"agents": agent_mb, "server": server_mb, "buyer": buyer_mb},
     }  # fmt: skip

@@ -3,8 +3,9 @@
 Agents keep theirs in their state file (`jobs[job]["timings"][round]`: train, encode,
 encrypt, upload). The server's are measured by running it through `python -m bench.phases
 serve …` (the ordinary `python -m market` with timers around envelope validation, the
-whole submission and round closing), which logs one `bench-phase NAME SECONDS` line per
-call. The buyer's (download, decrypt, step) are timed in the benchmark's own process.
+sums' addition and serialization, the whole submission and round closing), which logs one
+`bench-phase NAME SECONDS` line per call. The buyer's (download, decrypt, step) are timed
+in the benchmark's own process.
 """
 
 from __future__ import annotations
@@ -107,7 +108,12 @@ def _serve(argv: list[str]) -> None:
 
         return inner
 
+    from crypto.aggregate import Accumulator
+
     submissions.validate_envelope = timed("validate", submissions.validate_envelope)
+    # Adding an update into the round's and its group's sums, and serializing them.
+    submissions._added = timed("add", submissions._added)
+    Accumulator.to_bytes = timed("add", Accumulator.to_bytes)  # type: ignore[method-assign]
     submissions.submit = timed("submit", submissions.submit)
     rounds.close_round = timed("close", rounds.close_round)
     sys.argv = ["market", *argv]

@@ -9,9 +9,10 @@ round is timed from the buyer publishing the global model to the buyer holding t
 and each of those phases is timed where it runs (bench/phases.py): `breakdown` in
 bench/results/round.json holds, per configuration, seconds per agent and round (train, encode,
 encrypt, upload: the upload includes the server's validation and addition, which answer it),
-the server's seconds per round (validate, add: all of a round's submissions, one at a time;
-close) and the buyer's per round (download, decrypt, step: robust average, optimizer step,
-evaluation, publishing).
+the server's seconds per round (validate, add, and server_other: writing the sums, the
+database and waiting for the job's lock, summed over a round's submissions; close) and the
+buyer's per round (download, decrypt, step: robust average, optimizer step, evaluation,
+publishing).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from crypto.identity import IdentityKey
 PROVIDERS = int(os.environ.get("POLLEN_BENCH_PROVIDERS", 10))
 HIDDEN = [1200, 760]  # 64·1200 + 1200 + 1200·760 + 760 + 760·10 + 10 = 998,370 parameters
 ROUNDS = 3  # round 1 includes start-up; rounds 2.. are timed
-PHASES = ("train", "encode", "encrypt", "upload", "validate", "add", "close", "download",
-          "decrypt", "step")
+PHASES = ("train", "encode", "encrypt", "upload", "validate", "add", "server_other", "close",
+          "download", "decrypt", "step")
 _watch = Stopwatch()
 # The buyer's decryption, timed where BuyerRun calls it.
 agents.buyer.decrypt_aggregate = _watch.wrap("decrypt", agents.buyer.decrypt_aggregate)
@@ -97,9 +98,11 @@ def _timed_job(url: str, admin: PollenClient, keys: BuyerKeys, split: Any, prese
     timed = list(range(2, ROUNDS + 1))
     phases = agent_phases([workdir / f"agent{i}" for i in range(PROVIDERS)], job["id"], timed)
     server, _ = server_lines(log, offset)
-    validate, submit = sum(server.get("validate", [])), sum(server.get("submit", []))
-    phases.update(validate=validate / len(timed), add=(submit - validate) / len(timed),
-                  close=sum(server.get("close", [])) / len(timed))
+    validate, add = sum(server.get("validate", [])), sum(server.get("add", []))
+    # The rest of the submissions' time: writing the sums, the database, the job's lock.
+    other = sum(server.get("submit", [])) - validate - add
+    phases.update(validate=validate / len(timed), add=add / len(timed),
+                  server_other=other / len(timed), close=sum(server.get("close", [])) / len(timed))
     phases.update({name: seconds / len(timed) for name, seconds in buyer_s.items()})
     return times, params, accuracy, {name: round(phases.get(name, 0.0), 4) for name in PHASES}
 
