@@ -184,7 +184,8 @@ def write_update(
     batches beyond the update itself whatever the model's size. Each ciphertext is a fresh
     encryption of zero plus the encoded chunk, which is exactly how SEAL encrypts; with
     `zeros` the encryptions of zero come from that pool (each used once) instead of being
-    made here. `timings`, when given, accumulates seconds under "encode" and "encrypt".
+    made here. `timings`, when given, accumulates seconds under "encode" and "encrypt", and
+    under "fresh_zeros" how many encryptions of zero had to be made on the spot.
     """
     preset = ctx.preset
     weighted, summands = _checked_weighted(preset, vector, binding, weight, samples)
@@ -245,6 +246,7 @@ def _write_ciphertexts(
     total = chunks * 2 * n * sum(widths)
     plain = seal.Plaintext()
     encode_s = encrypt_s = 0.0
+    fresh = 0
     for first in range(0, chunks, _BATCH):
         count = min(_BATCH, chunks - first)
         tick = time.perf_counter()
@@ -259,9 +261,10 @@ def _write_ciphertexts(
         tock = time.perf_counter()
         encode_s += tock - tick
         if zeros is not None:
-            coeffs = zeros.take(count).consume()
+            taken = zeros.take(count)
+            coeffs, fresh = taken.consume(), fresh + taken.fresh
         else:
-            coeffs = encrypt_zero(ctx, ctx.encryptor, count)
+            coeffs, fresh = encrypt_zero(ctx, ctx.encryptor, count), fresh + count
         # c0 + m mod q: both below q < 2^63, so the sum cannot wrap.
         coeffs[:, 0] += encoded
         np.subtract(coeffs[:, 0], moduli, out=coeffs[:, 0], where=coeffs[:, 0] >= moduli)
@@ -285,6 +288,7 @@ def _write_ciphertexts(
     if timings is not None:
         timings["encode"] = timings.get("encode", 0.0) + encode_s
         timings["encrypt"] = timings.get("encrypt", 0.0) + encrypt_s
+        timings["fresh_zeros"] = timings.get("fresh_zeros", 0.0) + fresh
     return total
 
 
