@@ -446,12 +446,14 @@ class ProviderAgent:
             self.state.save()
             path.unlink(missing_ok=True)
             return False
-        timings: dict[str, float] = {}
         if not path.exists():  # else: prepared before a crash, send the same bytes
             if entry.get("budget_spent"):
                 return False
             try:
                 timings = self._write_file(job, rnd, me, path)
+                # Seconds per phase, kept with the job (an upload cut short is retried later).
+                entry.setdefault("timings", {})[str(number)] = timings
+                self.state.save()
             except TrustError as exc:
                 self._refuse(job_id, entry, exc)
                 return False
@@ -489,9 +491,9 @@ class ProviderAgent:
                 return False
             else:
                 raise
-        if timings:
-            timings["upload"] = time.perf_counter() - tick
-            entry.setdefault("timings", {})[str(number)] = timings
+        timings = entry.get("timings", {}).get(str(number))
+        if timings is not None:
+            timings["upload"] = time.perf_counter() - tick  # the attempt that landed
             logger.info("job %s round %d seconds per phase: %s", job_id, number, timings)
         entry["submitted"][str(number)] = _file_sha256(path)
         self.state.save()
