@@ -126,15 +126,15 @@ def main(argv: list[str] | None = None) -> None:
                 run.apply_round(number)
                 spent = _watch.take()
                 round_s.append(time.perf_counter() - started)
-                server, offset = server_lines(log, offset)
-                validate, add = sum(server.get("validate", [])), sum(server.get("add", []))
-                other = sum(server.get("submit", [])) - validate - add
+                lines, offset = server_lines(log, offset)
+                validate, add = sum(lines.get("validate", [])), sum(lines.get("add", []))
+                other = sum(lines.get("submit", [])) - validate - add
                 step = time.perf_counter() - collected - sum(spent.values())
                 phases[str(number)] = {
                     **agent_phases([workdir / f"agent{i}" for i in range(PROVIDERS)],
                                    job["id"], [number]),
                     "validate": validate, "add": add, "server_other": other,
-                    "close": sum(server.get("close", [])),
+                    "close": sum(lines.get("close", [])),
                     "download": spent.get("download", 0.0), "decrypt": spent.get("decrypt", 0.0),
                     "step": step, "round": round_s[-1],
                 }  # fmt: skip
