@@ -18,13 +18,15 @@ and says so; it gives up only after `give_up_after_s`."""
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
@@ -39,8 +41,10 @@ from agents.state import StateFile, write_atomic
 from agents.tabular import Table, listing_schema
 from agents.training import EpochInfo, RecordDP, compute_update, train_local
 from agents.trust import Trust, TrustError, register_identity
-from crypto import EnvelopeBinding, PublicContext, encrypt_update, read_header, update_weight
+from crypto import EnvelopeBinding, PublicContext, read_header, update_weight
+from crypto.envelope import write_update
 from crypto.identity import IdentityKey, SignatureError, verify_record
+from crypto.zeropool import ZeroPool
 
 if TYPE_CHECKING:
     from agents.privacy import DPConfig
@@ -61,6 +65,18 @@ class AgentPolicy:
 
 class BudgetSpentError(Exception):
     """One more round would take a job past the ε this provider agreed to."""
+
+
+# An envelope's header is at most a few hundred bytes plus three 256-byte identifiers.
+_MAX_HEADER = 4096
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def train_seed(job_seed: int, round_number: int, agent_seed: int) -> int:
@@ -130,6 +146,9 @@ class ProviderAgent:
         # Training, encryption and upload as they happen (agents.progress draws them).
         self.progress: AgentProgress = progress or NullAgentProgress()
         self._contexts: dict[str, PublicContext] = {}
+        # Per job: encryptions of zero for its next round, made while the agent waits (in
+        # memory only, each used once: crypto.zeropool).
+        self._pools: dict[str, ZeroPool] = {}
 
     # ------------------------------------------------------------------ listing & offers
 
@@ -255,7 +274,42 @@ class ProviderAgent:
     def _envelope_path(self, job_id: str, round_number: int) -> Path:
         return self.state_dir / "envelopes" / f"{job_id}-r{round_number}.bin"
 
+    def _pool(self, job: dict[str, Any]) -> ZeroPool | None:
+        """The job's pool of zeros (None for a plaintext job or before its context is here)."""
+        ctx = self._contexts.get(job["id"])
+        if ctx is None or job.get("param_count") is None:
+            return None
+        ctx = ctx.for_preset(str(job["spec"]["preset"]))
+        if ctx.preset.is_plain:
+            return None
+        pool = self._pools.get(job["id"])
+        if pool is None:
+            pool = ZeroPool(ctx, ctx.preset.chunks_for(int(job["param_count"])))
+            self._pools[job["id"]] = pool
+        return pool
+
+    def _prefill(self, job: dict[str, Any]) -> None:
+        """Make the next round's encryptions of zero in the background while waiting."""
+        pool = self._pool(job)
+        if pool is not None:
+            pool.start_filling()
+
+    def _drop_pool(self, job_id: str) -> None:
+        pool = self._pools.pop(job_id, None)
+        if pool is not None:
+            pool.stop()
+
     def _build_envelope(self, job: dict[str, Any], rnd: dict[str, Any], me: str) -> bytes:
+        """The round's envelope in memory (see `_write_envelope`)."""
+        out = io.BytesIO()
+        self._write_envelope(job, rnd, me, out)
+        return out.getvalue()
+
+    def _write_envelope(
+        self, job: dict[str, Any], rnd: dict[str, Any], me: str, out: BinaryIO
+    ) -> dict[str, float]:
+        """Train on the round's model and write the encrypted update to `out`; returns the
+        seconds spent per phase (train, encode, encrypt)."""
         spec = job["spec"]
         schema = DatasetSchema.model_validate(spec["schema"])
         local = prepare(self.data, schema)
@@ -297,6 +351,8 @@ class ProviderAgent:
             if self.on_epoch is not None:
                 self.on_epoch(info)
 
+        timings: dict[str, float] = {}
+        tick = time.perf_counter()
         result = train_local(
             model,
             local,
@@ -308,6 +364,7 @@ class ProviderAgent:
             dp=record_dp,
         )
         delta = compute_update(global_vec, flatten(model))
+        timings["train"] = time.perf_counter() - tick
         if plan is not None:
             # Charged before the update can leave: a crash from here on re-trains and pays
             # again (safe), never releases a round it did not pay for.
@@ -329,19 +386,23 @@ class ProviderAgent:
             job["id"], number, me, int(job["param_count"]), int(rnd["summands"])
         )
         self.progress.encrypting(job["id"], number, params=len(delta))
-        envelope = encrypt_update(
-            self._context(job["id"]).for_preset(str(spec["preset"])),
+        ctx = self._context(job["id"]).for_preset(str(spec["preset"]))
+        size = write_update(
+            out,
+            ctx,
             delta,
             binding=binding,
             weight=weight,
             samples=samples,
+            zeros=self._pool(job),
+            timings=timings,
         )
-        self.progress.encrypted(job["id"], number, size=len(envelope))
+        self.progress.encrypted(job["id"], number, size=size)
         self.notify(
             f"job {job['id']} round {number}: trained on {result.samples} samples, "
-            f"loss {result.loss:.4f}, envelope {len(envelope) / 1e6:.2f} MB"
+            f"loss {result.loss:.4f}, envelope {size / 1e6:.2f} MB"
         )
-        return envelope
+        return timings
 
     def _dp_plan(self, entry: dict[str, Any], spec: dict[str, Any], samples: int) -> DPPlan | None:
         """The job's DP-SGD plan, made once on its first round and kept in the state file."""
@@ -379,6 +440,7 @@ class ProviderAgent:
         entry = self._active_jobs()[job_id]
         job = self.client.get_job(job_id)
         if job["state"] in ("completed", "cancelled", "failed"):
+            self._drop_pool(job_id)
             entry["done"] = True
             entry["final_state"] = job["state"]
             self.state.save()
@@ -399,14 +461,15 @@ class ProviderAgent:
             self.state.save()
             path.unlink(missing_ok=True)
             return False
-        if path.exists():
-            envelope = path.read_bytes()  # prepared before a crash: send the same bytes
-        else:
+        if not path.exists():  # else: prepared before a crash, send the same bytes
             if entry.get("budget_spent"):
                 return False
             try:
                 with steps_of(self.progress, job_id, number):
-                    envelope = self._build_envelope(job, rnd, me)
+                    timings = self._write_file(job, rnd, me, path)
+                # Seconds per phase, kept with the job (an upload cut short is retried later).
+                entry.setdefault("timings", {})[str(number)] = timings
+                self.state.save()
             except TrustError as exc:
                 self._refuse(job_id, entry, exc)
                 return False
@@ -420,15 +483,19 @@ class ProviderAgent:
                 # fail the same way, so stop working for this job and say why.
                 self._give_up(job_id, entry, f"the local data no longer fits the job: {exc}")
                 return False
-            write_atomic(path, envelope)
-        header = envelope[: read_header(envelope).header_len]
+        with path.open("rb") as f:
+            head = f.read(_MAX_HEADER)
+        header = head[: read_header(head).header_len]
         body = {"header_sha256": hashlib.sha256(header).hexdigest()}
         signature = self.identity.sign("envelope", body)
-        self.progress.uploading(job_id, number, size=len(envelope))
+        size = path.stat().st_size
+        self.progress.uploading(job_id, number, size=size)
+        tick = time.perf_counter()
         try:
+            # Streamed from the file: the agent never holds the whole envelope in memory.
             with steps_of(self.progress, job_id, number):
-                receipt = self.client.submit(job_id, number, envelope, signature=signature)
-            self.progress.uploaded(job_id, number, size=len(envelope))
+                receipt = self.client.submit(job_id, number, path, signature=signature)
+            self.progress.uploaded(job_id, number, size=size)
         except ApiError as exc:
             if exc.status == 409 and exc.code == "duplicate-submission":
                 receipt = exc.body.get("first", exc.body)
@@ -442,9 +509,14 @@ class ProviderAgent:
                 return False
             else:
                 raise
-        entry["submitted"][str(number)] = hashlib.sha256(envelope).hexdigest()
+        timings = entry.get("timings", {}).get(str(number))
+        if timings is not None:
+            timings["upload"] = time.perf_counter() - tick  # the attempt that landed
+            logger.info("job %s round %d seconds per phase: %s", job_id, number, timings)
+        entry["submitted"][str(number)] = _file_sha256(path)
         self.state.save()
         path.unlink(missing_ok=True)
+        self._prefill(job)
         self._keep_receipt(job_id, number, receipt)
         spent = f", ε spent {float(entry['epsilon']):.3f}" if "epsilon" in entry else ""
         self.notify(
@@ -453,6 +525,23 @@ class ProviderAgent:
         )
         self._report_privacy(job_id, number, entry)
         return True
+
+    def _write_file(
+        self, job: dict[str, Any], rnd: dict[str, Any], me: str, path: Path
+    ) -> dict[str, float]:
+        """Write the round's envelope to `path` atomically: all of it or nothing."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                timings = self._write_envelope(job, rnd, me, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return timings
 
     def _give_up(self, job_id: str, entry: dict[str, Any], reason: str) -> None:
         entry["done"] = True

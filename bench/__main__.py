@@ -5,12 +5,17 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("crypto", "matching", "round", "load", "privacy", "fairness", "tasks")
+BENCHMARKS = ("crypto", "matching", "round", "load", "privacy", "fairness", "tasks", "big")
+# Benchmarks that take options after their name (`python -m bench big --params 2000000`).
+WITH_OPTIONS = ("big",)
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] and argv[0] in WITH_OPTIONS:
+        importlib.import_module(f"bench.{argv[0]}").main(argv[1:])
+        return 0
     if len(argv) != 1 or argv[0] in {"-h", "--help"}:
-        print(f"usage: python -m bench {{{'|'.join(BENCHMARKS)}|all}}")
+        print(f"usage: python -m bench {{{'|'.join(BENCHMARKS)}|all}} (big takes --params N)")
         return 2
     names = BENCHMARKS if argv[0] == "all" else (argv[0],)
     for name in names:

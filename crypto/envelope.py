@@ -19,9 +19,12 @@ never trusts a length or count it has not checked against the preset.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import struct
+import time
 from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import numpy as np
 import tenseal.sealapi as seal
@@ -29,6 +32,7 @@ import tenseal.sealapi as seal
 from crypto.errors import (
     BindingMismatchError,
     CiphertextParameterError,
+    CryptoError,
     EnvelopeTooLargeError,
     FingerprintMismatchError,
     MalformedEnvelopeError,
@@ -40,7 +44,8 @@ from crypto.errors import (
 )
 from crypto.keys import PublicContext
 from crypto.presets import Preset, get_preset
-from crypto.sealio import ciphertext_to_array, pack_coefficients, unpack_coefficients
+from crypto.sealio import pack_coefficients, plaintext_to_array, unpack_coefficients
+from crypto.zeropool import ZeroPool, encrypt_zero
 
 MAGIC = b"PLNE"
 FORMAT_VERSION = 1
@@ -48,6 +53,8 @@ _PREFIX = struct.Struct("<4sHI")
 _FIXED = struct.Struct("<32sQIIIdQd4QQ32s")
 _MAX_ID_BYTES = 256
 _DIGEST = 32
+# Ciphertexts produced and written at a time (each 32 KiB of coefficients at N = 2048).
+_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -117,16 +124,9 @@ def _encode_str(value: str) -> bytes:
     return struct.pack("<H", len(raw)) + raw
 
 
-def encrypt_update(
-    ctx: PublicContext,
-    vector: np.ndarray,
-    *,
-    binding: EnvelopeBinding,
-    weight: float,
-    samples: int,
-) -> bytes:
-    """Encrypt `weight * vector` under the buyer's public context into an envelope."""
-    preset = ctx.preset
+def _checked_weighted(
+    preset: Preset, vector: np.ndarray, binding: EnvelopeBinding, weight: float, samples: int
+) -> tuple[np.ndarray, int]:
     flat = np.asarray(vector, dtype=np.float64).ravel()
     if flat.size != binding.param_count:
         raise ShapeMismatchError(
@@ -149,40 +149,65 @@ def encrypt_update(
             f"represents at most ±{bound:.4g} per update when {summands} are summed "
             f"(clip the update, lower the job's max providers or choose a wider preset)"
         )
-    chunks = preset.chunks_for(flat.size)
-    if preset.is_plain:
-        payload = weighted.astype("<f4").tobytes()
-        return _assemble(ctx, binding, flat.size, chunks, summands, weight, samples, payload)
-    padded = np.zeros(chunks * preset.reals_per_chunk, dtype=np.float64)
-    padded[: flat.size] = weighted
-    slots = (padded[0::2] + 1j * padded[1::2]).reshape(chunks, -1)
-
-    coeffs = np.empty((chunks, 2, len(preset.data_moduli), preset.poly_modulus_degree), np.uint64)
-    plain, cipher = seal.Plaintext(), seal.Ciphertext()
-    for i in range(chunks):
-        ctx.encoder.encode(slots[i].tolist(), preset.scale, plain)
-        ctx.encryptor.encrypt(plain, cipher)
-        coeffs[i] = ciphertext_to_array(cipher)
-    payload = pack_coefficients(coeffs, preset.coeff_bytes)
-    return _assemble(ctx, binding, flat.size, chunks, summands, weight, samples, payload)
+    return weighted, summands
 
 
-def _assemble(
+def encrypt_update(
     ctx: PublicContext,
+    vector: np.ndarray,
+    *,
     binding: EnvelopeBinding,
-    params: int,
-    chunks: int,
-    summands: int,
     weight: float,
     samples: int,
-    payload: bytes,
+    zeros: ZeroPool | None = None,
 ) -> bytes:
+    """Encrypt `weight * vector` under the buyer's public context into an envelope."""
+    out = io.BytesIO()
+    write_update(out, ctx, vector, binding=binding, weight=weight, samples=samples, zeros=zeros)
+    return out.getvalue()
+
+
+def write_update(
+    out: BinaryIO,
+    ctx: PublicContext,
+    vector: np.ndarray,
+    *,
+    binding: EnvelopeBinding,
+    weight: float,
+    samples: int,
+    zeros: ZeroPool | None = None,
+    timings: dict[str, float] | None = None,
+) -> int:
+    """Write the envelope of `weight * vector` to the seekable `out`; returns its size.
+
+    Ciphertexts are produced and written `_BATCH` chunks at a time, so memory stays a few
+    batches beyond the update itself whatever the model's size. Each ciphertext is a fresh
+    encryption of zero plus the encoded chunk, which is exactly how SEAL encrypts; with
+    `zeros` the encryptions of zero come from that pool (each used once) instead of being
+    made here. `timings`, when given, accumulates seconds under "encode" and "encrypt", and
+    under "fresh_zeros" how many encryptions of zero had to be made on the spot.
+    """
     preset = ctx.preset
-    parms_id = [0, 0, 0, 0] if preset.is_plain else ctx.data_parms_id
+    weighted, summands = _checked_weighted(preset, vector, binding, weight, samples)
+    chunks = preset.chunks_for(weighted.size)
+    if zeros is not None and zeros.fingerprint != ctx.fingerprint:
+        raise CryptoError("the pool's encryptions of zero are under another public key")
     tail = _encode_str(preset.id) + _encode_str(binding.job_id) + _encode_str(binding.provider_id)
+    head_len = _PREFIX.size + _FIXED.size + len(tail) + _DIGEST
+    start = out.tell()
+    out.write(bytes(head_len))  # the header, once the payload's hash is known
+    digest = hashlib.sha256()
+    if preset.is_plain:
+        payload = weighted.astype("<f4").tobytes()
+        digest.update(payload)
+        out.write(payload)
+        payload_len = len(payload)
+    else:
+        payload_len = _write_ciphertexts(out, ctx, weighted, chunks, zeros, digest, timings)
+    parms_id = [0, 0, 0, 0] if preset.is_plain else ctx.data_parms_id
     fixed = _FIXED.pack(
         bytes.fromhex(ctx.fingerprint),
-        params,
+        weighted.size,
         chunks,
         summands,
         binding.round,
@@ -190,11 +215,81 @@ def _assemble(
         samples,
         preset.scale,
         *parms_id,
-        len(payload),
-        hashlib.sha256(payload).digest(),
+        payload_len,
+        digest.digest(),
     )
     head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(fixed) + len(tail) + _DIGEST) + fixed + tail
-    return head + hashlib.sha256(head).digest() + payload
+    end = out.tell()
+    out.seek(start)
+    out.write(head + hashlib.sha256(head).digest())
+    out.seek(end)
+    return end - start
+
+
+def _write_ciphertexts(
+    out: BinaryIO,
+    ctx: PublicContext,
+    weighted: np.ndarray,
+    chunks: int,
+    zeros: ZeroPool | None,
+    digest: Any,
+    timings: dict[str, float] | None,
+) -> int:
+    """Append the payload: per data prime, every chunk's two polynomials, packed."""
+    preset = ctx.preset
+    n, k, widths = preset.poly_modulus_degree, len(preset.data_moduli), preset.coeff_bytes
+    moduli = np.array(preset.data_moduli, dtype=np.uint64).reshape(1, -1, 1)
+    reals = preset.reals_per_chunk
+    base = out.tell()
+    # Where prime j's coefficients of chunk i start: the payload is prime-major.
+    region = [base + chunks * 2 * n * sum(widths[:j]) for j in range(k)]
+    total = chunks * 2 * n * sum(widths)
+    plain = seal.Plaintext()
+    encode_s = encrypt_s = 0.0
+    fresh = 0
+    for first in range(0, chunks, _BATCH):
+        count = min(_BATCH, chunks - first)
+        tick = time.perf_counter()
+        block = np.zeros(count * reals, dtype=np.float64)
+        part = weighted[first * reals : (first + count) * reals]
+        block[: part.size] = part
+        slots = (block[0::2] + 1j * block[1::2]).reshape(count, -1)
+        encoded = np.empty((count, k, n), dtype=np.uint64)
+        for i in range(count):
+            ctx.encoder.encode(slots[i].tolist(), preset.scale, plain)
+            encoded[i] = plaintext_to_array(plain, k, n)
+        tock = time.perf_counter()
+        encode_s += tock - tick
+        if zeros is not None:
+            taken = zeros.take(count)
+            coeffs, fresh = taken.consume(), fresh + taken.fresh
+        else:
+            coeffs, fresh = encrypt_zero(ctx, ctx.encryptor, count), fresh + count
+        # c0 + m mod q: both below q < 2^63, so the sum cannot wrap.
+        coeffs[:, 0] += encoded
+        np.subtract(coeffs[:, 0], moduli, out=coeffs[:, 0], where=coeffs[:, 0] >= moduli)
+        for j, width in enumerate(widths):
+            packed = pack_coefficients(coeffs[:, :, j : j + 1, :], (width,))
+            out.seek(region[j] + first * 2 * n * width)
+            out.write(packed)
+            if k == 1:
+                digest.update(packed)
+        encrypt_s += time.perf_counter() - tock
+    out.seek(base + total)
+    if k > 1:  # prime-major: hash the regions in order once they are all written
+        out.seek(base)
+        remaining = total
+        while remaining:
+            piece = out.read(min(remaining, 1 << 22))
+            if not piece:
+                raise CryptoError("envelope output is not readable back")
+            digest.update(piece)
+            remaining -= len(piece)
+    if timings is not None:
+        timings["encode"] = timings.get("encode", 0.0) + encode_s
+        timings["encrypt"] = timings.get("encrypt", 0.0) + encrypt_s
+        timings["fresh_zeros"] = timings.get("fresh_zeros", 0.0) + fresh
+    return total
 
 
 def _read_str(data: bytes, offset: int, end: int) -> tuple[str, int]:

@@ -108,6 +108,10 @@ class PublicContext:
 
     @cached_property
     def encryptor(self) -> seal.Encryptor:
+        return self.new_encryptor()
+
+    def new_encryptor(self) -> seal.Encryptor:
+        """An encryptor of the caller's own (SEAL objects are not shared across threads)."""
         return seal.Encryptor(self.seal_context, self._context.public_key().data)
 
     @cached_property

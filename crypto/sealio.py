@@ -81,6 +81,24 @@ def ciphertext_to_array(ct: seal.Ciphertext) -> np.ndarray:
     return data.reshape(size, k, n)
 
 
+# A saved plaintext: parms_id, coeff_count, scale, then its DynArray (own header, count).
+_PLAIN_MEMBERS = struct.Struct("<4QQd")
+
+
+def plaintext_to_array(pt: seal.Plaintext, k: int, n: int) -> np.ndarray:
+    """Coefficients of an NTT-form CKKS plaintext as uint64 with shape (k, N)."""
+    blob = _saved(pt)
+    magic, _, _, _, mode, _, _ = _HEADER.unpack_from(blob)
+    if magic != _SEAL_MAGIC:
+        raise CryptoError("SEAL wrote a stream without its magic number")
+    raw = _decompress(mode, blob[_HEADER.size :])
+    count = _PLAIN_MEMBERS.unpack_from(raw)[4]
+    if count != k * n:
+        raise CryptoError(f"plaintext holds {count} coefficients, expected {k * n}")
+    offset = _PLAIN_MEMBERS.size + _HEADER.size + 8
+    return np.frombuffer(raw, dtype="<u8", count=count, offset=offset).reshape(k, n)
+
+
 def array_to_ciphertext(
     coeffs: np.ndarray,
     context: seal.SEALContext,

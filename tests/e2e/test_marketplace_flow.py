@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -84,6 +85,13 @@ def test_encrypted_job_runs_to_completion(live_server: LiveServer, tmp_path: Pat
     status = buyer.get_job(job["id"])
     assert status["state"] == "completed"
     assert all(len(r["included"]) == 3 and r["metrics"] for r in status["rounds"])
+    # Each agent encrypted its later rounds with zeros made while it waited for them.
+    for i in range(3):
+        state = json.loads((tmp_path / f"agent{i}" / "agent-state.json").read_text())
+        timings = state["jobs"][job["id"]]["timings"]
+        assert timings["1"]["fresh_zeros"] == 1  # the first round had no time to prepare
+        assert all(timings[str(n)]["fresh_zeros"] == 0 for n in range(2, ROUNDS + 1)), timings
+        assert all(timings[str(n)]["upload"] > 0 for n in range(1, ROUNDS + 1))
     # The saved model is a loadable safetensors file of the job's architecture.
     model = build_model(ModelSpec(arch="logreg"), 64, 10, seed=0)
     assert outcome.model_path is not None
