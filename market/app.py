@@ -38,8 +38,8 @@ from market.migrate import upgrade
 from market.models.types import utcnow
 from market.payments import PaymentRail, rail_for
 from market.services import accounts as account_service
+from market.services import partials, reputation, verification
 from market.services import payments as payment_service
-from market.services import reputation, verification
 from market.services import rounds as round_service
 from market.translog import install
 
@@ -92,6 +92,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # A clean stop writes this process's partial sums out (a crash loses nothing either:
+        # the round's close replays the envelopes no checkpoint covers).
+        with contextlib.suppress(Exception):
+            await run_in_threadpool(lambda: partials.flush_due(engine, everything=True))
         engine.dispose()
         claim.release()
 
@@ -107,6 +111,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
     app.state.blobs = store_for(settings)  # a folder, or the S3 bucket of POLLEN_BLOB_URL
+    partials.install(
+        app.state.blobs,
+        every_updates=settings.checkpoint_updates,
+        every_seconds=settings.checkpoint_seconds,
+    )
     app.state.clock = utcnow
     app.state.rail = rail_for(settings)
     app.state.signer = install(settings, app.state.blobs)

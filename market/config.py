@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     # file removed: uvicorn has no timeout for a request body that stalls mid-way.
     upload_idle_timeout_s: float = Field(default=30.0, gt=0)
 
+    # Each server process adds the updates it accepts into a partial sum of its own in
+    # memory and writes it out (a checkpoint) every this many updates or this many seconds,
+    # whichever comes first; the round's close merges the checkpoints and replays the rest
+    # from their stored envelopes, so a crash between checkpoints loses nothing.
+    checkpoint_updates: int = Field(default=16, ge=1)
+    checkpoint_seconds: float = Field(default=5.0, gt=0)
+
     # The plaintext preset sends updates in the clear: only `python -m bench round` turns
     # this on, to measure what encryption costs through the same API and processes.
     allow_plaintext_jobs: bool = False

@@ -29,11 +29,16 @@ class Round(SQLModel, table=True):
     closed_at: datetime | None = SQLField(default=None, sa_type=UTCDateTime)
     # The global model providers train from in this round.
     model_key: str = SQLField(max_length=200)
-    # Current encrypted running sum; a new versioned blob per submission.
+    # The round's encrypted sum, written when the round closes by merging every server
+    # process's checkpointed partial sums and replaying the envelopes none of them covers
+    # (`market.services.partials`). Rounds collected before partial sums kept a running
+    # sum here while collecting.
     acc_key: str | None = SQLField(default=None, max_length=200)
+    # Accepted updates so far (collecting); once closed, how many the sum holds.
     acc_count: int = 0
-    # The providers inside the sum `acc_key` points at, copied from that sum's own header in
-    # the same transaction: settlement pays exactly these.
+    # The providers accepted so far (collecting); once closed, the providers inside the sum
+    # `acc_key` points at, copied from that sum's own header in the same transaction:
+    # settlement pays exactly these.
     acc_providers: list[str] = SQLField(default_factory=list, sa_type=JSON)
     # SHA-256 of the sum `acc_key` holds: what the signed round-closed record commits to.
     acc_sha256: str | None = SQLField(default=None, max_length=64)
@@ -82,13 +87,33 @@ class Submission(SQLModel, table=True):
     attempt: int
     provider_id: str = SQLField(foreign_key="account.id", index=True, max_length=32)
     payload_sha256: str = SQLField(max_length=64)
-    # Envelopes are not kept once their update is inside a committed sum (None); older
-    # rows name the blob they were stored under.
+    # The stored envelope, kept until the round's close has committed a sum holding it (then
+    # None); None also for rows accepted before envelopes were stored (inside `acc_key`).
     envelope_key: str | None = SQLField(default=None, max_length=200)
     size_bytes: int
     samples: int
     weight: float
     accepted_at: datetime = SQLField(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class RoundPartial(SQLModel, table=True):
+    """A checkpoint of one server process's partial sum of a collecting round.
+
+    Each process adds the updates it accepted into a sum of its own in memory and writes it
+    out every few updates or seconds; the round's close merges these checkpoints and replays
+    from their envelopes the accepted updates none of them covers (`market.services.partials`).
+    """
+
+    __tablename__ = "round_partial"
+
+    id: str = SQLField(primary_key=True, max_length=32)
+    round_id: str = SQLField(foreign_key="round.id", index=True, max_length=32)
+    key: str = SQLField(max_length=200)
+    count: int
+    # The providers whose updates the checkpoint holds (one submission each per round).
+    providers: list[str] = SQLField(default_factory=list, sa_type=JSON)
+    sha256: str = SQLField(max_length=64)
+    created_at: datetime = SQLField(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class SubmissionReceipt(BaseModel):

@@ -6,13 +6,15 @@ Order of work for one upload, so that a refusal changes nothing and a crash lose
    (a second upload gets 409 with the first receipt, before any byte is read);
 2. the route streams the body into a temp blob with a hard limit (`upload_limit`) → 413;
 3. `submit` validates the envelope against the job's stored public context and the exact
-   binding (job, round, provider, param_count, summands) → 422 on any mismatch; then, under
-   the job's lock (a process lock plus `SELECT ... FOR UPDATE`, so server processes take
-   turns; see `market.services.locks`), it re-checks, adds the update to the round's
-   accumulator loaded from its blob, writes the new accumulator under a new versioned key,
-   and only then commits the rows that point at it, with the accumulator's provider list.
-   Old accumulator blobs are never overwritten; once the new one is committed the previous
-   one and the envelope are deleted (the sum is all a crash recovery needs).
+   binding (job, round, provider, param_count, summands) → 422 on any mismatch, with no lock
+   held; stores the envelope as a blob (the upload is renamed, fsynced); then, under a short
+   lock on the job and its round (`market.services.locks`) it re-checks, inserts the
+   `Submission` row pointing at the envelope, counts the update, logs the signed `accepted`
+   record and commits: from then on the acceptance is durable. A refusal deletes the blob.
+4. after the commit, outside every database lock, the update goes into this process's own
+   partial sum of the round (`market.services.partials`), checkpointed every few updates or
+   seconds; the round's close merges the checkpoints and replays the envelopes none of them
+   covers, so processes add in parallel and a crash at any point loses nothing.
 
 Memory stays O(model) under any number of concurrent uploads: bodies stream to temp files,
 and `submit` runs on its own small thread limiter (`validation_limiter`, `VALIDATION_SLOTS`
@@ -25,18 +27,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
-from collections import OrderedDict
 from datetime import datetime
 
 import anyio
 from sqlmodel import Session, select
 
 from crypto import (
-    Accumulator,
     CryptoError,
     EnvelopeBinding,
-    PublicContext,
     ValidatedEnvelope,
     envelope_size,
     get_preset,
@@ -51,25 +49,19 @@ from market.errors import (
     PermissionDeniedError,
     RoundClosedError,
 )
-from market.models import Account, Job, Round, Submission, SubmissionReceipt
+from market.models import Account, Job, LogLeaf, Round, Submission, SubmissionReceipt
 from market.models.types import new_id
-from market.services import access, groups, reputation, trust
+from market.services import access, groups, partials, reputation, trust
 from market.services.locks import locked_job, locked_round
+from market.services.partials import job_context
 from market.services.rounds import check_round, load_round
+
+__all__ = ["job_context", "precheck", "receipt", "submit", "upload_limit", "validation_limiter"]
 
 log = logging.getLogger(__name__)
 
-_cache_guard = threading.Lock()
-# round id -> (acc_key, accumulator): the last committed sum of each collecting round, so a
-# submission does not parse the whole persisted sum again. Taken out under the job's lock,
-# used only if the database still points at that very sum (another process may have added).
-_accumulators: dict[str, tuple[str, Accumulator]] = {}
-_ACC_CACHE = 16
-_contexts: OrderedDict[str, PublicContext] = OrderedDict()
-_CONTEXT_CACHE = 16
-
-# Envelopes validated and added at the same time, per event loop (one per server process).
-# Two: one thread adds under the round lock while the next envelope is parsed.
+# Envelopes validated at the same time, per event loop (one per server process): parsing one
+# costs a few times its size in memory.
 VALIDATION_SLOTS = 2
 _limiters = PerLoop(lambda: anyio.CapacityLimiter(VALIDATION_SLOTS))
 
@@ -77,22 +69,6 @@ _limiters = PerLoop(lambda: anyio.CapacityLimiter(VALIDATION_SLOTS))
 def validation_limiter() -> anyio.CapacityLimiter:
     """The threads `submit` runs on, `VALIDATION_SLOTS` of them (call from the event loop)."""
     return _limiters.get()
-
-
-def job_context(blobs: BlobStore, job: Job) -> PublicContext:
-    """The job's public context, parsed once per process (keyed by its fingerprint)."""
-    assert job.context_key is not None and job.fingerprint is not None
-    with _cache_guard:
-        ctx = _contexts.get(job.fingerprint)
-        if ctx is not None:
-            _contexts.move_to_end(job.fingerprint)
-            return ctx.for_preset(job.preset_id)
-    ctx = PublicContext.from_bytes(blobs.get_bytes(job.context_key))
-    with _cache_guard:
-        _contexts[job.fingerprint] = ctx
-        while len(_contexts) > _CONTEXT_CACHE:
-            _contexts.popitem(last=False)
-    return ctx.for_preset(job.preset_id)
 
 
 def receipt(sub: Submission, session: Session | None = None) -> SubmissionReceipt:
@@ -157,33 +133,7 @@ def _discard(blobs: BlobStore, key: str) -> None:
     try:
         blobs.delete(key)
     except OSError:
-        log.warning("could not delete the superseded sum %s", key, exc_info=True)
-
-
-def _added(
-    blobs: BlobStore,
-    ctx: PublicContext,
-    job: Job,
-    number: int,
-    cache_id: str,
-    current_key: str | None,
-    update: ValidatedEnvelope,
-) -> Accumulator:
-    """The committed sum at `current_key` (a round's, or one group's) plus `update`."""
-    assert job.param_count is not None
-    with _cache_guard:
-        cached = _accumulators.pop(cache_id, None)
-    if cached is not None and cached[0] == current_key:
-        acc = cached[1]  # the persisted sum, already parsed: skip re-reading 10 MB
-    elif current_key is None:
-        acc = Accumulator.empty(
-            ctx, job_id=job.id, round=number, param_count=job.param_count,
-            summands=job.max_providers,
-        )  # fmt: skip
-    else:
-        acc = Accumulator.from_bytes(blobs.get_bytes(current_key), ctx)
-    acc.add(update)
-    return acc
+        log.warning("could not delete the refused envelope %s", key, exc_info=True)
 
 
 def submit(
@@ -215,6 +165,48 @@ def submit(
     signed = trust.verify_envelope_signature(
         session, provider, header_sha256, signature, required=False
     )
+    del data  # the parsed update is all that is needed from here on
+    sub_id = new_id("sub")
+    # Durable before the row that points at it; the round's close replays it from here.
+    envelope_key = f"jobs/{job.id}/rounds/{number:04d}/env-{sub_id}.bin"
+    blobs.put_temp(envelope_key, upload)
+    try:
+        sub, rnd, record, leaf = _accept(
+            session, job, number, provider, validated, sub_id, envelope_key, upload.size, signed,
+            now=now,
+        )  # fmt: skip
+    except BaseException:
+        session.rollback()
+        _discard(blobs, envelope_key)
+        raise
+    if rnd.state == "collecting":
+        # Outside every database lock: into this process's own partial sum of the round.
+        try:
+            partials.add(session.get_bind(), ctx, job, rnd, validated)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("update %s is not in this partial; the close replays it", sub_id)
+    log.info("job %s round %d: update %d from %s", job.id, number, rnd.acc_count, provider.id)
+    out = receipt(sub)
+    out.record, out.leaf_index = record, leaf.index
+    return out
+
+
+def _accept(
+    session: Session,
+    job: Job,
+    number: int,
+    provider: Account,
+    validated: ValidatedEnvelope,
+    sub_id: str,
+    envelope_key: str,
+    size: int,
+    signed: trust.Record | None,
+    *,
+    now: datetime,
+) -> tuple[Submission, Round, trust.Record, LogLeaf]:
+    """Record the acceptance: a short lock on the job and its round to check it collects,
+    count the update, log the signed `accepted` record, and close the round when it was the
+    last one expected (committed). No ciphertext is touched here unless the round closes."""
     with locked_job(session, job.id) as fresh_job:
         rnd = locked_round(session, fresh_job, number)
         # A deadline that passed before this update arrived is applied first; the decision
@@ -224,18 +216,8 @@ def submit(
         if (rnd.state, rnd.attempt) != before:
             session.commit()
         _refuse_if_not_open(session, fresh_job, rnd, provider)
-        sub_id = new_id("sub")
-        base = f"jobs/{job.id}/rounds/{number:04d}"
-        acc = _added(blobs, ctx, job, number, rnd.id, rnd.acc_key, validated)
-        acc_key = f"{base}/acc-{acc.count:04d}-{sub_id}.bin"
-        acc_bytes = acc.to_bytes()
-        blobs.put_bytes(acc_key, acc_bytes)
-        # The same update goes into its random group's sum (contribution is measured on
-        # group sums: market.services.groups).
+        # Its random group (contribution is measured on group sums: market.services.groups).
         group = groups.group_for(session, rnd, provider.id)
-        group_acc = _added(blobs, ctx, job, number, group.id, group.acc_key, validated)
-        group_key = f"{base}/group-{group.index:03d}-{group_acc.count:04d}-{sub_id}.bin"
-        blobs.put_bytes(group_key, group_acc.to_bytes())
         offer = access.offer_of(session, job.id, provider.id)
         # A claim never exceeds what was matched: the listing's count when offered.
         samples = validated.header.samples
@@ -249,20 +231,17 @@ def submit(
             attempt=rnd.attempt,
             provider_id=provider.id,
             payload_sha256=validated.header.payload_sha256,
-            envelope_key=None,
-            size_bytes=upload.size,
+            envelope_key=envelope_key,
+            size_bytes=size,
             samples=samples,
             weight=validated.header.weight,
             accepted_at=now,
         )
-        superseded = [k for k in (rnd.acc_key, group.acc_key) if k is not None]
-        rnd.acc_key = acc_key
-        rnd.acc_count = acc.count
-        # Who is inside the sum, copied from the sum itself: what settlement pays.
-        rnd.acc_providers = list(acc.provider_ids)
-        rnd.acc_sha256 = hashlib.sha256(acc_bytes).hexdigest()
-        group.acc_key, group.acc_count = group_key, group_acc.count
-        group.acc_providers = list(group_acc.provider_ids)
+        # Counted as accepted; once the round closes these become what its sums hold.
+        rnd.acc_count += 1
+        rnd.acc_providers = [*rnd.acc_providers, provider.id]
+        group.acc_count += 1
+        group.acc_providers = [*group.acc_providers, provider.id]
         session.add(sub)
         session.add(rnd)
         session.add(group)
@@ -282,19 +261,4 @@ def submit(
         # The last expected update closes the round in the same transaction.
         check_round(session, fresh_job, rnd, now=now)
         session.commit()
-    # The database now points at the new sum; the previous one is garbage. The envelope was
-    # never stored: it lives on only inside the sum (the route deletes the upload). A crash
-    # before this line leaves an orphan file, never a dangling pointer.
-    for key in superseded:
-        _discard(blobs, key)
-    # Only a committed sum goes back in the cache; any failure above leaves it out, so the
-    # next submission re-reads the persisted blob the database points to.
-    with _cache_guard:
-        _accumulators[rnd.id] = (acc_key, acc)
-        _accumulators[group.id] = (group_key, group_acc)
-        while len(_accumulators) > _ACC_CACHE:
-            _accumulators.pop(next(iter(_accumulators)))
-    log.info("job %s round %d: update %d from %s", job.id, number, acc.count, provider.id)
-    out = receipt(sub)
-    out.record, out.leaf_index = record, leaf.index
-    return out
+    return sub, rnd, record, leaf

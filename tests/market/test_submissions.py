@@ -181,14 +181,20 @@ def test_refused_uploads_leave_no_temp_file(scn: Scenario) -> None:
     assert scn.round(1)["submitted"] == 1
 
 
-def test_round_keeps_only_its_latest_sum(scn: Scenario) -> None:
-    """Each accepted update supersedes the round's stored sum: one sum file remains, and it
-    decrypts to the total of every update (disk stays O(model) per round, not O(updates))."""
+def test_round_keeps_its_envelopes_until_one_sum_holds_them(scn: Scenario) -> None:
+    """While the round collects, each accepted update is one stored envelope and no running
+    sum is rewritten per update (bytes written per update: one envelope); once it closes,
+    one sum remains, the envelopes are gone, and the sum decrypts to the total."""
     app: Any = scn.client.app
     round_dir = app.state.blobs.root / "jobs" / scn.job_id / "rounds" / "0001"
     for i, p in enumerate(scn.providers):
         assert scn.submit(p, 1, scn.envelope(p, 1, value=0.1 * (i + 1))).status_code == 201
-        assert len(list(round_dir.glob("acc-*.bin"))) == 1
+        if i + 1 < len(scn.providers):
+            assert len(list(round_dir.glob("env-*.bin"))) == i + 1
+            assert list(round_dir.glob("sum-*.bin")) == []
+    assert list(round_dir.glob("env-*.bin")) == []
+    assert list(round_dir.glob("partial-*.bin")) == []
+    assert len(list(round_dir.glob("sum-*.bin"))) == 1
     agg = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
     assert agg.status_code == 200
     total = decrypt_aggregate(scn.keys, agg.content)
@@ -207,8 +213,8 @@ def test_no_envelope_outlives_the_sum_that_holds_it(scn: Scenario) -> None:
     assert not [name for name in stored if "envelope" in name], stored
     # The round's folder: its total sum and the sum of each random group, nothing else.
     in_round = [name for name in stored if "/rounds/" in name]
-    assert in_round and all("/acc-" in name or "/group-" in name for name in in_round)
-    assert sum("/acc-" in name for name in in_round) == 1
+    assert in_round and all("/sum-" in name or "/group-" in name for name in in_round)
+    assert sum("/sum-" in name for name in in_round) == 1
     with Session(app.state.engine) as session:
         subs = session.exec(select(Submission).where(Submission.job_id == scn.job_id)).all()
         assert len(subs) == 3 and all(s.envelope_key is None for s in subs)

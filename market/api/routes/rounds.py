@@ -226,7 +226,8 @@ def _submit(
     signature: str | None = None,
 ) -> SubmissionReceipt:
     try:
-        upload.close()  # read once, added to the sum, deleted: never kept, so no fsync
+        # fsync: the envelope is kept (renamed into the blob store) until the round's sum holds it
+        upload.finish()
         return submissions.submit(
             session, blobs, job, number, account, upload, now=now, signature=signature
         )
