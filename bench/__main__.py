@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("crypto", "matching", "round", "load", "privacy", "fairness", "tasks", "big")
+BENCHMARKS = ("crypto", "matching", "round", "load", "privacy", "fairness", "tasks", "big", "scale")
 # Benchmarks that take options after their name (`python -m bench big --params 2000000`).
-WITH_OPTIONS = ("big",)
+WITH_OPTIONS = ("big", "scale")
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,199 @@
+"""`python -m bench scale`: 1,000 providers upload real envelopes into one round, 1 and 2 processes.
+
+The marketplace runs as `pollen server --workers N` on a database of a throwaway PostgreSQL
+cluster, N = 1 then 2. A buyer posts a job for an MLP of 99,760 parameters (P ≈ 100,000); 1,000
+registered provider accounts publish listings and accept their offers, so round 1 collects.
+Each provider's envelope is a real CKKS encryption bound to its own id (encrypted beforehand
+in a process pool: encryption is not what is measured). Then every provider uploads at once,
+each over its own connection so the uploads spread over the processes.
+
+Measured per configuration: `accepted` (updates the buyer finds inside the decrypted sum,
+not merely answered 201), `lost` (a 2xx the sum does not hold, or no answer), `updates_per_s`
+(accepted updates over the seconds from the release to the last acceptance that did not close
+the round; the close, which merges the partial sums and builds the group sums, is `close_s`),
+`server_peak_rss_mb` (VmHWM summed over the server's processes, beside its baseline before
+the burst), and `bytes_written_per_update` (what the server's processes wrote to storage
+during the burst, close included, from /proc/PID/io, over the accepted updates: compare
+with `envelope_bytes`). Writes bench/results/scale.json as {"configs": [...]}.
+
+`--providers N` (or `POLLEN_BENCH_SCALE_PROVIDERS`, default 1,000) and `--processes 1,2`
+change the run; `--quorum Q` (default 10) sets the group size, so 1,000 providers make 100
+random groups whose sums the close builds. `POLLEN_BLOB_URL`, when set, passes through to the
+server (the blob store it uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.demo import free_port, start_server, stop, wait_ready
+from bench.common import console, print_table, write_result
+from bench.load import (
+    SAMPLES,
+    RssSampler,
+    _value,
+    burst,
+    setup_round,
+    verify,
+)
+from crypto import BuyerKeys, EnvelopeBinding, PublicContext, encrypt_update
+
+PROVIDERS = int(os.environ.get("POLLEN_BENCH_SCALE_PROVIDERS", 1000))
+HIDDEN = 1330  # 64·1330 + 1330 + 1330·10 + 10 = 99,760 parameters
+MB = 1024 * 1024
+
+_ctx: PublicContext | None = None
+
+
+def _init(ctx_bytes: bytes) -> None:
+    global _ctx
+    _ctx = PublicContext.from_bytes(ctx_bytes)
+
+
+def _encrypt(args: tuple[int, str, str, int, int]) -> bytes:
+    index, job_id, provider_id, params, summands = args
+    assert _ctx is not None
+    return encrypt_update(
+        _ctx,
+        np.full(params, _value(index), dtype=np.float32),
+        binding=EnvelopeBinding(job_id, 1, provider_id, params, summands),
+        weight=1.0,
+        samples=SAMPLES,
+    )
+
+
+def envelopes(keys: BuyerKeys, job_id: str, provider_ids: list[str], params: int) -> list[bytes]:
+    """Each provider's own envelope (bound to its id), encrypted on every core."""
+    ctx_bytes = keys.public_context().to_bytes()
+    jobs = [(i, job_id, pid, params, len(provider_ids)) for i, pid in enumerate(provider_ids)]
+    with ProcessPoolExecutor(os.cpu_count() or 2, initializer=_init, initargs=(ctx_bytes,)) as pool:
+        return list(pool.map(_encrypt, jobs, chunksize=8))
+
+
+def _io_write_bytes(sampler: RssSampler) -> int:
+    total = 0
+    for pid in sampler._pids():
+        try:
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                if line.startswith("write_bytes:"):
+                    total += int(line.split()[1])
+        except (FileNotFoundError, PermissionError):
+            continue
+    return total
+
+
+def run_config(database_url: str, processes: int, providers: int, quorum: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"pollen-bench-scale-{processes}-") as tmp:
+        data_dir = Path(tmp) / "server"
+        data_dir.mkdir()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        admin_key = secrets.token_urlsafe(16)
+        env = {
+            "POLLEN_DEADLINE_TICK_S": "0.5",
+            "POLLEN_DATABASE_URL": database_url,
+            "POLLEN_REGISTER_LIMIT": str(10 * providers + 100),
+        }
+        if os.environ.get("POLLEN_BLOB_URL"):
+            env["POLLEN_BLOB_URL"] = os.environ["POLLEN_BLOB_URL"]
+        server = start_server(data_dir, port, admin_key, extra_env=env, workers=processes)
+        try:
+            wait_ready(url, server)
+            keys = BuyerKeys.generate()
+            started = time.perf_counter()
+            buyer, parties, job_id, params = setup_round(
+                url, admin_key, keys, agents=providers, hidden=HIDDEN, quorum=quorum,
+                deadline_s=3600,
+            )  # fmt: skip
+            setup_s = time.perf_counter() - started
+            console.print(f"  {processes} process(es): {providers} providers in {setup_s:.0f}s")
+            started = time.perf_counter()
+            bodies = envelopes(keys, job_id, [p.id for p in parties], params)
+            encrypt_s = time.perf_counter() - started
+            console.print(f"  encrypted {len(bodies)} envelopes in {encrypt_s:.0f}s")
+            sampler = RssSampler(server.pid, children=processes > 1)
+            baseline_kb = sampler.status_kb("VmRSS")
+            written_before = _io_write_bytes(sampler)
+            with sampler:
+                outcomes, burst_s = asyncio.run(burst(url, job_id, parties, bodies))
+            hwm_kb = sampler.status_kb("VmHWM")
+            written = _io_write_bytes(sampler) - written_before
+            verdict = verify(buyer, keys, job_id, parties, outcomes)
+        except BaseException:
+            tail = (data_dir / "server.log").read_text(errors="replace").splitlines()[-60:]
+            console.print("\n".join(tail), markup=False, highlight=False)
+            raise
+        finally:
+            stop(server)
+    ok = sorted(seconds for status, seconds, _ in outcomes if status == 201)
+    # The last acceptance closed the round (all-in) in its own request: merge and group sums.
+    flowing = ok[-2] if len(ok) > 1 else burst_s
+    refused = Counter(str(s) if s is not None else d for s, _, d in outcomes if s != 201)
+    accepted = verdict["accepted"]
+    return {
+        "processes": processes,
+        "providers": providers,
+        "accepted": accepted,
+        "lost": verdict["lost"],
+        "updates_per_s": round((len(ok) - 1) / flowing, 1) if len(ok) > 1 else 0.0,
+        "server_peak_rss_mb": round(hwm_kb / 1024, 1),
+        "bytes_written_per_update": round(written / accepted) if accepted else None,
+        "server_baseline_rss_mb": round(baseline_kb / 1024, 1),
+        "envelope_bytes": len(bodies[0]),
+        "param_count": params,
+        "quorum": quorum,
+        "groups": max(1, providers // quorum),
+        "burst_s": round(burst_s, 2),
+        "close_s": round(ok[-1] - flowing, 2) if ok else None,
+        "setup_s": round(setup_s, 1),
+        "encrypt_s": round(encrypt_s, 1),
+        "round_state": verdict["round_state"],
+        "aggregate_sum_ok": verdict["sum_ok"],
+        "refused": dict(refused),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench scale")
+    parser.add_argument("--providers", type=int, default=PROVIDERS)
+    parser.add_argument("--processes", default="1,2")
+    parser.add_argument("--quorum", type=int, default=10)
+    args = parser.parse_args(argv or [])
+    from tests.utils import postgres  # the tests' throwaway cluster, from the same binaries
+
+    configs = []
+    with postgres.throwaway_cluster() as server_url:
+        for n in (int(x) for x in args.processes.split(",")):
+            database_url = postgres.create_database(server_url, f"pollen_scale_{n}")
+            configs.append(run_config(database_url, n, args.providers, args.quorum))
+            console.print(f"  {configs[-1]}", markup=False, highlight=False)
+    print_table(
+        f"{args.providers} providers into one round ({configs[0]['param_count']:,} parameters, "
+        f"envelope {configs[0]['envelope_bytes'] / MB:.2f} MB)",
+        ["processes", "accepted", "lost", "updates/s", "close s", "peak RSS MB",
+         "baseline MB", "bytes written / update"],
+        [
+            [str(c["processes"]), str(c["accepted"]), str(c["lost"]), f"{c['updates_per_s']:.1f}",
+             f"{c['close_s']}", f"{c['server_peak_rss_mb']:.0f}",
+             f"{c['server_baseline_rss_mb']:.0f}", f"{c['bytes_written_per_update']:,}"]
+            for c in configs
+        ],
+    )  # fmt: skip
+    write_result("scale", {"configs": configs})
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
