@@ -359,9 +359,17 @@ def _write_group(
     session.add(group)
 
 
-def sweep(session: Session, *, limit: int = 200) -> int:
-    """Delete the envelopes of rounds that ended without a sum (failed or cancelled);
-    returns how many. Closed rounds delete theirs when the close commits."""
+_SWEEP_EVERY_S = 60.0
+_last_sweep = [float("-inf")]
+
+
+def sweep(session: Session, *, limit: int = 200, force: bool = False) -> int:
+    """Delete the envelopes of rounds that ended without a sum (failed or cancelled), at
+    most once a minute per process; returns how many. Closed rounds delete theirs when the
+    close commits."""
+    if not force and time.monotonic() - _last_sweep[0] < _SWEEP_EVERY_S:
+        return 0
+    _last_sweep[0] = time.monotonic()
     rows = session.exec(
         select(Submission)
         .join(Round, col(Round.id) == col(Submission.round_id))

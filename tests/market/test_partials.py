@@ -1,0 +1,194 @@
+"""Partial sums per server process: checkpoints, the merge at close, and what is left after."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from crypto import BuyerKeys, decrypt_aggregate
+from market.app import create_app
+from market.config import Settings
+from market.models import Round, RoundPartial, Submission
+from market.services import partials
+from tests.conftest import ADMIN_KEY
+from tests.utils.clock import FakeClock
+from tests.utils.scenario import Scenario, running_job
+
+PROVIDERS = 5
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    """A checkpoint every 2 updates, none by time (the tests drive it)."""
+    return Settings(
+        data_dir=tmp_path / "data", database_url=db_url, admin_api_key=ADMIN_KEY,
+        deadline_tick_s=0, min_round_deadline_s=1, checkpoint_updates=2,
+        checkpoint_seconds=3600,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def client(settings: Settings, clock: FakeClock) -> Iterator[TestClient]:
+    app = create_app(settings)
+    app.state.clock = clock
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(autouse=True)
+def _no_partials_of_other_tests() -> Iterator[None]:
+    partials._partials.clear()
+    yield
+    partials._partials.clear()
+
+
+@pytest.fixture
+def scn(client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys) -> Scenario:
+    return running_job(
+        client, clock, buyer_keys, providers=PROVIDERS, max_providers=PROVIDERS, quorum=2,
+        round_deadline_s=60,
+    )  # fmt: skip
+
+
+def _value(i: int) -> float:
+    return 0.01 * (i + 1)
+
+
+def _submit(scn: Scenario, i: int) -> None:
+    p = scn.providers[i]
+    body = scn.envelope(p, 1, value=_value(i), summands=PROVIDERS)
+    r = scn.submit(p, 1, body)
+    assert r.status_code == 201, r.text
+
+
+def _round_dir(scn: Scenario) -> Path:
+    app: Any = scn.client.app
+    return Path(app.state.blobs.root) / "jobs" / scn.job_id / "rounds" / "0001"
+
+
+def _rows(scn: Scenario) -> tuple[Round, list[RoundPartial], list[Submission]]:
+    app: Any = scn.client.app
+    with Session(app.state.engine) as s:
+        rnd = s.exec(select(Round).where(Round.job_id == scn.job_id)).one()
+        cps = list(s.exec(select(RoundPartial).where(RoundPartial.round_id == rnd.id)))
+        subs = list(s.exec(select(Submission).where(Submission.round_id == rnd.id)))
+    return rnd, cps, subs
+
+
+def test_checkpoint_every_k_updates_names_the_updates_it_holds(scn: Scenario) -> None:
+    """Every 2 accepted updates this process writes its partial sum once and records whose
+    updates it holds; the envelopes stay until the round's sum holds them, and no running
+    sum is rewritten per update."""
+    for i in range(3):
+        _submit(scn, i)
+    rnd, cps, subs = _rows(scn)
+    assert [sorted(c.providers) for c in cps] == [sorted(p.id for p in scn.providers[:2])]
+    assert partials.held() == {rnd.id: 1}
+    assert rnd.acc_key is None and rnd.acc_count == 3
+    assert len(list(_round_dir(scn).glob("partial-*.bin"))) == 1
+    assert len(list(_round_dir(scn).glob("env-*.bin"))) == 3
+    assert all(s.envelope_key is not None for s in subs)
+
+
+def test_checkpoint_after_seconds_on_the_deadline_pass(
+    scn: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial older than `checkpoint_seconds` is written by the next deadline pass."""
+    _submit(scn, 0)
+    assert _rows(scn)[1] == []
+    monkeypatch.setattr(partials._policy, "every_seconds", 0.001)
+    scn.tick()
+    rnd, cps, _ = _rows(scn)
+    assert [c.providers for c in cps] == [[scn.providers[0].id]]
+    assert rnd.id not in partials.held()
+
+
+def test_close_merges_checkpoints_and_replays_the_rest_exactly(scn: Scenario) -> None:
+    """Two checkpoints and one update no checkpoint holds: the closed round's sum holds each
+    of the five once (the decrypted total is exact), every released group's sum holds
+    exactly its members, and no envelope, checkpoint or partial is left."""
+    for i in range(PROVIDERS):
+        _submit(scn, i)
+    rnd, cps, subs = _rows(scn)
+    assert rnd.state == "closed" and cps == []
+    assert all(s.envelope_key is None for s in subs)
+    assert sorted(rnd.acc_providers) == sorted(p.id for p in scn.providers)
+    assert partials.held() == {}
+    agg = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
+    total = decrypt_aggregate(scn.keys, agg.content)
+    assert total.count == PROVIDERS
+    np.testing.assert_allclose(total.total, sum(_value(i) for i in range(PROVIDERS)), atol=1e-4)
+    value_of = {p.id: _value(i) for i, p in enumerate(scn.providers)}
+    seen: list[str] = []
+    for group in scn.round(1)["groups"]:
+        if group["merged_into"] is not None or group["count"] == 0:
+            continue
+        r = scn.client.get(
+            f"/v1/jobs/{scn.job_id}/rounds/1/groups/{group['index']}/aggregate",
+            headers=scn.buyer.headers,
+        )
+        gsum = decrypt_aggregate(scn.keys, r.content)
+        want = sum(value_of[pid] for pid in gsum.provider_ids)
+        np.testing.assert_allclose(gsum.total, want, atol=1e-4)
+        seen += gsum.provider_ids
+    assert sorted(seen) == sorted(value_of)
+    left = sorted(f.name for f in _round_dir(scn).iterdir())
+    assert not [n for n in left if n.startswith(("env-", "partial-"))], left
+
+
+def test_close_replays_updates_whose_partial_died_with_its_process(scn: Scenario) -> None:
+    """A partial lost from memory (its process killed) costs nothing: at the deadline the
+    close replays those updates from their envelopes, and pays exactly who is in the sum."""
+    for i in range(3):
+        _submit(scn, i)
+    rnd, _, _ = _rows(scn)
+    assert partials.held() == {rnd.id: 1}
+    partials._partials.clear()  # what a kill -9 leaves of this process's memory
+    scn.clock.advance(61)
+    scn.tick()
+    rnd, _, _ = _rows(scn)
+    assert rnd.state == "closed" and rnd.acc_count == 3
+    agg = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
+    total = decrypt_aggregate(scn.keys, agg.content)
+    assert sorted(total.provider_ids) == sorted(p.id for p in scn.providers[:3])
+    np.testing.assert_allclose(total.total, sum(_value(i) for i in range(3)), atol=1e-4)
+    assert list(_round_dir(scn).glob("env-*.bin")) == []
+
+
+def test_a_closed_round_takes_no_checkpoint(scn: Scenario) -> None:
+    """A partial still in memory when another process closed the round is never recorded:
+    the close already replayed those updates, so recording it would count them twice."""
+    for i in range(3):
+        _submit(scn, i)
+    rnd, _, _ = _rows(scn)
+    app: Any = scn.client.app
+    with Session(app.state.engine) as s:
+        row = s.get(Round, rnd.id)
+        assert row is not None
+        row.state = "closed"  # another process's close, committed
+        s.add(row)
+        s.commit()
+    assert partials.checkpoint(app.state.engine, rnd.id) is False
+    _, cps, _ = _rows(scn)
+    assert len(cps) == 1  # only the one taken while collecting
+    assert len(list(_round_dir(scn).glob("partial-*.bin"))) == 1
+
+
+def test_cancelled_round_envelopes_are_deleted(
+    scn: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round that ends without a sum (cancelled) keeps no envelope past the next sweep."""
+    monkeypatch.setattr(partials, "_last_sweep", [float("-inf")])
+    _submit(scn, 0)
+    r = scn.client.post(f"/v1/jobs/{scn.job_id}/cancel", headers=scn.buyer.headers)
+    assert r.status_code == 200, r.text
+    scn.tick()
+    _, _, subs = _rows(scn)
+    assert [s.envelope_key for s in subs] == [None]
+    assert list(_round_dir(scn).glob("env-*.bin")) == []
