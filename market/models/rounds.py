@@ -97,7 +97,8 @@ class Submission(SQLModel, table=True):
 
 
 class RoundPartial(SQLModel, table=True):
-    """A checkpoint of one server process's partial sum of a collecting round.
+    """A checkpoint of one server process's partial sum of a collecting round, or of one
+    random group's sum.
 
     Each process adds the updates it accepted into a sum of its own in memory and writes it
     out every few updates or seconds; the round's close merges these checkpoints and replays
@@ -108,6 +109,9 @@ class RoundPartial(SQLModel, table=True):
 
     id: str = SQLField(primary_key=True, max_length=32)
     round_id: str = SQLField(foreign_key="round.id", index=True, max_length=32)
+    # None: a part of the round's total; an index: a part of that random group's sum, built
+    # from the group's envelopes once all its members are in.
+    group_index: int | None = None
     key: str = SQLField(max_length=200)
     count: int
     # The providers whose updates the checkpoint holds (one submission each per round).

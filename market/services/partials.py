@@ -203,6 +203,8 @@ def checkpoint(engine: Engine, round_id: str) -> bool:
                     providers=list(acc.provider_ids), sha256=hashlib.sha256(data).hexdigest(),
                 )
             )  # fmt: skip
+            session.flush()
+            _release(session, rnd)
             session.commit()
     except Exception:
         # Not recorded: the envelopes still hold these updates, the close replays them.
@@ -211,6 +213,100 @@ def checkpoint(engine: Engine, round_id: str) -> bool:
         return False
     log.info("round %s: checkpoint of %d updates", round_id, acc.count)
     return True
+
+
+def build_group(engine: Engine, ctx: PublicContext, job: Job, number: int, index: int) -> bool:
+    """Every member of group `index` is in: write the sum of the members no earlier part of
+    the group holds, from their envelopes (one at a time), and record it; False if there was
+    nothing to build or the round no longer collects. A failure loses nothing: the close
+    builds what is missing from the envelopes."""
+    with Session(engine) as session:
+        rnd = session.exec(
+            select(Round).where(Round.job_id == job.id, Round.number == number)
+        ).one()
+        members = next(g.members for g in groups.groups_of(session, rnd) if g.index == index)
+        held = _covered(session, rnd.id, index)
+        subs = [
+            s
+            for s in session.exec(select(Submission).where(Submission.round_id == rnd.id))
+            if s.provider_id in members and s.provider_id not in held
+        ]
+    if not subs or any(s.envelope_key is None for s in subs):
+        return False
+    gsum = _empty(ctx, job, number)
+    for sub in sorted(subs, key=lambda x: x.provider_id):
+        update = _replay(ctx, job, rnd, sub)
+        if update is None:
+            return False
+        gsum.add(update)
+    blobs = store()
+    data = gsum.to_bytes()
+    key = f"{_round_prefix(job.id, number)}/partial-g{index:03d}-{new_id('prt')}.bin"
+    blobs.put_bytes(key, data)
+    try:
+        with Session(engine) as session, locked_job(session, job.id) as fresh:
+            rnd = locked_round(session, fresh, number)
+            if rnd.state != "collecting" or _covered(session, rnd.id, index) & set(
+                gsum.provider_ids
+            ):
+                _delete(blobs, [key])
+                return False
+            session.add(
+                RoundPartial(
+                    id=new_id("prt"), round_id=rnd.id, group_index=index, key=key,
+                    count=gsum.count, providers=list(gsum.provider_ids),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                )
+            )  # fmt: skip
+            session.flush()
+            _release(session, rnd)
+            session.commit()
+    except Exception:
+        log.exception("sum of group %d of round %s not recorded", index, rnd.id)
+        _delete(blobs, [key])
+        return False
+    return True
+
+
+def _covered(session: Session, round_id: str, group_index: int | None) -> set[str]:
+    """The providers the recorded parts of the round's total (None) or of one group hold."""
+    rows = session.exec(
+        select(RoundPartial.providers).where(
+            RoundPartial.round_id == round_id,
+            RoundPartial.group_index == group_index
+            if group_index is not None
+            else col(RoundPartial.group_index).is_(None),
+        )
+    )
+    return {p for providers in rows for p in providers}
+
+
+def _release(session: Session, rnd: Round) -> None:
+    """Delete (after commit) the envelopes whose update a recorded part of the total and a
+    recorded part of its group both hold: nothing needs them any more."""
+    rows = session.exec(select(RoundPartial).where(RoundPartial.round_id == rnd.id)).all()
+    in_total = {p for r in rows if r.group_index is None for p in r.providers}
+    in_group: dict[int, set[str]] = {}
+    for r in rows:
+        if r.group_index is not None:
+            in_group.setdefault(r.group_index, set()).update(r.providers)
+    group_of = {pid: g.index for g in groups.groups_of(session, rnd) for pid in g.members}
+    done = []
+    for sub in session.exec(
+        select(Submission).where(
+            Submission.round_id == rnd.id, col(Submission.envelope_key).is_not(None)
+        )
+    ):
+        index = group_of.get(sub.provider_id)
+        if (
+            sub.provider_id in in_total
+            and index is not None
+            and sub.provider_id in in_group.get(index, ())
+        ):
+            done.append(str(sub.envelope_key))
+            sub.envelope_key = None
+            session.add(sub)
+    delete_after_commit(session, done)
 
 
 # --- the close: merge checkpoints, replay the rest ----------------------------------------
@@ -281,21 +377,16 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
         )
     )
     total = _legacy(ctx, rnd.acc_key) or _empty(ctx, job, rnd.number)
-    for cp in checkpoints:
-        part = Accumulator.from_bytes(blobs.get_bytes(cp.key), ctx)
-        inside = set(part.provider_ids)
-        if inside & set(total.provider_ids) or inside != set(cp.providers):
-            log.error("round %s: checkpoint %s overlaps the sum or its row; skipped", rnd.id, cp.id)
-            continue
-        total.merge(part)
+    _merge_parts(ctx, rnd, total, [cp for cp in checkpoints if cp.group_index is None])
     in_total = set(total.provider_ids)
     stale = [k for k in (rnd.acc_key,) if k is not None]
-    # One group at a time: its sum, and each member's envelope once, into the group and,
-    # when no checkpoint holds it yet, into the total.
+    # One group at a time: its recorded parts, then each missing member's envelope once,
+    # into the group and, when no checkpoint holds it yet, into the total.
     for group in groups.groups_of(session, rnd):
         gsum = _legacy(ctx, group.acc_key) or _empty(ctx, job, rnd.number)
         if group.acc_key is not None:
             stale.append(group.acc_key)
+        _merge_parts(ctx, rnd, gsum, [cp for cp in checkpoints if cp.group_index == group.index])
         for pid in sorted(group.members):
             sub = subs.get(pid)
             if sub is None or pid in gsum.provider_ids:
@@ -344,6 +435,20 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
     delete_after_commit(session, stale)
     with _guard:
         _partials.pop(rnd.id, None)
+
+
+def _merge_parts(
+    ctx: PublicContext, rnd: Round, into: Accumulator, parts: list[RoundPartial]
+) -> None:
+    """Merge recorded parts into `into`, one at a time; a part that overlaps what is already
+    in, or whose blob does not hold what its row says, is left out (and logged)."""
+    for cp in parts:
+        part = Accumulator.from_bytes(store().get_bytes(cp.key), ctx)
+        inside = set(part.provider_ids)
+        if inside & set(into.provider_ids) or inside != set(cp.providers):
+            log.error("round %s: part %s overlaps the sum or its row; left out", rnd.id, cp.id)
+            continue
+        into.merge(part)
 
 
 def _write_group(

@@ -30,6 +30,7 @@ import logging
 from datetime import datetime
 
 import anyio
+from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from crypto import (
@@ -49,7 +50,15 @@ from market.errors import (
     PermissionDeniedError,
     RoundClosedError,
 )
-from market.models import Account, Job, LogLeaf, Round, Submission, SubmissionReceipt
+from market.models import (
+    Account,
+    Job,
+    LogLeaf,
+    Round,
+    RoundGroup,
+    Submission,
+    SubmissionReceipt,
+)
 from market.models.types import new_id
 from market.services import access, groups, partials, reputation, trust
 from market.services.locks import locked_job, locked_round
@@ -171,7 +180,7 @@ def submit(
     envelope_key = f"jobs/{job.id}/rounds/{number:04d}/env-{sub_id}.bin"
     blobs.put_temp(envelope_key, upload)
     try:
-        sub, rnd, record, leaf = _accept(
+        sub, rnd, group, record, leaf = _accept(
             session, job, number, provider, validated, sub_id, envelope_key, upload.size, signed,
             now=now,
         )  # fmt: skip
@@ -180,11 +189,20 @@ def submit(
         _discard(blobs, envelope_key)
         raise
     if rnd.state == "collecting":
+        engine: Engine = session.get_bind()  # type: ignore[assignment]
         # Outside every database lock: into this process's own partial sum of the round.
         try:
-            partials.add(session.get_bind(), ctx, job, rnd, validated)  # type: ignore[arg-type]
+            partials.add(engine, ctx, job, rnd, validated)
         except Exception:
             log.exception("update %s is not in this partial; the close replays it", sub_id)
+        del validated
+        if group.acc_count >= len(group.members):
+            # The group is complete: its sum is built now, not at the round's close.
+            try:
+                partials.build_group(engine, ctx, job, number, group.index)
+            except Exception:
+                log.exception("group %d of round %s not built; the close builds it", group.index,
+                              rnd.id)  # fmt: skip
     log.info("job %s round %d: update %d from %s", job.id, number, rnd.acc_count, provider.id)
     out = receipt(sub)
     out.record, out.leaf_index = record, leaf.index
@@ -203,7 +221,7 @@ def _accept(
     signed: trust.Record | None,
     *,
     now: datetime,
-) -> tuple[Submission, Round, trust.Record, LogLeaf]:
+) -> tuple[Submission, Round, RoundGroup, trust.Record, LogLeaf]:
     """Record the acceptance: a short lock on the job and its round to check it collects,
     count the update, log the signed `accepted` record, and close the round when it was the
     last one expected (committed). No ciphertext is touched here unless the round closes."""
@@ -261,4 +279,4 @@ def _accept(
         # The last expected update closes the round in the same transaction.
         check_round(session, fresh_job, rnd, now=now)
         session.commit()
-    return sub, rnd, record, leaf
+    return sub, rnd, group, record, leaf

@@ -24,6 +24,7 @@ def upgrade() -> None:
         "round_partial",
         sa.Column("id", _S(length=32), nullable=False),
         sa.Column("round_id", _S(length=32), nullable=False),
+        sa.Column("group_index", sa.Integer(), nullable=True),
         sa.Column("key", _S(length=200), nullable=False),
         sa.Column("count", sa.Integer(), nullable=False),
         sa.Column("providers", sa.JSON(), nullable=False),

@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from crypto import BuyerKeys, decrypt_aggregate
 from market.app import create_app
 from market.config import Settings
-from market.models import Round, RoundPartial, Submission
+from market.models import Round, RoundGroup, RoundPartial, Submission
 from market.services import partials
 from tests.conftest import ADMIN_KEY
 from tests.utils.clock import FakeClock
@@ -51,7 +51,8 @@ def _no_partials_of_other_tests() -> Iterator[None]:
 @pytest.fixture
 def scn(client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys) -> Scenario:
     return running_job(
-        client, clock, buyer_keys, providers=PROVIDERS, max_providers=PROVIDERS, quorum=2,
+        client, clock, buyer_keys, providers=PROVIDERS, min_providers=PROVIDERS,
+        max_providers=PROVIDERS, quorum=2,
         round_deadline_s=60,
     )  # fmt: skip
 
@@ -65,6 +66,18 @@ def _submit(scn: Scenario, i: int) -> None:
     body = scn.envelope(p, 1, value=_value(i), summands=PROVIDERS)
     r = scn.submit(p, 1, body)
     assert r.status_code == 201, r.text
+
+
+def _by_group(scn: Scenario) -> list[int]:
+    """Provider indexes, the larger group's members first (5 providers, groups of 3 and 2)."""
+    app: Any = scn.client.app
+    with Session(app.state.engine) as s:
+        rnd = s.exec(select(Round).where(Round.job_id == scn.job_id)).one()
+        rows = s.exec(select(RoundGroup).where(RoundGroup.round_id == rnd.id)).all()
+    index = {p.id: i for i, p in enumerate(scn.providers)}
+    members = sorted((sorted(index[m] for m in g.members) for g in rows), key=len, reverse=True)
+    assert [len(m) for m in members] == [3, 2]
+    return [i for group in members for i in group]
 
 
 def _round_dir(scn: Scenario) -> Path:
@@ -85,15 +98,47 @@ def test_checkpoint_every_k_updates_names_the_updates_it_holds(scn: Scenario) ->
     """Every 2 accepted updates this process writes its partial sum once and records whose
     updates it holds; the envelopes stay until the round's sum holds them, and no running
     sum is rewritten per update."""
-    for i in range(3):
+    order = _by_group(scn)
+    order = [order[0], order[1], order[3]]  # no group complete: two of three, one of two
+    for i in order:
         _submit(scn, i)
     rnd, cps, subs = _rows(scn)
-    assert [sorted(c.providers) for c in cps] == [sorted(p.id for p in scn.providers[:2])]
+    totals = [c for c in cps if c.group_index is None]
+    assert [sorted(c.providers) for c in totals] == sorted(
+        [sorted(scn.providers[i].id for i in order[:2])]
+    )
     assert partials.held() == {rnd.id: 1}
     assert rnd.acc_key is None and rnd.acc_count == 3
-    assert len(list(_round_dir(scn).glob("partial-*.bin"))) == 1
+    assert len(list(_round_dir(scn).glob("partial-*.bin"))) == len(cps)
+    # No group is complete yet: no group sum, so every envelope stays.
+    assert [c for c in cps if c.group_index is not None] == []
     assert len(list(_round_dir(scn).glob("env-*.bin"))) == 3
     assert all(s.envelope_key is not None for s in subs)
+
+
+def test_complete_group_is_summed_and_its_envelopes_deleted_before_close(scn: Scenario) -> None:
+    """Once every member of a group is in and a checkpoint holds them, the group's sum is
+    recorded and their envelopes are deleted while the round still collects: the close
+    then reads sums, not every envelope of the round."""
+    order = _by_group(scn)
+    small = order[3:]  # the group of 2
+    for i in small:
+        _submit(scn, i)
+    rnd, cps, subs = _rows(scn)
+    assert rnd.state == "collecting"
+    ids = sorted(scn.providers[i].id for i in small)
+    assert sorted((c.group_index is None, sorted(c.providers)) for c in cps) == [
+        (False, ids),
+        (True, ids),
+    ]
+    assert all(s.envelope_key is None for s in subs)
+    assert list(_round_dir(scn).glob("env-*.bin")) == []
+    for i in order[:3]:
+        _submit(scn, i)
+    agg = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
+    total = decrypt_aggregate(scn.keys, agg.content)
+    assert total.count == PROVIDERS
+    np.testing.assert_allclose(total.total, sum(_value(i) for i in range(PROVIDERS)), atol=1e-4)
 
 
 def test_checkpoint_after_seconds_on_the_deadline_pass(
@@ -145,7 +190,8 @@ def test_close_merges_checkpoints_and_replays_the_rest_exactly(scn: Scenario) ->
 def test_close_replays_updates_whose_partial_died_with_its_process(scn: Scenario) -> None:
     """A partial lost from memory (its process killed) costs nothing: at the deadline the
     close replays those updates from their envelopes, and pays exactly who is in the sum."""
-    for i in range(3):
+    order = _by_group(scn)
+    for i in order[:3]:
         _submit(scn, i)
     rnd, _, _ = _rows(scn)
     assert partials.held() == {rnd.id: 1}
@@ -156,15 +202,15 @@ def test_close_replays_updates_whose_partial_died_with_its_process(scn: Scenario
     assert rnd.state == "closed" and rnd.acc_count == 3
     agg = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
     total = decrypt_aggregate(scn.keys, agg.content)
-    assert sorted(total.provider_ids) == sorted(p.id for p in scn.providers[:3])
-    np.testing.assert_allclose(total.total, sum(_value(i) for i in range(3)), atol=1e-4)
+    assert sorted(total.provider_ids) == sorted(scn.providers[i].id for i in order[:3])
+    np.testing.assert_allclose(total.total, sum(_value(i) for i in order[:3]), atol=1e-4)
     assert list(_round_dir(scn).glob("env-*.bin")) == []
 
 
 def test_a_closed_round_takes_no_checkpoint(scn: Scenario) -> None:
     """A partial still in memory when another process closed the round is never recorded:
     the close already replayed those updates, so recording it would count them twice."""
-    for i in range(3):
+    for i in _by_group(scn)[:3]:
         _submit(scn, i)
     rnd, _, _ = _rows(scn)
     app: Any = scn.client.app
@@ -176,8 +222,9 @@ def test_a_closed_round_takes_no_checkpoint(scn: Scenario) -> None:
         s.commit()
     assert partials.checkpoint(app.state.engine, rnd.id) is False
     _, cps, _ = _rows(scn)
-    assert len(cps) == 1  # only the one taken while collecting
-    assert len(list(_round_dir(scn).glob("partial-*.bin"))) == 1
+    totals = [c for c in cps if c.group_index is None]
+    assert len(totals) == 1  # only the one taken while collecting
+    assert len(list(_round_dir(scn).glob("partial-*.bin"))) == len(cps)
 
 
 def test_cancelled_round_envelopes_are_deleted(
