@@ -9,16 +9,23 @@ every deadline pass) the partial is written as a blob and recorded as a `RoundPa
 naming the providers it holds, under a short lock on the round that refuses a round no
 longer collecting.
 
-Closing a round (`close_sums`, under the job's lock, in the close's transaction) merges
-every checkpoint of the round and replays, from its envelope, each accepted update that no
-checkpoint covers: the partials still in other processes' memory are superseded, and an
-update accepted just before a kill -9 is in the sum all the same. The same pass builds each
-random group's sum (`market.services.groups`) from its members' envelopes, one group at a
-time, so no process ever holds more than a few models: the round's partial, one group's sum
-and one envelope. The merged sum's provider list is what settlement pays and the signed
+Each random group's sum (`market.services.groups`) is built once all its members are in,
+by the process that accepted the last of them (`build_group`): from the members' envelopes,
+one at a time, recorded as a `RoundPartial` with the group's index. No process keeps a sum
+per group in memory, so hundreds of groups cost one model at a time, not one each. An
+envelope is deleted as soon as a recorded part of the total and a recorded part of its
+group both hold it (`_release`, after that commit); until then it is what recovery needs.
+
+Closing a round (`close_sums`, under the job's lock, in the close's transaction) merges the
+recorded parts of the total and replays, from its envelope, each accepted update none of
+them covers: the partials still in other processes' memory are superseded, and an update
+accepted just before a kill -9 is in the sum all the same. The same pass completes each
+group's sum from its recorded parts and the envelopes of members they miss, one group at a
+time, so no process ever holds more than a few models: the total, one group's sum, one
+part or envelope. The merged sum's provider list is what settlement pays and the signed
 round-closed record lists; it is checked against the accepted submissions and any
-difference is logged as an error. Only once the close has committed are the envelopes and
-the checkpoints deleted (`after_commit`): until then they are what recovery needs.
+difference is logged as an error. Once the close has committed, the remaining envelopes and
+every recorded part are deleted (`after_commit`).
 
 A job without a public context has no ciphertexts (ledger-only tests): its round's list of
 accepted providers stands as it is.
