@@ -35,18 +35,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from agents.demo import free_port, start_server, stop, wait_ready
 from bench.common import console, print_table, write_result
-from bench.load import (
-    SAMPLES,
-    RssSampler,
-    _value,
-    burst,
-    setup_round,
-    verify,
-)
+from bench.load import SAMPLES, SUBMIT_TIMEOUT_S, Party, RssSampler, _value, setup_round, verify
 from crypto import BuyerKeys, EnvelopeBinding, PublicContext, encrypt_update
 
 PROVIDERS = int(os.environ.get("POLLEN_BENCH_SCALE_PROVIDERS", 1000))
@@ -79,6 +73,41 @@ def envelopes(keys: BuyerKeys, job_id: str, provider_ids: list[str], params: int
     jobs = [(i, job_id, pid, params, len(provider_ids)) for i, pid in enumerate(provider_ids)]
     with ProcessPoolExecutor(os.cpu_count() or 2, initializer=_init, initargs=(ctx_bytes,)) as pool:
         return list(pool.map(_encrypt, jobs, chunksize=8))
+
+
+async def burst(
+    url: str, job_id: str, providers: list[Party], bodies: list[bytes]
+) -> tuple[list[tuple[int | None, float, str]], float]:
+    """Release every upload at once, each on its own new connection: (status or None,
+    seconds from the release, detail) per provider, and the seconds to the last answer.
+    (Connections opened beforehand would sit idle past the server's keep-alive timeout
+    while a thousand others open.)"""
+    go = asyncio.Event()
+    limits = httpx.Limits(max_connections=1)
+
+    async def one(p: Party, body: bytes) -> tuple[int | None, float, str]:
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {p.api_key}"}, limits=limits,
+            timeout=SUBMIT_TIMEOUT_S,
+        ) as client:  # fmt: skip
+            await go.wait()
+            started = released
+            try:
+                r = await client.put(
+                    f"/v1/jobs/{job_id}/rounds/1/submission", content=body,
+                    headers={"Content-Type": "application/octet-stream"},
+                )  # fmt: skip
+            except httpx.HTTPError as exc:
+                return None, time.perf_counter() - started, type(exc).__name__
+            detail = "" if r.is_success else r.text[:200]
+            return r.status_code, time.perf_counter() - started, detail
+
+    tasks = [asyncio.create_task(one(p, b)) for p, b in zip(providers, bodies, strict=True)]
+    await asyncio.sleep(0.05)
+    released = time.perf_counter()
+    go.set()
+    outcomes = list(await asyncio.gather(*tasks))
+    return outcomes, time.perf_counter() - released
 
 
 def _io_write_bytes(sampler: RssSampler) -> int:
