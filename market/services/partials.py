@@ -16,19 +16,8 @@ per group in memory, so hundreds of groups cost one model at a time, not one eac
 envelope is deleted as soon as a recorded part of the total and a recorded part of its
 group both hold it (`_release`, after that commit); until then it is what recovery needs.
 
-Closing a round (`close_sums`, under the job's lock, in the close's transaction) merges the
-recorded parts of the total and replays, from its envelope, each accepted update none of
-them covers: the partials still in other processes' memory are superseded, and an update
-accepted just before a kill -9 is in the sum all the same. The same pass completes each
-group's sum from its recorded parts and the envelopes of members they miss, one group at a
-time, so no process ever holds more than a few models: the total, one group's sum, one
-part or envelope. The merged sum's provider list is what settlement pays and the signed
-round-closed record lists; it is checked against the accepted submissions and any
-difference is logged as an error. Once the close has committed, the remaining envelopes and
-every recorded part are deleted (`after_commit`).
-
-A job without a public context has no ciphertexts (ledger-only tests): its round's list of
-accepted providers stands as it is.
+Closing a round merges the recorded parts and replays the envelopes none of them covers
+(`market.services.merging`).
 """
 
 from __future__ import annotations
@@ -54,7 +43,7 @@ from crypto import (
     validate_envelope,
 )
 from market.blobs import BlobStore
-from market.models import Job, Round, RoundGroup, RoundPartial, Submission
+from market.models import Job, Round, RoundPartial, Submission
 from market.models.types import new_id
 from market.services import groups
 from market.services.locks import locked_job, locked_round
@@ -112,14 +101,14 @@ def job_context(blobs: BlobStore, job: Job) -> PublicContext:
     return ctx.for_preset(job.preset_id)
 
 
-def _empty(ctx: PublicContext, job: Job, number: int) -> Accumulator:
+def empty_sum(ctx: PublicContext, job: Job, number: int) -> Accumulator:
     assert job.param_count is not None
     return Accumulator.empty(
         ctx, job_id=job.id, round=number, param_count=job.param_count, summands=job.max_providers
     )
 
 
-def _round_prefix(job_id: str, number: int) -> str:
+def round_prefix(job_id: str, number: int) -> str:
     return f"jobs/{job_id}/rounds/{number:04d}"
 
 
@@ -151,7 +140,7 @@ def add(
         with _guard:
             part = _partials.get(rnd.id)
             if part is None:
-                part = _Partial(job.id, rnd.number, _empty(ctx, job, rnd.number))
+                part = _Partial(job.id, rnd.number, empty_sum(ctx, job, rnd.number))
                 _partials[rnd.id] = part
         with part.lock:
             if part.sealed:
@@ -196,13 +185,13 @@ def checkpoint(engine: Engine, round_id: str) -> bool:
         return False
     blobs = store()
     data = acc.to_bytes()
-    key = f"{_round_prefix(part.job_id, part.number)}/partial-{new_id('prt')}.bin"
+    key = f"{round_prefix(part.job_id, part.number)}/partial-{new_id('prt')}.bin"
     blobs.put_bytes(key, data)
     try:
         with Session(engine) as session, locked_job(session, part.job_id) as job:
             rnd = locked_round(session, job, part.number)
             if rnd.state != "collecting":
-                _delete(blobs, [key])
+                delete_blobs(blobs, [key])
                 return False
             session.add(
                 RoundPartial(
@@ -216,7 +205,7 @@ def checkpoint(engine: Engine, round_id: str) -> bool:
     except Exception:
         # Not recorded: the envelopes still hold these updates, the close replays them.
         log.exception("checkpoint of round %s not recorded", round_id)
-        _delete(blobs, [key])
+        delete_blobs(blobs, [key])
         return False
     log.info("round %s: checkpoint of %d updates", round_id, acc.count)
     return True
@@ -240,15 +229,15 @@ def build_group(engine: Engine, ctx: PublicContext, job: Job, number: int, index
         ]
     if not subs or any(s.envelope_key is None for s in subs):
         return False
-    gsum = _empty(ctx, job, number)
+    gsum = empty_sum(ctx, job, number)
     for sub in sorted(subs, key=lambda x: x.provider_id):
-        update = _replay(ctx, job, rnd, sub)
+        update = replay(ctx, job, rnd, sub)
         if update is None:
             return False
         gsum.add(update)
     blobs = store()
     data = gsum.to_bytes()
-    key = f"{_round_prefix(job.id, number)}/partial-g{index:03d}-{new_id('prt')}.bin"
+    key = f"{round_prefix(job.id, number)}/partial-g{index:03d}-{new_id('prt')}.bin"
     blobs.put_bytes(key, data)
     try:
         with Session(engine) as session, locked_job(session, job.id) as fresh:
@@ -256,7 +245,7 @@ def build_group(engine: Engine, ctx: PublicContext, job: Job, number: int, index
             if rnd.state != "collecting" or _covered(session, rnd.id, index) & set(
                 gsum.provider_ids
             ):
-                _delete(blobs, [key])
+                delete_blobs(blobs, [key])
                 return False
             session.add(
                 RoundPartial(
@@ -270,7 +259,7 @@ def build_group(engine: Engine, ctx: PublicContext, job: Job, number: int, index
             session.commit()
     except Exception:
         log.exception("sum of group %d of round %s not recorded", index, rnd.id)
-        _delete(blobs, [key])
+        delete_blobs(blobs, [key])
         return False
     return True
 
@@ -316,10 +305,10 @@ def _release(session: Session, rnd: Round) -> None:
     delete_after_commit(session, done)
 
 
-# --- the close: merge checkpoints, replay the rest ----------------------------------------
+# --- blobs deleted after a commit, envelopes replayed ---------------------------------------
 
 
-def _delete(blobs: BlobStore, keys: Iterable[str]) -> None:
+def delete_blobs(blobs: BlobStore, keys: Iterable[str]) -> None:
     for key in keys:
         try:
             blobs.delete(key)
@@ -336,7 +325,7 @@ def delete_after_commit(session: Session, keys: Iterable[str]) -> None:
 def _after_commit(session: OrmSession) -> None:
     keys = session.info.pop(_DELETE_AFTER_COMMIT, None)
     if keys and _policy.blobs is not None:
-        _delete(_policy.blobs, keys)
+        delete_blobs(_policy.blobs, keys)
 
 
 @event.listens_for(OrmSession, "after_rollback")
@@ -344,7 +333,7 @@ def _after_rollback(session: OrmSession) -> None:
     session.info.pop(_DELETE_AFTER_COMMIT, None)
 
 
-def _replay(ctx: PublicContext, job: Job, rnd: Round, sub: Submission) -> ValidatedEnvelope | None:
+def replay(ctx: PublicContext, job: Job, rnd: Round, sub: Submission) -> ValidatedEnvelope | None:
     """The stored envelope of `sub`, checked again against its binding and its hash."""
     assert job.param_count is not None and sub.envelope_key is not None
     binding = EnvelopeBinding(job.id, rnd.number, sub.provider_id, job.param_count,
@@ -360,141 +349,7 @@ def _replay(ctx: PublicContext, job: Job, rnd: Round, sub: Submission) -> Valida
     return update
 
 
-def _legacy(ctx: PublicContext, key: str | None) -> Accumulator | None:
-    """A running sum kept by a round collected before partial sums (none on new rounds)."""
-    return None if key is None else Accumulator.from_bytes(store().get_bytes(key), ctx)
-
-
-def close_sums(session: Session, job: Job, rnd: Round) -> None:
-    """The round's sum and its groups' sums, merged and written, pointed at by the round's
-    rows (not committed; the caller holds the job's lock and commits)."""
-    if job.context_key is None:
-        return
-    blobs = store()
-    ctx = job_context(blobs, job)
-    subs = {
-        s.provider_id: s
-        for s in session.exec(select(Submission).where(Submission.round_id == rnd.id))
-    }
-    checkpoints = list(
-        session.exec(
-            select(RoundPartial)
-            .where(RoundPartial.round_id == rnd.id)
-            .order_by(col(RoundPartial.created_at), col(RoundPartial.id))
-        )
-    )
-    total = _legacy(ctx, rnd.acc_key) or _empty(ctx, job, rnd.number)
-    _merge_parts(ctx, rnd, total, [cp for cp in checkpoints if cp.group_index is None])
-    in_total = set(total.provider_ids)
-    stale = [k for k in (rnd.acc_key,) if k is not None]
-    # One group at a time: its recorded parts, then each missing member's envelope once,
-    # into the group and, when no checkpoint holds it yet, into the total.
-    for group in groups.groups_of(session, rnd):
-        gsum = _legacy(ctx, group.acc_key) or _empty(ctx, job, rnd.number)
-        if group.acc_key is not None:
-            stale.append(group.acc_key)
-        _merge_parts(ctx, rnd, gsum, [cp for cp in checkpoints if cp.group_index == group.index])
-        for pid in sorted(group.members):
-            sub = subs.get(pid)
-            if sub is None or pid in gsum.provider_ids:
-                continue
-            if sub.envelope_key is None:
-                log.error("round %s: %s has neither an envelope nor a sum", rnd.id, pid)
-                continue
-            update = _replay(ctx, job, rnd, sub)
-            if update is None:
-                continue
-            gsum.add(update)
-            if pid not in in_total:
-                total.add(update)
-                in_total.add(pid)
-        _write_group(session, blobs, job, rnd, group, gsum)
-    # Accepted updates outside every group (a round opened before groups existed).
-    for pid, sub in sorted(subs.items()):
-        if pid not in in_total and sub.envelope_key is not None:
-            update = _replay(ctx, job, rnd, sub)
-            if update is not None:
-                total.add(update)
-                in_total.add(pid)
-    data = total.to_bytes()
-    key = f"{_round_prefix(job.id, rnd.number)}/sum-{new_id('sum')}.bin"
-    blobs.put_bytes(key, data)
-    if set(total.provider_ids) != set(subs):
-        log.error(
-            "round %s: the merged sum holds %s but the accepted updates are %s; only those "
-            "inside the sum are paid",
-            rnd.id, sorted(total.provider_ids), sorted(subs),
-        )  # fmt: skip
-    rnd.acc_key = key
-    rnd.acc_count = total.count
-    rnd.acc_providers = list(total.provider_ids)
-    rnd.acc_sha256 = hashlib.sha256(data).hexdigest()
-    session.add(rnd)
-    # Once this commits, the sums hold every update: envelopes and checkpoints are garbage.
-    stale += [cp.key for cp in checkpoints]
-    for sub in subs.values():
-        if sub.envelope_key is not None:
-            stale.append(sub.envelope_key)
-            sub.envelope_key = None
-            session.add(sub)
-    for cp in checkpoints:
-        session.delete(cp)
-    delete_after_commit(session, stale)
+def forget(round_id: str) -> None:
+    """Drop this process's partial of a round that closed (the close replayed its updates)."""
     with _guard:
-        _partials.pop(rnd.id, None)
-
-
-def _merge_parts(
-    ctx: PublicContext, rnd: Round, into: Accumulator, parts: list[RoundPartial]
-) -> None:
-    """Merge recorded parts into `into`, one at a time; a part that overlaps what is already
-    in, or whose blob does not hold what its row says, is left out (and logged)."""
-    for cp in parts:
-        part = Accumulator.from_bytes(store().get_bytes(cp.key), ctx)
-        inside = set(part.provider_ids)
-        if inside & set(into.provider_ids) or inside != set(cp.providers):
-            log.error("round %s: part %s overlaps the sum or its row; left out", rnd.id, cp.id)
-            continue
-        into.merge(part)
-
-
-def _write_group(
-    session: Session, blobs: BlobStore, job: Job, rnd: Round, group: RoundGroup, gsum: Accumulator
-) -> None:
-    if gsum.count == 0:
-        group.acc_key, group.acc_count, group.acc_providers = None, 0, []
-    else:
-        key = f"{_round_prefix(job.id, rnd.number)}/group-{group.index:03d}-{new_id('sum')}.bin"
-        blobs.put_bytes(key, gsum.to_bytes())
-        group.acc_key, group.acc_count = key, gsum.count
-        group.acc_providers = list(gsum.provider_ids)
-    session.add(group)
-
-
-_SWEEP_EVERY_S = 60.0
-_last_sweep = [float("-inf")]
-
-
-def sweep(session: Session, *, limit: int = 200, force: bool = False) -> int:
-    """Delete the envelopes of rounds that ended without a sum (failed or cancelled), at
-    most once a minute per process; returns how many. Closed rounds delete theirs when the
-    close commits."""
-    if not force and time.monotonic() - _last_sweep[0] < _SWEEP_EVERY_S:
-        return 0
-    _last_sweep[0] = time.monotonic()
-    rows = session.exec(
-        select(Submission)
-        .join(Round, col(Round.id) == col(Submission.round_id))
-        .where(
-            col(Submission.envelope_key).is_not(None),
-            col(Round.state).in_(("failed", "cancelled")),
-        )
-        .limit(limit)
-    ).all()
-    keys = [str(s.envelope_key) for s in rows]
-    for sub in rows:
-        sub.envelope_key = None
-        session.add(sub)
-    delete_after_commit(session, keys)
-    session.commit()
-    return len(keys)
+        _partials.pop(round_id, None)

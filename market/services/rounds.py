@@ -33,7 +33,7 @@ from market.blobs import BlobStore, TempBlob
 from market.errors import InvalidStateError, NotFoundError
 from market.models import Job, Offer, Round, Submission
 from market.models.types import new_id
-from market.services import groups, partials, settlement, trust
+from market.services import groups, merging, partials, settlement, trust
 from market.services.locks import job_unless_busy, locked_job, locked_round
 from market.services.matching import run_matching
 from market.translog import current
@@ -137,7 +137,7 @@ def close_round(session: Session, job: Job, rnd: Round, *, now: datetime, reason
     session.add(rnd)
     # The processes' partial sums merged, the rest replayed from envelopes: what it holds
     # becomes `acc_providers`, what the record below signs and settlement pays.
-    partials.close_sums(session, job, rnd)
+    merging.close_sums(session, job, rnd)
     groups.seal(session, job, rnd)
     # The signed promise of exactly which updates the aggregate holds, before its payments.
     trust.log_round_closed(session, current(), job, rnd, rnd.acc_sha256, now=now)
@@ -228,7 +228,7 @@ def tick(session: Session, *, now: datetime) -> int:
     # This process's partial sums older than `checkpoint_seconds` are written out, and the
     # envelopes of rounds that ended without a sum are deleted.
     partials.flush_due(session.get_bind())  # type: ignore[arg-type]
-    partials.sweep(session)
+    merging.sweep(session)
     expired = session.exec(
         select(Offer).where(Offer.state == "pending", col(Offer.expires_at) <= now)
     ).all()

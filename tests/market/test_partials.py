@@ -15,7 +15,7 @@ from crypto import BuyerKeys, decrypt_aggregate
 from market.app import create_app
 from market.config import Settings
 from market.models import Round, RoundGroup, RoundPartial, Submission
-from market.services import partials
+from market.services import merging, partials
 from tests.conftest import ADMIN_KEY
 from tests.utils.clock import FakeClock
 from tests.utils.scenario import Scenario, running_job
@@ -231,7 +231,7 @@ def test_cancelled_round_envelopes_are_deleted(
     scn: Scenario, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A round that ends without a sum (cancelled) keeps no envelope past the next sweep."""
-    monkeypatch.setattr(partials, "_last_sweep", [float("-inf")])
+    monkeypatch.setattr(merging, "_last_sweep", [float("-inf")])
     _submit(scn, 0)
     r = scn.client.post(f"/v1/jobs/{scn.job_id}/cancel", headers=scn.buyer.headers)
     assert r.status_code == 200, r.text

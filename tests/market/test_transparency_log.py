@@ -155,7 +155,7 @@ def test_accepted_update_missing_from_the_aggregate_is_proven(
     the two signed records together prove the drop (an SCT-style promise, RFC 9162 §3)."""
     from pathlib import Path
 
-    from market.services import partials
+    from market.services import merging
 
     scn = running_job(client, clock, buyer_keys)
     victim = scn.providers[0]
@@ -165,18 +165,18 @@ def test_accepted_update_missing_from_the_aggregate_is_proven(
     api = PollenClient("http://testserver", victim.api_key, http=client)
     t = Trust(Path(str(tmp_path)) / "trust.json")
     t.keep_receipt({"leaf_index": receipt["leaf_index"], "record": receipt["record"]})
-    real_merge = partials.close_sums
+    real_merge = merging.close_sums
 
     def dropping_merge(session, job, rnd):  # type: ignore[no-untyped-def]
         real_merge(session, job, rnd)
         rnd.acc_providers = [p for p in rnd.acc_providers if p != victim.id]
 
-    partials.close_sums = dropping_merge  # type: ignore[assignment]
+    merging.close_sums = dropping_merge  # type: ignore[assignment]
     try:
         for p in scn.providers[1:]:
             assert scn.submit(p, 1).status_code == 201
     finally:
-        partials.close_sums = real_merge  # type: ignore[assignment]
+        merging.close_sums = real_merge  # type: ignore[assignment]
     assert scn.round(1)["state"] == "closed"
     with pytest.raises(TrustError, match="leaves it out of the aggregate"):
         audit(api, t)

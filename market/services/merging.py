@@ -1,0 +1,172 @@
+"""The close of a round: the sums the buyer may decrypt, merged from what the processes recorded.
+
+`close_sums` runs in the close's transaction, under the job's lock (`market.services.rounds`).
+It merges the recorded parts of the round's total (`RoundPartial` rows without a group) and
+replays, from its envelope, each accepted update none of them covers: the partials still in
+other processes' memory are superseded, and an update accepted just before a kill -9 is in
+the sum all the same. Each random group's sum is completed the same way from its recorded
+parts and the envelopes of members they miss, one group at a time, so the close holds a few
+models at most: the total, one group's sum, one part or envelope. The merged sum's provider
+list is what settlement pays and the signed round-closed record lists; it is checked against
+the accepted submissions and any difference is logged as an error. Once the close commits,
+the remaining envelopes and every recorded part are deleted.
+
+A job without a public context has no ciphertexts (ledger-only tests): its round's list of
+accepted providers stands as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+from sqlmodel import Session, col, select
+
+from crypto import Accumulator, PublicContext
+from market.blobs import BlobStore
+from market.models import Job, Round, RoundGroup, RoundPartial, Submission
+from market.models.types import new_id
+from market.services import groups, partials
+
+log = logging.getLogger(__name__)
+
+
+def _legacy(ctx: PublicContext, key: str | None) -> Accumulator | None:
+    """A running sum kept by a round collected before partial sums (none on new rounds)."""
+    return None if key is None else Accumulator.from_bytes(partials.store().get_bytes(key), ctx)
+
+
+def close_sums(session: Session, job: Job, rnd: Round) -> None:
+    """The round's sum and its groups' sums, merged and written, pointed at by the round's
+    rows (not committed; the caller holds the job's lock and commits)."""
+    if job.context_key is None:
+        return
+    blobs = partials.store()
+    ctx = partials.job_context(blobs, job)
+    subs = {
+        s.provider_id: s
+        for s in session.exec(select(Submission).where(Submission.round_id == rnd.id))
+    }
+    checkpoints = list(
+        session.exec(
+            select(RoundPartial)
+            .where(RoundPartial.round_id == rnd.id)
+            .order_by(col(RoundPartial.created_at), col(RoundPartial.id))
+        )
+    )
+    total = _legacy(ctx, rnd.acc_key) or partials.empty_sum(ctx, job, rnd.number)
+    _merge_parts(ctx, rnd, total, [cp for cp in checkpoints if cp.group_index is None])
+    in_total = set(total.provider_ids)
+    stale = [k for k in (rnd.acc_key,) if k is not None]
+    # One group at a time: its recorded parts, then each missing member's envelope once,
+    # into the group and, when no checkpoint holds it yet, into the total.
+    for group in groups.groups_of(session, rnd):
+        gsum = _legacy(ctx, group.acc_key) or partials.empty_sum(ctx, job, rnd.number)
+        if group.acc_key is not None:
+            stale.append(group.acc_key)
+        _merge_parts(ctx, rnd, gsum, [cp for cp in checkpoints if cp.group_index == group.index])
+        for pid in sorted(group.members):
+            sub = subs.get(pid)
+            if sub is None or pid in gsum.provider_ids:
+                continue
+            if sub.envelope_key is None:
+                log.error("round %s: %s has neither an envelope nor a sum", rnd.id, pid)
+                continue
+            update = partials.replay(ctx, job, rnd, sub)
+            if update is None:
+                continue
+            gsum.add(update)
+            if pid not in in_total:
+                total.add(update)
+                in_total.add(pid)
+        _write_group(session, blobs, job, rnd, group, gsum)
+    # Accepted updates outside every group (a round opened before groups existed).
+    for pid, sub in sorted(subs.items()):
+        if pid not in in_total and sub.envelope_key is not None:
+            update = partials.replay(ctx, job, rnd, sub)
+            if update is not None:
+                total.add(update)
+                in_total.add(pid)
+    data = total.to_bytes()
+    key = f"{partials.round_prefix(job.id, rnd.number)}/sum-{new_id('sum')}.bin"
+    blobs.put_bytes(key, data)
+    if set(total.provider_ids) != set(subs):
+        log.error(
+            "round %s: the merged sum holds %s but the accepted updates are %s; only those "
+            "inside the sum are paid",
+            rnd.id, sorted(total.provider_ids), sorted(subs),
+        )  # fmt: skip
+    rnd.acc_key = key
+    rnd.acc_count = total.count
+    rnd.acc_providers = list(total.provider_ids)
+    rnd.acc_sha256 = hashlib.sha256(data).hexdigest()
+    session.add(rnd)
+    # Once this commits, the sums hold every update: envelopes and checkpoints are garbage.
+    stale += [cp.key for cp in checkpoints]
+    for sub in subs.values():
+        if sub.envelope_key is not None:
+            stale.append(sub.envelope_key)
+            sub.envelope_key = None
+            session.add(sub)
+    for cp in checkpoints:
+        session.delete(cp)
+    partials.delete_after_commit(session, stale)
+    partials.forget(rnd.id)
+
+
+def _merge_parts(
+    ctx: PublicContext, rnd: Round, into: Accumulator, parts: list[RoundPartial]
+) -> None:
+    """Merge recorded parts into `into`, one at a time; a part that overlaps what is already
+    in, or whose blob does not hold what its row says, is left out (and logged)."""
+    for cp in parts:
+        part = Accumulator.from_bytes(partials.store().get_bytes(cp.key), ctx)
+        inside = set(part.provider_ids)
+        if inside & set(into.provider_ids) or inside != set(cp.providers):
+            log.error("round %s: part %s overlaps the sum or its row; left out", rnd.id, cp.id)
+            continue
+        into.merge(part)
+
+
+def _write_group(
+    session: Session, blobs: BlobStore, job: Job, rnd: Round, group: RoundGroup, gsum: Accumulator
+) -> None:
+    if gsum.count == 0:
+        group.acc_key, group.acc_count, group.acc_providers = None, 0, []
+    else:
+        prefix = partials.round_prefix(job.id, rnd.number)
+        key = f"{prefix}/group-{group.index:03d}-{new_id('sum')}.bin"
+        blobs.put_bytes(key, gsum.to_bytes())
+        group.acc_key, group.acc_count = key, gsum.count
+        group.acc_providers = list(gsum.provider_ids)
+    session.add(group)
+
+
+_SWEEP_EVERY_S = 60.0
+_last_sweep = [float("-inf")]
+
+
+def sweep(session: Session, *, limit: int = 200, force: bool = False) -> int:
+    """Delete the envelopes of rounds that ended without a sum (failed or cancelled), at
+    most once a minute per process; returns how many. Closed rounds delete theirs when the
+    close commits."""
+    if not force and time.monotonic() - _last_sweep[0] < _SWEEP_EVERY_S:
+        return 0
+    _last_sweep[0] = time.monotonic()
+    rows = session.exec(
+        select(Submission)
+        .join(Round, col(Round.id) == col(Submission.round_id))
+        .where(
+            col(Submission.envelope_key).is_not(None),
+            col(Round.state).in_(("failed", "cancelled")),
+        )
+        .limit(limit)
+    ).all()
+    keys = [str(s.envelope_key) for s in rows]
+    for sub in rows:
+        sub.envelope_key = None
+        session.add(sub)
+    partials.delete_after_commit(session, keys)
+    session.commit()
+    return len(keys)
