@@ -16,7 +16,6 @@ Nothing here renders HTML: pages get dataclasses and chart series (`market.ui.ch
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,15 +26,14 @@ from sqlmodel import Session, col, select
 from market import ledger
 from market.blobs import BlobStore, BlobStream
 from market.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from market.ledger import queries
 from market.models import (
     TERMINAL_JOB_STATES,
     Account,
     AccountPublic,
     Job,
     JobPublic,
-    LedgerPosting,
     LedgerReport,
-    LedgerTransaction,
     ListingPublic,
     OfferPublic,
     PayoutBatch,
@@ -334,7 +332,7 @@ def job_page(session: Session, job_id: str, viewer: Account | None) -> JobPage:
     ]  # fmt: skip
     own = None
     if account.role == "provider":
-        for e in payouts.earnings(session, account.id):
+        for e in queries.provider_earnings(session, account.id):
             for j in e.jobs:
                 if j["job_id"] == job.id:
                     own = {**j, "currency": e.currency}
@@ -433,26 +431,14 @@ def provider_page(
 def _earnings_series(session: Session, provider_id: str) -> list[tuple[str, list[Series]]]:
     """Per currency, cumulative earned and paid out after each ledger entry that moved the
     provider's money (a settled round or a payout): both lines have a point at every entry."""
-    rows = session.exec(
-        select(LedgerPosting, LedgerTransaction)
-        .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerPosting.txn_id))
-        .where(col(LedgerPosting.account).in_(
-            [ledger.provider_payable(provider_id), ledger.provider_paid(provider_id)]))
-        .order_by(col(LedgerTransaction.seq), col(LedgerPosting.position))
-    ).all()  # fmt: skip
-    moves: dict[str, list[tuple[LedgerTransaction, int, int]]] = defaultdict(list)
-    for posting, txn in rows:
-        earned = posting.amount if txn.kind == "settle" else 0
-        paid = posting.amount if posting.account.endswith(":paid") else 0
-        if earned or paid:
-            moves[txn.currency].append((txn, earned, paid))
     out = []
-    for cur, entries in sorted(moves.items()):
+    for cur, entries in queries.provider_moves(session, provider_id).items():
         earned_pts, paid_pts = [], []
         earned_sum = paid_sum = 0
-        for n, (txn, earned, paid) in enumerate(entries, start=1):
-            earned_sum += earned
-            paid_sum += paid
+        for n, move in enumerate(entries, start=1):
+            txn = move.txn
+            earned_sum += move.earned
+            paid_sum += move.paid
             what = f"round {txn.meta.get('round')}" if txn.kind == "settle" else "payout"
             when = f"{txn.created_at:%Y-%m-%d %H:%M} UTC, {what} of job {txn.job_id}"
             # Amounts stay integer cents; the chart formats its axis with `money`.
@@ -468,7 +454,7 @@ def payouts_page(session: Session, provider_id: str, viewer: Account | None) -> 
     provider = _provider(session, provider_id)
     if not _may_see_money(account, provider_id):
         raise PermissionDeniedError("a provider's payouts are shown to that provider only")
-    earnings = payouts.earnings(session, provider_id)
+    earnings = queries.provider_earnings(session, provider_id)
     job_ids = {j["job_id"] for e in earnings for j in e.jobs}
     titles = {
         j.id: j.title for j in session.exec(select(Job).where(col(Job.id).in_(job_ids))).all()
@@ -492,26 +478,15 @@ def _journal_scope(viewer: Account) -> tuple[str, list[str] | None]:
 
 def _journal(session: Session, viewer: Account) -> tuple[str, list[JournalEntry], int]:
     scope, own_accounts = _journal_scope(viewer)
-    stmt = select(LedgerTransaction)
-    if scope == "jobs":
-        mine = select(Job.id).where(Job.buyer_id == viewer.id)
-        stmt = stmt.where(col(LedgerTransaction.job_id).in_(mine))
-    elif own_accounts is not None:
-        touching = select(LedgerPosting.txn_id).where(col(LedgerPosting.account).in_(own_accounts))
-        stmt = stmt.where(col(LedgerTransaction.id).in_(touching))
-    txns = list(session.exec(stmt.order_by(col(LedgerTransaction.seq).desc())).all())
-    shown = txns[:JOURNAL_LIMIT]
-    legs: dict[str, list[LedgerPosting]] = defaultdict(list)
-    if shown:
-        for p in session.exec(
-            select(LedgerPosting)
-            .where(col(LedgerPosting.txn_id).in_([t.id for t in shown]))
-            .order_by(col(LedgerPosting.position))
-        ).all():
-            legs[p.txn_id].append(p)
+    found = queries.journal(
+        session,
+        limit=JOURNAL_LIMIT,
+        buyer_id=viewer.id if scope == "jobs" else None,
+        accounts=own_accounts,
+    )
     entries = []
-    for t in shown:
-        visible = [p for p in legs[t.id] if own_accounts is None or p.account in own_accounts]
+    for t, legs in found.entries:
+        visible = [p for p in legs if own_accounts is None or p.account in own_accounts]
         entries.append(
             JournalEntry(
                 txn=TransactionPublic(
@@ -521,10 +496,10 @@ def _journal(session: Session, viewer: Account) -> tuple[str, list[JournalEntry]
                     postings=[PostingPublic(account=p.account, amount_cents=p.amount)
                               for p in visible],
                 ),
-                hidden_legs=len(legs[t.id]) - len(visible),
+                hidden_legs=len(legs) - len(visible),
             )
         )  # fmt: skip
-    return scope, entries, len(txns)
+    return scope, entries, found.total
 
 
 def ledger_page(session: Session, viewer: Account | None) -> LedgerPage:
@@ -553,7 +528,7 @@ def account_page(session: Session, viewer: Account | None) -> AccountPage:
     if account.role == "provider":
         page.listings = [listings.public(li) for li in listings.list_listings(session, account)]
         page.offers = list(reversed(offers.list_offers(session, account)))
-        page.earnings = payouts.earnings(session, account.id)
+        page.earnings = queries.provider_earnings(session, account.id)
     if account.role == "admin":
         batches = session.exec(
             select(PayoutBatch).order_by(col(PayoutBatch.created_at).desc())

@@ -24,6 +24,7 @@ from market.api.deps import (
     SessionDep,
 )
 from market.errors import NotFoundError, PermissionDeniedError
+from market.ledger import queries
 from market.models import (
     Account,
     LedgerReport,
@@ -57,8 +58,10 @@ class WebhookResult(BaseModel):
 def list_payouts(account: ProviderOrAdmin, session: SessionDep) -> PayoutsView:
     """A provider's own earnings and payouts, per job; an admin sees every provider's."""
     if account.role == "provider":
-        return PayoutsView(earnings=payouts.earnings(session, account.id), batches=[])
-    everyone = [e for p in reputation.providers(session) for e in payouts.earnings(session, p.id)]
+        return PayoutsView(earnings=queries.provider_earnings(session, account.id), batches=[])
+    everyone = [
+        e for p in reputation.providers(session) for e in queries.provider_earnings(session, p.id)
+    ]
     batches = session.exec(select(PayoutBatch).order_by(col(PayoutBatch.created_at))).all()
     return PayoutsView(
         earnings=everyone, batches=[payouts.batch_public(session, b) for b in batches]
