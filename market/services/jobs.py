@@ -7,16 +7,16 @@ import math
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from crypto import ContextError, PublicContext, get_preset
 from market import weights
 from market.blobs import BlobStore, TempBlob
 from market.config import Settings
 from market.errors import InvalidInputError, InvalidStateError, PermissionDeniedError
-from market.models import TERMINAL_JOB_STATES, Account, Job, JobCreate, Offer, Round
+from market.models import TERMINAL_JOB_STATES, Account, Job, JobCreate, Round
 from market.models.types import new_id
-from market.services import quotas, settlement
+from market.services import access, quotas, settlement
 from market.services.locks import locked_job
 from market.services.rounds import find_round, withdraw_pending_offers
 
@@ -199,11 +199,5 @@ def complete_job(session: Session, job: Job, *, now: datetime) -> Job:
 
 
 def list_jobs(session: Session, viewer: Account) -> Sequence[Job]:
-    stmt = select(Job).order_by(col(Job.created_at), col(Job.id))
-    if viewer.role == "buyer":
-        stmt = stmt.where(Job.buyer_id == viewer.id)
-    elif viewer.role == "provider":
-        stmt = stmt.where(
-            col(Job.id).in_(select(Offer.job_id).where(Offer.provider_id == viewer.id))
-        )
-    return session.exec(stmt).all()
+    """The jobs the viewer may see (`access.visible_jobs`)."""
+    return access.visible_jobs(session, viewer)

@@ -72,7 +72,3 @@ def provider_account(session: Session, provider_id: str) -> Account:
     if account is None or account.role != "provider":
         raise NotFoundError(f"no provider {provider_id}")
     return account
-
-
-def may_see_money(viewer: Account | None, provider_id: str) -> bool:
-    return viewer is not None and (viewer.role == "admin" or viewer.id == provider_id)

@@ -10,7 +10,6 @@ from typing import Any
 from sqlmodel import Session, select
 
 from market.blobs import BlobStore, BlobStream
-from market.errors import PermissionDeniedError
 from market.ledger import queries
 from market.models import TERMINAL_JOB_STATES, Account, JobPublic, Receipt, Round
 from market.services import access, groups, privacy, receipts, reputation, results, views
@@ -146,7 +145,7 @@ def job_page(session: Session, job_id: str, viewer: Account | None) -> JobPage:
     account = require(viewer)
     job = access.visible_job(session, job_id, account)
     view = views.job_public(session, job, account)
-    sees_all = account.role == "admin" or account.id == job.buyer_id
+    sees_all = access.sees_job_in_full(account, job)
     rows = {r.number: r for r in session.exec(select(Round).where(Round.job_id == job.id)).all()}
     ids = {job.buyer_id, *view.accepted_providers}
     for summary in view.rounds:
@@ -224,7 +223,6 @@ def final_model(
     """The job's final model file, for its buyer and admins (providers held every round's
     model already, but the page offers the result to the party who paid for it)."""
     account = require(viewer)
-    job = access.visible_job(session, job_id, account)
-    if account.role != "admin" and account.id != job.buyer_id:
-        raise PermissionDeniedError("the final model is downloaded by the job's buyer")
+    refusal = "the final model is downloaded by the job's buyer"
+    job = access.buyer_or_admin_job(session, job_id, account, refusal)
     return results.open_final_model(blobs, job)

@@ -11,9 +11,10 @@ from market.errors import PermissionDeniedError
 from market.ledger import queries
 from market.models import Account, Job, LedgerReport, ProviderEarnings
 from market.models.ledger import PostingPublic, TransactionPublic
+from market.services import access
 from market.ui.charts import Point, Series
 from market.ui.format import money
-from market.ui.pages.common import Named, may_see_money, provider_account, require
+from market.ui.pages.common import Named, provider_account, require
 
 # The ledger page lists at most this many journal entries (the newest).
 JOURNAL_LIMIT = 100
@@ -67,7 +68,7 @@ def payouts_page(session: Session, provider_id: str, viewer: Account | None) -> 
     """A provider's earnings and payouts: the provider itself and admins, nobody else."""
     account = require(viewer)
     provider = provider_account(session, provider_id)
-    if not may_see_money(account, provider_id):
+    if not access.sees_provider_money(account, provider_id):
         raise PermissionDeniedError("a provider's payouts are shown to that provider only")
     earnings = queries.provider_earnings(session, provider_id)
     job_ids = {j["job_id"] for e in earnings for j in e.jobs}
@@ -82,22 +83,11 @@ def payouts_page(session: Session, provider_id: str, viewer: Account | None) -> 
     )
 
 
-def _journal_scope(viewer: Account) -> tuple[str, list[str] | None]:
-    """The journal scope of a viewer and, unless it sees everything, its accounts."""
-    if viewer.role == "admin":
-        return "all", None
-    if viewer.role == "buyer":
-        return "jobs", None
-    return "own", [ledger.provider_payable(viewer.id), ledger.provider_paid(viewer.id)]
-
-
 def _journal(session: Session, viewer: Account) -> tuple[str, list[JournalEntry], int]:
-    scope, own_accounts = _journal_scope(viewer)
+    scope = access.journal_scope(viewer)
+    own_accounts = scope.accounts
     found = queries.journal(
-        session,
-        limit=JOURNAL_LIMIT,
-        buyer_id=viewer.id if scope == "jobs" else None,
-        accounts=own_accounts,
+        session, limit=JOURNAL_LIMIT, buyer_id=scope.buyer_id, accounts=own_accounts
     )
     entries = []
     for t, legs in found.entries:
@@ -114,14 +104,14 @@ def _journal(session: Session, viewer: Account) -> tuple[str, list[JournalEntry]
                 hidden_legs=len(legs) - len(visible),
             )
         )  # fmt: skip
-    return scope, entries, found.total
+    return scope.name, entries, found.total
 
 
 def ledger_page(session: Session, viewer: Account | None) -> LedgerPage:
     """The chain's verification for everyone; journal entries as far as the viewer's money
     goes (admins all, a buyer its jobs', a provider its own legs); totals for admins."""
     report = ledger.verify(session)
-    if viewer is None or viewer.role != "admin":
+    if not access.sees_ledger_totals(viewer):
         report.totals = {}
         report.negative_accounts = []
     if viewer is None:

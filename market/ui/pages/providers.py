@@ -8,9 +8,9 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from market.models import Account, ReputationEvent, ReputationPublic
-from market.services import reputation, verification
+from market.services import access, reputation, verification
 from market.ui.charts import Point, Series
-from market.ui.pages.common import may_see_money, provider_account
+from market.ui.pages.common import provider_account
 
 # A provider's page charts at most this many reputation points (the newest).
 HISTORY_LIMIT = 200
@@ -55,6 +55,6 @@ def provider_page(
     return ProviderPage(
         reputation=reputation.public(session, account, now=now, viewer=viewer, limit=HISTORY_LIMIT),
         series=reputation_series(session, provider_id),
-        may_see_money=may_see_money(viewer, provider_id),
+        may_see_money=access.sees_provider_money(viewer, provider_id),
         verified=verification.describe(account),
     )
