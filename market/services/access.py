@@ -130,14 +130,19 @@ def sees_event_details(
     return set(owned)
 
 
+def is_operator(viewer: Account | None) -> bool:
+    """Admins: every provider's earnings, the payout batches, the ledger's totals."""
+    return viewer is not None and viewer.role == "admin"
+
+
 def sees_provider_money(viewer: Account | None, provider_id: str) -> bool:
     """A provider's earnings and payouts: the provider itself and admins."""
-    return viewer is not None and (viewer.role == "admin" or viewer.id == provider_id)
+    return viewer is not None and (is_operator(viewer) or viewer.id == provider_id)
 
 
 def sees_ledger_totals(viewer: Account | None) -> bool:
     """The platform's totals and negative accounts of the ledger report: admins only."""
-    return viewer is not None and viewer.role == "admin"
+    return is_operator(viewer)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from sqlmodel import Session, select
 from crypto.identity import IdentityKey, SignatureError, fingerprint, verify_record
 from market.blobs import BlobStore
 from market.errors import ConflictError, InvalidInputError, InvalidStateError, NotFoundError
+from market.lifecycle import JobState
 from market.models import Account, Job, LedgerTransaction, Payout, Round
 from market.models.translog import IdentityKey as IdentityRow
 from market.models.translog import LogLeaf
@@ -126,7 +127,7 @@ def put_manifest(
         if json.loads(existing[0].payload) != record:
             raise ConflictError("the job already has a different signed manifest")
         return existing[0]
-    if job.state not in ("draft", "funding"):
+    if job.state not in (JobState.DRAFT, JobState.FUNDING):
         raise InvalidStateError(f"job is {job.state}: too late to sign its manifest")
     leaf = log.append(session, "manifest", record, now=now, job_id=job.id, account_id=job.buyer_id)
     session.commit()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
+from market.lifecycle import ROUND_HAS_AGGREGATE
 from market.models import Account, Job, JobCreate, JobPublic, Round, RoundPublic, RoundSummary
 from market.services import access, groups
 from market.services.rounds import participants, submitters
@@ -21,7 +22,7 @@ def _visible(ids: list[str], job: Job, viewer: Account) -> list[str]:
 
 def _included(rnd: Round) -> list[str]:
     """Who is inside the round's sum, once it is closed (as the sum itself lists them)."""
-    return list(rnd.acc_providers) if rnd.state in ("closed", "published") else []
+    return list(rnd.acc_providers) if rnd.state in ROUND_HAS_AGGREGATE else []
 
 
 def round_public(session: Session, job: Job, rnd: Round, viewer: Account) -> RoundPublic:

@@ -19,7 +19,7 @@ from market.models import (
     ProviderEarnings,
     Receipt,
 )
-from market.services import accounts, listings, offers, payouts, receipts, reputation
+from market.services import access, accounts, listings, offers, payouts, receipts, reputation
 from market.services import jobs as job_service
 from market.ui.pages.common import JobRow, Named, job_row, require
 
@@ -50,7 +50,7 @@ def account_page(session: Session, viewer: Account | None) -> AccountPage:
         page.listings = [listings.public(li) for li in listings.list_listings(session, account)]
         page.offers = list(reversed(offers.list_offers(session, account)))
         page.earnings = queries.provider_earnings(session, account.id)
-    if account.role == "admin":
+    if access.is_operator(account):
         batches = session.exec(
             select(PayoutBatch).order_by(col(PayoutBatch.created_at).desc())
         ).all()

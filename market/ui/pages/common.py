@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlmodel import Session, col, select
 
 from market.errors import AuthenticationError, NotFoundError
+from market.lifecycle import ROUND_HAS_AGGREGATE
 from market.models import Account, Job, Round
 from market.services.rounds import participants
 
@@ -58,7 +59,7 @@ def job_row(session: Session, job: Job) -> JobRow:
     done = sum(
         1
         for r in session.exec(select(Round).where(Round.job_id == job.id)).all()
-        if r.state in ("closed", "published")
+        if r.state in ROUND_HAS_AGGREGATE
     )
     return JobRow(
         id=job.id, title=job.title, state=job.state, arch=str(job.spec["model"]["arch"]),

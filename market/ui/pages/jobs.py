@@ -11,7 +11,8 @@ from sqlmodel import Session, select
 
 from market.blobs import BlobStore, BlobStream
 from market.ledger import queries
-from market.models import TERMINAL_JOB_STATES, Account, JobPublic, Receipt, Round
+from market.lifecycle import JOB_ENDED
+from market.models import Account, JobPublic, Receipt, Round
 from market.services import access, groups, privacy, receipts, reputation, results, views
 from market.services import jobs as job_service
 from market.ui.charts import Point, Series
@@ -129,8 +130,8 @@ def marketplace(session: Session, viewer: Account | None, *, now: datetime) -> M
     )
     rows.reverse()  # newest first
     return MarketplacePage(
-        open_jobs=[r for r in rows if r.state not in TERMINAL_JOB_STATES],
-        finished_jobs=[r for r in rows if r.state in TERMINAL_JOB_STATES],
+        open_jobs=[r for r in rows if r.state not in JOB_ENDED],
+        finished_jobs=[r for r in rows if r.state in JOB_ENDED],
         providers=provider_ranking(session, viewer, now=now),
     )
 
