@@ -1,5 +1,5 @@
-"""Who owns what in `market/`: ledger reads in `market.ledger`, pages in `market.ui`, and
-visibility decided in `market.services.access`."""
+"""Who owns what: ledger reads in `market.ledger`, pages in `market.ui`, visibility decided
+in `market.services.access`, and no shipped package leaning on `tests/`."""
 
 from __future__ import annotations
 
@@ -55,4 +55,16 @@ def test_visibility_is_decided_in_access_only() -> None:
           for m in ("trust", "views", "receipts", "payouts", "privacy", "jobs")),
     ]  # fmt: skip
     offenders = [str(p.relative_to(MARKET)) for p in watched if _DECISION.search(p.read_text())]
+    assert offenders == []
+
+
+def test_shipped_packages_do_not_import_the_tests() -> None:
+    """`market`, `agents`, `crypto` and `bench` run without the tests folder."""
+    root = MARKET.parent
+    offenders = [
+        str(p.relative_to(root))
+        for pkg in ("market", "agents", "crypto", "bench")
+        for p in sorted((root / pkg).rglob("*.py"))
+        if any(m == "tests" or m.startswith("tests.") for m in _imports(p))
+    ]
     assert offenders == []
