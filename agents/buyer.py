@@ -36,6 +36,11 @@ from crypto.identity import IdentityKey, verify_record
 
 logger = logging.getLogger(__name__)
 
+# Round states whose encrypted sum is final, so its aggregate may be fetched: the server's
+# `market.lifecycle.ROUND_HAS_AGGREGATE`, spelled here because the agent never imports the
+# server's package.
+ROUND_HAS_AGGREGATE = ("closed", "published")
+
 
 @dataclass
 class RoundReport:
@@ -372,7 +377,7 @@ class BuyerRun:
     def _closed(self, number: int) -> dict[str, Any] | None:
         self._job_if_running()
         rnd = self.client.get_round(self.job_id, number)
-        if rnd["state"] in ("closed", "published"):
+        if rnd["state"] in ROUND_HAS_AGGREGATE:
             return rnd
         if self.on_collecting is not None and rnd["state"] == "collecting":
             self.on_collecting(rnd)

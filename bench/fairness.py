@@ -31,9 +31,10 @@ import numpy as np
 
 from agents.buyer import BuyerRun, buyer_identity, post_job
 from agents.client import PollenClient
-from agents.demo import free_port, job_spec, start_server, stop, wait_ready
+from agents.demo import job_spec
 from agents.experiment import load_digits_split
 from agents.privacy import PrivacyPolicy
+from agents.processes import free_port, start_server, stop, wait_ready
 from agents.provider import ProviderAgent
 from bench.common import console, print_table, write_result
 from crypto import BuyerKeys, EnvelopeBinding, encrypt_update, get_preset

@@ -47,7 +47,7 @@ import numpy as np
 
 from agents.buyer import post_job
 from agents.client import PollenClient
-from agents.demo import free_port, start_server, stop, wait_ready
+from agents.processes import free_port, start_server, stop, wait_ready
 from bench.common import console, print_table, write_result
 from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update
 
@@ -140,7 +140,7 @@ def _database(backend: str) -> Iterator[str | None]:
     if backend == "sqlite":
         yield None
         return
-    from tests.utils import postgres  # the tests' throwaway cluster, from the same binaries
+    from bench import postgres  # a throwaway cluster, from the machine's binaries
 
     with postgres.throwaway_cluster() as server_url:
         yield postgres.create_database(server_url, "pollen_load")

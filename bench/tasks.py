@@ -29,8 +29,8 @@ import numpy as np
 from agents.buyer import BuyerRun, buyer_identity, post_job
 from agents.client import PollenClient
 from agents.data import concat, prepare
-from agents.demo import free_port, start_agent, start_server, stop, wait_ready
 from agents.models import ModelSpec, build_model
+from agents.processes import free_port, start_agent, start_server, stop, wait_ready
 from agents.sample_tables import diabetes_table, loan_table, split_rows, write_table_csv
 from agents.tabular import Table, derive_job_schema, read_table
 from agents.training import evaluate, evaluate_regression, train_local

@@ -46,6 +46,7 @@ from sqlmodel import Session, col, select
 from crypto import Accumulator, PublicContext
 from market.blobs import BlobStore
 from market.errors import AggregateUnavailableError, ConflictError, InvalidInputError
+from market.lifecycle import ROUND_HAS_AGGREGATE
 from market.models import GroupPublic, GroupValue, Job, Round, RoundGroup
 from market.models.types import new_id
 
@@ -131,7 +132,7 @@ def group_aggregate_bytes(
     session: Session, blobs: BlobStore, ctx: PublicContext, rnd: Round, index: int
 ) -> bytes:
     """The encrypted sum of released group `index` (closed rounds only)."""
-    if rnd.state not in ("closed", "published"):
+    if rnd.state not in ROUND_HAS_AGGREGATE:
         raise AggregateUnavailableError(f"round {rnd.number} is {rnd.state}, not closed")
     parts = released(session, rnd).get(index)
     if not parts:
@@ -145,7 +146,7 @@ def group_aggregate_bytes(
 
 def public(session: Session, rnd: Round, viewer_id: str, sees_all: bool) -> list[GroupPublic]:
     """The round's groups: all members for the buyer and operators, a provider its own."""
-    closed = rnd.state in ("closed", "published")
+    closed = rnd.state in ROUND_HAS_AGGREGATE
     parts = released(session, rnd)
     out = []
     for g in groups_of(session, rnd):
@@ -175,7 +176,7 @@ def value(reported: float) -> float:
 
 def record_values(session: Session, rnd: Round, values: Sequence[GroupValue]) -> None:
     """The buyer's evaluation of each released group (not committed); once per round."""
-    if rnd.state not in ("closed", "published"):
+    if rnd.state not in ROUND_HAS_AGGREGATE:
         raise ConflictError(f"round {rnd.number} is {rnd.state}: no group to evaluate yet")
     parts = released(session, rnd)
     given = {v.index: v for v in values}

@@ -7,16 +7,17 @@ import math
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from crypto import ContextError, PublicContext, get_preset
 from market import weights
 from market.blobs import BlobStore, TempBlob
 from market.config import Settings
 from market.errors import InvalidInputError, InvalidStateError, PermissionDeniedError
-from market.models import TERMINAL_JOB_STATES, Account, Job, JobCreate, Offer, Round
+from market.lifecycle import JOB_ENDED, ROUND_HAS_AGGREGATE, JobState, RoundState
+from market.models import Account, Job, JobCreate, Round
 from market.models.types import new_id
-from market.services import quotas, settlement
+from market.services import access, quotas, settlement
 from market.services.locks import locked_job
 from market.services.rounds import find_round, withdraw_pending_offers
 
@@ -83,7 +84,7 @@ def create_job(
 
 
 def _require_draft(job: Job) -> None:
-    if job.state != "draft":
+    if job.state != JobState.DRAFT:
         raise InvalidStateError(f"job is {job.state}: its context and model are frozen")
 
 
@@ -130,7 +131,7 @@ def put_initial_model(
 def put_final_model(
     session: Session, blobs: BlobStore, job: Job, upload: TempBlob, *, now: datetime
 ) -> Job:
-    if job.state not in ("running", "completed"):
+    if job.state not in (JobState.RUNNING, JobState.COMPLETED):
         raise InvalidStateError(f"job is {job.state}")
     assert job.param_count is not None
     weights.check_layout(upload.path, job.layout, job.param_count)
@@ -148,7 +149,7 @@ def request_funding(session: Session, job: Job, *, now: datetime) -> Job:
     _require_draft(job)
     if job.context_key is None or job.model_key is None:
         raise InvalidStateError("upload the public context and the initial model first")
-    job.state = "funding"
+    job.state = JobState.FUNDING
     job.updated_at = now
     session.add(job)
     session.commit()
@@ -160,16 +161,16 @@ def cancel_job(session: Session, job: Job, *, now: datetime, fee_bps: int = 0) -
     accepted submitters are settled as if it had closed (their sum is never released);
     then `fee_bps` of what is left goes to the platform and the rest is refunded."""
     with locked_job(session, job.id) as job:
-        if job.state in TERMINAL_JOB_STATES:
+        if job.state in JOB_ENDED:
             raise InvalidStateError(f"job is already {job.state}")
-        job.state = "cancelled"
+        job.state = JobState.CANCELLED
         job.updated_at = now
         session.add(job)
         withdraw_pending_offers(session, job, now=now)
         for rnd in session.exec(
-            select(Round).where(Round.job_id == job.id, Round.state == "collecting")
+            select(Round).where(Round.job_id == job.id, Round.state == RoundState.COLLECTING)
         ):
-            rnd.state = "cancelled"
+            rnd.state = RoundState.CANCELLED
             rnd.closed_at = now
             rnd.close_reason = "cancelled by the buyer"
             session.add(rnd)
@@ -185,12 +186,12 @@ def cancel_job(session: Session, job: Job, *, now: datetime, fee_bps: int = 0) -
 def complete_job(session: Session, job: Job, *, now: datetime) -> Job:
     """running → completed, once the last round is closed; leftover escrow is refunded."""
     with locked_job(session, job.id) as job:
-        if job.state != "running":
+        if job.state != JobState.RUNNING:
             raise InvalidStateError(f"job is {job.state}, not running")
         last = find_round(session, job.id, job.rounds_total)
-        if last is None or last.state not in ("closed", "published"):
+        if last is None or last.state not in ROUND_HAS_AGGREGATE:
             raise InvalidStateError(f"round {job.rounds_total} is not closed yet")
-        job.state = "completed"
+        job.state = JobState.COMPLETED
         job.updated_at = now
         session.add(job)
         settlement.on_job_ended(session, job, now=now)
@@ -199,11 +200,5 @@ def complete_job(session: Session, job: Job, *, now: datetime) -> Job:
 
 
 def list_jobs(session: Session, viewer: Account) -> Sequence[Job]:
-    stmt = select(Job).order_by(col(Job.created_at), col(Job.id))
-    if viewer.role == "buyer":
-        stmt = stmt.where(Job.buyer_id == viewer.id)
-    elif viewer.role == "provider":
-        stmt = stmt.where(
-            col(Job.id).in_(select(Offer.job_id).where(Offer.provider_id == viewer.id))
-        )
-    return session.exec(stmt).all()
+    """The jobs the viewer may see (`access.visible_jobs`)."""
+    return access.visible_jobs(session, viewer)

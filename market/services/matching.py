@@ -17,8 +17,9 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from market.db import AdvisoryLock, advisory_xact_lock
+from market.lifecycle import JOB_ENDED, JobState, OfferState
 from market.matching import Demand, Explanation, SchemaShape, Supply, explain, match
-from market.models import LIVE_OFFER_STATES, TERMINAL_JOB_STATES, Job, Listing, Offer
+from market.models import LIVE_OFFER_STATES, Job, Listing, Offer
 from market.models.jobs import MatchingExclusion, MatchingPublic
 from market.models.types import new_id
 from market.services import reputation, verification
@@ -26,7 +27,7 @@ from market.services import reputation, verification
 log = logging.getLogger(__name__)
 
 # Offers in these states still cost budget (dropped ones for the rounds they were in).
-_SPENDING_OFFER_STATES = (*LIVE_OFFER_STATES, "dropped")
+_SPENDING_OFFER_STATES = (*LIVE_OFFER_STATES, OfferState.DROPPED)
 
 
 def rounds_left(job: Job) -> int:
@@ -53,9 +54,9 @@ def run_matching(session: Session, *, now: datetime, job_ids: Sequence[str] = ()
 
 
 def _run_matching(session: Session, *, now: datetime, job_ids: Sequence[str]) -> list[str]:
-    cond = col(Job.state) == "open"
+    cond = col(Job.state) == JobState.OPEN
     if job_ids:
-        cond = cond | ((col(Job.state) == "running") & col(Job.id).in_(list(job_ids)))
+        cond = cond | ((col(Job.state) == JobState.RUNNING) & col(Job.id).in_(list(job_ids)))
     jobs = list(session.exec(select(Job).where(cond).order_by(col(Job.created_at), col(Job.id))))
     if not jobs:
         return []
@@ -73,7 +74,7 @@ def _run_matching(session: Session, *, now: datetime, job_ids: Sequence[str]) ->
             "job_id": p.job_id,
             "listing_id": p.listing_id,
             "provider_id": p.provider_id,
-            "state": "pending",
+            "state": OfferState.PENDING,
             "price_cents": p.price_cents,
             "currency": jobs_by_id[p.job_id].currency,
             "samples": p.samples,
@@ -162,7 +163,7 @@ def _supplies(
             select(Offer.listing_id, func.count())
             .join(Job, col(Job.id) == col(Offer.job_id))
             .where(col(Offer.state).in_(LIVE_OFFER_STATES))
-            .where(col(Job.state).not_in(TERMINAL_JOB_STATES))
+            .where(col(Job.state).not_in(sorted(JOB_ENDED)))
             .group_by(col(Offer.listing_id))
         ).all()
     )

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from market.errors import InvalidStateError, NotFoundError, OfferExpiredError
+from market.lifecycle import JobState, OfferState, RoundState
 from market.models import Account, Job, Offer, OfferPublic, Submission
 from market.models.types import could_be_id
 from market.services import reputation
@@ -37,14 +38,14 @@ def _own_pending(session: Session, offer_id: str, provider: Account, now: dateti
     offer = session.get(Offer, offer_id) if could_be_id(offer_id) else None
     if offer is None or offer.provider_id != provider.id:
         raise NotFoundError(f"no offer {offer_id}")
-    if offer.state == "pending" and offer.expires_at <= now:
-        offer.state = "expired"
+    if offer.state == OfferState.PENDING and offer.expires_at <= now:
+        offer.state = OfferState.EXPIRED
         offer.decided_at = now
         session.add(offer)
         session.commit()
-    if offer.state == "expired":
+    if offer.state == OfferState.EXPIRED:
         raise OfferExpiredError(f"offer {offer_id} expired at {offer.expires_at.isoformat()}")
-    if offer.state != "pending":
+    if offer.state != OfferState.PENDING:
         raise InvalidStateError(f"offer {offer_id} is {offer.state}")
     return offer
 
@@ -54,15 +55,15 @@ def accept(session: Session, offer_id: str, provider: Account, *, now: datetime)
     with locked_job(session, job_id) as job:
         # Checked again under the job's lock: a concurrent accept may have decided already.
         offer = _own_pending(session, offer_id, provider, now)
-        if job.state not in ("open", "running"):
+        if job.state not in (JobState.OPEN, JobState.RUNNING):
             raise InvalidStateError(f"job is {job.state}")
-        offer.state = "accepted"
+        offer.state = OfferState.ACCEPTED
         offer.decided_at = now
         session.add(offer)
-        if job.state == "open" and len(participants(session, job.id)) >= job.min_providers:
+        if job.state == JobState.OPEN and len(participants(session, job.id)) >= job.min_providers:
             start_job(session, job, now=now)  # commits the acceptance with the new round
         else:
-            if job.state == "running":
+            if job.state == JobState.RUNNING:
                 join_round(session, job, offer)
             session.commit()
     log.info("provider %s accepted job %s", provider.id, job_id)
@@ -73,12 +74,12 @@ def decline(session: Session, offer_id: str, provider: Account, *, now: datetime
     """Refuse a pending offer; refusing one already accepted withdraws from the job, which
     costs reputation."""
     mine = session.get(Offer, offer_id) if could_be_id(offer_id) else None
-    if mine is not None and mine.provider_id == provider.id and mine.state == "accepted":
+    if mine is not None and mine.provider_id == provider.id and mine.state == OfferState.ACCEPTED:
         return withdraw(session, mine, now=now)
     job_id = _own_pending(session, offer_id, provider, now).job_id
     with locked_job(session, job_id):
         offer = _own_pending(session, offer_id, provider, now)
-        offer.state = "declined"
+        offer.state = OfferState.DECLINED
         offer.decided_at = now
         session.add(offer)
         session.commit()
@@ -94,22 +95,22 @@ def withdraw(session: Session, offer: Offer, *, now: datetime) -> Offer:
     """An accepted provider backs out: dropped from the job (paid for the rounds it was
     included in), out of the collecting round if it has not submitted, a negative event."""
     with locked_job(session, offer.job_id) as job:
-        if offer.state != "accepted":  # re-read under the lock: withdrawn meanwhile?
+        if offer.state != OfferState.ACCEPTED:  # re-read under the lock: withdrawn meanwhile?
             raise InvalidStateError(f"offer {offer.id} is {offer.state}")
-        if job.state not in ("open", "running"):
+        if job.state not in (JobState.OPEN, JobState.RUNNING):
             raise InvalidStateError(f"job is {job.state}")
         done = session.exec(
             select(Submission).where(
                 Submission.job_id == job.id, Submission.provider_id == offer.provider_id
             )
         ).all()
-        offer.state = "dropped"
+        offer.state = OfferState.DROPPED
         offer.decided_at = now
         offer.rounds_committed = len(done)
         session.add(offer)
         rnd = find_round(session, job.id, job.current_round)
         submitted = rnd is not None and any(s.round_id == rnd.id for s in done)
-        if rnd is not None and rnd.state == "collecting" and not submitted:
+        if rnd is not None and rnd.state == RoundState.COLLECTING and not submitted:
             rnd.expected = [p for p in rnd.expected if p != offer.provider_id]
             session.add(rnd)
         reputation.record(

@@ -1,7 +1,7 @@
 """Payouts: what providers earned (their payable balances) leaves the platform.
 
-`run` groups each provider's payable balance by job and currency (from the ledger: the
-postings on `provider:<id>:payable` of the job's transactions), minus what a pending payout
+`run` groups each provider's payable balance by job and currency (`ledger.queries.payable_by_job`:
+the postings on `provider:<id>:payable` of the job's transactions), minus what a pending payout
 already covers, into one batch:
 
 - on a rail with transfers (Stripe Connect): one connected account per provider (created once,
@@ -22,61 +22,30 @@ import csv
 import io
 import logging
 import threading
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import select as sa_select
 from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from market import ledger, translog
 from market.db import AdvisoryLock
 from market.errors import InvalidStateError, NotFoundError, PaymentError
-from market.ledger.names import owner_of
+from market.ledger import queries
 from market.models import (
     Account,
     ConnectedAccount,
-    LedgerPosting,
-    LedgerTransaction,
     Payout,
     PayoutBatch,
     PayoutBatchPublic,
     PayoutPublic,
-    ProviderEarnings,
 )
 from market.models.types import could_be_id, new_id
 from market.payments import PaymentRail
 from market.services import trust
 
 log = logging.getLogger(__name__)
-
-
-def payable_by_job(
-    session: Session, provider_id: str | None = None
-) -> dict[tuple[str, str, str], int]:
-    """(provider, job, currency) → payable balance still owed, net of pending payouts."""
-    stmt = (
-        select(
-            LedgerPosting.account,
-            LedgerTransaction.job_id,
-            LedgerTransaction.currency,
-            LedgerPosting.amount,
-        )
-        .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerPosting.txn_id))
-        .where(col(LedgerPosting.account).endswith(":payable"))
-    )
-    if provider_id is not None:
-        stmt = stmt.where(LedgerPosting.account == ledger.provider_payable(provider_id))
-    owed: dict[tuple[str, str, str], int] = defaultdict(int)
-    for account, job_id, currency, amount in session.exec(stmt).all():
-        pid = owner_of(account)
-        assert pid is not None and job_id is not None
-        owed[(pid, job_id, currency)] += amount
-    for p in session.exec(select(Payout).where(Payout.status == "pending")).all():
-        owed[(p.provider_id, p.job_id, p.currency)] -= p.amount_cents
-    return {k: v for k, v in owed.items() if v > 0}
 
 
 def _post_paid(session: Session, payout: Payout, *, now: datetime) -> None:
@@ -172,7 +141,7 @@ def run(session: Session, rail: PaymentRail, *, now: datetime) -> PayoutBatch | 
 
 def _run(session: Session, rail: PaymentRail, *, now: datetime) -> PayoutBatch | None:
     retry_pending(session, rail, now=now)
-    owed = payable_by_job(session)
+    owed = queries.payable_by_job(session)
     if not owed:
         return None
     batch = PayoutBatch(
@@ -270,42 +239,3 @@ def batch_public(session: Session, batch: PayoutBatch) -> PayoutBatchPublic:
         csv=batch.csv or None,
         created_at=batch.created_at,
     )
-
-
-def earnings(session: Session, provider_id: str) -> list[ProviderEarnings]:
-    """One provider's earned, paid and owed money per currency, with a per-job breakdown."""
-    rows = session.execute(
-        sa_select(col(LedgerPosting.account), col(LedgerTransaction.job_id),
-                  col(LedgerTransaction.currency), col(LedgerTransaction.kind),
-                  col(LedgerPosting.amount))
-        .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerPosting.txn_id))
-        .where(col(LedgerPosting.account).in_(
-            [ledger.provider_payable(provider_id), ledger.provider_paid(provider_id)]))
-    ).all()  # fmt: skip
-    jobs: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
-    for account, job_id, currency, kind, amount in rows:
-        entry = jobs[currency].setdefault(
-            str(job_id), {"earned_cents": 0, "paid_cents": 0, "rounds": 0}
-        )
-        if kind == "settle":
-            entry["earned_cents"] += amount
-            entry["rounds"] += 1
-        elif account.endswith(":paid"):
-            entry["paid_cents"] += amount
-    payouts = session.exec(
-        select(Payout).where(Payout.provider_id == provider_id).order_by(col(Payout.created_at))
-    ).all()
-    out = []
-    for currency, per_job in sorted(jobs.items()):
-        earned = sum(j["earned_cents"] for j in per_job.values())
-        paid = sum(j["paid_cents"] for j in per_job.values())
-        out.append(
-            ProviderEarnings(
-                provider_id=provider_id, currency=currency, earned_cents=earned,
-                paid_cents=paid, balance_cents=earned - paid,
-                jobs=[{"job_id": j, **v, "owed_cents": v["earned_cents"] - v["paid_cents"]}
-                      for j, v in sorted(per_job.items())],
-                payouts=[payout_public(p) for p in payouts if p.currency == currency],
-            )
-        )  # fmt: skip
-    return out

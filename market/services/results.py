@@ -14,6 +14,7 @@ from sqlmodel import Session
 
 from market.blobs import BlobStore, BlobStream
 from market.errors import AggregateUnavailableError, InvalidStateError, NotFoundError
+from market.lifecycle import ROUND_HAS_AGGREGATE
 from market.models import GroupValuesCreate, Job, MetricsCreate, Round
 from market.services import groups
 from market.services.locks import locked_job, locked_round
@@ -25,7 +26,7 @@ def open_aggregate(
     session: Session, blobs: BlobStore, job: Job, number: int, *, now: datetime
 ) -> BlobStream:
     rnd = load_round(session, job, number)
-    if rnd.state not in ("closed", "published"):
+    if rnd.state not in ROUND_HAS_AGGREGATE:
         raise AggregateUnavailableError(f"round {number} is {rnd.state}, not closed")
     if rnd.acc_key is None or rnd.acc_count < job.quorum:
         raise AggregateUnavailableError(
@@ -54,7 +55,7 @@ def record_metrics(
 ) -> Round:
     """The buyer's evaluation of the model it derived from round `number`'s aggregate."""
     rnd = load_round(session, job, number)
-    if rnd.state not in ("closed", "published"):
+    if rnd.state not in ROUND_HAS_AGGREGATE:
         raise InvalidStateError(f"round {number} is {rnd.state}: no aggregate to evaluate yet")
     rnd.metrics = metrics.model_dump(exclude_none=True)
     session.add(rnd)

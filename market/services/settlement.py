@@ -37,7 +37,8 @@ from sqlmodel import Session, col, select
 
 from market import ledger
 from market.ledger.journal import find
-from market.models import TERMINAL_JOB_STATES, Job, LedgerTransaction, Payment, Round, Submission
+from market.lifecycle import JOB_ENDED, JobState
+from market.models import Job, LedgerTransaction, Payment, Round, Submission
 from market.models.types import new_id
 from market.services import groups, reputation, trust
 from market.translog import current
@@ -206,7 +207,7 @@ def close_out(session: Session, job: Job, *, rail: str, now: datetime) -> Paymen
     Keyed by the job's last funding transaction: calling it again refunds nothing twice, and
     money arriving after the job ended (a late webhook) is refunded by the next call.
     """
-    if job.state not in TERMINAL_JOB_STATES:
+    if job.state not in JOB_ENDED:
         return None
     escrow = ledger.job_escrow(job.id)
     left = ledger.balance(session, escrow, job.currency)
@@ -302,7 +303,7 @@ def on_round_missed(
 
 def on_job_ended(session: Session, job: Job, *, now: datetime) -> Payment | None:
     """A job reached a terminal state: reputation for a completed job, refund of the escrow."""
-    if job.state == "completed":
+    if job.state == JobState.COMPLETED:
         # Credit for seeing the job through: a provider that left before the last round has
         # its missed deadlines on record and no completion to offset them.
         finishers = session.exec(

@@ -26,9 +26,11 @@ from sqlmodel import Session, select
 from crypto.identity import IdentityKey, SignatureError, fingerprint, verify_record
 from market.blobs import BlobStore
 from market.errors import ConflictError, InvalidInputError, InvalidStateError, NotFoundError
+from market.lifecycle import JobState
 from market.models import Account, Job, LedgerTransaction, Payout, Round
 from market.models.translog import IdentityKey as IdentityRow
 from market.models.translog import LogLeaf
+from market.services import access
 from market.translog import log
 
 Record = dict[str, Any]
@@ -125,7 +127,7 @@ def put_manifest(
         if json.loads(existing[0].payload) != record:
             raise ConflictError("the job already has a different signed manifest")
         return existing[0]
-    if job.state not in ("draft", "funding"):
+    if job.state not in (JobState.DRAFT, JobState.FUNDING):
         raise InvalidStateError(f"job is {job.state}: too late to sign its manifest")
     leaf = log.append(session, "manifest", record, now=now, job_id=job.id, account_id=job.buyer_id)
     session.commit()
@@ -159,36 +161,19 @@ def records_of(
     settlement to the job's buyer and the payees it names, a payout to its provider."""
     out = []
     for leaf in log.leaves_of(session, job_id=job_id):
-        if leaf.kind == "ledger" or (viewer is not None and not _concerns(session, viewer, leaf)):
+        if leaf.kind == "ledger":
+            continue
+        if viewer is not None and not access.concerns_money_record(session, viewer, leaf):
             continue
         out.append({"index": leaf.index, "kind": leaf.kind, "record": json.loads(leaf.payload)})
     return out
 
 
-def _payee_ids(leaf: LogLeaf) -> set[str]:
-    body = json.loads(leaf.payload).get("body", {})
-    return {str(p["provider_id"]) for p in body.get("payees", [])}
-
-
-def _concerns(session: Session, account: Account, leaf: LogLeaf) -> bool:
-    """Whether a money record is `account`'s business (others of a job see it not)."""
-    if account.role == "admin" or leaf.kind not in MONEY_KINDS:
-        return True
-    if leaf.kind == "payout":
-        return leaf.account_id == account.id
-    job = session.get(Job, leaf.job_id) if leaf.job_id else None
-    return (job is not None and job.buyer_id == account.id) or account.id in _payee_ids(leaf)
-
-
-MONEY_KINDS = ("settlement", "payout")
-
-
 def money_records_of(session: Session, account: Account) -> list[dict[str, Any]]:
     """The settlement records naming `account` as payee and its payout records, each with
     its RFC 9162 inclusion proof under the current tree (size given)."""
-    rows = [
-        leaf for leaf in log.leaves_of(session, kind="settlement") if account.id in _payee_ids(leaf)
-    ]
+    settlements = log.leaves_of(session, kind="settlement")
+    rows = [leaf for leaf in settlements if account.id in access.payee_ids(leaf)]
     rows += log.leaves_of(session, kind="payout", account_id=account.id)
     rows.sort(key=lambda r: r.index)
     size, proofs = log.inclusions(session, [r.index for r in rows])
@@ -379,22 +364,6 @@ def leaf(session: Session, index: int) -> LogLeaf:
     if row is None:
         raise NotFoundError(f"no log leaf {index}")
     return row
-
-
-def may_read(session: Session, account: Account, row: LogLeaf) -> bool:
-    """Leaf payloads are shown to admins and to the parties they concern (hashes to all)."""
-    if row.kind in MONEY_KINDS:
-        return _concerns(session, account, row)
-    if account.role == "admin" or row.account_id == account.id or account.id in row.payload:
-        return True
-    if row.job_id is None:
-        return False
-    job = session.get(Job, row.job_id)
-    if job is None:
-        return False
-    from market.services import access
-
-    return job.buyer_id == account.id or access.is_participant(session, job.id, account.id)
 
 
 def identities(session: Session) -> list[IdentityRow]:

@@ -8,22 +8,21 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
+from market.lifecycle import ROUND_HAS_AGGREGATE
 from market.models import Account, Job, JobCreate, JobPublic, Round, RoundPublic, RoundSummary
-from market.services import groups
+from market.services import access, groups
 from market.services.rounds import participants, submitters
 
 
-def _sees_all(job: Job, viewer: Account) -> bool:
-    return viewer.role == "admin" or viewer.id == job.buyer_id
-
-
 def _visible(ids: list[str], job: Job, viewer: Account) -> list[str]:
-    return sorted(ids) if _sees_all(job, viewer) else [i for i in ids if i == viewer.id]
+    if access.sees_job_in_full(viewer, job):
+        return sorted(ids)
+    return [i for i in ids if i == viewer.id]
 
 
 def _included(rnd: Round) -> list[str]:
     """Who is inside the round's sum, once it is closed (as the sum itself lists them)."""
-    return list(rnd.acc_providers) if rnd.state in ("closed", "published") else []
+    return list(rnd.acc_providers) if rnd.state in ROUND_HAS_AGGREGATE else []
 
 
 def round_public(session: Session, job: Job, rnd: Round, viewer: Account) -> RoundPublic:
@@ -45,7 +44,7 @@ def round_public(session: Session, job: Job, rnd: Round, viewer: Account) -> Rou
         summands=job.max_providers,
         metrics=rnd.metrics,
         close_reason=rnd.close_reason,
-        groups=groups.public(session, rnd, viewer.id, _sees_all(job, viewer)),
+        groups=groups.public(session, rnd, viewer.id, access.sees_job_in_full(viewer, job)),
     )
 
 
@@ -66,7 +65,7 @@ def job_public(session: Session, job: Job, viewer: Account) -> JobPublic:
         param_count=job.param_count,
         fingerprint=job.fingerprint,
         budget_cents=job.budget_cents,
-        funded_cents=job.funded_cents if _sees_all(job, viewer) else None,
+        funded_cents=job.funded_cents if access.sees_job_in_full(viewer, job) else None,
         currency=job.currency,
         failure_reason=job.failure_reason,
         has_final_model=job.final_model_key is not None,

@@ -1,4 +1,4 @@
-"""The dashboard's routes under /ui: parse, find the viewer, call `services.dashboard`,
+"""The dashboard's routes under /ui: parse, find the viewer, call `market.ui.pages`,
 render. Sign-in exchanges an API key for a signed session cookie (`market.ui.session`).
 
 Kept out of the OpenAPI schema: these are pages for people, not API.
@@ -23,7 +23,7 @@ from market.errors import (
 )
 from market.models import Account
 from market.services import accounts
-from market.services import dashboard as pages
+from market.ui import pages
 from market.ui import session as ui_session
 from market.ui.render import HtmlRoute, page
 

@@ -149,7 +149,7 @@ def test_user_supplied_text_is_never_rich_markup() -> None:
 
 def test_job_status_prints_the_title_literally(monkeypatch: pytest.MonkeyPatch) -> None:
     """`pollen job status` shows a job titled with markup as typed, and errors likewise."""
-    from agents import cli
+    from agents import cli_job
     from agents.client import ApiError
 
     class Stub:
@@ -166,7 +166,7 @@ def test_job_status_prints_the_title_literally(monkeypatch: pytest.MonkeyPatch) 
             return {"offers": {}, "eligible": 0, "listings": 0, "min_providers": 2,
                     "excluded": [{"listings": 1, "reason": HOSTILE}]}  # fmt: skip
 
-    monkeypatch.setattr(cli, "_client", lambda *a, **k: Stub())
+    monkeypatch.setattr(cli_job, "api_client", lambda *a, **k: Stub())
     code, out = _run("job", "status", "job_1", "--api-key", "k")
     assert code == 0 and "[link=https://evil.example/pay]" in out, out
     code, out = _run("job", "status", "bad", "--api-key", "k")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.demo import free_port, start_server, stop, wait_ready
+from agents.processes import free_port, start_server, stop, wait_ready
 from tests.utils import postgres
 
 

@@ -20,8 +20,9 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 from agents.buyer import BuyerRun, post_job
 from agents.client import PollenClient
 from agents.data import write_csv
-from agents.demo import free_port, job_spec, start_agent, start_server, stop, wait_ready
+from agents.demo import job_spec
 from agents.experiment import load_digits_split
+from agents.processes import free_port, start_agent, start_server, stop, wait_ready
 from agents.state import StateFile
 from crypto import BuyerKeys
 from crypto.identity import IdentityKey

@@ -27,11 +27,12 @@ from sqlmodel import Session, select
 from agents.buyer import initial_model_bytes, post_job
 from agents.client import PollenClient
 from agents.data import Dataset, concat, prepare, write_csv
-from agents.demo import free_port, job_spec, start_agent, stop
+from agents.demo import job_spec
 from agents.experiment import FederatedSplit, load_digits_split
 from agents.modelio import flatten, load_safetensors, unflatten_into
 from agents.models import ModelSpec, build_model
 from agents.optim import FedAvg
+from agents.processes import free_port, start_agent, stop
 from agents.provider import train_seed
 from agents.training import compute_update, train_local
 from crypto import Accumulator, BuyerKeys, weight_norm

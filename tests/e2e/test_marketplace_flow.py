@@ -13,10 +13,11 @@ import pytest
 from agents.buyer import BuyerRun, post_job
 from agents.client import ApiError, PollenClient
 from agents.data import Dataset, load_dataset, write_csv
-from agents.demo import job_spec, start_agent, stop
+from agents.demo import job_spec
 from agents.experiment import load_digits_split
 from agents.modelio import load_safetensors
 from agents.models import ModelSpec, build_model
+from agents.processes import start_agent, stop
 from agents.provider import ProviderAgent
 from crypto import BuyerKeys
 from crypto.identity import IdentityKey

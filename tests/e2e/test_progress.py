@@ -15,8 +15,8 @@ from agents.buyer import post_job
 from agents.cli import app
 from agents.cli_trust import identity_path
 from agents.client import PollenClient
-from agents.demo import start_agent, stop
 from agents.jobspec import load_spec
+from agents.processes import start_agent, stop
 from agents.sample_tables import diabetes_table, split_rows, write_table_csv
 from crypto import BuyerKeys
 from crypto.identity import IdentityKey

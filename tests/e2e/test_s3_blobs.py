@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from agents.demo import free_port, start_server, stop, wait_ready
+from agents.processes import free_port, start_server, stop, wait_ready
 from crypto import BuyerKeys, decrypt_aggregate
 from tests.utils import postgres
 from tests.utils.clock import FakeClock

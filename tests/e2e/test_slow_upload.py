@@ -24,7 +24,7 @@ import pytest
 
 from agents.buyer import post_job
 from agents.client import PollenClient
-from agents.demo import free_port, start_server, stop, wait_ready
+from agents.processes import free_port, start_server, stop, wait_ready
 from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update
 from crypto.identity import IdentityKey
 from market.db import POOL_CAPACITY

@@ -13,8 +13,8 @@ from agents.buyer import BuyerRun, post_job
 from agents.cli import app
 from agents.client import PollenClient
 from agents.contract import Contract
-from agents.demo import start_agent, stop
 from agents.jobspec import load_spec
+from agents.processes import start_agent, stop
 from agents.sample_tables import diabetes_table, loan_table, split_rows, write_table_csv
 from agents.tabular import read_table
 from crypto import BuyerKeys

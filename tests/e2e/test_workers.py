@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from agents.client import PollenClient
-from agents.demo import free_port, start_server, stop, wait_ready
+from agents.processes import free_port, start_server, stop, wait_ready
 from bench.load import _value, burst, round_envelopes, setup_round
 from crypto import BuyerKeys, decrypt_aggregate
 from tests.utils import postgres

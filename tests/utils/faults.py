@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from agents.demo import start_server, stop, wait_ready
+from agents.processes import start_server, stop, wait_ready
 
 T = TypeVar("T")
 

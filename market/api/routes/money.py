@@ -23,7 +23,8 @@ from market.api.deps import (
     RailDep,
     SessionDep,
 )
-from market.errors import NotFoundError, PermissionDeniedError
+from market.errors import NotFoundError
+from market.ledger import queries
 from market.models import (
     Account,
     LedgerReport,
@@ -57,8 +58,10 @@ class WebhookResult(BaseModel):
 def list_payouts(account: ProviderOrAdmin, session: SessionDep) -> PayoutsView:
     """A provider's own earnings and payouts, per job; an admin sees every provider's."""
     if account.role == "provider":
-        return PayoutsView(earnings=payouts.earnings(session, account.id), batches=[])
-    everyone = [e for p in reputation.providers(session) for e in payouts.earnings(session, p.id)]
+        return PayoutsView(earnings=queries.provider_earnings(session, account.id), batches=[])
+    everyone = [
+        e for p in reputation.providers(session) for e in queries.provider_earnings(session, p.id)
+    ]
     batches = session.exec(select(PayoutBatch).order_by(col(PayoutBatch.created_at))).all()
     return PayoutsView(
         earnings=everyone, batches=[payouts.batch_public(session, b) for b in batches]
@@ -113,7 +116,7 @@ def get_reputation(
 def verify_ledger(account: MaybeAccount, session: SessionDep) -> LedgerReport:
     """Recompute the hash chain and the balances; totals are shown to admins only."""
     report = ledger.verify(session)
-    if account is None or account.role != "admin":
+    if not access.sees_ledger_totals(account):
         report.totals = {}
         report.negative_accounts = []
     return report
@@ -122,9 +125,8 @@ def verify_ledger(account: MaybeAccount, session: SessionDep) -> LedgerReport:
 @router.get("/v1/jobs/{job_id}/receipt", response_model=Receipt)
 def job_receipt(job_id: str, account: CurrentAccount, session: SessionDep) -> Receipt:
     """Where the buyer's money went: funded, paid to each provider, fees, refunded."""
-    job = access.visible_job(session, job_id, account)
-    if account.role != "admin" and job.buyer_id != account.id:
-        raise PermissionDeniedError("only the job's buyer and admins read its receipt")
+    refusal = "only the job's buyer and admins read its receipt"
+    job = access.buyer_or_admin_job(session, job_id, account, refusal)
     return receipts.receipt(session, job)
 
 

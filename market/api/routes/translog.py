@@ -89,7 +89,7 @@ def get_leaf(
 ) -> Leaf:
     """One leaf with the exact bytes it hashes, to the parties it concerns."""
     row = trust.leaf(session, index)
-    if not trust.may_read(session, account, row):
+    if not access.may_read_leaf(session, account, row):
         raise NotFoundError(f"no log leaf {index}")
     return Leaf(index=row.index, kind=row.kind, leaf_hash=row.leaf_hash, payload=row.payload)
 
