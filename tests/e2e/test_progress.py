@@ -64,7 +64,8 @@ def test_job_run_and_agent_run_show_progress_line_by_line(
     buyer_key = anon.register(role="buyer", name="b")["api_key"]
     buyer = PollenClient(live_server.url, buyer_key)
     job = post_job(buyer, keys, load_spec(tmp_path / "job.yaml"), identity=identity)
-    PollenClient(live_server.url, live_server.admin_key).credit_job(job["id"], 5000)
+    operator = PollenClient(live_server.url, live_server.admin_key)
+    operator.credit_job(job["id"], 5000)
     procs = []
     for i, table in enumerate(providers):
         path = tmp_path / f"p{i}.csv"
@@ -72,7 +73,7 @@ def test_job_run_and_agent_run_show_progress_line_by_line(
         extra = ["--label", "target", "--classes", ""]
         procs.append(
             start_agent(live_server.url, path, tmp_path / f"a{i}", i, tmp_path / f"a{i}.log",
-                        extra)
+                        extra, operator=operator)
         )  # fmt: skip
     try:
         result = CliRunner().invoke(
