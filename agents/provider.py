@@ -487,6 +487,9 @@ class ProviderAgent:
             head = f.read(_MAX_HEADER)
         header = head[: read_header(head).header_len]
         body = {"header_sha256": hashlib.sha256(header).hexdigest()}
+        # The server checks the signature against the registered key: register it first
+        # (once; a no-op when the trust file says it is registered).
+        self.ensure_registered(me)
         signature = self.identity.sign("envelope", body)
         size = path.stat().st_size
         self.progress.uploading(job_id, number, size=size)
