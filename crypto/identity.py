@@ -87,9 +87,21 @@ class IdentityKey:
             return cls.from_seed_hex(target.read_text())
         key = cls.generate()
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key.seed_hex() + "\n")
+        # Written whole to a private temporary name, then linked into place: processes starting
+        # together (several server workers on one data dir) never read a half-written key, and
+        # the one that loses the race takes the winner's key.
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(key.seed_hex() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, target)
+        except FileExistsError:
+            return cls.from_seed_hex(target.read_text())
+        finally:
+            tmp.unlink(missing_ok=True)
         return key
 
     def seed_hex(self) -> str:
