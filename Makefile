@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check crypto
+	$(BIN)/ruff format --check .
 
 typecheck: setup
 	$(BIN)/mypy --strict crypto dataspec market

@@ -89,9 +89,7 @@ def job_model(
 def model_predict(
     model: Annotated[Path, typer.Argument(metavar="MODEL", help="A Pollen model file.")],
     data: Annotated[Path, typer.Option(help="Rows to predict (CSV/npz/Parquet, raw).")],
-    out: Annotated[Path, typer.Option(help="Predictions CSV to write.")] = Path(
-        "predictions.csv"
-    ),
+    out: Annotated[Path, typer.Option(help="Predictions CSV to write.")] = Path("predictions.csv"),
 ) -> None:
     """Predict for new raw rows with the model's own preprocessing: class and
     probabilities (classification) or the value (regression)."""
@@ -115,9 +113,7 @@ def model_show(
     console.print_json(contract.to_json())
 
 
-def register(
-    app: typer.Typer, job_app: typer.Typer, friendly: Callable[[Any], Any]
-) -> None:
+def register(app: typer.Typer, job_app: typer.Typer, friendly: Callable[[Any], Any]) -> None:
     """Add the commands to the `pollen` CLI; ``friendly`` turns errors into one line."""
     job_app.command("init")(friendly(job_init))
     job_app.command("cancel")(friendly(job_cancel))

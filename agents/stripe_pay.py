@@ -22,8 +22,6 @@ def confirm_card_payment(
     """Attach the card and confirm; returns the PaymentIntent's status (`succeeded`)."""
     bases: Any = {"api": api_base.rstrip("/")} if api_base else None
     client = stripe.StripeClient(api_key, base_addresses=bases)
-    client.v1.payment_intents.update(
-        payment_intent_id, params={"payment_method": payment_method}
-    )
+    client.v1.payment_intents.update(payment_intent_id, params={"payment_method": payment_method})
     intent = client.v1.payment_intents.confirm(payment_intent_id)
     return str(intent.status)

@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         admin_key = secrets.token_urlsafe(16)
-        server = start_timed_server(workdir / "server", port, admin_key,
-                                    {"POLLEN_DEADLINE_TICK_S": "0.5"})
+        server = start_timed_server(
+            workdir / "server", port, admin_key, {"POLLEN_DEADLINE_TICK_S": "0.5"}
+        )
         procs: list[subprocess.Popen[bytes]] = []
         try:
             wait_ready(url, server)
@@ -88,14 +89,22 @@ def main(argv: list[str] | None = None) -> None:
             for i, ds in enumerate(split.providers):
                 csv = workdir / f"p{i}.csv"
                 write_csv(ds, csv)
-                procs.append(start_agent(url, csv, workdir / f"agent{i}", i,
-                                         workdir / f"agent{i}.log",
-                                         extra=["--no-dp", "--poll", "0.2"]))
+                procs.append(
+                    start_agent(
+                        url,
+                        csv,
+                        workdir / f"agent{i}",
+                        i,
+                        workdir / f"agent{i}.log",
+                        extra=["--no-dp", "--poll", "0.2"],
+                    )
+                )
             keys = BuyerKeys.generate(preset.id)
             admin = PollenClient(url, admin_key, timeout=1800)
             anon = PollenClient(url, None)
-            buyer = PollenClient(url, anon.register(role="buyer", name="bench-big")["api_key"],
-                                 timeout=1800)
+            buyer = PollenClient(
+                url, anon.register(role="buyer", name="bench-big")["api_key"], timeout=1800
+            )
             spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
             spec.update(title="big bench", local_epochs=1, model={"arch": "mlp",
                         "hidden": [hidden] * 3}, quorum=PROVIDERS, round_deadline_s=3600,
@@ -104,10 +113,19 @@ def main(argv: list[str] | None = None) -> None:
             job = post_job(buyer, keys, spec, identity=identity)
             admin.credit_job(job["id"], spec["budget_cents"])
             params = int(buyer.get_job(job["id"])["param_count"])
-            console.print(f"{PROVIDERS} agents, MLP [{hidden}] × 3: {params:,} parameters, "
-                          f"envelope {preset.payload_bytes(params) / 1e6:.0f} MB")
-            run = BuyerRun(buyer, keys, job["id"], split.test, out_dir=workdir / "buyer",
-                           poll_s=0.2, identity=identity)
+            console.print(
+                f"{PROVIDERS} agents, MLP [{hidden}] × 3: {params:,} parameters, "
+                f"envelope {preset.payload_bytes(params) / 1e6:.0f} MB"
+            )
+            run = BuyerRun(
+                buyer,
+                keys,
+                job["id"],
+                split.test,
+                out_dir=workdir / "buyer",
+                poll_s=0.2,
+                identity=identity,
+            )
             for name in ("get_aggregate", "get_group_aggregate"):
                 setattr(run.client, name, _watch.wrap("download", getattr(run.client, name)))
             run._wait(run._job_if_running, "the job to start")
@@ -160,8 +178,10 @@ def main(argv: list[str] | None = None) -> None:
         f"Peak resident memory (MB); one envelope is {envelope_mb:.0f} MB",
         ["process", "peak RSS MB", "envelopes' worth"],
         [[f"agent {i}", f"{mb:.0f}", f"{mb / envelope_mb:.1f}"] for i, mb in enumerate(agent_mb)]
-        + [["server", f"{server_mb:.0f}", f"{server_mb / envelope_mb:.1f}"],
-           ["buyer", f"{buyer_mb:.0f}", f"{buyer_mb / envelope_mb:.1f}"]],
+        + [
+            ["server", f"{server_mb:.0f}", f"{server_mb / envelope_mb:.1f}"],
+            ["buyer", f"{buyer_mb:.0f}", f"{buyer_mb / envelope_mb:.1f}"],
+        ],
     )
     result: dict[str, Any] = {
         "params": params, "providers": PROVIDERS, "rounds": ROUNDS, "hidden": [hidden] * 3,

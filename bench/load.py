@@ -53,9 +53,9 @@ from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update
 
 AGENTS = int(os.environ.get("POLLEN_BENCH_LOAD_AGENTS", 100))
 BACKENDS = tuple(
-    os.environ.get(
-        "POLLEN_BENCH_LOAD_BACKENDS", "sqlite,postgresql,postgresql-4-workers"
-    ).split(",")
+    os.environ.get("POLLEN_BENCH_LOAD_BACKENDS", "sqlite,postgresql,postgresql-4-workers").split(
+        ","
+    )
 )
 NAME = os.environ.get("POLLEN_BENCH_LOAD_NAME", "load")
 # 64·1330 + 1330 + 1330·10 + 10 = 99,760 parameters

@@ -60,7 +60,8 @@ def generate(seed: int = 7) -> tuple[list[Demand], list[Supply]]:
             job_id=f"job_{j:03d}",
             # A listing serves a job only with exactly the job's columns: most jobs ask for
             # one of the listings' variants, some for a schema nobody holds.
-            schema=rng.choice(variants) if rng.random() < 0.9
+            schema=rng.choice(variants)
+            if rng.random() < 0.9
             else _schema(rng, pool, rng.randint(4, 10), [0, 1]),
             min_samples=rng.choice([10, 100, 1000]),
             sample_cap=rng.choice([1000, 5000, 10_000]),

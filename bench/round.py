@@ -39,28 +39,45 @@ from crypto import DEFAULT_PRESET_ID, PLAIN_PRESET_ID, BuyerKeys
 PROVIDERS = int(os.environ.get("POLLEN_BENCH_PROVIDERS", 10))
 HIDDEN = [1200, 760]  # 64·1200 + 1200 + 1200·760 + 760 + 760·10 + 10 = 998,370 parameters
 ROUNDS = 3  # round 1 includes start-up; rounds 2.. are timed
-PHASES = ("train", "encode", "encrypt", "upload", "validate", "add", "server_other", "close",
-          "download", "decrypt", "step")
+PHASES = (
+    "train",
+    "encode",
+    "encrypt",
+    "upload",
+    "validate",
+    "add",
+    "server_other",
+    "close",
+    "download",
+    "decrypt",
+    "step",
+)
 _watch = Stopwatch()
 # The buyer's decryption, timed where BuyerRun calls it.
 agents.buyer.decrypt_aggregate = _watch.wrap("decrypt", agents.buyer.decrypt_aggregate)
 
 
-def _timed_job(url: str, admin: PollenClient, keys: BuyerKeys, split: Any, preset: str,
-               workdir: Path) -> tuple[list[float], int, float, dict[str, float]]:
+def _timed_job(
+    url: str, admin: PollenClient, keys: BuyerKeys, split: Any, preset: str, workdir: Path
+) -> tuple[list[float], int, float, dict[str, float]]:
     anon = PollenClient(url, None)
     buyer = PollenClient(url, anon.register(role="buyer", name=f"bench-{preset}")["api_key"])
     spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
     spec.update(
-        title=f"round bench ({preset})", preset=preset, local_epochs=1,
-        model={"arch": "mlp", "hidden": HIDDEN}, quorum=PROVIDERS, round_deadline_s=600,
+        title=f"round bench ({preset})",
+        preset=preset,
+        local_epochs=1,
+        model={"arch": "mlp", "hidden": HIDDEN},
+        quorum=PROVIDERS,
+        round_deadline_s=600,
     )
     # Agents trust only jobs whose manifest and models the buyer signed.
     identity = buyer_identity(workdir / preset)
     job = post_job(buyer, keys, spec, identity=identity)
     admin.credit_job(job["id"], spec["budget_cents"])
-    run = BuyerRun(buyer, keys, job["id"], split.test, out_dir=workdir / preset, poll_s=0.05,
-                   identity=identity)
+    run = BuyerRun(
+        buyer, keys, job["id"], split.test, out_dir=workdir / preset, poll_s=0.05, identity=identity
+    )
     for name in ("get_aggregate", "get_group_aggregate"):
         setattr(run.client, name, _watch.wrap("download", getattr(run.client, name)))
     log = workdir / "server" / "server.log"
@@ -88,8 +105,12 @@ def _timed_job(url: str, admin: PollenClient, keys: BuyerKeys, split: Any, prese
             times.append(time.perf_counter() - started)
             buyer_s["download"] += spent.get("download", 0.0)
             buyer_s["decrypt"] += spent.get("decrypt", 0.0)
-            buyer_s["step"] += (time.perf_counter() - applying - spent.get("download", 0.0)
-                                - spent.get("decrypt", 0.0))
+            buyer_s["step"] += (
+                time.perf_counter()
+                - applying
+                - spent.get("download", 0.0)
+                - spent.get("decrypt", 0.0)
+            )
         console.print(f"  {preset}: round {number} in {time.perf_counter() - started:.2f}s")
     buyer.put_final_model(job["id"], run.model_path.read_bytes())
     buyer.complete_job(job["id"])
@@ -100,8 +121,12 @@ def _timed_job(url: str, admin: PollenClient, keys: BuyerKeys, split: Any, prese
     validate, add = sum(server.get("validate", [])), sum(server.get("add", []))
     # The rest of the submissions' time: writing the sums, the database, the job's lock.
     other = sum(server.get("submit", [])) - validate - add
-    phases.update(validate=validate / len(timed), add=add / len(timed),
-                  server_other=other / len(timed), close=sum(server.get("close", [])) / len(timed))
+    phases.update(
+        validate=validate / len(timed),
+        add=add / len(timed),
+        server_other=other / len(timed),
+        close=sum(server.get("close", [])) / len(timed),
+    )
     phases.update({name: seconds / len(timed) for name, seconds in buyer_s.items()})
     return times, params, accuracy, {name: round(phases.get(name, 0.0), 4) for name in PHASES}
 
@@ -113,9 +138,12 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         admin_key = secrets.token_urlsafe(16)
-        server = start_timed_server(workdir / "server", port, admin_key,
-                                    extra_env={"POLLEN_ALLOW_PLAINTEXT_JOBS": "1",
-                                               "POLLEN_DEADLINE_TICK_S": "0.2"})
+        server = start_timed_server(
+            workdir / "server",
+            port,
+            admin_key,
+            extra_env={"POLLEN_ALLOW_PLAINTEXT_JOBS": "1", "POLLEN_DEADLINE_TICK_S": "0.2"},
+        )
         agents = []
         try:
             wait_ready(url, server)
@@ -124,16 +152,24 @@ def main() -> None:
             for i, ds in enumerate(split.providers):
                 csv = workdir / f"p{i}.csv"
                 write_csv(ds, csv)
-                proc = start_agent(url, csv, workdir / f"agent{i}", i, workdir / f"agent{i}.log",
-                                   extra=["--max-jobs", "2", "--exit-after-jobs", "2",
-                                          "--poll", "0.05"], operator=admin)
+                proc = start_agent(
+                    url,
+                    csv,
+                    workdir / f"agent{i}",
+                    i,
+                    workdir / f"agent{i}.log",
+                    extra=["--max-jobs", "2", "--exit-after-jobs", "2", "--poll", "0.05"],
+                    operator=admin,
+                )
                 agents.append(proc)
             keys = BuyerKeys.generate()
             console.print(f"{PROVIDERS} agents, MLP {HIDDEN}, {ROUNDS} rounds per job")
-            enc, params, enc_acc, enc_phases = _timed_job(url, admin, keys, split,
-                                                          DEFAULT_PRESET_ID, workdir)
-            plain, _, plain_acc, plain_phases = _timed_job(url, admin, keys, split,
-                                                           PLAIN_PRESET_ID, workdir)
+            enc, params, enc_acc, enc_phases = _timed_job(
+                url, admin, keys, split, DEFAULT_PRESET_ID, workdir
+            )
+            plain, _, plain_acc, plain_phases = _timed_job(
+                url, admin, keys, split, PLAIN_PRESET_ID, workdir
+            )
         finally:
             for proc in agents:
                 stop(proc)
@@ -142,8 +178,10 @@ def main() -> None:
     print_table(
         f"One round, {params:,} parameters, {PROVIDERS} providers (mean of {len(enc)} rounds)",
         ["config", "round seconds", "accuracy after last round"],
-        [["encrypted (CKKS)", f"{encrypted_s:.2f}", f"{enc_acc:.4f}"],
-         ["plaintext", f"{plaintext_s:.2f}", f"{plain_acc:.4f}"]],
+        [
+            ["encrypted (CKKS)", f"{encrypted_s:.2f}", f"{enc_acc:.4f}"],
+            ["plaintext", f"{plaintext_s:.2f}", f"{plain_acc:.4f}"],
+        ],
     )
     print_table(
         "Seconds per phase: per agent and round (train … upload), per round (the rest)",
@@ -152,12 +190,19 @@ def main() -> None:
     )
     ratio = encrypted_s / plaintext_s
     console.print(f"encrypted / plaintext = {ratio:.2f}")
-    write_result("round", {
-        "params": params, "providers": PROVIDERS, "encrypted_round_s": encrypted_s,
-        "plaintext_round_s": plaintext_s, "ratio": ratio,
-        "encrypted_rounds_s": enc, "plaintext_rounds_s": plain,
-        "breakdown": {"encrypted": enc_phases, "plaintext": plain_phases},
-    })
+    write_result(
+        "round",
+        {
+            "params": params,
+            "providers": PROVIDERS,
+            "encrypted_round_s": encrypted_s,
+            "plaintext_round_s": plaintext_s,
+            "ratio": ratio,
+            "encrypted_rounds_s": enc,
+            "plaintext_rounds_s": plain,
+            "breakdown": {"encrypted": enc_phases, "plaintext": plain_phases},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -175,8 +175,7 @@ class SqliteProcessClaim:
                 except BlockingIOError:
                     os.close(fd)
                     raise DatabaseInUseError(
-                        f"another server process is running on {self.path}. "
-                        + SQLITE_ONE_PROCESS
+                        f"another server process is running on {self.path}. " + SQLITE_ONE_PROCESS
                     ) from None
             self._held[self.path] = (fd, users + 1)
 

@@ -137,9 +137,7 @@ def explain_job(session: Session, job: Job, *, now: datetime) -> MatchingPublic:
     )
 
 
-def _supplies(
-    session: Session, *, now: datetime, keep_full: bool = False
-) -> list[Supply]:
+def _supplies(session: Session, *, now: datetime, keep_full: bool = False) -> list[Supply]:
     # Plain columns, not ORM objects: this loads every active listing on each pass.
     listings = (
         session.connection()

@@ -71,9 +71,7 @@ def group_aggregate_bytes(
     return groups.group_aggregate_bytes(session, blobs, job_context(blobs, job), rnd, index)
 
 
-def record_group_values(
-    session: Session, job: Job, number: int, body: GroupValuesCreate
-) -> Round:
+def record_group_values(session: Session, job: Job, number: int, body: GroupValuesCreate) -> Round:
     """The buyer's evaluation of each released group of round `number` (committed)."""
     with locked_job(session, job.id) as job:
         rnd = locked_round(session, job, number)

@@ -32,7 +32,9 @@ def test_processes_starting_together_share_one_whole_key(tmp_path: Path) -> None
         prints = {out.get(timeout=5) for _ in procs}
         assert prints == {IdentityKey.load_or_create(path).fingerprint}
         assert os.stat(path).st_mode & 0o777 == 0o600
-        assert sorted(os.listdir(tmp_path)) == sorted(f"signing-{i}.key" for i in range(attempt + 1))
+        assert sorted(os.listdir(tmp_path)) == sorted(
+            f"signing-{i}.key" for i in range(attempt + 1)
+        )
 
 
 def test_a_key_others_can_read_is_refused(tmp_path: Path) -> None:

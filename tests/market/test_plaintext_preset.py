@@ -11,8 +11,7 @@ from tests.utils.factories import job_body, register
 def test_plaintext_job_refused_by_default(client: TestClient) -> None:
     """Posting a job with the plaintext preset is a 422 naming the opt-in, and creates nothing."""
     buyer = register(client, "buyer")
-    response = client.post("/v1/jobs", json=job_body(preset=PLAIN_PRESET_ID),
-                           headers=buyer.headers)
+    response = client.post("/v1/jobs", json=job_body(preset=PLAIN_PRESET_ID), headers=buyer.headers)
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     assert "POLLEN_ALLOW_PLAINTEXT_JOBS" in response.json()["detail"]

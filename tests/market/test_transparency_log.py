@@ -81,9 +81,7 @@ def _rewrite_settlement(client: TestClient, cents: int) -> None:
             h, body = hashes[doc["txn"]["id"]]
             payload = canonical({"kind": "ledger", "hash": h, "txn": json.loads(body)}).decode()
             new = {"p": payload, "h": leaf_hash(payload.encode()).hex(), "i": leaf.index}
-            conn.execute(
-                text('UPDATE log_leaf SET payload=:p, leaf_hash=:h WHERE "index"=:i'), new
-            )
+            conn.execute(text('UPDATE log_leaf SET payload=:p, leaf_hash=:h WHERE "index"=:i'), new)
     # ...and restarts the server, which rebuilds its tree from the rewritten leaves.
     from market.translog.log import forget
 

@@ -64,9 +64,7 @@ def get(
     job_id: str, number: RoundNo, account: CurrentAccount, session: SessionDep, now: NowDep
 ) -> RoundPublic:
     job = access.visible_job(session, job_id, account)
-    return views.round_public(
-        session, job, rounds.load_round(session, job, number), account
-    )
+    return views.round_public(session, job, rounds.load_round(session, job, number), account)
 
 
 @router.get("/{number}/model", response_class=Response, responses={200: {"content": {OCTET: {}}}})
