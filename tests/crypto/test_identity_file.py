@@ -1,4 +1,4 @@
-"""The identity key file: made once, private, and the same key for processes that race to make it."""
+"""The identity key file: made once, private, the same key for processes racing to make it."""
 
 from __future__ import annotations
 
