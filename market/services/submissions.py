@@ -158,8 +158,9 @@ def submit(
 ) -> SubmissionReceipt:
     """Validate an uploaded envelope and add it to the round's encrypted sum.
 
-    A provider that registered an identity key must sign the envelope's header hash
-    (`signature`); the server checks it and logs it inside its signed `accepted` record."""
+    A provider that registered an identity key, and every provider of a job its buyer
+    signed, must sign the envelope's header hash (`signature`); the server checks it and
+    logs it inside its signed `accepted` record."""
     assert job.param_count is not None
     ctx = job_context(blobs, job)
     data = upload.read_bytes()
@@ -172,7 +173,7 @@ def submit(
         raise
     header_sha256 = hashlib.sha256(data[: validated.header.header_len]).hexdigest()
     signed = trust.verify_envelope_signature(
-        session, provider, header_sha256, signature, required=False
+        session, provider, header_sha256, signature, required=trust.job_is_signed(session, job.id)
     )
     del data  # the parsed update is all that is needed from here on
     sub_id = new_id("sub")
