@@ -9,6 +9,7 @@ holds no database connection: more of them than the connection pool has do not s
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import socket
 import time
@@ -25,7 +26,8 @@ import pytest
 from agents.buyer import post_job
 from agents.client import PollenClient
 from agents.processes import free_port, start_server, stop, wait_ready
-from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update
+from agents.trust import register_identity
+from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update, read_header
 from crypto.identity import IdentityKey
 from market.db import POOL_CAPACITY
 from tests.utils import postgres
@@ -85,8 +87,15 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
 
 @dataclass
 class Provider:
+    """A provider with a registered identity key: a signed job takes only signed envelopes."""
+
     id: str
     api_key: str
+    identity: IdentityKey
+
+    def signature(self, envelope: bytes) -> str:
+        header = envelope[: read_header(envelope).header_len]
+        return self.identity.sign("envelope", {"header_sha256": hashlib.sha256(header).hexdigest()})
 
 
 @dataclass
@@ -111,7 +120,8 @@ class Round:
     def submit(self, p: Provider, value: float = 0.1) -> tuple[int, float]:
         started = time.perf_counter()
         with PollenClient(self.server.url, p.api_key) as client:
-            client.submit(self.job_id, 1, self.envelope(p, value))
+            envelope = self.envelope(p, value)
+            client.submit(self.job_id, 1, envelope, signature=p.signature(envelope))
         return 201, time.perf_counter() - started
 
 
@@ -122,9 +132,11 @@ def _running_round(server: Server, providers: int, deadline_s: int) -> Round:
     for i in range(providers):
         acct = anon.register(role="provider", name=f"p{i}")
         PollenClient(server.url, server.admin_key).approve_provider(acct["id"])
+        identity = IdentityKey.generate()
         with PollenClient(server.url, acct["api_key"]) as client:
+            register_identity(client, identity, acct["id"])
             client.create_listing(listing_body(name=f"p{i}", capacity=1))
-        accounts.append(Provider(acct["id"], acct["api_key"]))
+        accounts.append(Provider(acct["id"], acct["api_key"], identity))
     spec = job_body(rounds=1, min_providers=providers, max_providers=providers, quorum=NORMAL,
                     round_deadline_s=deadline_s, budget_cents=100_000)  # fmt: skip
     keys = BuyerKeys.generate()
@@ -139,15 +151,16 @@ def _running_round(server: Server, providers: int, deadline_s: int) -> Round:
     return Round(server, keys, buyer, job["id"], int(status["param_count"]), accounts)
 
 
-def _open_upload(rnd: Round, p: Provider, body: bytes, *, declared: int | None = None
-                 ) -> socket.socket:  # fmt: skip
+def _open_upload(rnd: Round, p: Provider, body: bytes, *, declared: int | None = None,
+                 signature: str = "") -> socket.socket:  # fmt: skip
     """Send an upload's headers and `body`, then nothing more: a stalled provider."""
     parts = urlsplit(rnd.server.url)
     sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
     head = (
         f"PUT {rnd.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         f"Authorization: Bearer {p.api_key}\r\nContent-Type: application/octet-stream\r\n"
-        f"Content-Length: {declared if declared is not None else len(body) * 2}\r\n\r\n"
+        + (f"Pollen-Signature: {signature}\r\n" if signature else "")
+        + f"Content-Length: {declared if declared is not None else len(body) * 2}\r\n\r\n"
     )
     sock.sendall(head.encode() + body)
     return sock
@@ -195,7 +208,8 @@ def test_stalled_uploads_block_nobody_and_leave_nothing(server: Server) -> None:
         for p in stalled:
             envelope = rnd.envelope(p, value=5.0)
             sockets.append(_open_upload(rnd, p, envelope[: len(envelope) // 2],
-                                        declared=len(envelope)))  # fmt: skip
+                                        declared=len(envelope),
+                                        signature=p.signature(envelope)))  # fmt: skip
         # Every stalled upload got past its checks and is streaming into a temp file.
         _wait(lambda: len(server.temp_files()) == STALLED, 10, "the stalled uploads' temp files")
         if server.database_url:
@@ -235,7 +249,8 @@ def test_idle_upload_is_abandoned_with_408_and_can_be_retried(impatient_server: 
     p = rnd.providers[0]
     envelope = rnd.envelope(p)
     started = time.perf_counter()
-    with _open_upload(rnd, p, envelope[:1000], declared=len(envelope)) as sock:
+    with _open_upload(rnd, p, envelope[:1000], declared=len(envelope),
+                      signature=p.signature(envelope)) as sock:  # fmt: skip
         assert _status(sock, timeout=15) == 408
     assert 1.0 < time.perf_counter() - started < 10
     _wait(lambda: not impatient_server.temp_files(), 5, "the temp file to go")
