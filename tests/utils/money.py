@@ -3,11 +3,16 @@ services under test are the real ones, only the envelopes are skipped."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlmodel import Session
 
+from crypto.identity import IdentityKey
+from market import translog
+from market.config import Settings
 from market.models import Account, Job, Offer, Round, Submission
 from market.models.types import new_id
 from market.services import funding
@@ -42,7 +47,16 @@ def running_job(
     funded: int | None = None,
     samples: list[int] | None = None,
 ) -> MoneyJob:
-    """A funded job in `running` with every provider accepted and round 1 collecting."""
+    """A funded job in `running` with every provider accepted and round 1 collecting.
+
+    Installs a server signing key and blob store first, as a server process does at start:
+    settling a round signs a record, so a test of the services alone needs them too."""
+    translog.install(
+        Settings(
+            data_dir=Path(tempfile.mkdtemp(prefix="pollen-money-")),
+            signing_key=IdentityKey.generate().seed_hex(),
+        )
+    )
     buyer = _account(session, "buyer", "buyer")
     admin = _account(session, "admin", "admin")
     pids = [_account(session, "provider", f"p{i}").id for i in range(providers)]
