@@ -39,6 +39,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every end-to-end test starts real processes: it is slow by definition, so that
+    `pytest -m "not slow"` is the fast inner loop (the rest mark themselves `slow`)."""
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     url = os.environ.get("POLLEN_TEST_PG_URL")

@@ -23,6 +23,8 @@ from tests.agents.test_trust_attacks import Operator, Rewrite, _data
 from tests.utils.clock import FakeClock
 from tests.utils.factories import admin, job_body, register
 
+pytestmark = pytest.mark.slow
+
 PROVIDERS = 4
 
 

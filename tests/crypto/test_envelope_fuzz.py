@@ -34,6 +34,8 @@ from crypto import (
 )
 from crypto.presets import PLAIN_PRESET_ID
 
+pytestmark = pytest.mark.slow
+
 P = 40
 BINDING = EnvelopeBinding("job_fuzz", 3, "prv_fuzz", P, 4)
 # POLLEN_ENVELOPE_FUZZ_EXAMPLES raises the count (and randomizes) for a longer hunt.

@@ -263,6 +263,7 @@ def test_server_refuses_to_start_on_a_missing_bucket(seaweed: Seaweed, tmp_path:
     assert not (tmp_path / "pollen.db").exists()
 
 
+@pytest.mark.slow
 def test_s3_outage_is_a_clear_503(tmp_path: Path) -> None:
     """A bucket that goes away under a running server fails reads and writes with
     `BlobStoreUnavailableError` (503 problem) naming the blob, not a bare 500."""

@@ -37,6 +37,8 @@ from tests.utils.clock import FakeClock
 from tests.utils.factories import ADMIN_KEY, Actor, listing_body, model_file, register
 from tests.utils.scenario import Scenario, draft_job, open_job
 
+pytestmark = pytest.mark.slow
+
 # Per operation and mode; POLLEN_SCHEMATHESIS_EXAMPLES raises it (and randomizes) for a
 # longer hunt, e.g. `POLLEN_SCHEMATHESIS_EXAMPLES=500 pytest tests/market/test_schemathesis.py`.
 EXAMPLES_PER_MODE = int(os.environ.get("POLLEN_SCHEMATHESIS_EXAMPLES", "20"))

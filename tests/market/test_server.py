@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 
 def _free_port() -> int:
@@ -43,6 +44,7 @@ def test_server_process_serves_the_api(tmp_path: Path) -> None:
         log.close()
 
 
+@pytest.mark.slow
 def test_sqlite_serves_one_process_and_says_so(tmp_path: Path) -> None:
     """SQLite cannot lock rows across processes: `--workers 2` on it is refused before any
     worker starts, and a second server on a SQLite file already served exits, naming why."""

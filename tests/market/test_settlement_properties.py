@@ -116,6 +116,7 @@ SEQUENCES = {
 SLOW_OK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=SLOW_OK)
 @given(**SEQUENCES)
 def test_money_is_conserved(
