@@ -44,7 +44,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def load_spec(path: Path) -> dict[str, Any]:
     """Read a job spec YAML; ``schema_from: FILE`` derives the schema from the buyer's data."""
-    from agents.tabular import derive_job_schema, read_table
+    from agents.table_schema import derive_job_schema
+    from agents.tabular import read_table
 
     spec = _read_yaml(path)
     source = spec.pop("schema_from", None)
@@ -139,7 +140,8 @@ seed: 0
 
 def init_yaml(data: Path, *, label: str, task: str | None, out: Path) -> str:
     """A commented job YAML for ``data`` (its schema is derived again at post time)."""
-    from agents.tabular import derive_job_schema, read_table
+    from agents.table_schema import derive_job_schema
+    from agents.tabular import read_table
 
     table = read_table(data)
     schema = derive_job_schema(table, label=label, task=task)  # type: ignore[arg-type]

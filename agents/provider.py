@@ -38,7 +38,8 @@ from agents.models import ModelSpec, build_model
 from agents.privacy import DPPlan, PrivacyDeclinedError, PrivacyPolicy, plan_record_dp
 from agents.progress import AgentProgress, NullAgentProgress, steps_of
 from agents.state import StateFile, write_atomic
-from agents.tabular import Table, listing_schema
+from agents.table_schema import listing_schema
+from agents.tabular import Table
 from agents.training import EpochInfo, RecordDP, compute_update, train_local
 from agents.trust import Trust, TrustError, register_identity
 from crypto import EnvelopeBinding, PublicContext, read_header, update_weight

@@ -32,7 +32,8 @@ from agents.data import concat, prepare
 from agents.models import ModelSpec, build_model
 from agents.processes import free_port, start_agent, start_server, stop, wait_ready
 from agents.sample_tables import diabetes_table, loan_table, split_rows, write_table_csv
-from agents.tabular import Table, derive_job_schema, read_table
+from agents.table_schema import derive_job_schema
+from agents.tabular import Table, read_table
 from agents.training import evaluate, evaluate_regression, train_local
 from bench.common import console, print_table, write_result
 from crypto import BuyerKeys

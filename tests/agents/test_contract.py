@@ -17,7 +17,7 @@ from agents.data import prepare
 from agents.modelio import flatten, to_safetensors
 from agents.models import ModelSpec, build_model
 from agents.sample_tables import diabetes_table, loan_table, write_table_csv
-from agents.tabular import derive_job_schema
+from agents.table_schema import derive_job_schema
 from agents.training import evaluate, evaluate_regression, train_local
 from market.models.jobs import JobCreate
 from market.models.jobs import ModelSpec as ServerModelSpec

@@ -7,7 +7,8 @@ from typing import Any
 
 from agents.provider import ProviderAgent
 from agents.sample_tables import loan_table
-from agents.tabular import Column, Table, derive_job_schema
+from agents.table_schema import derive_job_schema
+from agents.tabular import Column, Table
 
 
 class _Market:

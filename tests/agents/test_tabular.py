@@ -12,7 +12,8 @@ import agents.data
 import market.models.schema
 from agents.data import DataError, prepare
 from agents.sample_tables import loan_table, write_table_csv
-from agents.tabular import derive_job_schema, encode, listing_schema, read_table
+from agents.table_schema import derive_job_schema, listing_schema
+from agents.tabular import encode, read_table
 from dataspec import JobDatasetSchema, input_names
 
 LOANS = "income,age,region,outcome\n50000,30,west,repaid\n,41,east,default\n72000.5,52,,repaid\n"
