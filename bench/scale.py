@@ -16,12 +16,13 @@ the burst), and `bytes_written_per_update` (what the server's processes wrote to
 during the burst, close included, from /proc/PID/io, over the accepted updates: compare
 with `envelope_bytes`). Writes bench/results/scale.json as {"configs": [...]}.
 
-`--providers N` (or `POLLEN_BENCH_SCALE_PROVIDERS`, default 1,000) and `--processes 1,2`
-change the run; `--quorum Q` (default 10) sets the group size, so 1,000 providers make 100
-random groups whose sums the close builds. `--blobs s3` (the default) stores every blob in a
-throwaway SeaweedFS server (`bench.seaweed`), each configuration under its own prefix, and
-counts the bytes SeaweedFS writes to its disk beside the server's own; `--blobs local` keeps
-them in the server's data folder.
+`--providers N` (or `POLLEN_BENCH_SCALE_PROVIDERS`, default 1,000), `--processes 1,2` and
+`--in-flight 0,32` (uploads under way at once; 0: every provider at once) change the run, one
+configuration for each pair. `--quorum Q` (default 10) sets the group size, so 1,000
+providers make 100 random groups whose sums the close builds. `--blobs s3` (the default)
+stores every blob in a throwaway SeaweedFS server (`bench.seaweed`), each configuration under
+its own prefix, and counts the bytes SeaweedFS writes to its disk beside the server's own;
+`--blobs local` keeps them in the server's data folder.
 """
 
 from __future__ import annotations
@@ -80,21 +81,31 @@ def envelopes(keys: BuyerKeys, job_id: str, provider_ids: list[str], params: int
 
 
 async def burst(
-    url: str, job_id: str, providers: list[Party], bodies: list[bytes]
+    url: str,
+    job_id: str,
+    providers: list[Party],
+    bodies: list[bytes],
+    *,
+    in_flight: int = 0,
 ) -> tuple[list[tuple[int | None, float, str]], float]:
     """Release every upload at once, each on its own new connection: (status or None,
     seconds from the release, detail) per provider, and the seconds to the last answer.
     (Connections opened beforehand would sit idle past the server's keep-alive timeout
-    while a thousand others open.)"""
+    while a thousand others open.) `in_flight` > 0 caps the uploads under way at once."""
     go = asyncio.Event()
+    gate = asyncio.Semaphore(in_flight or len(providers))
     limits = httpx.Limits(max_connections=1)
 
     async def one(p: Party, body: bytes) -> tuple[int | None, float, str]:
+        await go.wait()
+        async with gate:
+            return await upload(p, body)
+
+    async def upload(p: Party, body: bytes) -> tuple[int | None, float, str]:
         async with httpx.AsyncClient(
             base_url=url, headers={"Authorization": f"Bearer {p.api_key}"}, limits=limits,
             timeout=SUBMIT_TIMEOUT_S,
         ) as client:  # fmt: skip
-            await go.wait()
             started = released
             try:
                 r = await client.put(
@@ -135,6 +146,7 @@ def run_config(
     *,
     blob_env: dict[str, str] | None = None,
     blob_pids: tuple[int, ...] = (),
+    in_flight: int = 0,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"pollen-bench-scale-{processes}-") as tmp:
         data_dir = Path(tmp) / "server"
@@ -167,7 +179,9 @@ def run_config(
             baseline_kb = sampler.status_kb("VmRSS")
             written_before = _io_write_bytes(sampler, blob_pids)
             with sampler:
-                outcomes, burst_s = asyncio.run(burst(url, job_id, parties, bodies))
+                outcomes, burst_s = asyncio.run(
+                    burst(url, job_id, parties, bodies, in_flight=in_flight)
+                )
             hwm_kb = sampler.status_kb("VmHWM")
             written = _io_write_bytes(sampler, blob_pids) - written_before
             verdict = verify(buyer, keys, job_id, parties, outcomes)
@@ -186,6 +200,7 @@ def run_config(
         "processes": processes,
         "providers": providers,
         "blobs": "s3" if blob_env else "local",
+        "in_flight": in_flight or providers,
         "accepted": accepted,
         "lost": verdict["lost"],
         "updates_per_s": round((len(ok) - 1) / flowing, 1) if len(ok) > 1 else 0.0,
@@ -212,6 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", default="1,2")
     parser.add_argument("--quorum", type=int, default=10)
     parser.add_argument("--blobs", choices=["s3", "local"], default="s3")
+    parser.add_argument(
+        "--in-flight",
+        default="0,32",
+        help="uploads under way at once, one configuration each (0: all at once)",
+    )
     args = parser.parse_args(argv or [])
 
     configs = []
@@ -226,22 +246,29 @@ def main(argv: list[str] | None = None) -> None:
             store, proc = seaweed.start(binary, root)
             stack.callback(seaweed.stop, proc)
             weed = (store, proc.pid)
-        for n in (int(x) for x in args.processes.split(",")):
-            database_url = postgres.create_database(server_url, f"pollen_scale_{n}")
-            blob_env = weed[0].env(f"scale-{n}") if weed else None
+        runs = [
+            (n, f) for n in (int(x) for x in args.processes.split(","))
+            for f in (int(x) for x in args.in_flight.split(","))
+        ]  # fmt: skip
+        for n, in_flight in runs:
+            name = f"scale_{n}_{in_flight}"
+            database_url = postgres.create_database(server_url, f"pollen_{name}")
+            blob_env = weed[0].env(name) if weed else None
             blob_pids = (weed[1],) if weed else ()
             config = run_config(
-                database_url, n, args.providers, args.quorum, blob_env=blob_env, blob_pids=blob_pids
-            )
+                database_url, n, args.providers, args.quorum, blob_env=blob_env,
+                blob_pids=blob_pids, in_flight=in_flight,
+            )  # fmt: skip
             configs.append(config)
             console.print(f"  {configs[-1]}", markup=False, highlight=False)
     print_table(
         f"{args.providers} providers into one round ({configs[0]['param_count']:,} parameters, "
         f"envelope {configs[0]['envelope_bytes'] / MB:.2f} MB)",
-        ["processes", "accepted", "lost", "updates/s", "close s", "peak RSS MB",
+        ["processes", "in flight", "accepted", "lost", "updates/s", "close s", "peak RSS MB",
          "baseline MB", "bytes written / update"],
         [
-            [str(c["processes"]), str(c["accepted"]), str(c["lost"]), f"{c['updates_per_s']:.1f}",
+            [str(c["processes"]), str(c["in_flight"]), str(c["accepted"]), str(c["lost"]),
+             f"{c['updates_per_s']:.1f}",
              f"{c['close_s']}", f"{c['server_peak_rss_mb']:.0f}",
              f"{c['server_baseline_rss_mb']:.0f}", f"{c['bytes_written_per_update']:,}"]
             for c in configs
