@@ -26,14 +26,13 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import anyio
 
+from market import blobkeys
 from market.errors import PayloadTooLargeError, UploadStalledError
 
 if TYPE_CHECKING:
     from market.config import Settings
 
 _KEY = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
-# Where every envelope of every round lives (the sweep after an upgrade deletes them).
-ENVELOPE_KEY = re.compile(r"^jobs/[^/]+/rounds/[^/]+/envelopes/[^/]+$")
 CHUNK = 1024 * 1024
 
 
@@ -246,7 +245,7 @@ class LocalBlobStore(BlobStore):
         disk is only something to steal; returns how many were removed.
         """
         removed = 0
-        for path in self.root.glob("jobs/*/rounds/*/envelopes/*"):
+        for path in self.root.glob(blobkeys.LEGACY_ENVELOPE_GLOB):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed += 1

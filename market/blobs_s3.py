@@ -23,9 +23,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from market import blobkeys
 from market.blobs import (
     CHUNK,
-    ENVELOPE_KEY,
     BlobStore,
     BlobStream,
     TempBlob,
@@ -182,7 +182,7 @@ class S3BlobStore(BlobStore):
                 yield item["Key"].removeprefix(self.prefix)
 
     def sweep_envelopes(self) -> int:
-        doomed = [k for k in self.keys("jobs/") if ENVELOPE_KEY.match(k)]
+        doomed = [k for k in self.keys("jobs/") if blobkeys.LEGACY_ENVELOPE.match(k)]
         for start in range(0, len(doomed), 1000):  # S3's limit per DeleteObjects
             batch = doomed[start : start + 1000]
             self.client.delete_objects(

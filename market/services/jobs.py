@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlmodel import Session, select
 
 from crypto import ContextError, PublicContext, get_preset
-from market import weights
+from market import blobkeys, weights
 from market.blobs import BlobStore, TempBlob
 from market.config import Settings
 from market.errors import InvalidInputError, InvalidStateError, PermissionDeniedError
@@ -100,7 +100,7 @@ def put_context(session: Session, blobs: BlobStore, job: Job, data: bytes, *, no
         raise InvalidInputError(
             f"context is for preset {ctx.preset.id}, job uses {job.preset_id}"
         ) from None
-    key = f"jobs/{job.id}/context-{ctx.fingerprint[:16]}.bin"
+    key = blobkeys.context(job.id, ctx.fingerprint)
     blobs.put_bytes(key, ctx.to_bytes())
     job.context_key = key
     job.fingerprint = ctx.fingerprint
@@ -117,7 +117,7 @@ def put_initial_model(
     _require_draft(job)
     layout = weights.layout_file(upload.path)
     count = sum(math.prod(shape) for shape in layout.values())
-    key = f"jobs/{job.id}/models/round-0001.safetensors"
+    key = blobkeys.round_model(job.id, 1)
     blobs.put_temp(key, upload)
     job.model_key = key
     job.param_count = count
@@ -135,7 +135,7 @@ def put_final_model(
         raise InvalidStateError(f"job is {job.state}")
     assert job.param_count is not None
     weights.check_layout(upload.path, job.layout, job.param_count)
-    key = f"jobs/{job.id}/models/final.safetensors"
+    key = blobkeys.final_model(job.id)
     blobs.put_temp(key, upload)
     job.final_model_key = key
     job.updated_at = now

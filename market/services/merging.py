@@ -24,9 +24,9 @@ import time
 from sqlmodel import Session, col, select
 
 from crypto import Accumulator, PublicContext
+from market import blobkeys
 from market.blobs import BlobStore
 from market.models import Job, Round, RoundGroup, RoundPartial, Submission
-from market.models.types import new_id
 from market.services import groups, partials
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
                 total.add(update)
                 in_total.add(pid)
     data = total.to_bytes()
-    key = f"{partials.round_prefix(job.id, rnd.number)}/sum-{new_id('sum')}.bin"
+    key = blobkeys.round_sum(job.id, rnd.number)
     blobs.put_bytes(key, data)
     if set(total.provider_ids) != set(subs):
         log.error(
@@ -135,8 +135,7 @@ def _write_group(
     if gsum.count == 0:
         group.acc_key, group.acc_count, group.acc_providers = None, 0, []
     else:
-        prefix = partials.round_prefix(job.id, rnd.number)
-        key = f"{prefix}/group-{group.index:03d}-{new_id('sum')}.bin"
+        key = blobkeys.group_sum(job.id, rnd.number, group.index)
         blobs.put_bytes(key, gsum.to_bytes())
         group.acc_key, group.acc_count = key, gsum.count
         group.acc_providers = list(gsum.provider_ids)

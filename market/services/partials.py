@@ -42,6 +42,7 @@ from crypto import (
     ValidatedEnvelope,
     validate_envelope,
 )
+from market import blobkeys
 from market.blobs import BlobStore
 from market.models import Job, Round, RoundPartial, Submission
 from market.models.types import new_id
@@ -106,10 +107,6 @@ def empty_sum(ctx: PublicContext, job: Job, number: int) -> Accumulator:
     return Accumulator.empty(
         ctx, job_id=job.id, round=number, param_count=job.param_count, summands=job.max_providers
     )
-
-
-def round_prefix(job_id: str, number: int) -> str:
-    return f"jobs/{job_id}/rounds/{number:04d}"
 
 
 # --- this process's partial sums ----------------------------------------------------------
@@ -185,7 +182,7 @@ def checkpoint(engine: Engine, round_id: str) -> bool:
         return False
     blobs = store()
     data = acc.to_bytes()
-    key = f"{round_prefix(part.job_id, part.number)}/partial-{new_id('prt')}.bin"
+    key = blobkeys.partial(part.job_id, part.number)
     blobs.put_bytes(key, data)
     try:
         with Session(engine) as session, locked_job(session, part.job_id) as job:
@@ -237,7 +234,7 @@ def build_group(engine: Engine, ctx: PublicContext, job: Job, number: int, index
         gsum.add(update)
     blobs = store()
     data = gsum.to_bytes()
-    key = f"{round_prefix(job.id, number)}/partial-g{index:03d}-{new_id('prt')}.bin"
+    key = blobkeys.group_partial(job.id, number, index)
     blobs.put_bytes(key, data)
     try:
         with Session(engine) as session, locked_job(session, job.id) as fresh:

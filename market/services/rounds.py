@@ -28,7 +28,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from crypto import weight_norm
-from market import weights
+from market import blobkeys, weights
 from market.blobs import BlobStore, TempBlob
 from market.errors import InvalidStateError, NotFoundError
 from market.models import Job, Offer, Round, Submission
@@ -326,7 +326,7 @@ def publish_model(
         check_round(session, job, prev, now=now)
         if prev.state != "closed":
             raise InvalidStateError(f"round {prev.number} is {prev.state}, not closed")
-        key = f"jobs/{job.id}/models/round-{number:04d}.safetensors"
+        key = blobkeys.round_model(job.id, number)
         blobs.put_temp(key, upload)
         prev.state = "published"
         session.add(prev)

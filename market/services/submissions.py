@@ -41,7 +41,7 @@ from crypto import (
     get_preset,
     validate_envelope,
 )
-from market import translog
+from market import blobkeys, translog
 from market.blobs import BlobStore, TempBlob
 from market.db import PerLoop
 from market.errors import (
@@ -178,7 +178,7 @@ def submit(
     del data  # the parsed update is all that is needed from here on
     sub_id = new_id("sub")
     # Durable before the row that points at it; the round's close replays it from here.
-    envelope_key = f"jobs/{job.id}/rounds/{number:04d}/env-{sub_id}.bin"
+    envelope_key = blobkeys.envelope(job.id, number, sub_id)
     blobs.put_temp(envelope_key, upload)
     try:
         sub, rnd, group, record, leaf = _accept(
