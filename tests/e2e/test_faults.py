@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import secrets
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +37,11 @@ from crypto import Accumulator, BuyerKeys, weight_norm
 from crypto.identity import IdentityKey
 from market.db import make_engine
 from market.models import Round, Submission
-from tests.utils import postgres
 from tests.utils.faults import (
     FaultProxy,
     LogFile,
     ServerProcess,
+    serve_restartable,
     sigkill,
     start_buyer,
     wait_for,
@@ -68,25 +66,8 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 @pytest.fixture
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
     """A restartable marketplace process (SQLite by default, or PostgreSQL if parametrized)."""
-    backend = getattr(request, "param", "sqlite")
-    data_dir = tmp_path / "server"
-    data_dir.mkdir()
     env = {"POLLEN_DEADLINE_TICK_S": "0.2", "POLLEN_MIN_ROUND_DEADLINE_S": "1"}
-    name = None
-    if backend == "postgres":
-        pg: str = request.getfixturevalue("pg_server")
-        name = f"pollen_faults_{uuid.uuid4().hex[:10]}"
-        env["POLLEN_DATABASE_URL"] = postgres.create_database(pg, name)
-    else:
-        env["POLLEN_DATABASE_URL"] = f"sqlite:///{data_dir / 'pollen.db'}"
-    srv = ServerProcess(data_dir, free_port(), secrets.token_urlsafe(16), env)
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.stop()
-        if name is not None:
-            postgres.drop_database(request.getfixturevalue("pg_server"), name)
+    yield from serve_restartable(request, tmp_path, getattr(request, "param", "sqlite"), env)
 
 
 @pytest.fixture(autouse=True)

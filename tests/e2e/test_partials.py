@@ -10,8 +10,6 @@ checkpoints are gone, and the five are paid.
 
 from __future__ import annotations
 
-import secrets
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +18,11 @@ import numpy as np
 import pytest
 from sqlmodel import Session, select
 
-from agents.demo import free_port
 from bench.load import _value, round_envelopes, setup_round
 from crypto import BuyerKeys, decrypt_aggregate
 from market.db import make_engine
 from market.models import Round, RoundPartial, Submission
-from tests.utils import postgres
-from tests.utils.faults import ServerProcess, wait_for
+from tests.utils.faults import ServerProcess, serve_restartable, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,28 +31,13 @@ PROVIDERS = 5
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
-    data_dir = tmp_path / "server"
-    data_dir.mkdir()
+    """A restartable server that checkpoints every 2 updates and never by time."""
     env = {
         "POLLEN_DEADLINE_TICK_S": "0.2",
         "POLLEN_CHECKPOINT_UPDATES": "2",
         "POLLEN_CHECKPOINT_SECONDS": "3600",
     }
-    name = None
-    if request.param == "postgres":
-        pg: str = request.getfixturevalue("pg_server")
-        name = f"pollen_partials_{uuid.uuid4().hex[:10]}"
-        env["POLLEN_DATABASE_URL"] = postgres.create_database(pg, name)
-    else:
-        env["POLLEN_DATABASE_URL"] = f"sqlite:///{data_dir / 'pollen.db'}"
-    srv = ServerProcess(data_dir, free_port(), secrets.token_urlsafe(16), env)
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.stop()
-        if name is not None:
-            postgres.drop_database(request.getfixturevalue("pg_server"), name)
+    yield from serve_restartable(request, tmp_path, request.param, env)
 
 
 def _put(url: str, api_key: str, job_id: str, body: bytes) -> int:

@@ -17,18 +17,23 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from agents.processes import start_server, stop, wait_ready
+import pytest
+
+from agents.processes import free_port, start_server, stop, wait_ready
+from tests.utils import postgres
 
 T = TypeVar("T")
 
@@ -310,6 +315,31 @@ class ServerProcess:
     def stop(self) -> None:
         if self.proc is not None:
             stop(self.proc)
+
+
+def serve_restartable(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, env: dict[str, str]
+) -> Iterator[ServerProcess]:
+    """A `ServerProcess` on SQLite or on its own database of the session's PostgreSQL server
+    (dropped afterwards), for a fixture to `yield from`."""
+    data_dir = tmp_path / "server"
+    data_dir.mkdir()
+    env = dict(env)
+    name = None
+    if backend == "postgres":
+        pg: str = request.getfixturevalue("pg_server")
+        name = f"pollen_e2e_{uuid.uuid4().hex[:10]}"
+        env["POLLEN_DATABASE_URL"] = postgres.create_database(pg, name)
+    else:
+        env["POLLEN_DATABASE_URL"] = f"sqlite:///{data_dir / 'pollen.db'}"
+    srv = ServerProcess(data_dir, free_port(), secrets.token_urlsafe(16), env)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+        if name is not None:
+            postgres.drop_database(request.getfixturevalue("pg_server"), name)
 
 
 def start_buyer(
