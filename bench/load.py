@@ -214,9 +214,30 @@ def round_envelopes(
     ]
 
 
+Outcome = tuple[int | None, float, str]
+
+
+async def put_envelope(
+    client: httpx.AsyncClient, job_id: str, body: bytes, since: float | None = None
+) -> Outcome:
+    """Upload one envelope into round 1: (status or None, seconds since `since` or since the
+    call, the error's detail)."""
+    started = time.perf_counter() if since is None else since
+    try:
+        r = await client.put(
+            f"/v1/jobs/{job_id}/rounds/1/submission",
+            content=body,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    except httpx.HTTPError as exc:
+        return None, time.perf_counter() - started, type(exc).__name__
+    detail = "" if r.is_success else r.text[:200]
+    return r.status_code, time.perf_counter() - started, detail
+
+
 async def burst(
     url: str, job_id: str, providers: list[Party], envelopes: list[bytes]
-) -> tuple[list[tuple[int | None, float, str]], float]:
+) -> tuple[list[Outcome], float]:
     """Release every submitter at once: (status or None, seconds, detail) per agent, and the
     seconds from the release to the last answer."""
     clients = [
@@ -234,19 +255,9 @@ async def burst(
             (await client.get(f"/v1/jobs/{job_id}/rounds/1")).raise_for_status()
         go = asyncio.Event()
 
-        async def one(client: httpx.AsyncClient, body: bytes) -> tuple[int | None, float, str]:
+        async def one(client: httpx.AsyncClient, body: bytes) -> Outcome:
             await go.wait()
-            started = time.perf_counter()
-            try:
-                r = await client.put(
-                    f"/v1/jobs/{job_id}/rounds/1/submission",
-                    content=body,
-                    headers={"Content-Type": "application/octet-stream"},
-                )
-            except httpx.HTTPError as exc:
-                return None, time.perf_counter() - started, type(exc).__name__
-            detail = "" if r.is_success else r.text[:200]
-            return r.status_code, time.perf_counter() - started, detail
+            return await put_envelope(client, job_id, body)
 
         tasks = [asyncio.create_task(one(c, e)) for c, e in zip(clients, envelopes, strict=True)]
         await asyncio.sleep(0.05)

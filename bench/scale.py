@@ -45,7 +45,17 @@ import numpy as np
 from agents.processes import free_port, start_server, stop, wait_ready
 from bench import postgres, seaweed
 from bench.common import console, print_table, write_result
-from bench.load import SAMPLES, SUBMIT_TIMEOUT_S, Party, RssSampler, _value, setup_round, verify
+from bench.load import (
+    SAMPLES,
+    SUBMIT_TIMEOUT_S,
+    Outcome,
+    Party,
+    RssSampler,
+    _value,
+    put_envelope,
+    setup_round,
+    verify,
+)
 from crypto import BuyerKeys, EnvelopeBinding, PublicContext, encrypt_update
 
 PROVIDERS = int(os.environ.get("POLLEN_BENCH_SCALE_PROVIDERS", 1000))
@@ -87,7 +97,7 @@ async def burst(
     bodies: list[bytes],
     *,
     in_flight: int = 0,
-) -> tuple[list[tuple[int | None, float, str]], float]:
+) -> tuple[list[Outcome], float]:
     """Release every upload at once, each on its own new connection: (status or None,
     seconds from the release, detail) per provider, and the seconds to the last answer.
     (Connections opened beforehand would sit idle past the server's keep-alive timeout
@@ -96,26 +106,17 @@ async def burst(
     gate = asyncio.Semaphore(in_flight or len(providers))
     limits = httpx.Limits(max_connections=1)
 
-    async def one(p: Party, body: bytes) -> tuple[int | None, float, str]:
+    async def one(p: Party, body: bytes) -> Outcome:
         await go.wait()
         async with gate:
             return await upload(p, body)
 
-    async def upload(p: Party, body: bytes) -> tuple[int | None, float, str]:
+    async def upload(p: Party, body: bytes) -> Outcome:
         async with httpx.AsyncClient(
             base_url=url, headers={"Authorization": f"Bearer {p.api_key}"}, limits=limits,
             timeout=SUBMIT_TIMEOUT_S,
         ) as client:  # fmt: skip
-            started = released
-            try:
-                r = await client.put(
-                    f"/v1/jobs/{job_id}/rounds/1/submission", content=body,
-                    headers={"Content-Type": "application/octet-stream"},
-                )  # fmt: skip
-            except httpx.HTTPError as exc:
-                return None, time.perf_counter() - started, type(exc).__name__
-            detail = "" if r.is_success else r.text[:200]
-            return r.status_code, time.perf_counter() - started, detail
+            return await put_envelope(client, job_id, body, since=released)
 
     tasks = [asyncio.create_task(one(p, b)) for p, b in zip(providers, bodies, strict=True)]
     await asyncio.sleep(0.05)
