@@ -1,10 +1,11 @@
 """Streaming aggregation on the server and decryption of the sum by the buyer.
 
-The server adds one validated envelope at a time into a running encrypted sum: CKKS
-addition of ciphertexts in NTT form is coefficient-wise addition modulo each data prime,
-which is exactly what SEAL's `Evaluator.add` computes, done here on numpy arrays so that
-memory stays O(model) and a round never holds more than one update at once. The buyer's
-decryption is flooded with fresh noise (crypto/flooding.py) before anyone sees it.
+The server adds one validated envelope at a time into a running encrypted sum, as the
+preset's codec adds (crypto/codec/): for CKKS, addition of ciphertexts in NTT form is
+coefficient-wise addition modulo each data prime, which is exactly what SEAL's
+`Evaluator.add` computes, done on numpy arrays so that memory stays O(model) and a round
+never holds more than one update at once. The buyer's decryption is flooded with fresh noise
+(crypto/flooding.py) before anyone sees it.
 
 Aggregate layout (little-endian), format version 1:
 
@@ -12,7 +13,8 @@ Aggregate layout (little-endian), format version 1:
     fingerprint 32s | param_count u64 | chunk_count u32 | summands u32 | round u32 | count u32
     weight_sum f64 | samples_sum u64 | payload_sha256 32s
     preset_id, job_id: u16 length + UTF-8 | provider count u32, each u16 length + UTF-8
-    payload: the summed ciphertexts, packed like an envelope's
+    payload: the codec's sum: for CKKS the summed ciphertexts, packed like an envelope's;
+        for the plaintext benchmark preset, param_count float64
 """
 
 from __future__ import annotations
@@ -22,14 +24,11 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-import tenseal.sealapi as seal
 
 from crypto.envelope import EnvelopeBinding, ValidatedEnvelope
-from crypto.errors import AggregateError, CryptoError, PresetError
-from crypto.flooding import flood
+from crypto.errors import AggregateError, PresetError
 from crypto.keys import BuyerKeys, PublicContext
 from crypto.presets import Preset, get_preset
-from crypto.sealio import array_to_ciphertext, pack_coefficients, unpack_coefficients
 
 MAGIC = b"PLNA"
 FORMAT_VERSION = 1
@@ -68,13 +67,6 @@ class _Reader:
             raise AggregateError("aggregate holds a non-UTF-8 identifier") from None
 
 
-def _zeros(preset: Preset, chunks: int, param_count: int) -> np.ndarray:
-    if preset.is_plain:
-        return np.zeros(param_count, dtype=np.float64)
-    shape = (chunks, 2, len(preset.data_moduli), preset.poly_modulus_degree)
-    return np.zeros(shape, dtype=np.uint64)
-
-
 class Accumulator:
     """The running encrypted sum of one round's updates."""
 
@@ -104,11 +96,6 @@ class Accumulator:
         self.weight_sum = weight_sum
         self.samples_sum = samples_sum
         self.provider_ids = list(provider_ids or [])
-        self._moduli = (
-            None
-            if preset.is_plain
-            else np.array(preset.data_moduli, dtype=np.uint64).reshape(1, 1, -1, 1)
-        )
 
     @classmethod
     def empty(
@@ -129,7 +116,7 @@ class Accumulator:
             round=round,
             param_count=param_count,
             summands=binding.resolved_summands(preset),
-            coefficients=_zeros(preset, preset.chunks_for(param_count), param_count),
+            coefficients=preset.codec.zero_sum(param_count),
         )
 
     def add(self, update: ValidatedEnvelope) -> None:
@@ -147,12 +134,7 @@ class Accumulator:
             raise AggregateError(f"provider {h.provider_id} is already in this aggregate")
         if self.count >= self.summands:
             raise AggregateError(f"this aggregate holds at most {self.summands} updates")
-        acc = self.coefficients
-        np.add(acc, update.coefficients, out=acc)
-        if self._moduli is not None:
-            # Reduce mod q without a mask: when acc < q, acc - q wraps around to a huge value
-            # and the minimum keeps acc.
-            np.minimum(acc, acc - self._moduli, out=acc)
+        self.preset.codec.add_into(self.coefficients, update.coefficients)
         self.count += 1
         self.weight_sum += h.weight
         self.samples_sum += h.samples
@@ -176,21 +158,14 @@ class Accumulator:
             raise AggregateError(f"providers {sorted(shared)} are in both sums")
         if self.count + other.count > self.summands:
             raise AggregateError(f"this aggregate holds at most {self.summands} updates")
-        acc = self.coefficients
-        np.add(acc, other.coefficients, out=acc)
-        if self._moduli is not None:
-            np.minimum(acc, acc - self._moduli, out=acc)
+        self.preset.codec.add_into(self.coefficients, other.coefficients)
         self.count += other.count
         self.weight_sum += other.weight_sum
         self.samples_sum += other.samples_sum
         self.provider_ids.extend(other.provider_ids)
 
     def to_bytes(self) -> bytes:
-        payload = (
-            self.coefficients.astype("<f8").tobytes()
-            if self.preset.is_plain
-            else pack_coefficients(self.coefficients, self.preset.coeff_bytes)
-        )
+        payload = self.preset.codec.pack_sum(self.coefficients)
         fixed = _FIXED.pack(
             bytes.fromhex(self.fingerprint),
             self.param_count,
@@ -240,16 +215,12 @@ class Accumulator:
         if chunks != preset.chunks_for(params):
             raise AggregateError("aggregate chunk count does not match its parameter count")
         payload = data[reader.offset :]
-        expected = 8 * params if preset.is_plain else preset.payload_bytes(params)
+        expected = preset.codec.sum_bytes(params)
         if len(payload) != expected:
             raise AggregateError("aggregate payload has the wrong size")
         if hashlib.sha256(payload).digest() != digest:
             raise AggregateError("aggregate payload does not match its hash")
-        if preset.is_plain:
-            coeffs = np.frombuffer(payload, dtype="<f8").copy()
-        else:
-            shape = (chunks, 2, len(preset.data_moduli), preset.poly_modulus_degree)
-            coeffs = unpack_coefficients(payload, shape, preset.coeff_bytes)
+        coeffs = preset.codec.unpack_sum(payload, params)
         assert isinstance(rnd, int) and isinstance(wsum, float) and isinstance(ssum, int)
         return cls(
             preset=preset,
@@ -290,7 +261,7 @@ def decrypt_aggregate(keys: BuyerKeys, data: bytes) -> DecryptedAggregate:
     """
     acc = Accumulator.from_bytes(data)
     exact = _decrypt_exact(keys, acc)
-    total = exact if acc.preset.is_plain else flood(exact, acc.preset)
+    total = acc.preset.codec.flood(exact)
     return DecryptedAggregate(
         total=total.astype(np.float32),
         count=acc.count,
@@ -309,24 +280,4 @@ def _decrypt_exact(keys: BuyerKeys, acc: Accumulator) -> np.ndarray:
         raise AggregateError("aggregate was encrypted under another key than this buyer's")
     if acc.count == 0:
         raise AggregateError("aggregate holds no updates")
-    preset = acc.preset
-    if preset.is_plain:
-        return acc.coefficients.astype(np.float64)
-    if preset != keys.preset:
-        # The flooding noise is calibrated by the aggregate's preset: it must be the key's.
-        raise AggregateError(f"aggregate claims preset {preset.id}; the key is {keys.preset.id}")
-    parms_id = list(keys.seal_context.first_parms_id())
-    out = np.empty(acc.coefficients.shape[0] * preset.reals_per_chunk, dtype=np.float64)
-    plain = seal.Plaintext()
-    for i, chunk in enumerate(acc.coefficients):
-        cipher = array_to_ciphertext(
-            chunk, keys.seal_context, parms_id=parms_id, scale=preset.scale
-        )
-        try:
-            keys._decryptor.decrypt(cipher, plain)
-        except Exception as exc:
-            raise CryptoError(f"decryption failed: {exc}") from exc
-        slots = np.asarray(keys.encoder.decode_complex(plain), dtype=np.complex128)
-        block = out[i * preset.reals_per_chunk : (i + 1) * preset.reals_per_chunk]
-        block[0::2], block[1::2] = slots.real, slots.imag
-    return out[: acc.param_count]
+    return acc.preset.codec.decrypt_exact(keys, acc.coefficients, acc.param_count)

@@ -7,7 +7,9 @@ Binary layout (little-endian), format version 1:
     samples u64 | scale f64 | parms_id 4xu64 | payload_len u64 | payload_sha256 32s
     preset_id, job_id, provider_id: each u16 length + UTF-8
     header_sha256 32s: SHA-256 of every header byte before it
-    payload: chunk_count two-polynomial ciphertexts, coefficients packed per data prime
+    payload: written and read by the preset's codec (crypto/codec/): for CKKS, chunk_count
+        two-polynomial ciphertexts, coefficients packed per data prime; for the plaintext
+        benchmark preset, param_count float32
 
 The header checksum catches corruption of any field (a flipped weight would silently skew
 the average otherwise); the payload hash covers the ciphertexts. The header binds them to a
@@ -22,12 +24,10 @@ import hashlib
 import io
 import math
 import struct
-import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
-import tenseal.sealapi as seal
 
 from crypto.errors import (
     BindingMismatchError,
@@ -44,8 +44,7 @@ from crypto.errors import (
 )
 from crypto.keys import PublicContext
 from crypto.presets import Preset, get_preset
-from crypto.sealio import pack_coefficients, plaintext_to_array, unpack_coefficients
-from crypto.zeropool import ZeroPool, encrypt_zero
+from crypto.zeropool import ZeroPool
 
 MAGIC = b"PLNE"
 FORMAT_VERSION = 1
@@ -53,8 +52,6 @@ _PREFIX = struct.Struct("<4sHI")
 _FIXED = struct.Struct("<32sQIIIdQd4QQ32s")
 _MAX_ID_BYTES = 256
 _DIGEST = 32
-# Ciphertexts produced and written at a time (each 32 KiB of coefficients at N = 2048).
-_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -109,7 +106,8 @@ class ValidatedEnvelope:
     """An envelope that passed every check, with its coefficients unpacked."""
 
     header: EnvelopeHeader
-    coefficients: np.ndarray  # uint64, (chunks, 2, k, N)
+    # What the preset's codec adds into a sum: for CKKS uint64 (chunks, 2, k, N).
+    coefficients: np.ndarray
 
 
 def envelope_size(preset: Preset, param_count: int, *, id_bytes: int = 3 * _MAX_ID_BYTES) -> int:
@@ -180,12 +178,13 @@ def write_update(
 ) -> int:
     """Write the envelope of `weight * vector` to the seekable `out`; returns its size.
 
-    Ciphertexts are produced and written `_BATCH` chunks at a time, so memory stays a few
-    batches beyond the update itself whatever the model's size. Each ciphertext is a fresh
-    encryption of zero plus the encoded chunk, which is exactly how SEAL encrypts; with
-    `zeros` the encryptions of zero come from that pool (each used once) instead of being
-    made here. `timings`, when given, accumulates seconds under "encode" and "encrypt", and
-    under "fresh_zeros" how many encryptions of zero had to be made on the spot.
+    The preset's codec writes the payload (crypto/codec/): for CKKS, ciphertexts a batch at
+    a time, so memory stays a few batches beyond the update itself whatever the model's
+    size. Each ciphertext is a fresh encryption of zero plus the encoded chunk, which is
+    exactly how SEAL encrypts; with `zeros` the encryptions of zero come from that pool
+    (each used once) instead of being made here. `timings`, when given, accumulates seconds
+    under "encode" and "encrypt", and under "fresh_zeros" how many encryptions of zero had to
+    be made on the spot.
     """
     preset = ctx.preset
     weighted, summands = _checked_weighted(preset, vector, binding, weight, samples)
@@ -197,14 +196,8 @@ def write_update(
     start = out.tell()
     out.write(bytes(head_len))  # the header, once the payload's hash is known
     digest = hashlib.sha256()
-    if preset.is_plain:
-        payload = weighted.astype("<f4").tobytes()
-        digest.update(payload)
-        out.write(payload)
-        payload_len = len(payload)
-    else:
-        payload_len = _write_ciphertexts(out, ctx, weighted, chunks, zeros, digest, timings)
-    parms_id = [0, 0, 0, 0] if preset.is_plain else ctx.data_parms_id
+    payload_len = preset.codec.write_payload(out, ctx, weighted, zeros, digest, timings)
+    parms_id = preset.codec.parms_id(ctx)
     fixed = _FIXED.pack(
         bytes.fromhex(ctx.fingerprint),
         weighted.size,
@@ -224,72 +217,6 @@ def write_update(
     out.write(head + hashlib.sha256(head).digest())
     out.seek(end)
     return end - start
-
-
-def _write_ciphertexts(
-    out: BinaryIO,
-    ctx: PublicContext,
-    weighted: np.ndarray,
-    chunks: int,
-    zeros: ZeroPool | None,
-    digest: Any,
-    timings: dict[str, float] | None,
-) -> int:
-    """Append the payload: per data prime, every chunk's two polynomials, packed."""
-    preset = ctx.preset
-    n, k, widths = preset.poly_modulus_degree, len(preset.data_moduli), preset.coeff_bytes
-    moduli = np.array(preset.data_moduli, dtype=np.uint64).reshape(1, -1, 1)
-    reals = preset.reals_per_chunk
-    base = out.tell()
-    # Where prime j's coefficients of chunk i start: the payload is prime-major.
-    region = [base + chunks * 2 * n * sum(widths[:j]) for j in range(k)]
-    total = chunks * 2 * n * sum(widths)
-    plain = seal.Plaintext()
-    encode_s = encrypt_s = 0.0
-    fresh = 0
-    for first in range(0, chunks, _BATCH):
-        count = min(_BATCH, chunks - first)
-        tick = time.perf_counter()
-        block = np.zeros(count * reals, dtype=np.float64)
-        part = weighted[first * reals : (first + count) * reals]
-        block[: part.size] = part
-        slots = (block[0::2] + 1j * block[1::2]).reshape(count, -1)
-        encoded = np.empty((count, k, n), dtype=np.uint64)
-        for i in range(count):
-            ctx.encoder.encode(slots[i].tolist(), preset.scale, plain)
-            encoded[i] = plaintext_to_array(plain, k, n)
-        tock = time.perf_counter()
-        encode_s += tock - tick
-        if zeros is not None:
-            taken = zeros.take(count)
-            coeffs, fresh = taken.consume(), fresh + taken.fresh
-        else:
-            coeffs, fresh = encrypt_zero(ctx, ctx.encryptor, count), fresh + count
-        # c0 + m mod q: both below q < 2^63, so the sum cannot wrap.
-        coeffs[:, 0] += encoded
-        np.subtract(coeffs[:, 0], moduli, out=coeffs[:, 0], where=coeffs[:, 0] >= moduli)
-        for j, width in enumerate(widths):
-            packed = pack_coefficients(coeffs[:, :, j : j + 1, :], (width,))
-            out.seek(region[j] + first * 2 * n * width)
-            out.write(packed)
-            if k == 1:
-                digest.update(packed)
-        encrypt_s += time.perf_counter() - tock
-    out.seek(base + total)
-    if k > 1:  # prime-major: hash the regions in order once they are all written
-        out.seek(base)
-        remaining = total
-        while remaining:
-            piece = out.read(min(remaining, 1 << 22))
-            if not piece:
-                raise CryptoError("envelope output is not readable back")
-            digest.update(piece)
-            remaining -= len(piece)
-    if timings is not None:
-        timings["encode"] = timings.get("encode", 0.0) + encode_s
-        timings["encrypt"] = timings.get("encrypt", 0.0) + encrypt_s
-        timings["fresh_zeros"] = timings.get("fresh_zeros", 0.0) + fresh
-    return total
 
 
 def _read_str(data: bytes, offset: int, end: int) -> tuple[str, int]:
@@ -397,7 +324,7 @@ def validate_envelope(
     chunks = preset.chunks_for(binding.param_count)
     if header.chunk_count != chunks:
         raise ShapeMismatchError(f"envelope has {header.chunk_count} chunks; expected {chunks}")
-    expected_parms = [0, 0, 0, 0] if preset.is_plain else ctx.data_parms_id
+    expected_parms = preset.codec.parms_id(ctx)
     if header.scale != preset.scale or list(header.parms_id) != expected_parms:
         raise CiphertextParameterError(
             "ciphertexts are at the wrong level or scale for the job's preset"
@@ -414,15 +341,5 @@ def validate_envelope(
         )
     if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise PayloadHashError("payload does not match the SHA-256 in its header")
-    if preset.is_plain:
-        floats = np.frombuffer(payload, dtype="<f4")
-        # Checked before widening: casting a signalling NaN raises an FP "invalid" warning.
-        if not np.all(np.isfinite(floats)):
-            raise CiphertextParameterError("plaintext update holds NaN or infinite values")
-        return ValidatedEnvelope(header=header, coefficients=floats.astype(np.float64))
-    shape = (chunks, 2, len(preset.data_moduli), preset.poly_modulus_degree)
-    coeffs = unpack_coefficients(payload, shape, preset.coeff_bytes)
-    moduli = np.array(preset.data_moduli, dtype=np.uint64).reshape(1, 1, -1, 1)
-    if np.any(coeffs >= moduli):
-        raise CiphertextParameterError("a ciphertext coefficient lies outside its modulus")
-    return ValidatedEnvelope(header=header, coefficients=coeffs)
+    coefficients = preset.codec.read_payload(payload, binding.param_count)
+    return ValidatedEnvelope(header=header, coefficients=coefficients)

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crypto.presets import Preset
+if TYPE_CHECKING:  # presets choose their codec, which floods: no import at run time
+    from crypto.presets import Preset
 
 _MANTISSA = 2.0**-53
 

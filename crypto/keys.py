@@ -76,11 +76,12 @@ class PublicContext:
         return self._canonical
 
     def for_preset(self, preset_id: str) -> PublicContext:
-        """This context as used by a job of `preset_id`: itself, or the plaintext view."""
+        """This context as used by a job of `preset_id`: itself, or the view of a preset
+        that does not encrypt (any key stands for it)."""
         if preset_id == self.preset.id:
             return self
         preset = get_preset(preset_id)
-        if not preset.is_plain:
+        if preset.codec.encrypts:
             raise ContextError(f"context is for preset {self.preset.id}, not {preset_id}")
         view = PublicContext(self._context, preset)
         view.__dict__["_canonical"] = self._canonical

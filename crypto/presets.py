@@ -8,24 +8,21 @@ sum could leave the representable range.
 server only ever adds, so one 40-bit data prime suffices; a 14-bit special prime lets SEAL
 encrypt at the key level and divide the fresh noise away; each complex slot carries two
 reals. Ciphertexts are stored 5 bytes per coefficient, 10 bytes per parameter.
+
+A preset also names its scheme, and holds that scheme's codec (`Preset.codec`, crypto/codec/):
+the sizes, bounds and security checks below that differ between schemes are the codec's.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import tenseal.sealapi as seal
 
+from crypto.codec import Codec, codec_for
+from crypto.codec.ckks import RLWE_ERROR_STD
 from crypto.errors import PresetError
-
-# SEAL's table of the largest total coefficient-modulus size that is 128-bit secure.
-_MAX_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
-# SEAL's RLWE error (util/globals.h `noise_standard_deviation`), and how many times wider the
-# flooding noise on every decryption must be, per coefficient (see crypto/flooding.py).
-RLWE_ERROR_STD = 3.2
-MIN_FLOOD_FACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -45,18 +42,20 @@ class Preset:
     # server refuses such jobs unless started with POLLEN_ALLOW_PLAINTEXT_JOBS).
     scheme: str = "ckks"
     # Noise added to every decryption, as an rms per plaintext coefficient: at least
-    # MIN_FLOOD_FACTOR × the RLWE error, so a published sum does not give away the key.
+    # MIN_FLOOD_FACTOR × the RLWE error (crypto/codec/ckks.py), so a published sum does not
+    # give away the key.
     flood_coeff_rms: float = 10 * RLWE_ERROR_STD
 
+    # The scheme's codec, chosen once from `scheme`: every scheme-specific step goes through it.
+    codec: Codec = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
-        if not self.is_plain and not self.flood_coeff_rms >= MIN_FLOOD_FACTOR * RLWE_ERROR_STD:
-            raise PresetError(
-                f"preset {self.id} floods decryptions with rms {self.flood_coeff_rms} per "
-                f"coefficient; at least {MIN_FLOOD_FACTOR * RLWE_ERROR_STD:g} is required"
-            )
+        # The codec refuses numbers its scheme cannot use safely (e.g. too little flooding).
+        object.__setattr__(self, "codec", codec_for(self))
 
     @property
     def is_plain(self) -> bool:
+        """Values travel in the clear: the policy checks outside crypto/ refuse or skip it."""
         return self.scheme == "plain"
 
     @property
@@ -70,10 +69,8 @@ class Preset:
 
     @property
     def flood_sigma(self) -> float:
-        """Std of the noise on each decrypted real: coefficient std = σ·Δ / sqrt(N/2)."""
-        if self.is_plain:
-            return 0.0
-        return self.flood_coeff_rms * math.sqrt(self.poly_modulus_degree / 2) / self.scale
+        """Std of the noise on each decrypted real."""
+        return self.codec.flood_sigma
 
     @cached_property
     def all_moduli(self) -> tuple[int, ...]:
@@ -97,41 +94,22 @@ class Preset:
         return 2 * self.poly_modulus_degree * sum(self.coeff_bytes)
 
     def max_update_abs(self, summands: int | None = None) -> float:
-        """Largest |entry| one weighted update may hold if `summands` of them are added.
-
-        A coefficient of the encoded plaintext is at most sqrt(2)·max|x|·scale (two reals per
-        slot), so `summands` such updates stay below Q/2 with `safety` headroom.
-        """
-        count = summands or self.default_summands
-        if self.is_plain:
-            return 1e30 / count
-        q_total = math.prod(self.data_moduli)
-        return self.safety * (q_total / 2) / (math.sqrt(2) * self.scale * count)
+        """Largest |entry| one weighted update may hold if `summands` of them are added."""
+        return self.codec.max_update_abs(summands or self.default_summands)
 
     @property
     def max_summands(self) -> int:
-        """Most updates one sum may ever hold: beyond it an update's bound falls below 1e-3."""
-        if self.is_plain:
-            return 1_000_000
-        q_total = math.prod(self.data_moduli)
-        return int(self.safety * (q_total / 2) / (math.sqrt(2) * self.scale * 1e-3))
+        """Most updates one sum may ever hold."""
+        return self.codec.max_summands
 
     def chunks_for(self, param_count: int) -> int:
-        if self.is_plain:
-            return 1
-        return max(1, -(-param_count // self.reals_per_chunk))
+        return self.codec.chunks_for(param_count)
 
     def payload_bytes(self, param_count: int) -> int:
-        if self.is_plain:
-            return 4 * param_count
-        return self.chunks_for(param_count) * self.chunk_payload_bytes
+        return self.codec.payload_bytes(param_count)
 
     def check_security(self) -> None:
-        if self.is_plain:
-            raise PresetError(f"preset {self.id} does not encrypt; it exists for benchmarks")
-        limit = _MAX_BITS_128.get(self.poly_modulus_degree)
-        if limit is None or sum(self.coeff_mod_bit_sizes) > limit:
-            raise PresetError(f"preset {self.id} is not 128-bit secure")
+        self.codec.check_security()
 
 
 PLAIN_PRESET_ID = "plain-f32-v1"

@@ -12,6 +12,9 @@ once (`ZeroPool.take` removes it; the `Zeros` it hands out can be consumed once)
 lives in the process's memory only (never serialized, never written to disk), and a pool
 is bound to one public key. Nothing here touches the noise flooding the buyer applies on
 decryption (crypto/flooding.py) or any noise an agent adds before encrypting.
+
+The zeros themselves are made by the preset's codec (`CkksCodec.encrypt_zeros`,
+crypto/codec/ckks.py), the same function an envelope calls when it has no pool.
 """
 
 from __future__ import annotations
@@ -20,11 +23,9 @@ import threading
 from collections import deque
 
 import numpy as np
-import tenseal.sealapi as seal
 
 from crypto.errors import CryptoError
 from crypto.keys import PublicContext
-from crypto.sealio import ciphertext_to_array
 
 
 class Zeros:
@@ -46,17 +47,6 @@ class Zeros:
         return coefficients
 
 
-def encrypt_zero(ctx: PublicContext, encryptor: seal.Encryptor, count: int) -> np.ndarray:
-    """`count` fresh public-key encryptions of zero at the data level, as coefficients."""
-    preset = ctx.preset
-    out = np.empty((count, 2, len(preset.data_moduli), preset.poly_modulus_degree), np.uint64)
-    cipher = seal.Ciphertext()
-    for i in range(count):
-        encryptor.encrypt_zero(ctx.data_parms_id, cipher)
-        out[i] = ciphertext_to_array(cipher)
-    return out
-
-
 class ZeroPool:
     """Up to `capacity` encryptions of zero under `ctx`, filled ahead, each taken once.
 
@@ -66,7 +56,7 @@ class ZeroPool:
     """
 
     def __init__(self, ctx: PublicContext, capacity: int) -> None:
-        if ctx.preset.is_plain:
+        if not ctx.preset.codec.encrypts:
             raise CryptoError(f"preset {ctx.preset.id} does not encrypt; it needs no zeros")
         if capacity < 0:
             raise ValueError("a pool's capacity cannot be negative")
@@ -92,7 +82,7 @@ class ZeroPool:
             with self._lock:
                 if len(self._zeros) >= self.capacity:
                     break
-            zero = encrypt_zero(self.ctx, self._encryptor, 1)[0]
+            zero = self.ctx.preset.codec.encrypt_zeros(self.ctx, self._encryptor, 1)[0]
             with self._lock:
                 if len(self._zeros) >= self.capacity:
                     break
@@ -132,5 +122,5 @@ class ZeroPool:
             out[i] = zero
         taken.clear()
         if fresh:
-            out[have:] = encrypt_zero(self.ctx, self._encryptor, fresh)
+            out[have:] = preset.codec.encrypt_zeros(self.ctx, self._encryptor, fresh)
         return Zeros(self.fingerprint, out, fresh)
