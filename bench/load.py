@@ -103,7 +103,10 @@ class RssSampler:
             pids.append(pid)
             if self.children:
                 for task in Path(f"/proc/{pid}/task").glob("*/children"):
-                    todo.extend(int(c) for c in task.read_text().split())
+                    try:
+                        todo.extend(int(c) for c in task.read_text().split())
+                    except FileNotFoundError:  # a thread that just ended
+                        continue
         return pids
 
     @staticmethod
