@@ -12,9 +12,11 @@ not merely answered 201), `lost` (a 2xx the sum does not hold, or no answer), `u
 (accepted updates over the seconds from the release to the last acceptance that did not close
 the round; the close, which merges the partial sums and builds the group sums, is `close_s`),
 `server_peak_rss_mb` (VmHWM summed over the server's processes, beside its baseline before
-the burst), and `bytes_written_per_update` (what the server's processes wrote to storage
-during the burst, close included, from /proc/PID/io, over the accepted updates: compare
-with `envelope_bytes`). Writes bench/results/scale.json as {"configs": [...]}.
+the burst), and `bytes_written_per_update` (what the server's processes, and the blob
+server's, wrote to storage during the burst, close included, from /proc/PID/io, over the
+accepted updates: compare with `envelope_bytes`; the two parts are kept apart as
+`server_bytes_written_per_update` and `blob_server_bytes_written_per_update`).
+Writes bench/results/scale.json as {"configs": [...]}.
 
 `--providers N` (or `POLLEN_BENCH_SCALE_PROVIDERS`, default 1,000), `--processes 1,2` and
 `--in-flight 0,32` (uploads under way at once; 0: every provider at once) change the run, one
@@ -126,10 +128,15 @@ async def burst(
     return outcomes, time.perf_counter() - released
 
 
-def _io_write_bytes(sampler: RssSampler, extra_pids: tuple[int, ...] = ()) -> int:
-    """Bytes the server's processes (and `extra_pids`, the blob server) wrote to storage."""
+def _io_write_bytes(sampler: RssSampler) -> int:
+    """Bytes the server's processes wrote to storage."""
+    return _write_bytes(tuple(sampler._pids()))
+
+
+def _write_bytes(pids: tuple[int, ...]) -> int:
+    """Bytes `pids` (the blob server's, or any) wrote to storage, from /proc/PID/io."""
     total = 0
-    for pid in (*sampler._pids(), *extra_pids):
+    for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/io").read_text().splitlines():
                 if line.startswith("write_bytes:"):
@@ -178,13 +185,15 @@ def run_config(
             console.print(f"  encrypted {len(bodies)} envelopes in {encrypt_s:.0f}s")
             sampler = RssSampler(server.pid, children=processes > 1)
             baseline_kb = sampler.status_kb("VmRSS")
-            written_before = _io_write_bytes(sampler, blob_pids)
+            written_before = _io_write_bytes(sampler)
+            blob_written_before = _write_bytes(blob_pids)
             with sampler:
                 outcomes, burst_s = asyncio.run(
                     burst(url, job_id, parties, bodies, in_flight=in_flight)
                 )
             hwm_kb = sampler.status_kb("VmHWM")
-            written = _io_write_bytes(sampler, blob_pids) - written_before
+            written = _io_write_bytes(sampler) - written_before
+            blob_written = _write_bytes(blob_pids) - blob_written_before
             verdict = verify(buyer, keys, job_id, parties, outcomes)
         except BaseException:
             tail = (data_dir / "server.log").read_text(errors="replace").splitlines()[-60:]
@@ -206,7 +215,13 @@ def run_config(
         "lost": verdict["lost"],
         "updates_per_s": round((len(ok) - 1) / flowing, 1) if len(ok) > 1 else 0.0,
         "server_peak_rss_mb": round(hwm_kb / 1024, 1),
-        "bytes_written_per_update": round(written / accepted) if accepted else None,
+        "bytes_written_per_update": (
+            round((written + blob_written) / accepted) if accepted else None
+        ),
+        "server_bytes_written_per_update": round(written / accepted) if accepted else None,
+        "blob_server_bytes_written_per_update": (
+            round(blob_written / accepted) if accepted else None
+        ),
         "server_baseline_rss_mb": round(baseline_kb / 1024, 1),
         "envelope_bytes": len(bodies[0]),
         "param_count": params,
@@ -266,12 +281,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.providers} providers into one round ({configs[0]['param_count']:,} parameters, "
         f"envelope {configs[0]['envelope_bytes'] / MB:.2f} MB)",
         ["processes", "in flight", "accepted", "lost", "updates/s", "close s", "peak RSS MB",
-         "baseline MB", "bytes written / update"],
+         "baseline MB", "bytes written / update (server + blob server)"],
         [
             [str(c["processes"]), str(c["in_flight"]), str(c["accepted"]), str(c["lost"]),
              f"{c['updates_per_s']:.1f}",
              f"{c['close_s']}", f"{c['server_peak_rss_mb']:.0f}",
-             f"{c['server_baseline_rss_mb']:.0f}", f"{c['bytes_written_per_update']:,}"]
+             f"{c['server_baseline_rss_mb']:.0f}",
+             f"{c['bytes_written_per_update']:,} ({c['server_bytes_written_per_update']:,} + "
+             f"{c['blob_server_bytes_written_per_update']:,})"]
             for c in configs
         ],
     )  # fmt: skip
