@@ -108,6 +108,44 @@ def advisory_xact_lock(session: Session, key: AdvisoryLock) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": int(key)})
 
 
+_UNIT_OF_WORK = "pollen.unit_of_work"
+
+
+@contextmanager
+def unit_of_work(session: Session) -> Iterator[Session]:
+    """One service call's writes as one transaction: committed once when the block ends,
+    rolled back if it raises.
+
+    The entry points (the services routes call, the deadline pass) open it; the helpers
+    they call leave committing to it. A block opened inside another joins the outer one,
+    so an entry point may call another: only the outermost commits or rolls back. The few
+    commits made elsewhere are load-bearing (a lock's fresh snapshot, a matching pass, a
+    decision that stands although the request is refused, a step before a call to Stripe)
+    and say why where they are made.
+
+    A job's lock (`market.services.locks.locked_job`) is taken outside the block, as in
+    `with locked_job(session, job_id) as job, unit_of_work(session):`, so the decision is
+    committed before the lock is released.
+    """
+    if session.info.get(_UNIT_OF_WORK):
+        yield session
+        return
+    session.info[_UNIT_OF_WORK] = True
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.info.pop(_UNIT_OF_WORK, None)
+
+
+def in_unit_of_work(session: Session) -> bool:
+    """Whether a `unit_of_work` block is open on `session`."""
+    return bool(session.info.get(_UNIT_OF_WORK))
+
+
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """A session for background work; callers commit explicitly."""

@@ -84,7 +84,7 @@ class SlidingWindow:
         session.execute(
             delete(RateEvent).where(col(RateEvent.scope) == self.scope, col(RateEvent.at) <= since)
         )
-        session.commit()
+        session.commit()  # counted on its own, whatever becomes of the request it counts
 
 
 def auth_failures(settings: Settings) -> SlidingWindow:

@@ -12,6 +12,7 @@ import secrets
 
 from sqlmodel import Session, select
 
+from market.db import unit_of_work
 from market.errors import AuthenticationError, InvalidInputError
 from market.models import Account, AccountCreated, AccountPublic
 from market.models.types import new_id
@@ -41,8 +42,8 @@ def create_account(
         raise InvalidInputError(f"unknown role {role!r}")
     key = api_key or new_api_key()
     account = Account(id=new_id(_PREFIX[role]), role=role, name=name, key_hash=hash_key(key))
-    session.add(account)
-    session.commit()
+    with unit_of_work(session):
+        session.add(account)
     session.refresh(account)
     log.info("created %s account %s", role, account.id)
     return AccountCreated(**public(account).model_dump(), api_key=key)

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
+from market.db import unit_of_work
 from market.errors import ConflictError, InvalidStateError, PermissionDeniedError
 from market.models import Account, Credit, CreditPublic, Job
 from market.models.types import new_id
@@ -35,7 +36,8 @@ def _public(credit: Credit, job: Job) -> CreditPublic:
 
 
 def open_if_funded(session: Session, job: Job, amount_cents: int, *, now: datetime) -> bool:
-    """Count received money on the job; `funding` → `open` at the budget (not committed)."""
+    """Count received money on the job; `funding` → `open` at the budget (the caller
+    commits)."""
     job.funded_cents += amount_cents
     job.updated_at = now
     opened = job.state == "funding" and job.funded_cents >= job.budget_cents
@@ -73,12 +75,12 @@ def credit(
         admin_id=admin.id,
         created_at=now,
     )
-    session.add(entry)
-    settlement.record_funding(
-        session, job, amount_cents, key=f"credit:{entry.id}", source="manual", now=now
-    )
-    opened = open_if_funded(session, job, amount_cents, now=now)
-    session.commit()
+    with unit_of_work(session):
+        session.add(entry)
+        settlement.record_funding(
+            session, job, amount_cents, key=f"credit:{entry.id}", source="manual", now=now
+        )
+        opened = open_if_funded(session, job, amount_cents, now=now)
     log.info("job %s credited %d %s", job.id, amount_cents, job.currency)
     if opened:
         run_matching(session, now=now)

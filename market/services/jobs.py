@@ -1,4 +1,7 @@
-"""Jobs from the buyer's side: post, upload context and initial model, fund, cancel, complete."""
+"""Jobs from the buyer's side: post, upload context and initial model, fund, cancel, complete.
+
+Each function here is an entry point: its writes commit together (`market.db.unit_of_work`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from crypto import ContextError, PublicContext, get_preset
 from market import blobkeys, weights
 from market.blobs import BlobStore, TempBlob
 from market.config import Settings
+from market.db import unit_of_work
 from market.errors import InvalidInputError, InvalidStateError, PermissionDeniedError
 from market.lifecycle import JOB_ENDED, ROUND_HAS_AGGREGATE, JobState, RoundState
 from market.models import Account, Job, JobCreate, Round
@@ -55,7 +59,6 @@ def create_job(
             f"preset {preset.id} sums at most {preset.max_summands} updates: "
             f"max_providers must not exceed it"
         )
-    quotas.reserve_draft_job(session, buyer.id, limit=max_drafts)
     job = Job(
         id=new_id("job"),
         buyer_id=buyer.id,
@@ -77,8 +80,9 @@ def create_job(
         created_at=now,
         updated_at=now,
     )
-    session.add(job)
-    session.commit()
+    with unit_of_work(session):
+        quotas.reserve_draft_job(session, buyer.id, limit=max_drafts)
+        session.add(job)
     log.info("buyer %s posted job %s", buyer.id, job.id)
     return job
 
@@ -102,11 +106,11 @@ def put_context(session: Session, blobs: BlobStore, job: Job, data: bytes, *, no
         ) from None
     key = blobkeys.context(job.id, ctx.fingerprint)
     blobs.put_bytes(key, ctx.to_bytes())
-    job.context_key = key
-    job.fingerprint = ctx.fingerprint
-    job.updated_at = now
-    session.add(job)
-    session.commit()
+    with unit_of_work(session):
+        job.context_key = key
+        job.fingerprint = ctx.fingerprint
+        job.updated_at = now
+        session.add(job)
     return job
 
 
@@ -119,12 +123,12 @@ def put_initial_model(
     count = sum(math.prod(shape) for shape in layout.values())
     key = blobkeys.round_model(job.id, 1)
     blobs.put_temp(key, upload)
-    job.model_key = key
-    job.param_count = count
-    job.layout = layout
-    job.updated_at = now
-    session.add(job)
-    session.commit()
+    with unit_of_work(session):
+        job.model_key = key
+        job.param_count = count
+        job.layout = layout
+        job.updated_at = now
+        session.add(job)
     return job
 
 
@@ -137,10 +141,10 @@ def put_final_model(
     weights.check_layout(upload.path, job.layout, job.param_count)
     key = blobkeys.final_model(job.id)
     blobs.put_temp(key, upload)
-    job.final_model_key = key
-    job.updated_at = now
-    session.add(job)
-    session.commit()
+    with unit_of_work(session):
+        job.final_model_key = key
+        job.updated_at = now
+        session.add(job)
     return job
 
 
@@ -149,10 +153,10 @@ def request_funding(session: Session, job: Job, *, now: datetime) -> Job:
     _require_draft(job)
     if job.context_key is None or job.model_key is None:
         raise InvalidStateError("upload the public context and the initial model first")
-    job.state = JobState.FUNDING
-    job.updated_at = now
-    session.add(job)
-    session.commit()
+    with unit_of_work(session):
+        job.state = JobState.FUNDING
+        job.updated_at = now
+        session.add(job)
     return job
 
 
@@ -160,7 +164,7 @@ def cancel_job(session: Session, job: Job, *, now: datetime, fee_bps: int = 0) -
     """The buyer stops its job. Work already done is paid first: the collecting round's
     accepted submitters are settled as if it had closed (their sum is never released);
     then `fee_bps` of what is left goes to the platform and the rest is refunded."""
-    with locked_job(session, job.id) as job:
+    with locked_job(session, job.id) as job, unit_of_work(session):
         if job.state in JOB_ENDED:
             raise InvalidStateError(f"job is already {job.state}")
         job.state = JobState.CANCELLED
@@ -178,14 +182,13 @@ def cancel_job(session: Session, job: Job, *, now: datetime, fee_bps: int = 0) -
                 settlement.settle_round(session, job, rnd, now=now)
         settlement.charge_cancel_fee(session, job, fee_bps, now=now)
         settlement.on_job_ended(session, job, now=now)
-        session.commit()
     log.info("job %s cancelled", job.id)
     return job
 
 
 def complete_job(session: Session, job: Job, *, now: datetime) -> Job:
     """running → completed, once the last round is closed; leftover escrow is refunded."""
-    with locked_job(session, job.id) as job:
+    with locked_job(session, job.id) as job, unit_of_work(session):
         if job.state != JobState.RUNNING:
             raise InvalidStateError(f"job is {job.state}, not running")
         last = find_round(session, job.id, job.rounds_total)
@@ -195,7 +198,6 @@ def complete_job(session: Session, job: Job, *, now: datetime) -> Job:
         job.updated_at = now
         session.add(job)
         settlement.on_job_ended(session, job, now=now)
-        session.commit()
     return job
 
 

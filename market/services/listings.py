@@ -1,4 +1,7 @@
-"""Dataset listings: publish, read, update, withdraw. Any change re-runs matching."""
+"""Dataset listings: publish, read, update, withdraw. Any change re-runs matching.
+
+Each change is an entry point: one unit of work (`market.db.unit_of_work`), then a matching
+pass in its own transaction."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from market.config import Settings
+from market.db import unit_of_work
 from market.errors import InvalidStateError, PermissionDeniedError
 from market.models import Account, Listing, ListingCreate, ListingPublic, ListingUpdate, Offer
 from market.models.types import new_id
@@ -35,7 +39,6 @@ def create_listing(
     """Publish a listing, within the provider's quota of active listings (409 past it)."""
     if provider.role != "provider":
         raise PermissionDeniedError("only providers publish listings")
-    quotas.reserve_listing(session, provider.id, limit=max_listings)
     listing = Listing(
         id=new_id("lst"),
         provider_id=provider.id,
@@ -48,8 +51,9 @@ def create_listing(
         created_at=now,
         updated_at=now,
     )
-    session.add(listing)
-    session.commit()
+    with unit_of_work(session):
+        quotas.reserve_listing(session, provider.id, limit=max_listings)
+        session.add(listing)
     log.info("provider %s listed %s", provider.id, listing.id)
     run_matching(session, now=now)
     return listing
@@ -71,11 +75,11 @@ def update_listing(
     if listing.state != "active":
         raise InvalidStateError("a withdrawn listing cannot change")
     # Changes apply to future offers only; offers already sent keep their price and samples.
-    for field, value in data.model_dump(exclude_none=True).items():
-        setattr(listing, field, value)
-    listing.updated_at = now
-    session.add(listing)
-    session.commit()
+    with unit_of_work(session):
+        for field, value in data.model_dump(exclude_none=True).items():
+            setattr(listing, field, value)
+        listing.updated_at = now
+        session.add(listing)
     run_matching(session, now=now)
     return listing
 
@@ -89,16 +93,16 @@ def withdraw_listing(
         raise PermissionDeniedError("only the listing's provider may withdraw it")
     if listing.state == "withdrawn":
         return listing
-    listing.state = "withdrawn"
-    listing.updated_at = now
-    session.add(listing)
-    pending = session.exec(
-        select(Offer).where(Offer.listing_id == listing.id, Offer.state == "pending")
-    ).all()
-    for offer in pending:
-        offer.state = "withdrawn"
-        offer.decided_at = now
-        session.add(offer)
-    session.commit()
+    with unit_of_work(session):
+        listing.state = "withdrawn"
+        listing.updated_at = now
+        session.add(listing)
+        pending = session.exec(
+            select(Offer).where(Offer.listing_id == listing.id, Offer.state == "pending")
+        ).all()
+        for offer in pending:
+            offer.state = "withdrawn"
+            offer.decided_at = now
+            session.add(offer)
     run_matching(session, now=now)
     return listing

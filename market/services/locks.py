@@ -12,7 +12,11 @@ Lock order is always job, then its round (`locked_round`), then the ledger's cha
 Each locked read refreshes the objects it returns (`populate_existing`): the ORM's identity
 map would otherwise keep the attributes it loaded before the lock was granted, and the caller
 would decide on a stale row although the database handed it the fresh one. The row lock lasts
-until the caller's next commit, so callers make the whole decision in one transaction.
+until the caller's next commit, so callers make the whole decision in one transaction, opened
+inside the lock and committed before it is released:
+`with locked_job(session, job_id) as job, unit_of_work(session): ...` (`market.db`). Taking
+the lock inside an open unit of work is refused: its first commit would cut that unit in two,
+and the unit's own commit would come after the lock is released.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from contextlib import contextmanager
 
 from sqlmodel import Session, select
 
+from market.db import in_unit_of_work
 from market.errors import NotFoundError
 from market.models import Job, Round
 
@@ -33,6 +38,11 @@ _job_locks: dict[str, threading.Lock] = {}
 def _lock_for(job_id: str) -> threading.Lock:
     with _guard:
         return _job_locks.setdefault(job_id, threading.Lock())
+
+
+def _outside_unit_of_work(session: Session) -> None:
+    if in_unit_of_work(session):
+        raise RuntimeError("take a job's lock before opening the unit of work, not inside it")
 
 
 def _fresh_job(session: Session, job_id: str, *, skip_locked: bool) -> Job | None:
@@ -48,6 +58,7 @@ def _fresh_job(session: Session, job_id: str, *, skip_locked: bool) -> Job | Non
 @contextmanager
 def locked_job(session: Session, job_id: str) -> Iterator[Job]:
     """The job, freshly read, with no other decision on it running until the block ends."""
+    _outside_unit_of_work(session)
     with _lock_for(job_id):
         # End the current read transaction: what follows must see rows committed meanwhile.
         session.commit()
@@ -62,11 +73,13 @@ def locked_job(session: Session, job_id: str) -> Iterator[Job]:
 def job_unless_busy(session: Session, job_id: str) -> Iterator[Job | None]:
     """Like `locked_job`, but None at once when another thread or process holds the job:
     background passes skip what someone else is deciding instead of queueing behind it."""
+    _outside_unit_of_work(session)
     lock = _lock_for(job_id)
     if not lock.acquire(blocking=False):
         yield None
         return
     try:
+        # End the current read transaction, as `locked_job` does.
         session.commit()
         session.expire_all()
         yield _fresh_job(session, job_id, skip_locked=True)

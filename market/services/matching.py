@@ -42,9 +42,12 @@ _matching_lock = threading.Lock()
 
 
 def run_matching(session: Session, *, now: datetime, job_ids: Sequence[str] = ()) -> list[str]:
-    """Send offers for every open job, plus the running jobs in `job_ids`; commits.
+    """Send offers for every open job, plus the running jobs in `job_ids`; returns the new
+    offers' ids.
 
-    Returns the new offers' ids.
+    A pass is its own transaction, committed before the lock is released (a pass waiting
+    for it must see its offers), so entry points call it after their unit of work. The
+    one caller inside a unit of work, a round's retry, has its work committed first.
     """
     with _matching_lock:
         # Commit what the caller did so the pass below reads a snapshot taken under the lock.
@@ -89,7 +92,7 @@ def _run_matching(session: Session, *, now: datetime, job_ids: Sequence[str]) ->
     # A Core bulk insert: thousands of offers must not cost thousands of ORM objects.
     if rows:
         session.execute(insert(Offer), rows)
-    session.commit()
+    session.commit()  # under the lock: the next pass must see these offers
     if rows:
         log.info("matching sent %d offers to %d jobs", len(rows), len(jobs))
     return [str(r["id"]) for r in rows]

@@ -148,8 +148,8 @@ _last_sweep = [float("-inf")]
 
 def sweep(session: Session, *, limit: int = 200, force: bool = False) -> int:
     """Delete the envelopes of rounds that ended without a sum (failed or cancelled), at
-    most once a minute per process; returns how many. Closed rounds delete theirs when the
-    close commits."""
+    most once a minute per process; returns how many. The blobs go once the caller commits
+    (`tick` does); closed rounds delete theirs when the close commits."""
     if not force and time.monotonic() - _last_sweep[0] < _SWEEP_EVERY_S:
         return 0
     _last_sweep[0] = time.monotonic()
@@ -167,5 +167,4 @@ def sweep(session: Session, *, limit: int = 200, force: bool = False) -> int:
         sub.envelope_key = None
         session.add(sub)
     partials.delete_after_commit(session, keys)
-    session.commit()
     return len(keys)

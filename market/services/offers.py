@@ -1,4 +1,8 @@
-"""Offers from the provider's side: list, accept, decline; the job starts at `min_providers`."""
+"""Offers from the provider's side: list, accept, decline; the job starts at `min_providers`.
+
+`accept`, `decline` and `withdraw` are entry points: each decides under the job's lock in
+one unit of work (`market.db.unit_of_work`), then runs matching in its own transaction.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from market.db import unit_of_work
 from market.errors import InvalidStateError, NotFoundError, OfferExpiredError
 from market.lifecycle import JobState, OfferState, RoundState
 from market.models import Account, Job, Offer, OfferPublic, Submission
@@ -42,7 +47,7 @@ def _own_pending(session: Session, offer_id: str, provider: Account, now: dateti
         offer.state = OfferState.EXPIRED
         offer.decided_at = now
         session.add(offer)
-        session.commit()
+        session.commit()  # the expiry stands although this call is refused just below
     if offer.state == OfferState.EXPIRED:
         raise OfferExpiredError(f"offer {offer_id} expired at {offer.expires_at.isoformat()}")
     if offer.state != OfferState.PENDING:
@@ -52,7 +57,7 @@ def _own_pending(session: Session, offer_id: str, provider: Account, now: dateti
 
 def accept(session: Session, offer_id: str, provider: Account, *, now: datetime) -> Offer:
     job_id = _own_pending(session, offer_id, provider, now).job_id
-    with locked_job(session, job_id) as job:
+    with locked_job(session, job_id) as job, unit_of_work(session):
         # Checked again under the job's lock: a concurrent accept may have decided already.
         offer = _own_pending(session, offer_id, provider, now)
         if job.state not in (JobState.OPEN, JobState.RUNNING):
@@ -61,11 +66,9 @@ def accept(session: Session, offer_id: str, provider: Account, *, now: datetime)
         offer.decided_at = now
         session.add(offer)
         if job.state == JobState.OPEN and len(participants(session, job.id)) >= job.min_providers:
-            start_job(session, job, now=now)  # commits the acceptance with the new round
-        else:
-            if job.state == JobState.RUNNING:
-                join_round(session, job, offer)
-            session.commit()
+            start_job(session, job, now=now)  # the acceptance and round 1, together
+        elif job.state == JobState.RUNNING:
+            join_round(session, job, offer)
     log.info("provider %s accepted job %s", provider.id, job_id)
     return offer
 
@@ -77,12 +80,11 @@ def decline(session: Session, offer_id: str, provider: Account, *, now: datetime
     if mine is not None and mine.provider_id == provider.id and mine.state == OfferState.ACCEPTED:
         return withdraw(session, mine, now=now)
     job_id = _own_pending(session, offer_id, provider, now).job_id
-    with locked_job(session, job_id):
+    with locked_job(session, job_id), unit_of_work(session):
         offer = _own_pending(session, offer_id, provider, now)
         offer.state = OfferState.DECLINED
         offer.decided_at = now
         session.add(offer)
-        session.commit()
     run_matching(session, now=now, job_ids=[offer.job_id])
     return offer
 
@@ -94,7 +96,7 @@ def offers_for_job(session: Session, job_id: str) -> Sequence[Offer]:
 def withdraw(session: Session, offer: Offer, *, now: datetime) -> Offer:
     """An accepted provider backs out: dropped from the job (paid for the rounds it was
     included in), out of the collecting round if it has not submitted, a negative event."""
-    with locked_job(session, offer.job_id) as job:
+    with locked_job(session, offer.job_id) as job, unit_of_work(session):
         if offer.state != OfferState.ACCEPTED:  # re-read under the lock: withdrawn meanwhile?
             raise InvalidStateError(f"offer {offer.id} is {offer.state}")
         if job.state not in (JobState.OPEN, JobState.RUNNING):
@@ -121,7 +123,6 @@ def withdraw(session: Session, offer: Offer, *, now: datetime) -> Offer:
         if rnd is not None:
             # Everyone still expected may be in already: the round closes now.
             check_round(session, job, rnd, now=now)
-        session.commit()
     log.info("provider %s withdrew from job %s", offer.provider_id, job.id)
     run_matching(session, now=now, job_ids=[job.id])
     return offer

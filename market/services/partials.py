@@ -44,6 +44,7 @@ from crypto import (
 )
 from market import blobkeys
 from market.blobs import BlobStore
+from market.db import unit_of_work
 from market.models import Job, Round, RoundPartial, Submission
 from market.models.types import new_id
 from market.services import groups
@@ -185,7 +186,11 @@ def checkpoint(engine: Engine, round_id: str) -> bool:
     key = blobkeys.partial(part.job_id, part.number)
     blobs.put_bytes(key, data)
     try:
-        with Session(engine) as session, locked_job(session, part.job_id) as job:
+        with (
+            Session(engine) as session,
+            locked_job(session, part.job_id) as job,
+            unit_of_work(session),
+        ):
             rnd = locked_round(session, job, part.number)
             if rnd.state != "collecting":
                 delete_blobs(blobs, [key])
@@ -198,7 +203,6 @@ def checkpoint(engine: Engine, round_id: str) -> bool:
             )  # fmt: skip
             session.flush()
             _release(session, rnd)
-            session.commit()
     except Exception:
         # Not recorded: the envelopes still hold these updates, the close replays them.
         log.exception("checkpoint of round %s not recorded", round_id)
@@ -237,7 +241,11 @@ def build_group(engine: Engine, ctx: PublicContext, job: Job, number: int, index
     key = blobkeys.group_partial(job.id, number, index)
     blobs.put_bytes(key, data)
     try:
-        with Session(engine) as session, locked_job(session, job.id) as fresh:
+        with (
+            Session(engine) as session,
+            locked_job(session, job.id) as fresh,
+            unit_of_work(session),
+        ):
             rnd = locked_round(session, fresh, number)
             if rnd.state != "collecting" or _covered(session, rnd.id, index) & set(
                 gsum.provider_ids
@@ -253,7 +261,6 @@ def build_group(engine: Engine, ctx: PublicContext, job: Job, number: int, index
             )  # fmt: skip
             session.flush()
             _release(session, rnd)
-            session.commit()
     except Exception:
         log.exception("sum of group %d of round %s not recorded", index, rnd.id)
         delete_blobs(blobs, [key])

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
+from market.db import unit_of_work
 from market.errors import InvalidStateError, PaymentError
 from market.ledger.journal import find
 from market.models import Job, Payment, PaymentPublic
@@ -52,8 +53,10 @@ def start_funding(
     """Ask for the job's budget; returns the rail's payment (None on the manual rail)."""
     if job.state == "funding" and rail.name == "stripe":
         return poll_funding(session, rail, job, now=now)
-    job.fee_bps = fee_bps
-    jobs.request_funding(session, job, now=now)
+    # Committed before Stripe is asked: no transaction stays open across a call to it.
+    with unit_of_work(session):
+        job.fee_bps = fee_bps
+        jobs.request_funding(session, job, now=now)
     if rail.name != "stripe":
         return None
     key = f"job:{job.id}:fund"
@@ -74,8 +77,8 @@ def start_funding(
         created_at=now,
         updated_at=now,
     )
-    session.add(payment)
-    session.commit()
+    with unit_of_work(session):
+        session.add(payment)
     log.info("job %s: PaymentIntent %s for %d", job.id, intent.external_id, job.budget_cents)
     return payment
 
@@ -90,33 +93,34 @@ def poll_funding(session: Session, rail: PaymentRail, job: Job, *, now: datetime
         if intent.status == "succeeded":
             record_success(session, payment, intent.amount_cents, now=now)
         elif intent.status != payment.status:
-            payment.status = intent.status
-            payment.updated_at = now
-            session.add(payment)
-            session.commit()
+            with unit_of_work(session):
+                payment.status = intent.status
+                payment.updated_at = now
+                session.add(payment)
     return payment
 
 
 def record_success(session: Session, payment: Payment, amount: int, *, now: datetime) -> bool:
-    """The PaymentIntent succeeded: escrow the money, open the job; idempotent."""
-    job = session.get(Job, payment.job_id)
-    assert job is not None
-    key = f"stripe:{payment.external_id}:succeeded"
-    if find(session, key) is not None:
-        return False
-    settlement.record_funding(session, job, amount, key=key, source="stripe", now=now)
-    payment.status = "succeeded"
-    payment.updated_at = now
-    session.add(payment)
-    opened = False
-    if job.state in ("funding", "open", "running"):
-        opened = funding.open_if_funded(session, job, amount, now=now)
-    else:
-        # The job ended before its money arrived: straight back to the buyer.
-        job.funded_cents += amount
-        session.add(job)
-        settlement.close_out(session, job, rail="stripe", now=now)
-    session.commit()
+    """The PaymentIntent succeeded: escrow the money, open the job; idempotent (an entry
+    point: commits, then runs matching if the job opened)."""
+    with unit_of_work(session):
+        job = session.get(Job, payment.job_id)
+        assert job is not None
+        key = f"stripe:{payment.external_id}:succeeded"
+        if find(session, key) is not None:
+            return False
+        settlement.record_funding(session, job, amount, key=key, source="stripe", now=now)
+        payment.status = "succeeded"
+        payment.updated_at = now
+        session.add(payment)
+        opened = False
+        if job.state in ("funding", "open", "running"):
+            opened = funding.open_if_funded(session, job, amount, now=now)
+        else:
+            # The job ended before its money arrived: straight back to the buyer.
+            job.funded_cents += amount
+            session.add(job)
+            settlement.close_out(session, job, rail="stripe", now=now)
     log.info("job %s funded by %s (%d)", job.id, payment.external_id, amount)
     if opened:
         run_matching(session, now=now)
@@ -135,10 +139,10 @@ def apply_webhook(session: Session, event: WebhookEvent, *, now: datetime) -> st
         return "unknown-payment"
     if event.type == "payment_intent.payment_failed":
         if payment.status != "succeeded":
-            payment.status = "failed"
-            payment.updated_at = now
-            session.add(payment)
-            session.commit()
+            with unit_of_work(session):
+                payment.status = "failed"
+                payment.updated_at = now
+                session.add(payment)
         return "failed"
     recorded = record_success(session, payment, int(event.object["amount"]), now=now)
     return "funded" if recorded else "duplicate"
@@ -168,7 +172,7 @@ def process_refunds(session: Session, rail: PaymentRail, *, now: datetime) -> in
         refund.status = status
         refund.updated_at = now
         session.add(refund)
-        session.commit()
+        session.commit()  # a refund Stripe sent is recorded before the next one is asked for
         sent += 1
     return sent
 

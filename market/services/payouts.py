@@ -30,7 +30,7 @@ from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from market import ledger, translog
-from market.db import AdvisoryLock
+from market.db import AdvisoryLock, unit_of_work
 from market.errors import InvalidStateError, NotFoundError, PaymentError
 from market.ledger import queries
 from market.models import (
@@ -81,7 +81,7 @@ def connected_account_id(session: Session, rail: PaymentRail, provider_id: str) 
         provider_id=provider_id, name=name, key=f"connect:{provider_id}"
     )
     session.add(ConnectedAccount(provider_id=provider_id, external_id=external))
-    session.commit()
+    session.commit()  # the account exists at Stripe now: recorded whatever happens next
     return external
 
 
@@ -165,7 +165,7 @@ def _run(session: Session, rail: PaymentRail, *, now: datetime) -> PayoutBatch |
     session.add(batch)
     session.flush()
     session.add_all(payouts)
-    session.commit()
+    session.commit()  # the payouts are pending before any money moves
     if rail.transfers:
         _transfer(session, rail, batch, payouts, now=now)
     log.info("payout batch %s: %d payouts, %d cents", batch.id, len(payouts), batch.total_cents)
@@ -192,12 +192,12 @@ def _transfer(
             log.warning("payout %s not transferred; it stays pending", payout.id)
             continue
         _post_paid(session, payout, now=now)
-        session.commit()
+        session.commit()  # a transfer Stripe made is posted before the next one is asked for
     done = all(p.status == "paid" for p in payouts)
     batch.status = "paid" if done else "partial"
     batch.paid_at = now if done else None
     session.add(batch)
-    session.commit()
+    session.commit()  # the batch's state after its transfers, each committed as it went
 
 
 def mark_paid(session: Session, batch_id: str, *, now: datetime) -> PayoutBatch:
@@ -207,13 +207,13 @@ def mark_paid(session: Session, batch_id: str, *, now: datetime) -> PayoutBatch:
         raise NotFoundError(f"no payout batch {batch_id}")
     if batch.rail != "manual":
         raise InvalidStateError("only manual batches are marked paid by hand")
-    for payout in batch_payouts(session, batch.id):
-        if payout.status == "pending":
-            _post_paid(session, payout, now=now)
-    batch.status = "paid"
-    batch.paid_at = batch.paid_at or now
-    session.add(batch)
-    session.commit()
+    with unit_of_work(session):
+        for payout in batch_payouts(session, batch.id):
+            if payout.status == "pending":
+                _post_paid(session, payout, now=now)
+        batch.status = "paid"
+        batch.paid_at = batch.paid_at or now
+        session.add(batch)
     return batch
 
 

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from market.db import unit_of_work
 from market.errors import InvalidInputError, PermissionDeniedError
 from market.models import (
     Account,
@@ -39,7 +40,7 @@ def public(report: PrivacyReport) -> PrivacyReportPublic:
 def report(
     session: Session, job_id: str, provider: Account, body: PrivacyReportCreate, *, now: datetime
 ) -> PrivacyReport:
-    """Record the provider's ε after ``body.round``; committed here."""
+    """Record the provider's ε after ``body.round`` (an entry point: commits)."""
     job = access.participant_job(session, job_id, provider)
     if provider.role != "provider":
         raise PermissionDeniedError("only the job's providers report privacy spending")
@@ -52,26 +53,26 @@ def report(
     ).first()
     if submitted is None:
         raise InvalidInputError(f"you have no submission in round {body.round} of this job")
-    row = session.get(PrivacyReport, (job.id, provider.id))
-    if row is None:
-        row = PrivacyReport(
-            job_id=job.id,
-            provider_id=provider.id,
-            round=body.round,
-            epsilon=body.epsilon,
-            delta=body.delta,
-            reported_at=now,
-        )
-        session.add(row)
-    elif body.round >= row.round:
-        row.round, row.epsilon, row.delta, row.reported_at = (
-            body.round,
-            body.epsilon,
-            body.delta,
-            now,
-        )
-        session.add(row)
-    session.commit()
+    with unit_of_work(session):
+        row = session.get(PrivacyReport, (job.id, provider.id))
+        if row is None:
+            row = PrivacyReport(
+                job_id=job.id,
+                provider_id=provider.id,
+                round=body.round,
+                epsilon=body.epsilon,
+                delta=body.delta,
+                reported_at=now,
+            )
+            session.add(row)
+        elif body.round >= row.round:
+            row.round, row.epsilon, row.delta, row.reported_at = (
+                body.round,
+                body.epsilon,
+                body.delta,
+                now,
+            )
+            session.add(row)
     log.info("provider %s spent ε=%.3f on job %s", provider.id, row.epsilon, job.id)
     return row
 

@@ -217,4 +217,4 @@ def record_invalid(
         key=f"rep:{job_id}:{round_number}:{provider_id}:invalid:{digest}", now=now,
         job_id=job_id, round_number=round_number,
     )  # fmt: skip
-    session.commit()
+    session.commit()  # the upload is refused right after: the event must stand alone

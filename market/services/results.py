@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlmodel import Session
 
 from market.blobs import BlobStore, BlobStream
+from market.db import unit_of_work
 from market.errors import AggregateUnavailableError, InvalidStateError, NotFoundError
 from market.lifecycle import ROUND_HAS_AGGREGATE
 from market.models import GroupValuesCreate, Job, MetricsCreate, Round
@@ -57,9 +58,9 @@ def record_metrics(
     rnd = load_round(session, job, number)
     if rnd.state not in ROUND_HAS_AGGREGATE:
         raise InvalidStateError(f"round {number} is {rnd.state}: no aggregate to evaluate yet")
-    rnd.metrics = metrics.model_dump(exclude_none=True)
-    session.add(rnd)
-    session.commit()
+    with unit_of_work(session):
+        rnd.metrics = metrics.model_dump(exclude_none=True)
+        session.add(rnd)
     return rnd
 
 
@@ -73,8 +74,7 @@ def group_aggregate_bytes(
 
 def record_group_values(session: Session, job: Job, number: int, body: GroupValuesCreate) -> Round:
     """The buyer's evaluation of each released group of round `number` (committed)."""
-    with locked_job(session, job.id) as job:
+    with locked_job(session, job.id) as job, unit_of_work(session):
         rnd = locked_round(session, job, number)
         groups.record_values(session, rnd, body.groups)
-        session.commit()
     return rnd

@@ -12,6 +12,11 @@ it, in every server process), and every write that touches a round (a submission
 published model, an offer decision) applies it first, under the job's lock
 (`market.services.locks`). Reading a round never changes it.
 
+The rules themselves are `market.lifecycle.round_verdict` and `publish_verdict`: here the
+facts are loaded and the verdict applied. Only `tick` and `publish_model` (the entry points)
+commit, through `market.db.unit_of_work`; the helpers leave committing to their caller, but
+for a retry, whose matching pass commits (`run_matching`).
+
 Quorum counts real parties: every provider a round expects was verified when matched
 (an operator's approval or a Stripe Connect account with payouts enabled; unverified ones are
 never matched, see `market.services.verification`), so `quorum` submitters are `quorum`
@@ -29,7 +34,9 @@ from sqlmodel import Session, col, select
 
 from crypto import weight_norm
 from market import blobkeys, weights
+from market import lifecycle as lc
 from market.blobs import BlobStore, TempBlob
+from market.db import unit_of_work
 from market.errors import InvalidStateError, NotFoundError
 from market.models import Job, Offer, Round, Submission
 from market.models.types import new_id
@@ -64,7 +71,8 @@ def load_round(session: Session, job: Job, number: int) -> Round:
 
 
 def start_job(session: Session, job: Job, *, now: datetime) -> Round:
-    """Enough providers accepted: run the job; the uploaded initial model is round 1's."""
+    """Enough providers accepted: run the job; the uploaded initial model is round 1's
+    (the caller commits)."""
     assert job.model_key is not None
     job.state = "running"
     job.current_round = 1
@@ -74,6 +82,7 @@ def start_job(session: Session, job: Job, *, now: datetime) -> Round:
 
 
 def open_round(session: Session, job: Job, number: int, model_key: str, *, now: datetime) -> Round:
+    """Round `number` starts collecting, with its random groups (the caller commits)."""
     accepted = participants(session, job.id)
     rnd = Round(
         id=new_id("rnd"),
@@ -89,7 +98,6 @@ def open_round(session: Session, job: Job, number: int, model_key: str, *, now: 
     session.add(job)
     session.flush()
     groups.open_groups(session, job, rnd)
-    session.commit()
     return rnd
 
 
@@ -110,7 +118,8 @@ def expected_in_round(
 
 
 def join_round(session: Session, job: Job, offer: Offer) -> None:
-    """A provider accepted while the job runs: it joins the collecting round, if any."""
+    """A provider accepted while the job runs: it joins the collecting round, if any (the
+    caller commits)."""
     rnd = find_round(session, job.id, job.current_round)
     if rnd is None or rnd.state != "collecting" or offer.provider_id in rnd.expected:
         return
@@ -165,6 +174,10 @@ def fail_job(session: Session, job: Job, rnd: Round | None, *, now: datetime, re
 
 
 def retry_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> None:
+    """Attempt 2 of a round below quorum at its deadline: the submitters are kept, the
+    silent providers dropped, the deadline moved. The matching pass that fills the dropped
+    places commits the retry first (under the job's lock the caller holds), then its offers.
+    """
     done = set(submitters(session, rnd))
     settlement.on_round_missed(session, job, rnd, sorted(set(rnd.expected) - done), now=now)
     for offer in participants(session, job.id):
@@ -186,29 +199,38 @@ def retry_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> Non
     rnd.expected = sorted(done)
     session.add(rnd)
     log.info("job %s round %d retried with %d kept updates", job.id, rnd.number, len(done))
-    # Commits the retry and fills the dropped places with fresh offers.
+    # The matching pass commits the retry, then fills the dropped places with fresh offers.
     run_matching(session, now=now, job_ids=[job.id])
 
 
-def check_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> None:
-    """Apply the closing rules to a collecting round (the caller holds the job's lock and
-    commits; a retry commits itself, with the matching pass that follows it)."""
-    if rnd.state != "collecting" or job.state != "running":
-        return
-    all_in = rnd.acc_count >= len(rnd.expected)
-    if rnd.acc_count >= job.quorum and all_in:
-        close_round(session, job, rnd, now=now, reason="all-in")
-    elif rnd.deadline <= now:
-        if rnd.acc_count >= job.quorum:
-            close_round(session, job, rnd, now=now, reason="deadline")
-        elif rnd.attempt == 1:
+def check_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> lc.RoundVerdict:
+    """Apply the closing rules (`lifecycle.round_verdict`) to a collecting round of a
+    running job and return the verdict applied (`Wait` for any other round). The caller
+    holds the job's lock and commits; a retry's matching pass commits it earlier."""
+    if rnd.state != lc.RoundState.COLLECTING or job.state != lc.JobState.RUNNING:
+        return lc.Wait()
+    verdict = lc.round_verdict(
+        count=rnd.acc_count,
+        expected=len(rnd.expected),
+        quorum=job.quorum,
+        attempt=rnd.attempt,
+        deadline=rnd.deadline,
+        now=now,
+    )
+    match verdict:
+        case lc.Close(reason):
+            close_round(session, job, rnd, now=now, reason=reason)
+        case lc.Retry():
             retry_round(session, job, rnd, now=now)
-        else:
-            fail_job(session, job, rnd, now=now, reason=f"round {rnd.number} below quorum twice")
+        case lc.Fail(reason):
+            fail_job(session, job, rnd, now=now, reason=f"round {rnd.number} {reason}")
+        case lc.Wait():
+            pass
+    return verdict
 
 
 def withdraw_pending_offers(session: Session, job: Job, *, now: datetime) -> None:
-    """A job that ended no longer wants the offers nobody answered."""
+    """A job that ended no longer wants the offers nobody answered (the caller commits)."""
     for offer in session.exec(
         select(Offer).where(Offer.job_id == job.id, Offer.state == "pending")
     ):
@@ -228,15 +250,15 @@ def tick(session: Session, *, now: datetime) -> int:
     # This process's partial sums older than `checkpoint_seconds` are written out, and the
     # envelopes of rounds that ended without a sum are deleted.
     partials.flush_due(session.get_bind())  # type: ignore[arg-type]
-    merging.sweep(session)
-    expired = session.exec(
-        select(Offer).where(Offer.state == "pending", col(Offer.expires_at) <= now)
-    ).all()
-    for offer in expired:
-        offer.state = "expired"
-        offer.decided_at = now
-        session.add(offer)
-    session.commit()
+    with unit_of_work(session):
+        merging.sweep(session)
+        expired = session.exec(
+            select(Offer).where(Offer.state == "pending", col(Offer.expires_at) <= now)
+        ).all()
+        for offer in expired:
+            offer.state = "expired"
+            offer.decided_at = now
+            session.add(offer)
     if expired:
         run_matching(session, now=now)
     overdue = session.exec(
@@ -250,14 +272,14 @@ def tick(session: Session, *, now: datetime) -> int:
             with job_unless_busy(session, job_id) as job:
                 if job is None:
                     continue
-                rnd = locked_round(session, job, number)
-                before = (rnd.state, rnd.attempt, job.state)
-                check_round(session, job, rnd, now=now)
-                end_if_unpublished(session, job, rnd, now=now)
-                session.commit()
+                with unit_of_work(session):
+                    rnd = locked_round(session, job, number)
+                    before = (rnd.state, rnd.attempt, job.state)
+                    check_round(session, job, rnd, now=now)
+                    end_if_unpublished(session, job, rnd, now=now)
                 moved += (rnd.state, rnd.attempt, job.state) != before
         except Exception:  # one job's failure must not stop the pass for the others
-            session.rollback()
+            session.rollback()  # the unit of work rolled back; this covers taking the lock
             log.exception("deadline of job %s round %d not applied", job_id, number)
     return moved
 
@@ -283,39 +305,50 @@ def _unpublished(session: Session, now: datetime) -> list[tuple[str, int]]:
     ]
 
 
-def end_if_unpublished(session: Session, job: Job, rnd: Round, *, now: datetime) -> None:
+def end_if_unpublished(
+    session: Session, job: Job, rnd: Round, *, now: datetime
+) -> lc.PublishVerdict:
     """A buyer that never publishes the next model must not hold providers forever: past the
-    publication deadline the job ends (the caller holds the job's lock and commits).
+    publication deadline (`lifecycle.publish_verdict`) the job ends; returns the verdict
+    applied. The caller holds the job's lock and commits.
 
     After the last round the buyer has its model: the job completes. Before it, the job
     fails by the buyer: the rest of the escrow is refunded, every offer is released, and no
     provider loses reputation (none is recorded)."""
-    due = publish_deadline(job, rnd)
-    if job.state != "running" or due is None or due > now:
-        return
-    if rnd.number >= job.rounds_total:
-        job.state = "completed"
-        log.info("job %s completed at its publication deadline", job.id)
-    else:
-        job.state = "failed"
-        job.failure_reason = (
-            f"failed by the buyer: no model for round {rnd.number + 1} was published within "
-            f"{int(job.spec.get('publish_deadline_s', 86400))} s of round {rnd.number} closing"
-        )
-        log.warning("job %s: %s", job.id, job.failure_reason)
+    if job.state != lc.JobState.RUNNING:
+        return lc.Wait()
+    verdict = lc.publish_verdict(
+        round_number=rnd.number,
+        rounds_total=job.rounds_total,
+        due=publish_deadline(job, rnd),
+        now=now,
+    )
+    match verdict:
+        case lc.Wait():
+            return verdict
+        case lc.Complete():
+            job.state = lc.JobState.COMPLETED
+            log.info("job %s completed at its publication deadline", job.id)
+        case lc.FailByBuyer(reason):
+            job.state = lc.JobState.FAILED
+            deadline_s = int(job.spec.get("publish_deadline_s", 86400))
+            job.failure_reason = f"{reason} (within {deadline_s} s of round {rnd.number} closing)"
+            log.warning("job %s: %s", job.id, job.failure_reason)
     job.updated_at = now
     session.add(job)
     withdraw_pending_offers(session, job, now=now)
     settlement.on_job_ended(session, job, now=now)
+    return verdict
 
 
 def publish_model(
     session: Session, blobs: BlobStore, job: Job, number: int, upload: TempBlob, *, now: datetime
 ) -> Round:
-    """The buyer's global model for round `number` (> 1): publishes the previous round."""
+    """The buyer's global model for round `number` (> 1): publishes the previous round and
+    opens round `number`, in one transaction."""
     assert job.param_count is not None
     weights.check_layout(upload.path, job.layout, job.param_count)
-    with locked_job(session, job.id) as job:
+    with locked_job(session, job.id) as job, unit_of_work(session):
         if job.state != "running":
             raise InvalidStateError(f"job is {job.state}, not running")
         if number != job.current_round + 1 or number > job.rounds_total:

@@ -43,7 +43,7 @@ from crypto import (
 )
 from market import blobkeys, translog
 from market.blobs import BlobStore, TempBlob
-from market.db import PerLoop
+from market.db import PerLoop, unit_of_work
 from market.errors import (
     DuplicateSubmissionError,
     InvalidStateError,
@@ -225,15 +225,16 @@ def _accept(
 ) -> tuple[Submission, Round, RoundGroup, trust.Record, LogLeaf]:
     """Record the acceptance: a short lock on the job and its round to check it collects,
     count the update, log the signed `accepted` record, and close the round when it was the
-    last one expected (committed). No ciphertext is touched here unless the round closes."""
-    with locked_job(session, job.id) as fresh_job:
+    last one expected (one unit of work). No ciphertext is touched here unless the round
+    closes."""
+    with locked_job(session, job.id) as fresh_job, unit_of_work(session):
         rnd = locked_round(session, fresh_job, number)
         # A deadline that passed before this update arrived is applied first; the decision
         # stands whatever becomes of this upload (which is then refused).
         before = (rnd.state, rnd.attempt)
         check_round(session, fresh_job, rnd, now=now)
         if (rnd.state, rnd.attempt) != before:
-            session.commit()
+            session.commit()  # the deadline's verdict stands even if this upload is refused
         _refuse_if_not_open(session, fresh_job, rnd, provider)
         # Its random group (contribution is measured on group sums: market.services.groups).
         group = groups.group_for(session, rnd, provider.id)
@@ -279,5 +280,4 @@ def _accept(
         )
         # The last expected update closes the round in the same transaction.
         check_round(session, fresh_job, rnd, now=now)
-        session.commit()
     return sub, rnd, group, record, leaf

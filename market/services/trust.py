@@ -11,7 +11,8 @@
   (what left the platform for one provider, on which rail, under which reference).
 
 Every record is a log leaf, appended in the same database transaction as the state it
-describes; the caller commits.
+describes; the caller commits (`register_identity`, `put_manifest` and `put_model_record`
+are entry points and commit their own).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlmodel import Session, select
 
 from crypto.identity import IdentityKey, SignatureError, fingerprint, verify_record
 from market.blobs import BlobStore
+from market.db import unit_of_work
 from market.errors import ConflictError, InvalidInputError, InvalidStateError, NotFoundError
 from market.lifecycle import JobState
 from market.models import Account, Job, LedgerTransaction, Payout, Round
@@ -66,9 +68,9 @@ def register_identity(
         account_id=account.id, public_key=public, fingerprint=fingerprint(public),
         registered_at=now,
     )  # fmt: skip
-    session.add(row)
-    log.append(session, "identity", record, now=now, account_id=account.id)
-    session.commit()
+    with unit_of_work(session):
+        session.add(row)
+        log.append(session, "identity", record, now=now, account_id=account.id)
     return row
 
 
@@ -129,8 +131,10 @@ def put_manifest(
         return existing[0]
     if job.state not in (JobState.DRAFT, JobState.FUNDING):
         raise InvalidStateError(f"job is {job.state}: too late to sign its manifest")
-    leaf = log.append(session, "manifest", record, now=now, job_id=job.id, account_id=job.buyer_id)
-    session.commit()
+    with unit_of_work(session):
+        leaf = log.append(
+            session, "manifest", record, now=now, job_id=job.id, account_id=job.buyer_id
+        )
     return leaf
 
 
@@ -145,10 +149,10 @@ def put_model_record(session: Session, job: Job, record: Record, *, now: datetim
             if json.loads(leaf.payload) != record:
                 raise ConflictError(f"round {number} already has a different signed model")
             return leaf
-    leaf = log.append(
-        session, "model", record, now=now, job_id=job.id, round=number, account_id=job.buyer_id
-    )
-    session.commit()
+    with unit_of_work(session):
+        leaf = log.append(
+            session, "model", record, now=now, job_id=job.id, round=number, account_id=job.buyer_id
+        )
     return leaf
 
 

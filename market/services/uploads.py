@@ -25,6 +25,7 @@ from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from market.db import unit_of_work
 from market.errors import UploadInProgressError
 from market.models import UploadClaim
 
@@ -54,23 +55,23 @@ def claim(
     """
     token = secrets.token_hex(16)
     try:
-        session.execute(
-            insert(UploadClaim).values(
-                job_id=job_id, round_number=number, provider_id=provider_id,
-                token=token, heartbeat_at=now,
-            )
-        )  # fmt: skip
-        session.commit()
+        with unit_of_work(session):
+            session.execute(
+                insert(UploadClaim).values(
+                    job_id=job_id, round_number=number, provider_id=provider_id,
+                    token=token, heartbeat_at=now,
+                )
+            )  # fmt: skip
         return token
     except IntegrityError:
-        session.rollback()
+        pass  # the slot is claimed (the unit of work rolled back): taken over if stale
     cutoff = now - timedelta(seconds=stale_after_s)
-    result: Any = session.execute(
-        update(UploadClaim)
-        .where(*_slot(job_id, number, provider_id), col(UploadClaim.heartbeat_at) < cutoff)
-        .values(token=token, heartbeat_at=now)
-    )
-    session.commit()
+    with unit_of_work(session):
+        result: Any = session.execute(
+            update(UploadClaim)
+            .where(*_slot(job_id, number, provider_id), col(UploadClaim.heartbeat_at) < cutoff)
+            .values(token=token, heartbeat_at=now)
+        )
     if result.rowcount == 1:
         log.info(
             "took over a stale upload claim on %s round %d for %s", job_id, number, provider_id
@@ -91,19 +92,19 @@ def heartbeat(
     session: Session, *, job_id: str, number: int, provider_id: str, token: str, now: datetime
 ) -> None:
     """The upload holding `token` is alive at `now` (committed)."""
-    session.execute(
-        update(UploadClaim)
-        .where(*_slot(job_id, number, provider_id), col(UploadClaim.token) == token)
-        .values(heartbeat_at=now)
-    )
-    session.commit()
+    with unit_of_work(session):
+        session.execute(
+            update(UploadClaim)
+            .where(*_slot(job_id, number, provider_id), col(UploadClaim.token) == token)
+            .values(heartbeat_at=now)
+        )
 
 
 def release(session: Session, *, job_id: str, number: int, provider_id: str, token: str) -> None:
     """Give the slot back (committed); a claim taken over meanwhile is left alone."""
-    session.execute(
-        delete(UploadClaim).where(
-            *_slot(job_id, number, provider_id), col(UploadClaim.token) == token
+    with unit_of_work(session):
+        session.execute(
+            delete(UploadClaim).where(
+                *_slot(job_id, number, provider_id), col(UploadClaim.token) == token
+            )
         )
-    )
-    session.commit()

@@ -39,6 +39,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from market.db import unit_of_work
 from market.errors import InvalidInputError, InvalidStateError, NotFoundError
 from market.lifecycle import OfferState
 from market.models import Account, ConnectedAccount, Offer
@@ -110,11 +111,12 @@ def approve(session: Session, operator: Account, account_id: str, *, now: dateti
     account = _provider(session, account_id)
     if account.verified_at is not None:
         return account
-    account.verified_at = now
-    account.verified_by = operator.id
-    session.add(account)
+    with unit_of_work(session):
+        account.verified_at = now
+        account.verified_by = operator.id
+        session.add(account)
     log.info("provider %s approved by %s", account.id, operator.id)
-    run_matching(session, now=now)  # commits the approval first
+    run_matching(session, now=now)
     return account
 
 
@@ -123,17 +125,19 @@ def revoke(session: Session, operator: Account, account_id: str, *, now: datetim
     from market.services.matching import run_matching
 
     account = _provider(session, account_id)
-    account.verified_at = None
-    account.verified_by = _REVOKED + operator.id
-    session.add(account)
-    _withdraw_pending(session, account, now=now)
+    with unit_of_work(session):
+        account.verified_at = None
+        account.verified_by = _REVOKED + operator.id
+        session.add(account)
+        _withdraw_pending(session, account, now=now)
     log.info("provider %s verification revoked by %s", account.id, operator.id)
-    run_matching(session, now=now)  # commits; the withdrawn places go to verified providers
+    run_matching(session, now=now)  # the withdrawn places go to verified providers
     return account
 
 
 def _withdraw_pending(session: Session, account: Account, *, now: datetime) -> None:
-    """An unverified provider must not accept an offer made while it was verified."""
+    """An unverified provider must not accept an offer made while it was verified (the
+    caller commits)."""
     for offer in session.exec(
         select(Offer).where(Offer.provider_id == account.id, Offer.state == OfferState.PENDING)
     ):
@@ -184,10 +188,11 @@ def refresh_connect(
             "this marketplace pays out without Stripe Connect: an operator approves providers"
         )
     external = connected_account_id(session, rail, account.id)
-    if apply_connect_status(session, account, rail.payouts_enabled(external), now=now):
-        run_matching(session, now=now)  # commits
-    else:
-        session.commit()
+    enabled = rail.payouts_enabled(external)
+    with unit_of_work(session):
+        verified = apply_connect_status(session, account, enabled, now=now)
+    if verified:
+        run_matching(session, now=now)
     return account
 
 
@@ -201,8 +206,11 @@ def on_account_updated(session: Session, obj: dict[str, object], *, now: datetim
     account = session.get(Account, known.provider_id) if known is not None else None
     if account is None:
         return "unknown-account"
-    if apply_connect_status(session, account, obj.get("payouts_enabled") is True, now=now):
-        run_matching(session, now=now)  # commits
+    with unit_of_work(session):
+        verified = apply_connect_status(
+            session, account, obj.get("payouts_enabled") is True, now=now
+        )
+    if verified:
+        run_matching(session, now=now)
         return "verified"
-    session.commit()
     return "verified" if is_verified(account) else "unverified"

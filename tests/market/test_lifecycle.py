@@ -26,24 +26,35 @@ def verdict(count: int, expected: int, *, quorum: int = 2, attempt: int = 1,
 
 
 def test_round_closes_when_every_provider_submitted() -> None:
+    """Quorum alone does not close a round early; the last expected update does."""
     assert verdict(3, 3) == lc.Close("all-in")
     assert verdict(2, 3) == lc.Wait()
 
 
 def test_everyone_in_below_quorum_waits_for_the_deadline() -> None:
+    """Everyone in but below quorum: the round waits, then is retried at the deadline."""
     assert verdict(1, 1, quorum=2) == lc.Wait()
     assert verdict(1, 1, quorum=2, deadline=EARLIER) == lc.Retry()
 
 
 def test_deadline_with_quorum_closes_the_round() -> None:
+    """At the deadline (inclusive), a round holding at least quorum updates closes."""
     assert verdict(2, 3, deadline=EARLIER) == lc.Close("deadline")
     assert verdict(2, 3, deadline=NOW) == lc.Close("deadline")  # the deadline itself is late
 
 
 def test_below_quorum_retries_once_then_fails() -> None:
+    """Below quorum at the deadline: attempt 1 is retried, attempt 2 fails the job."""
     assert verdict(1, 3, deadline=EARLIER) == lc.Retry()
     failed = verdict(1, 3, attempt=2, deadline=EARLIER)
     assert isinstance(failed, lc.Fail) and "below quorum twice" in failed.reason
+
+
+def test_the_retried_attempt_closes_like_the_first() -> None:
+    """Attempt 2 closes all-in before its deadline, or at it with quorum, as attempt 1 does."""
+    assert verdict(2, 2, attempt=2) == lc.Close("all-in")
+    assert verdict(2, 3, attempt=2, deadline=EARLIER) == lc.Close("deadline")
+    assert verdict(1, 3, attempt=2) == lc.Wait()
 
 
 @given(
@@ -53,6 +64,7 @@ def test_below_quorum_retries_once_then_fails() -> None:
 def test_a_round_never_closes_below_quorum_and_always_decides_when_late(
     count: int, expected: int, quorum: int, attempt: int, late: bool
 ) -> None:
+    """Never closed below quorum; always decided once late; waits while early and short."""
     v = verdict(count, expected, quorum=quorum, attempt=attempt,
                 deadline=EARLIER if late else LATER)  # fmt: skip
     if isinstance(v, lc.Close):
@@ -64,11 +76,15 @@ def test_a_round_never_closes_below_quorum_and_always_decides_when_late(
 
 
 def test_publication_deadline() -> None:
+    """Past the deadline the job ends: completed after the last round, failed by the buyer
+    before it; before the deadline (or with no closed round) nothing happens."""
     assert lc.publish_verdict(round_number=2, rounds_total=5, due=LATER, now=NOW) == lc.Wait()
     assert lc.publish_verdict(round_number=2, rounds_total=5, due=None, now=NOW) == lc.Wait()
     assert lc.publish_verdict(round_number=5, rounds_total=5, due=EARLIER, now=NOW) == lc.Complete()
     ended = lc.publish_verdict(round_number=2, rounds_total=5, due=EARLIER, now=NOW)
     assert isinstance(ended, lc.FailByBuyer) and "round 3" in ended.reason
+    at_due = lc.publish_verdict(round_number=2, rounds_total=5, due=NOW, now=NOW)
+    assert isinstance(at_due, lc.FailByBuyer)  # the deadline itself is late
 
 
 @pytest.mark.parametrize(
@@ -77,10 +93,12 @@ def test_publication_deadline() -> None:
      (lc.OfferState, offers.OfferState)],
 )  # fmt: skip
 def test_the_states_are_the_stored_ones(enum: type[lc.StrEnum], stored: object) -> None:
+    """Each StrEnum holds exactly the states its model column may store."""
     assert {s.value for s in enum} == set(typing.get_args(stored))
 
 
 def test_transition_tables_cover_every_state_and_ended_states_are_final() -> None:
+    """Every state has a row; an ended job goes nowhere; a forbidden move is named."""
     for table, enum in [(lc.JOB_TRANSITIONS, lc.JobState), (lc.ROUND_TRANSITIONS, lc.RoundState),
                         (lc.OFFER_TRANSITIONS, lc.OfferState)]:  # fmt: skip
         assert set(table) == set(enum)
@@ -93,5 +111,6 @@ def test_transition_tables_cover_every_state_and_ended_states_are_final() -> Non
 
 
 def test_a_state_is_its_stored_string() -> None:
+    """A state compares and formats as its stored string; groups hold the right states."""
     assert lc.RoundState.CLOSED == "closed" and f"{lc.JobState.RUNNING}" == "running"
     assert "published" in lc.ROUND_HAS_AGGREGATE and "collecting" not in lc.ROUND_HAS_AGGREGATE

@@ -32,8 +32,9 @@ def test_every_get_leaves_the_database_unchanged_past_a_deadline(
     }
     spec = client.get("/openapi.json").json()
     gets = sorted(p for p, ops in spec["paths"].items() if "get" in ops)
-    pages = ["/ui", f"/ui/jobs/{scn.job_id}", f"/ui/jobs/{scn.job_id}/model", "/ui/ledger",
-             "/ui/payouts", "/ui/account", f"/ui/providers/{provider.id}"]  # fmt: skip
+    pages = ["/ui", "/ui/login", f"/ui/jobs/{scn.job_id}", f"/ui/jobs/{scn.job_id}/model",
+             "/ui/ledger", "/ui/account", f"/ui/providers/{provider.id}",
+             f"/ui/providers/{provider.id}/payouts"]  # fmt: skip
     before = snapshot(client)
     answered = 0
     for path in gets:

@@ -13,6 +13,7 @@ from sqlmodel import Session
 from crypto.identity import IdentityKey
 from market import translog
 from market.config import Settings
+from market.db import unit_of_work
 from market.models import Account, Job, Offer, Round, Submission
 from market.models.types import new_id
 from market.services import funding
@@ -81,7 +82,8 @@ def running_job(
             )
         )  # fmt: skip
     session.commit()
-    start_job(session, job, now=now)
+    with unit_of_work(session):
+        start_job(session, job, now=now)
     return MoneyJob(job, buyer, admin, pids)
 
 
