@@ -8,6 +8,7 @@ services load the facts, ask here, apply the answer and commit once.
 Job:   draft → funding → open → running → completed | cancelled | failed
 Round: collecting → closed → published, or collecting → failed | cancelled
 Offer: pending → accepted | declined | expired | withdrawn; accepted → dropped
+Listing: active → withdrawn
 """
 
 from __future__ import annotations
@@ -46,11 +47,20 @@ class OfferState(StrEnum):
     DROPPED = "dropped"
 
 
+class ListingState(StrEnum):
+    ACTIVE = "active"
+    WITHDRAWN = "withdrawn"
+
+
 # Named groups: say what a set of states means once.
 JOB_ENDED = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED})
 JOB_CANCELLABLE = frozenset({JobState.DRAFT, JobState.FUNDING, JobState.OPEN, JobState.RUNNING})
+# A job that holds escrow which may still be spent on rounds (it takes money in and pays out).
+JOB_FUNDABLE = frozenset({JobState.FUNDING, JobState.OPEN, JobState.RUNNING})
 # A round whose encrypted sum is final: its aggregate and group sums may be released.
 ROUND_HAS_AGGREGATE = frozenset({RoundState.CLOSED, RoundState.PUBLISHED})
+# A round that ended without a sum: it pays nobody and its partials are garbage.
+ROUND_ABANDONED = frozenset({RoundState.FAILED, RoundState.CANCELLED})
 ROUND_ENDED = frozenset(
     {RoundState.CLOSED, RoundState.PUBLISHED, RoundState.FAILED, RoundState.CANCELLED}
 )

@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 
 from market.db import unit_of_work
 from market.errors import ConflictError, InvalidStateError, PermissionDeniedError
+from market.lifecycle import JOB_FUNDABLE, JobState
 from market.models import Account, Credit, CreditPublic, Job
 from market.models.types import new_id
 from market.services import settlement
@@ -40,9 +41,9 @@ def open_if_funded(session: Session, job: Job, amount_cents: int, *, now: dateti
     commits)."""
     job.funded_cents += amount_cents
     job.updated_at = now
-    opened = job.state == "funding" and job.funded_cents >= job.budget_cents
+    opened = job.state == JobState.FUNDING and job.funded_cents >= job.budget_cents
     if opened:
-        job.state = "open"
+        job.state = JobState.OPEN
     session.add(job)
     return opened
 
@@ -65,7 +66,7 @@ def credit(
             if first.job_id != job.id or first.amount_cents != amount_cents:
                 raise ConflictError(f"reference {reference!r} was used for another credit")
             return _public(first, job)
-    if job.state not in ("funding", "open", "running"):
+    if job.state not in JOB_FUNDABLE:
         raise InvalidStateError(f"job is {job.state}: it cannot receive funds")
     entry = Credit(
         id=new_id("crd"),

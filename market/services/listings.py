@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 from market.config import Settings
 from market.db import unit_of_work
 from market.errors import InvalidStateError, PermissionDeniedError
+from market.lifecycle import ListingState, OfferState
 from market.models import Account, Listing, ListingCreate, ListingPublic, ListingUpdate, Offer
 from market.models.types import new_id
 from market.services import access, quotas
@@ -72,7 +73,7 @@ def update_listing(
     listing = access.owned_listing(session, listing_id, viewer)
     if listing.provider_id != viewer.id:
         raise PermissionDeniedError("only the listing's provider may change it")
-    if listing.state != "active":
+    if listing.state != ListingState.ACTIVE:
         raise InvalidStateError("a withdrawn listing cannot change")
     # Changes apply to future offers only; offers already sent keep their price and samples.
     with unit_of_work(session):
@@ -91,17 +92,17 @@ def withdraw_listing(
     listing = access.owned_listing(session, listing_id, viewer)
     if listing.provider_id != viewer.id:
         raise PermissionDeniedError("only the listing's provider may withdraw it")
-    if listing.state == "withdrawn":
+    if listing.state == ListingState.WITHDRAWN:
         return listing
     with unit_of_work(session):
-        listing.state = "withdrawn"
+        listing.state = ListingState.WITHDRAWN
         listing.updated_at = now
         session.add(listing)
         pending = session.exec(
-            select(Offer).where(Offer.listing_id == listing.id, Offer.state == "pending")
+            select(Offer).where(Offer.listing_id == listing.id, Offer.state == OfferState.PENDING)
         ).all()
         for offer in pending:
-            offer.state = "withdrawn"
+            offer.state = OfferState.WITHDRAWN
             offer.decided_at = now
             session.add(offer)
     run_matching(session, now=now)

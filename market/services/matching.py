@@ -17,7 +17,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from market.db import AdvisoryLock, advisory_xact_lock
-from market.lifecycle import JOB_ENDED, JobState, OfferState
+from market.lifecycle import JOB_ENDED, JobState, ListingState, OfferState
 from market.matching import Demand, Explanation, SchemaShape, Supply, explain, match
 from market.models import LIVE_OFFER_STATES, Job, Listing, Offer
 from market.models.jobs import MatchingExclusion, MatchingPublic
@@ -154,7 +154,7 @@ def _supplies(session: Session, *, now: datetime, keep_full: bool = False) -> li
                 col(Listing.currency),
                 col(Listing.capacity),
             )
-            .where(col(Listing.state) == "active")
+            .where(col(Listing.state) == ListingState.ACTIVE)
             .order_by(col(Listing.id))
         )
         .all()

@@ -26,6 +26,7 @@ from sqlmodel import Session, col, select
 from crypto import Accumulator, PublicContext
 from market import blobkeys
 from market.blobs import BlobStore
+from market.lifecycle import ROUND_ABANDONED
 from market.models import Job, Round, RoundGroup, RoundPartial, Submission
 from market.services import groups, partials
 
@@ -158,7 +159,7 @@ def sweep(session: Session, *, limit: int = 200, force: bool = False) -> int:
         .join(Round, col(Round.id) == col(Submission.round_id))
         .where(
             col(Submission.envelope_key).is_not(None),
-            col(Round.state).in_(("failed", "cancelled")),
+            col(Round.state).in_(ROUND_ABANDONED),
         )
         .limit(limit)
     ).all()

@@ -45,6 +45,7 @@ from crypto import (
 from market import blobkeys
 from market.blobs import BlobStore
 from market.db import unit_of_work
+from market.lifecycle import RoundState
 from market.models import Job, Round, RoundPartial, Submission
 from market.models.types import new_id
 from market.services import groups
@@ -192,7 +193,7 @@ def checkpoint(engine: Engine, round_id: str) -> bool:
             unit_of_work(session),
         ):
             rnd = locked_round(session, job, part.number)
-            if rnd.state != "collecting":
+            if rnd.state != RoundState.COLLECTING:
                 delete_blobs(blobs, [key])
                 return False
             session.add(
@@ -247,7 +248,7 @@ def build_group(engine: Engine, ctx: PublicContext, job: Job, number: int, index
             unit_of_work(session),
         ):
             rnd = locked_round(session, fresh, number)
-            if rnd.state != "collecting" or _covered(session, rnd.id, index) & set(
+            if rnd.state != RoundState.COLLECTING or _covered(session, rnd.id, index) & set(
                 gsum.provider_ids
             ):
                 delete_blobs(blobs, [key])

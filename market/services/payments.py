@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 from market.db import unit_of_work
 from market.errors import InvalidStateError, PaymentError
 from market.ledger.journal import find
+from market.lifecycle import JOB_FUNDABLE, JobState
 from market.models import Job, Payment, PaymentPublic
 from market.models.types import new_id
 from market.payments import PaymentRail, WebhookEvent
@@ -51,7 +52,7 @@ def start_funding(
     session: Session, rail: PaymentRail, job: Job, *, fee_bps: int, now: datetime
 ) -> Payment | None:
     """Ask for the job's budget; returns the rail's payment (None on the manual rail)."""
-    if job.state == "funding" and rail.name == "stripe":
+    if job.state == JobState.FUNDING and rail.name == "stripe":
         return poll_funding(session, rail, job, now=now)
     # Committed before Stripe is asked: no transaction stays open across a call to it.
     with unit_of_work(session):
@@ -114,7 +115,7 @@ def record_success(session: Session, payment: Payment, amount: int, *, now: date
         payment.updated_at = now
         session.add(payment)
         opened = False
-        if job.state in ("funding", "open", "running"):
+        if job.state in JOB_FUNDABLE:
             opened = funding.open_if_funded(session, job, amount, now=now)
         else:
             # The job ended before its money arrived: straight back to the buyer.

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlmodel import Session, col, func, select
 
 from market.errors import QuotaExceededError
+from market.lifecycle import JobState, ListingState
 from market.models import Account, Job, Listing
 
 
@@ -48,7 +49,7 @@ def reserve_listing(session: Session, provider_id: str, *, limit: int) -> None:
     stmt = (
         select(func.count())
         .select_from(Listing)
-        .where(col(Listing.provider_id) == provider_id, col(Listing.state) == "active")
+        .where(col(Listing.provider_id) == provider_id, col(Listing.state) == ListingState.ACTIVE)
     )
     _enforce(session, stmt, quota="max_listings_per_provider", limit=limit, what="active listings")
 
@@ -59,6 +60,6 @@ def reserve_draft_job(session: Session, buyer_id: str, *, limit: int) -> None:
     stmt = (
         select(func.count())
         .select_from(Job)
-        .where(col(Job.buyer_id) == buyer_id, col(Job.state) == "draft")
+        .where(col(Job.buyer_id) == buyer_id, col(Job.state) == JobState.DRAFT)
     )
     _enforce(session, stmt, quota="max_draft_jobs_per_buyer", limit=limit, what="draft jobs")

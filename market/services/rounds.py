@@ -38,6 +38,7 @@ from market import lifecycle as lc
 from market.blobs import BlobStore, TempBlob
 from market.db import unit_of_work
 from market.errors import InvalidStateError, NotFoundError
+from market.lifecycle import JobState, OfferState, RoundState
 from market.models import Job, Offer, Round, Submission
 from market.models.types import new_id
 from market.services import groups, merging, partials, settlement, trust
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 def participants(session: Session, job_id: str) -> Sequence[Offer]:
     return session.exec(
-        select(Offer).where(Offer.job_id == job_id, Offer.state == "accepted")
+        select(Offer).where(Offer.job_id == job_id, Offer.state == OfferState.ACCEPTED)
     ).all()
 
 
@@ -74,7 +75,7 @@ def start_job(session: Session, job: Job, *, now: datetime) -> Round:
     """Enough providers accepted: run the job; the uploaded initial model is round 1's
     (the caller commits)."""
     assert job.model_key is not None
-    job.state = "running"
+    job.state = JobState.RUNNING
     job.current_round = 1
     job.updated_at = now
     log.info("job %s starts", job.id)
@@ -121,7 +122,7 @@ def join_round(session: Session, job: Job, offer: Offer) -> None:
     """A provider accepted while the job runs: it joins the collecting round, if any (the
     caller commits)."""
     rnd = find_round(session, job.id, job.current_round)
-    if rnd is None or rnd.state != "collecting" or offer.provider_id in rnd.expected:
+    if rnd is None or rnd.state != RoundState.COLLECTING or offer.provider_id in rnd.expected:
         return
     rnd.expected = sorted([*rnd.expected, offer.provider_id])
     # Weights already submitted were computed with the current norm; keep it stable then.
@@ -140,7 +141,7 @@ def close_round(session: Session, job: Job, rnd: Round, *, now: datetime, reason
     and its reputation events are written in the same database transaction, which the
     caller commits (it holds the job's lock until then).
     """
-    rnd.state = "closed"
+    rnd.state = RoundState.CLOSED
     rnd.closed_at = now
     rnd.close_reason = reason
     session.add(rnd)
@@ -160,11 +161,11 @@ def fail_job(session: Session, job: Job, rnd: Round | None, *, now: datetime, re
         settlement.on_round_missed(
             session, job, rnd, sorted(set(rnd.expected) - set(submitters(session, rnd))), now=now
         )
-        rnd.state = "failed"
+        rnd.state = RoundState.FAILED
         rnd.closed_at = now
         rnd.close_reason = reason
         session.add(rnd)
-    job.state = "failed"
+    job.state = JobState.FAILED
     job.failure_reason = reason
     job.updated_at = now
     session.add(job)
@@ -183,7 +184,7 @@ def retry_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> Non
     for offer in participants(session, job.id):
         if offer.provider_id in done:
             continue
-        offer.state = "dropped"
+        offer.state = OfferState.DROPPED
         offer.decided_at = now
         # Budget stays reserved only for the rounds the provider actually took part in.
         offer.rounds_committed = int(
@@ -232,9 +233,9 @@ def check_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> lc.
 def withdraw_pending_offers(session: Session, job: Job, *, now: datetime) -> None:
     """A job that ended no longer wants the offers nobody answered (the caller commits)."""
     for offer in session.exec(
-        select(Offer).where(Offer.job_id == job.id, Offer.state == "pending")
+        select(Offer).where(Offer.job_id == job.id, Offer.state == OfferState.PENDING)
     ):
-        offer.state = "withdrawn"
+        offer.state = OfferState.WITHDRAWN
         offer.decided_at = now
         session.add(offer)
 
@@ -253,17 +254,17 @@ def tick(session: Session, *, now: datetime) -> int:
     with unit_of_work(session):
         merging.sweep(session)
         expired = session.exec(
-            select(Offer).where(Offer.state == "pending", col(Offer.expires_at) <= now)
+            select(Offer).where(Offer.state == OfferState.PENDING, col(Offer.expires_at) <= now)
         ).all()
         for offer in expired:
-            offer.state = "expired"
+            offer.state = OfferState.EXPIRED
             offer.decided_at = now
             session.add(offer)
     if expired:
         run_matching(session, now=now)
     overdue = session.exec(
         select(Round.job_id, Round.number).where(
-            Round.state == "collecting", col(Round.deadline) <= now
+            Round.state == RoundState.COLLECTING, col(Round.deadline) <= now
         )
     ).all()
     moved = 0
@@ -286,7 +287,7 @@ def tick(session: Session, *, now: datetime) -> int:
 
 def publish_deadline(job: Job, rnd: Round) -> datetime | None:
     """When the buyer must have published the model after `rnd` (or completed the job)."""
-    if rnd.state != "closed" or rnd.closed_at is None:
+    if rnd.state != RoundState.CLOSED or rnd.closed_at is None:
         return None
     return rnd.closed_at + timedelta(seconds=int(job.spec.get("publish_deadline_s", 86400)))
 
@@ -296,7 +297,7 @@ def _unpublished(session: Session, now: datetime) -> list[tuple[str, int]]:
     rows = session.exec(
         select(Job, Round)
         .join(Round, col(Round.job_id) == col(Job.id))
-        .where(Job.state == "running", Round.state == "closed")
+        .where(Job.state == JobState.RUNNING, Round.state == RoundState.CLOSED)
     ).all()
     return [
         (job.id, rnd.number)
@@ -349,7 +350,7 @@ def publish_model(
     assert job.param_count is not None
     weights.check_layout(upload.path, job.layout, job.param_count)
     with locked_job(session, job.id) as job, unit_of_work(session):
-        if job.state != "running":
+        if job.state != JobState.RUNNING:
             raise InvalidStateError(f"job is {job.state}, not running")
         if number != job.current_round + 1 or number > job.rounds_total:
             raise InvalidStateError(
@@ -357,11 +358,11 @@ def publish_model(
             )
         prev = locked_round(session, job, job.current_round)
         check_round(session, job, prev, now=now)
-        if prev.state != "closed":
+        if prev.state != RoundState.CLOSED:
             raise InvalidStateError(f"round {prev.number} is {prev.state}, not closed")
         key = blobkeys.round_model(job.id, number)
         blobs.put_temp(key, upload)
-        prev.state = "published"
+        prev.state = RoundState.PUBLISHED
         session.add(prev)
         job.current_round = number
         job.updated_at = now

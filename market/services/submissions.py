@@ -50,6 +50,7 @@ from market.errors import (
     PermissionDeniedError,
     RoundClosedError,
 )
+from market.lifecycle import JobState, RoundState
 from market.models import (
     Account,
     Job,
@@ -118,7 +119,7 @@ def _refuse_if_not_open(session: Session, job: Job, rnd: Round, provider: Accoun
             f"provider {provider.id} already submitted to round {rnd.number}",
             first=first.model_dump(mode="json"),
         )
-    if rnd.state != "collecting":
+    if rnd.state != RoundState.COLLECTING:
         raise RoundClosedError(f"round {rnd.number} is {rnd.state}")
     if provider.id not in rnd.expected:
         raise PermissionDeniedError(f"provider {provider.id} is not expected in round {rnd.number}")
@@ -131,7 +132,7 @@ def precheck(
     if provider.role != "provider":
         raise PermissionDeniedError("only providers submit updates")
     job = access.participant_job(session, job_id, provider)
-    if job.state != "running":
+    if job.state != JobState.RUNNING:
         raise InvalidStateError(f"job is {job.state}, not running")
     rnd = load_round(session, job, number)
     _refuse_if_not_open(session, job, rnd, provider)
@@ -189,7 +190,7 @@ def submit(
         session.rollback()
         _discard(blobs, envelope_key)
         raise
-    if rnd.state == "collecting":
+    if rnd.state == RoundState.COLLECTING:
         engine: Engine = session.get_bind()  # type: ignore[assignment]
         # Outside every database lock: into this process's own partial sum of the round.
         try:
