@@ -53,11 +53,15 @@ def start_funding(
 ) -> Payment | None:
     """Ask for the job's budget; returns the rail's payment (None on the manual rail)."""
     if job.state == JobState.FUNDING and rail.name == "stripe":
-        return poll_funding(session, rail, job, now=now)
-    # Committed before Stripe is asked: no transaction stays open across a call to it.
-    with unit_of_work(session):
-        job.fee_bps = fee_bps
-        jobs.request_funding(session, job, now=now)
+        if funding_payment(session, job.id) is not None:
+            return poll_funding(session, rail, job, now=now)
+        # Stripe failed when funding was first asked for: ask it again (the same idempotency
+        # key returns the PaymentIntent it may have made before the connection broke).
+    else:
+        # Committed before Stripe is asked: no transaction stays open across a call to it.
+        with unit_of_work(session):
+            job.fee_bps = fee_bps
+            jobs.request_funding(session, job, now=now)
     if rail.name != "stripe":
         return None
     key = f"job:{job.id}:fund"

@@ -217,3 +217,36 @@ def test_connect_transfers_pay_providers(world: World, tmp_path: Path) -> None:
             assert audit(api, Trust(tmp_path / f"p{i}" / "trust.json"))
     with PollenClient(world.url, scn.buyer.api_key) as api:
         assert audit(api, Trust(tmp_path / "buyer" / f"{scn.job_id}.trust.json"))
+
+
+def test_funding_cut_off_by_a_stripe_outage_can_be_asked_again(
+    db_url: str, tmp_path: Path, stripe_url: str, buyer_keys: BuyerKeys
+) -> None:
+    """Stripe unreachable when the buyer asks to fund: a clear 5xx problem, and asking again
+    once Stripe is back makes the PaymentIntent (the job is not left in `funding` with no
+    payment to check, which refused every later call with 409)."""
+
+    def app_on(stripe_base: str) -> Any:
+        settings = Settings(
+            data_dir=tmp_path / "data", database_url=db_url, admin_api_key=ADMIN_KEY,
+            deadline_tick_s=0, stripe_api_key=SK, stripe_api_base=stripe_base,
+            stripe_webhook_secret=SECRET,
+        )  # fmt: skip
+        return create_app(settings)
+
+    from fastapi.testclient import TestClient
+
+    with TestClient(app_on(f"http://127.0.0.1:{free_port()}")) as down:
+        buyer = register(down, "buyer")
+        job_id = draft_job(down, buyer_keys, buyer, budget_cents=4_321)
+        r = down.post(f"/v1/jobs/{job_id}/fund", headers=buyer.headers)
+        assert r.status_code >= 500, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+    with TestClient(app_on(stripe_url)) as up:
+        r = up.post(f"/v1/jobs/{job_id}/fund", headers=buyer.headers)
+        assert r.status_code == 200, r.text
+        pay = r.json()["payment"]
+        assert pay["external_id"].startswith("pi_") and pay["amount_cents"] == 4_321
+        again = up.post(f"/v1/jobs/{job_id}/fund", headers=buyer.headers)
+        assert again.status_code == 200, again.text
+        assert again.json()["payment"]["external_id"] == pay["external_id"]
