@@ -100,6 +100,35 @@ def _lock_chain(session: Session) -> None:
         session.execute(text("UPDATE ledger_txn SET seq = seq WHERE 1 = 0"))
 
 
+def _check_balances(session: Session, legs: list[tuple[str, int]], currency: str) -> None:
+    """Refuse legs that would take an account other than clearing below zero."""
+    for account in sorted({a for a, x in legs if x < 0}):
+        if kind_of(account) in MAY_GO_NEGATIVE:
+            continue
+        after = balance(session, account, currency) + sum(x for a, x in legs if a == account)
+        if after < 0:
+            raise InsufficientFundsError(
+                f"{account} would go to {after} {currency}", account=account
+            )
+
+
+def _add_postings(session: Session, legs: list[tuple[str, int]], now: datetime) -> str:
+    """The accounts the legs name (made on first use) and one posting per leg; the new
+    transaction's id."""
+    for account in sorted({a for a, _ in legs}):
+        if session.get(LedgerAccount, account) is None:
+            session.add(LedgerAccount(name=account, kind=kind_of(account), created_at=now))
+    txn_id = new_id("ltx")
+    for position, (account, amount) in enumerate(legs):
+        session.add(
+            LedgerPosting(
+                id=new_id("lpo"), txn_id=txn_id, position=position, account=account, amount=amount
+            )
+        )
+    session.flush()
+    return txn_id
+
+
 def post(
     session: Session,
     *,
@@ -121,30 +150,8 @@ def post(
         return first
     with _append_lock:
         _lock_chain(session)
-        for account in sorted({a for a, x in legs if x < 0}):
-            if kind_of(account) in MAY_GO_NEGATIVE:
-                continue
-            delta = sum(x for a, x in legs if a == account)
-            after = balance(session, account, currency) + delta
-            if after < 0:
-                raise InsufficientFundsError(
-                    f"{account} would go to {after} {currency}", account=account
-                )
-        for account in sorted({a for a, _ in legs}):
-            if session.get(LedgerAccount, account) is None:
-                session.add(LedgerAccount(name=account, kind=kind_of(account), created_at=now))
-        txn_id = new_id("ltx")
-        for position, (account, amount) in enumerate(legs):
-            session.add(
-                LedgerPosting(
-                    id=new_id("lpo"),
-                    txn_id=txn_id,
-                    position=position,
-                    account=account,
-                    amount=amount,
-                )
-            )
-        session.flush()
+        _check_balances(session, legs, currency)
+        txn_id = _add_postings(session, legs, now)
         head = session.exec(
             select(LedgerTransaction).order_by(col(LedgerTransaction.seq).desc()).limit(1)
         ).first()
