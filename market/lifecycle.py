@@ -52,6 +52,28 @@ class ListingState(StrEnum):
     WITHDRAWN = "withdrawn"
 
 
+class PaymentStatus(StrEnum):
+    """A payment row's status: Stripe's PaymentIntent status as it reports it (these are the
+    ones Pollen acts on), or `recorded` for money the manual rail books."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RECORDED = "recorded"
+
+
+class PayoutStatus(StrEnum):
+    PENDING = "pending"
+    PAID = "paid"
+    FAILED = "failed"
+
+
+class BatchStatus(StrEnum):
+    EXPORTED = "exported"
+    PARTIAL = "partial"
+    PAID = "paid"
+
+
 # Named groups: say what a set of states means once.
 JOB_ENDED = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED})
 JOB_CANCELLABLE = frozenset({JobState.DRAFT, JobState.FUNDING, JobState.OPEN, JobState.RUNNING})

@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select
 
 from market.ledger.journal import transactions
 from market.ledger.names import kind_of, owner_of, provider_paid, provider_payable
+from market.lifecycle import PayoutStatus
 from market.models import (
     Job,
     LedgerPosting,
@@ -56,7 +57,7 @@ def payable_by_job(
         pid = owner_of(account)
         assert pid is not None and job_id is not None
         owed[(pid, job_id, currency)] += amount
-    for p in session.exec(select(Payout).where(Payout.status == "pending")).all():
+    for p in session.exec(select(Payout).where(Payout.status == PayoutStatus.PENDING)).all():
         owed[(p.provider_id, p.job_id, p.currency)] -= p.amount_cents
     return {k: v for k, v in owed.items() if v > 0}
 

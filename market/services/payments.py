@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from market.db import unit_of_work
 from market.errors import InvalidStateError, PaymentError
 from market.ledger.journal import find
-from market.lifecycle import JOB_FUNDABLE, JobState
+from market.lifecycle import JOB_FUNDABLE, JobState, PaymentStatus
 from market.models import Job, Payment, PaymentPublic
 from market.models.types import new_id
 from market.payments import PaymentRail, WebhookEvent
@@ -93,9 +93,9 @@ def poll_funding(session: Session, rail: PaymentRail, job: Job, *, now: datetime
     payment = funding_payment(session, job.id)
     if payment is None or payment.external_id is None:
         raise InvalidStateError(f"job {job.id} has no payment to check")
-    if payment.status != "succeeded":
+    if payment.status != PaymentStatus.SUCCEEDED:
         intent = rail.funding_status(payment.external_id)
-        if intent.status == "succeeded":
+        if intent.status == PaymentStatus.SUCCEEDED:
             record_success(session, payment, intent.amount_cents, now=now)
         elif intent.status != payment.status:
             with unit_of_work(session):
@@ -115,7 +115,7 @@ def record_success(session: Session, payment: Payment, amount: int, *, now: date
         if find(session, key) is not None:
             return False
         settlement.record_funding(session, job, amount, key=key, source="stripe", now=now)
-        payment.status = "succeeded"
+        payment.status = PaymentStatus.SUCCEEDED
         payment.updated_at = now
         session.add(payment)
         opened = False
@@ -143,12 +143,12 @@ def apply_webhook(session: Session, event: WebhookEvent, *, now: datetime) -> st
     if payment is None:
         return "unknown-payment"
     if event.type == "payment_intent.payment_failed":
-        if payment.status != "succeeded":
+        if payment.status != PaymentStatus.SUCCEEDED:
             with unit_of_work(session):
-                payment.status = "failed"
+                payment.status = PaymentStatus.FAILED
                 payment.updated_at = now
                 session.add(payment)
-        return "failed"
+        return PaymentStatus.FAILED
     recorded = record_success(session, payment, int(event.object["amount"]), now=now)
     return "funded" if recorded else "duplicate"
 
@@ -156,7 +156,7 @@ def apply_webhook(session: Session, event: WebhookEvent, *, now: datetime) -> st
 def process_refunds(session: Session, rail: PaymentRail, *, now: datetime) -> int:
     """Send pending refunds through the rail; returns how many went out."""
     pending = session.exec(
-        select(Payment).where(Payment.kind == "refund", Payment.status == "pending")
+        select(Payment).where(Payment.kind == "refund", Payment.status == PaymentStatus.PENDING)
     ).all()
     sent = 0
     for refund in pending:

@@ -33,6 +33,7 @@ from market import ledger, translog
 from market.db import AdvisoryLock, unit_of_work
 from market.errors import InvalidStateError, NotFoundError, PaymentError
 from market.ledger import queries
+from market.lifecycle import BatchStatus, PayoutStatus
 from market.models import (
     Account,
     ConnectedAccount,
@@ -65,7 +66,7 @@ def _post_paid(session: Session, payout: Payout, *, now: datetime) -> None:
     batch = session.get(PayoutBatch, payout.batch_id)
     rail = batch.rail if batch is not None else "manual"
     trust.log_payout(session, translog.current(), payout, txn, rail=rail, now=now)
-    payout.status = "paid"
+    payout.status = PayoutStatus.PAID
     payout.paid_at = now
     session.add(payout)
 
@@ -98,7 +99,8 @@ def retry_pending(session: Session, rail: PaymentRail, *, now: datetime) -> int:
     """Transfers that failed earlier, again under their first idempotency keys."""
     if not rail.transfers:
         return 0
-    batches = session.exec(select(PayoutBatch).where(PayoutBatch.status == "partial")).all()
+    partial = select(PayoutBatch).where(PayoutBatch.status == BatchStatus.PARTIAL)
+    batches = session.exec(partial).all()
     for batch in batches:
         _transfer(session, rail, batch, batch_payouts(session, batch.id), now=now)
     return len(batches)
@@ -145,8 +147,8 @@ def _run(session: Session, rail: PaymentRail, *, now: datetime) -> PayoutBatch |
     if not owed:
         return None
     batch = PayoutBatch(
-        id=new_id("pob"), rail=rail.name if rail.transfers else "manual", status="exported",
-        total_cents=sum(owed.values()), created_at=now,
+        id=new_id("pob"), rail=rail.name if rail.transfers else "manual",
+        status=BatchStatus.EXPORTED, total_cents=sum(owed.values()), created_at=now,
     )  # fmt: skip
     payouts = [
         Payout(
@@ -156,7 +158,7 @@ def _run(session: Session, rail: PaymentRail, *, now: datetime) -> PayoutBatch |
             job_id=job_id,
             amount_cents=amount,
             currency=currency,
-            status="pending",
+            status=PayoutStatus.PENDING,
             created_at=now,
         )
         for (pid, job_id, currency), amount in sorted(owed.items())
@@ -176,7 +178,7 @@ def _transfer(
     session: Session, rail: PaymentRail, batch: PayoutBatch, payouts: list[Payout], *, now: datetime
 ) -> None:
     for payout in payouts:
-        if payout.status != "pending":
+        if payout.status != PayoutStatus.PENDING:
             continue
         try:
             destination = connected_account_id(session, rail, payout.provider_id)
@@ -193,8 +195,8 @@ def _transfer(
             continue
         _post_paid(session, payout, now=now)
         session.commit()  # a transfer Stripe made is posted before the next one is asked for
-    done = all(p.status == "paid" for p in payouts)
-    batch.status = "paid" if done else "partial"
+    done = all(p.status == PayoutStatus.PAID for p in payouts)
+    batch.status = BatchStatus.PAID if done else BatchStatus.PARTIAL
     batch.paid_at = now if done else None
     session.add(batch)
     session.commit()  # the batch's state after its transfers, each committed as it went
@@ -209,9 +211,9 @@ def mark_paid(session: Session, batch_id: str, *, now: datetime) -> PayoutBatch:
         raise InvalidStateError("only manual batches are marked paid by hand")
     with unit_of_work(session):
         for payout in batch_payouts(session, batch.id):
-            if payout.status == "pending":
+            if payout.status == PayoutStatus.PENDING:
                 _post_paid(session, payout, now=now)
-        batch.status = "paid"
+        batch.status = BatchStatus.PAID
         batch.paid_at = batch.paid_at or now
         session.add(batch)
     return batch

@@ -37,7 +37,7 @@ from sqlmodel import Session, col, select
 
 from market import ledger
 from market.ledger.journal import find
-from market.lifecycle import JOB_ENDED, JobState
+from market.lifecycle import JOB_ENDED, JobState, PaymentStatus
 from market.models import Job, LedgerTransaction, Payment, Round, Submission
 from market.models.types import new_id
 from market.services import groups, reputation, trust
@@ -242,7 +242,7 @@ def close_out(session: Session, job: Job, *, rail: str, now: datetime) -> Paymen
         kind="refund",
         amount_cents=left,
         currency=job.currency,
-        status="pending" if rail == "stripe" else "recorded",
+        status=PaymentStatus.PENDING if rail == "stripe" else PaymentStatus.RECORDED,
         key=key,
         created_at=now,
         updated_at=now,
