@@ -23,7 +23,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy --strict crypto dataspec market
+	$(BIN)/mypy --strict crypto dataspec market agents
 
 # Installs Chromium when missing (as root, e.g. CI on a fresh Debian 12); otherwise says how.
 browser:

@@ -178,7 +178,8 @@ def run_demo(
         outcome = run.run()
         for proc in agents:
             proc.wait(timeout=120)
-        encrypted = [r.accuracy for r in outcome.reports]
+        # A classification job: every round reports an accuracy.
+        encrypted = [r.accuracy for r in outcome.reports if r.accuracy is not None]
 
         spent = buyer.get_privacy(job["id"])
         console.print(

@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from scipy.stats import norm
 
 from agents.data import Dataset, DatasetSchema, prepare
 from agents.modelio import flatten
@@ -72,16 +72,17 @@ def craft_imprint(
     rng = np.random.default_rng(seed)
     # A random direction rather than the paper's mean brightness: digits' pixels are integers,
     # so brightness ties between rows would put several rows in one bin.
-    direction = rng.normal(size=n_features)
+    direction: npt.NDArray[np.float64] = rng.normal(size=(n_features,))
     direction /= np.linalg.norm(direction)
     proj = ref @ direction
     mu, sd = float(proj.mean()), float(proj.std())
-    cuts = mu + sd * norm.ppf(np.arange(1, bins + 1) / (bins + 1))
+    cuts = mu + sd * np.array([NormalDist().inv_cdf(k / (bins + 1)) for k in range(1, bins + 1)])
     # Scale the layer down so the logits stay small and the softmax never saturates (a
     # saturated, correctly classified row would have no gradient at all).
     scale = 1.0 / (bins * sd)
     spec = ModelSpec(arch="mlp", hidden=[bins])
     model = build_model(spec, n_features, n_classes, seed=seed)
+    assert isinstance(model, torch.nn.Sequential)
     first, second = model[0], model[2]
     assert isinstance(first, torch.nn.Linear) and isinstance(second, torch.nn.Linear)
     out_dir = rng.normal(size=n_classes)

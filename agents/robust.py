@@ -71,7 +71,7 @@ def alignment(update: FloatVector, direction: FloatVector | None) -> float:
 def _average(sums: list[DecryptedAggregate]) -> FloatVector | None:
     if not sums:
         return None
-    total = np.sum([agg.total.astype(np.float64) for agg in sums], axis=0)
+    total: npt.NDArray[np.float64] = np.sum([agg.total.astype(np.float64) for agg in sums], axis=0)
     return (total / sum(agg.weight_sum for agg in sums)).astype(np.float32)
 
 
