@@ -2,8 +2,9 @@
 
 Agents keep theirs in their state file (`jobs[job]["timings"][round]`: train, encode,
 encrypt, upload). The server's are measured by running it through `python -m bench.phases
-serve …` (the ordinary `python -m market` with timers around envelope validation, the
-sums' addition and serialization, the whole submission and round closing), which logs one
+serve …` (the ordinary `python -m market` with timers around an upload's validation, every
+ciphertext addition, every replay of a stored envelope, the whole submission and round
+closing), which logs one
 `bench-phase NAME SECONDS` line per call. The buyer's (download, decrypt, step) are timed
 in the benchmark's own process.
 """
@@ -109,11 +110,15 @@ def _serve(argv: list[str]) -> None:
         return inner
 
     from crypto.aggregate import Accumulator
+    from market.services import partials
 
+    # An upload's own validation (its header, hash and ciphertexts).
     submissions.validate_envelope = timed("validate", submissions.validate_envelope)
-    # Adding an update into the round's and its group's sums, and serializing them.
-    submissions._added = timed("add", submissions._added)
-    Accumulator.to_bytes = timed("add", Accumulator.to_bytes)  # type: ignore[method-assign]
+    # Every ciphertext addition: into a process's partial sum, a group's sum, at the close.
+    Accumulator.add = timed("add", Accumulator.add)  # type: ignore[method-assign]
+    Accumulator.merge = timed("add", Accumulator.merge)  # type: ignore[method-assign]
+    # Reading a stored envelope back and checking it again (a group's sum, the close).
+    partials.replay = timed("replay", partials.replay)
     submissions.submit = timed("submit", submissions.submit)
     rounds.close_round = timed("close", rounds.close_round)
     sys.argv = ["market", *argv]

@@ -9,8 +9,10 @@ round is timed from the buyer publishing the global model to the buyer holding t
 and each of those phases is timed where it runs (bench/phases.py): `breakdown` in
 bench/results/round.json holds, per configuration, seconds per agent and round (train, encode,
 encrypt, upload: the upload includes the server's validation and addition, which answer it),
-the server's seconds per round (validate, add, and server_other: writing the sums, the
-database and waiting for the job's lock, summed over a round's submissions; close) and the
+the server's seconds per round (validate: the uploads' own validation; add: every ciphertext
+addition; replay: reading stored envelopes back for a group's sum or the close; server_other:
+writing the sums, the database and waiting for the job's lock, summed over a round's
+submissions; close, which holds some of the adds and replays) and the
 buyer's per round (download, decrypt, step: robust average, optimizer step, evaluation,
 publishing).
 """
@@ -46,6 +48,7 @@ PHASES = (
     "upload",
     "validate",
     "add",
+    "replay",
     "server_other",
     "close",
     "download",
@@ -119,11 +122,13 @@ def _timed_job(
     phases = agent_phases([workdir / f"agent{i}" for i in range(PROVIDERS)], job["id"], timed)
     server, _ = server_lines(log, offset)
     validate, add = sum(server.get("validate", [])), sum(server.get("add", []))
+    replay = sum(server.get("replay", []))
     # The rest of the submissions' time: writing the sums, the database, the job's lock.
-    other = sum(server.get("submit", [])) - validate - add
+    other = sum(server.get("submit", [])) - validate - add - replay
     phases.update(
         validate=validate / len(timed),
         add=add / len(timed),
+        replay=replay / len(timed),
         server_other=other / len(timed),
         close=sum(server.get("close", [])) / len(timed),
     )
