@@ -11,12 +11,14 @@ import logging
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, insert
+from sqlalchemy import event, func, insert
 from sqlalchemy import select as sa_select
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, col, select
 
-from market.db import AdvisoryLock, advisory_xact_lock
+from market.db import AdvisoryLock, advisory_xact_lock, in_unit_of_work
 from market.lifecycle import JOB_ENDED, JobState, ListingState, OfferState
 from market.matching import Demand, Explanation, SchemaShape, Supply, explain, match
 from market.models import LIVE_OFFER_STATES, Job, Listing, Offer
@@ -45,15 +47,39 @@ def run_matching(session: Session, *, now: datetime, job_ids: Sequence[str] = ()
     """Send offers for every open job, plus the running jobs in `job_ids`; returns the new
     offers' ids.
 
-    A pass is its own transaction, committed before the lock is released (a pass waiting
-    for it must see its offers), so entry points call it after their unit of work. The
-    one caller inside a unit of work, a round's retry, has its work committed first.
+    A pass is its own transaction in its own session, committed before the lock is released
+    (a pass waiting for it must see its offers); it never commits the caller's work. Entry
+    points call it after their unit of work. Called inside one (a round's retry, deciding
+    under the job's lock), the pass is deferred until that work commits, and returns no ids;
+    a rollback drops it with the work that asked for it.
     """
-    with _matching_lock:
-        # Commit what the caller did so the pass below reads a snapshot taken under the lock.
-        session.commit()
-        advisory_xact_lock(session, AdvisoryLock.MATCHING)
-        return _run_matching(session, now=now, job_ids=job_ids)
+    if in_unit_of_work(session):
+        session.info.setdefault(_DEFERRED, []).append((now, tuple(job_ids)))
+        return []
+    return _pass(session.get_bind(), now=now, job_ids=job_ids)
+
+
+_DEFERRED = "pollen.matching_after_commit"
+
+
+def _pass(bind: Any, *, now: datetime, job_ids: Sequence[str]) -> list[str]:
+    with _matching_lock, Session(bind) as own:
+        advisory_xact_lock(own, AdvisoryLock.MATCHING)
+        return _run_matching(own, now=now, job_ids=job_ids)
+
+
+@event.listens_for(OrmSession, "after_commit")
+def _after_commit(session: OrmSession) -> None:
+    for now, job_ids in session.info.pop(_DEFERRED, ()):
+        try:
+            _pass(session.get_bind(), now=now, job_ids=job_ids)
+        except Exception:  # the work that asked for it stands; the next pass fills its places
+            log.exception("matching pass deferred to the commit failed")
+
+
+@event.listens_for(OrmSession, "after_rollback")
+def _after_rollback(session: OrmSession) -> None:
+    session.info.pop(_DEFERRED, None)
 
 
 def _run_matching(session: Session, *, now: datetime, job_ids: Sequence[str]) -> list[str]:

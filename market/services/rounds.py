@@ -14,8 +14,8 @@ published model, an offer decision) applies it first, under the job's lock
 
 The rules themselves are `market.lifecycle.round_verdict` and `publish_verdict`: here the
 facts are loaded and the verdict applied. Only `tick` and `publish_model` (the entry points)
-commit, through `market.db.unit_of_work`; the helpers leave committing to their caller, but
-for a retry, whose matching pass commits (`run_matching`).
+commit, through `market.db.unit_of_work`; the helpers leave committing to their caller (a
+retry's matching pass runs after that commit, in its own transaction: `run_matching`).
 
 Quorum counts real parties: every provider a round expects was verified when matched
 (an operator's approval or a Stripe Connect account with payouts enabled; unverified ones are
@@ -177,7 +177,7 @@ def fail_job(session: Session, job: Job, rnd: Round | None, *, now: datetime, re
 def retry_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> None:
     """Attempt 2 of a round below quorum at its deadline: the submitters are kept, the
     silent providers dropped, the deadline moved. The matching pass that fills the dropped
-    places commits the retry first (under the job's lock the caller holds), then its offers.
+    places runs once the caller's unit of work commits the retry.
     """
     done = set(submitters(session, rnd))
     settlement.on_round_missed(session, job, rnd, sorted(set(rnd.expected) - done), now=now)
@@ -200,7 +200,7 @@ def retry_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> Non
     rnd.expected = sorted(done)
     session.add(rnd)
     log.info("job %s round %d retried with %d kept updates", job.id, rnd.number, len(done))
-    # The matching pass commits the retry, then fills the dropped places with fresh offers.
+    # Once the retry commits, a matching pass fills the dropped places with fresh offers.
     run_matching(session, now=now, job_ids=[job.id])
 
 

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 
 from market import lifecycle as lc
 from market.db import in_unit_of_work, make_engine, unit_of_work
-from market.models import Account, LedgerTransaction
+from market.models import Account, LedgerTransaction, Offer
 from market.services import rounds
 from market.services.locks import locked_job, locked_round
 from tests.utils.money import running_job, submit
@@ -123,3 +123,36 @@ def _round_state(engine: Engine, job_id: str) -> str:
 def _settlements(session: Session) -> int:
     rows = session.exec(select(LedgerTransaction.id).where(LedgerTransaction.kind == "settle"))
     return len(rows.all())
+
+
+def test_a_retry_in_a_failed_unit_of_work_commits_nothing(engine: Engine) -> None:
+    """A round retried at its deadline in a unit of work that then fails stays on attempt 1
+    with every provider still in: the retry's matching pass waits for the commit (it used
+    to commit the retry half-way through the caller's unit of work). The deadline pass then
+    retries it whole."""
+    with Session(engine, expire_on_commit=False) as session:
+        scn = running_job(session, now=NOW)
+        job_id = scn.job.id
+        rnd = rounds.find_round(session, job_id, 1)
+        assert rnd is not None
+        submit(session, rnd, scn.providers[0], 100, NOW)
+        late = rnd.deadline
+        with (
+            pytest.raises(ValueError),
+            locked_job(session, job_id) as job,
+            unit_of_work(session),
+        ):
+            fresh = locked_round(session, job, 1)
+            assert isinstance(rounds.check_round(session, job, fresh, now=late), lc.Retry)
+            raise ValueError("the request fails after the decision")
+        assert _attempt_and_offers(engine, job_id) == (1, ["accepted"] * 3)
+        assert rounds.tick(session, now=late) == 1
+    assert _attempt_and_offers(engine, job_id) == (2, ["accepted", "dropped", "dropped"])
+
+
+def _attempt_and_offers(engine: Engine, job_id: str) -> tuple[int, list[str]]:
+    with Session(engine) as other:
+        rnd = rounds.find_round(other, job_id, 1)
+        assert rnd is not None
+        offers = other.exec(select(Offer).where(Offer.job_id == job_id)).all()
+        return rnd.attempt, sorted(str(o.state) for o in offers)
