@@ -65,7 +65,10 @@ def problem(
 async def _pollen_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PollenError)
     status = status_for(exc)
-    if status >= 500:
+    if status in (502, 503):
+        # A service we depend on (the payment rail, the blob store) failed: expected, retried.
+        log.warning("%s on %s: %s", exc.code, request.url.path, exc.message)
+    elif status >= 500:
         log.error("unexpected domain error on %s: %r", request.url.path, exc)
     extra = exc.extra if isinstance(exc, MarketError) else {}
     response = problem(
