@@ -27,6 +27,7 @@ from agents.client import PollenClient
 from agents.trust import Trust, TrustError
 from crypto.identity import SignatureError, canonical, verify_record
 from crypto.merkle import ProofError, verify_consistency
+from dataspec.states import ROUND_HAS_AGGREGATE
 
 Json = dict[str, Any]
 
@@ -61,7 +62,7 @@ def audit(client: PollenClient, trust: Trust) -> list[str]:
         close = closes.get((job_id, number))
         if close is None:
             state = client.get_round(job_id, number).get("state")
-            if state in ("closed", "published"):
+            if state in ROUND_HAS_AGGREGATE:
                 raise TrustError(
                     f"job {job_id} round {number} is {state}, but the server serves no signed "
                     f"round-closed record for it: the receipt at leaf {receipt['leaf_index']} "

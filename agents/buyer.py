@@ -33,13 +33,9 @@ from agents.training import evaluate, evaluate_regression
 from agents.trust import Trust, TrustError, manifest_body, register_identity
 from crypto import BuyerKeys, PollenError, decrypt_aggregate
 from crypto.identity import IdentityKey, verify_record
+from dataspec.states import ROUND_HAS_AGGREGATE, JobState, RoundState
 
 logger = logging.getLogger(__name__)
-
-# Round states whose encrypted sum is final, so its aggregate may be fetched: the server's
-# `market.lifecycle.ROUND_HAS_AGGREGATE`, spelled here because the agent never imports the
-# server's package.
-ROUND_HAS_AGGREGATE = ("closed", "published")
 
 
 @dataclass
@@ -216,10 +212,10 @@ class BuyerRun:
 
     def _job_if_running(self) -> dict[str, Any] | None:
         job = self.client.get_job(self.job_id)
-        if job["state"] in ("cancelled", "failed"):
+        if job["state"] in (JobState.CANCELLED, JobState.FAILED):
             reason = job.get("failure_reason") or "no reason recorded"
             raise JobEndedError(f"job {self.job_id} is {job['state']} ({reason}); nothing to run")
-        if job["state"] not in ("running", "completed"):
+        if job["state"] not in (JobState.RUNNING, JobState.COMPLETED):
             self._note_waiting(job)
             return None
         return job
@@ -325,7 +321,7 @@ class BuyerRun:
 
     def run(self) -> JobOutcome:
         self._wait(self._job_if_running, "the job to start")
-        outcome = JobOutcome(self.job_id, "running")
+        outcome = JobOutcome(self.job_id, JobState.RUNNING)
         while not self.backoff.call(self._advance):
             time.sleep(self.poll_s)
         self.backoff.call(self._finish, outcome)
@@ -339,7 +335,7 @@ class BuyerRun:
         self.trust.check_head(self.client)
         if job is None:
             return False
-        if job["state"] == "completed":
+        if job["state"] == JobState.COMPLETED:
             return True
         applied = int(self.state.get("applied", 0))
         current = int(job["current_round"])
@@ -379,13 +375,13 @@ class BuyerRun:
         rnd = self.client.get_round(self.job_id, number)
         if rnd["state"] in ROUND_HAS_AGGREGATE:
             return rnd
-        if self.on_collecting is not None and rnd["state"] == "collecting":
+        if self.on_collecting is not None and rnd["state"] == RoundState.COLLECTING:
             self.on_collecting(rnd)
         return None
 
     def _finish(self, outcome: JobOutcome) -> None:
         job = self.client.get_job(self.job_id)
-        if job["state"] != "completed":
+        if job["state"] != JobState.COMPLETED:
             self.client.put_final_model(self.job_id, self.model_path.read_bytes())
             job = self.client.complete_job(self.job_id)
         outcome.state = job["state"]

@@ -29,6 +29,7 @@ from agents.cli_base import (
     setup_logging,
 )
 from agents.jobspec import load_spec  # (YAML specs; `schema_from`, `task`)
+from dataspec.states import JobState, OfferState
 
 job_app = typer.Typer(help="Post, run and inspect training jobs (buyer).", no_args_is_help=True)
 
@@ -181,7 +182,7 @@ def job_status(
         f"[bold]{escape(job['id'])}[/bold] {escape(repr(job['title']))}: {escape(job['state'])} "
         f"(round {job['current_round']}/{job['rounds_total']})"
     )
-    if job["state"] in ("funding", "open"):
+    if job["state"] in (JobState.FUNDING, JobState.OPEN):
         _print_matching(api_client(server, api_key).get_matching(job_id))
     console.print(rounds_table(job))
     spent = api_client(server, api_key).get_privacy(job_id)
@@ -194,7 +195,7 @@ def job_status(
 
 def _print_matching(report: dict[str, Any]) -> None:
     """Why an open job is waiting: the listings that fit it and why the others do not."""
-    accepted = report["offers"].get("accepted", 0)
+    accepted = report["offers"].get(OfferState.ACCEPTED, 0)
     console.print(
         f"matching: {report['eligible']} of {report['listings']} active listings can be "
         f"offered this job; offers {report['offers'] or 'none yet'}; "

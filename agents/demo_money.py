@@ -33,6 +33,7 @@ from agents.cli_money import (
 )
 from agents.client import PollenClient
 from agents.stripe_pay import confirm_card_payment
+from dataspec.states import JobState
 
 STRIPE_KEY = "sk_test_pollen_demo"
 WEBHOOK_SECRET = "whsec_pollen_demo"
@@ -106,7 +107,7 @@ def fund(
     pi = job["payment"]["external_id"]
     status = confirm_card_payment(pi, api_key=STRIPE_KEY, api_base=rail.stripe_url)
     deadline = time.monotonic() + 30
-    while buyer.get_job(job["id"])["state"] == "funding":
+    while buyer.get_job(job["id"])["state"] == JobState.FUNDING:
         if time.monotonic() > deadline:
             buyer.fund_job(job["id"])  # no webhook yet: poll the PaymentIntent instead
         time.sleep(0.2)

@@ -46,6 +46,7 @@ from crypto import EnvelopeBinding, PublicContext, read_header, update_weight
 from crypto.envelope import write_update
 from crypto.identity import IdentityKey, SignatureError, verify_record
 from crypto.zeropool import ZeroPool
+from dataspec.states import JOB_ENDED, JobState, OfferState, RoundState
 
 if TYPE_CHECKING:
     from agents.privacy import DPConfig
@@ -217,14 +218,14 @@ class ProviderAgent:
     def handle_offers(self) -> None:
         jobs = self._active_jobs()
         for offer in self.client.list_offers():
-            if offer["state"] == "accepted" and offer["job_id"] not in jobs:
+            if offer["state"] == OfferState.ACCEPTED and offer["job_id"] not in jobs:
                 # Accepted by an earlier life whose answer never arrived (crash, lost
                 # response): the server counts on us, so take the job up.
                 jobs[offer["job_id"]] = {"offer_id": offer["id"], "submitted": {}, "done": False}
                 self.state.save()
                 self.notify(f"resuming job {offer['job_id']} (offer accepted earlier)")
                 continue
-            if offer["state"] != "pending":
+            if offer["state"] != OfferState.PENDING:
                 continue
             busy = sum(1 for j in jobs.values() if not j.get("done"))
             price = int(offer.get("price_cents", 0))
@@ -440,20 +441,20 @@ class ProviderAgent:
         """Do this job's current round if it is ours to do; True if something was sent."""
         entry = self._active_jobs()[job_id]
         job = self.client.get_job(job_id)
-        if job["state"] in ("completed", "cancelled", "failed"):
+        if job["state"] in JOB_ENDED:
             self._drop_pool(job_id)
             entry["done"] = True
             entry["final_state"] = job["state"]
             self.state.save()
             self.notify(f"job {job_id} is {job['state']}")
             return False
-        if job["state"] != "running" or not job["current_round"]:
+        if job["state"] != JobState.RUNNING or not job["current_round"]:
             return False
         number = int(job["current_round"])
         if str(number) in entry["submitted"]:
             return False
         rnd = self.client.get_round(job_id, number)
-        if rnd["state"] != "collecting" or me not in rnd["expected_providers"]:
+        if rnd["state"] != RoundState.COLLECTING or me not in rnd["expected_providers"]:
             return False
         path = self._envelope_path(job_id, number)
         if rnd.get("you_submitted"):
