@@ -24,7 +24,7 @@ from typing import Any
 from agents.client import Backoff, PollenClient
 from agents.data import Dataset, DatasetSchema, prepare
 from agents.modelio import flatten, load_safetensors, to_safetensors, unflatten_into
-from agents.models import ModelSpec, build_model
+from agents.models import build_model, model_spec
 from agents.optim import ServerOptimizer, make_server_optimizer
 from agents.robust import robust_average, score_groups
 from agents.state import StateFile, write_atomic
@@ -80,7 +80,7 @@ def initial_model_bytes(spec: dict[str, Any]) -> bytes:
     """The job's round-1 global model, built from the registry with the job's seed."""
     schema = DatasetSchema.model_validate(spec["schema"])
     model = build_model(
-        ModelSpec.model_validate(spec["model"]),
+        model_spec(spec["model"]),
         schema.n_features,
         schema.n_classes,
         seed=int(spec.get("seed", 0)),
@@ -186,7 +186,7 @@ class BuyerRun:
         schema = DatasetSchema.model_validate(self.spec["schema"])
         self.test = prepare(test, schema)
         self.model = build_model(
-            ModelSpec.model_validate(self.spec["model"]),
+            model_spec(self.spec["model"]),
             schema.n_features,
             schema.n_classes,
             seed=0,

@@ -72,7 +72,7 @@ def check_spec(spec: dict[str, Any], path: Path) -> None:
     """Refuse, in one line, a spec the server would refuse: unknown keys, bad values."""
     from pydantic import ValidationError
 
-    from market.models.jobs import JobCreate
+    from dataspec.jobs import JobCreate
 
     try:
         JobCreate.model_validate(spec)

@@ -27,7 +27,7 @@ from torch import nn
 
 from agents.data import DataError, DatasetSchema
 from agents.modelio import ModelIOError, load_safetensors, safetensors_metadata, to_safetensors
-from agents.models import ModelSpec, build_model
+from agents.models import ModelSpec, build_model, model_spec
 from agents.tabular import Table, encode
 from agents.training import predict_values
 from dataspec import input_names
@@ -73,7 +73,7 @@ class Contract:
         return cls(
             job_id=job_id,
             title=str(spec.get("title", "")),
-            model=ModelSpec.model_validate(spec["model"]),
+            model=model_spec(spec["model"]),
             schema=DatasetSchema.model_validate(spec["schema"]),
         )
 
@@ -92,7 +92,7 @@ class Contract:
             return cls(
                 job_id=str(body["job_id"]),
                 title=str(body.get("title", "")),
-                model=ModelSpec.model_validate(body["model"]),
+                model=model_spec(body["model"]),
                 schema=DatasetSchema.model_validate(body["schema"]),
             )
         except (ValueError, KeyError, TypeError) as exc:

@@ -31,7 +31,7 @@ from agents.client import PollenClient
 from agents.data import concat, write_csv
 from agents.demo_money import fund, settle_and_report, start_rail
 from agents.experiment import centralized, fedavg_plaintext, load_digits_split, prepared
-from agents.models import ModelSpec
+from agents.models import model_spec
 from agents.privacy import DEFAULT_CLIP, DEFAULT_DELTA, DEFAULT_MAX_EPSILON, PrivacyTarget
 from agents.processes import free_port, start_agent, start_server, stop, wait_ready
 from agents.state import StateFile
@@ -190,7 +190,7 @@ def run_demo(
             "computing the baselines (plaintext FedAvg with the same DP-SGD, seeded; centralized)…"
         )
         train, test = prepared(split)
-        model = ModelSpec.model_validate(spec["model"])
+        model = model_spec(spec["model"])
         n_classes = split.schema.n_classes
         plain = fedavg_plaintext(
             model,

@@ -30,7 +30,7 @@ from scipy.stats import norm
 
 from agents.data import Dataset, DatasetSchema, prepare
 from agents.modelio import flatten
-from agents.models import ModelSpec, build_model
+from agents.models import MLPSpec, ModelSpec, build_model
 
 __all__ = [
     "ImprintModel",
@@ -80,7 +80,7 @@ def craft_imprint(
     # Scale the layer down so the logits stay small and the softmax never saturates (a
     # saturated, correctly classified row would have no gradient at all).
     scale = 1.0 / (bins * sd)
-    spec = ModelSpec(arch="mlp", hidden=[bins])
+    spec = MLPSpec(arch="mlp", hidden=[bins])
     model = build_model(spec, n_features, n_classes, seed=seed)
     first, second = model[0], model[2]
     assert isinstance(first, torch.nn.Linear) and isinstance(second, torch.nn.Linear)

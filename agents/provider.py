@@ -34,7 +34,7 @@ import torch
 from agents.client import ApiError, Backoff, PollenClient
 from agents.data import DataError, Dataset, DatasetSchema, prepare
 from agents.modelio import flatten, load_safetensors
-from agents.models import ModelSpec, build_model
+from agents.models import build_model, model_spec
 from agents.privacy import DPPlan, PrivacyDeclinedError, PrivacyPolicy, plan_record_dp
 from agents.progress import AgentProgress, NullAgentProgress, steps_of
 from agents.state import StateFile, write_atomic
@@ -176,7 +176,7 @@ class ProviderAgent:
                 return f"the local data does not fit the job's schema: {reason}"
             prepared = prepare(self.data, schema)
             build_model(
-                ModelSpec.model_validate(spec["model"]),
+                model_spec(spec["model"]),
                 schema.n_features,
                 schema.n_classes,
                 seed=0,
@@ -315,9 +315,9 @@ class ProviderAgent:
         spec = job["spec"]
         schema = DatasetSchema.model_validate(spec["schema"])
         local = prepare(self.data, schema)
-        model_spec = ModelSpec.model_validate(spec["model"])
+        arch = model_spec(spec["model"])
         number = int(rnd["round"])
-        model = build_model(model_spec, schema.n_features, schema.n_classes, seed=0)
+        model = build_model(arch, schema.n_features, schema.n_classes, seed=0)
         served = self.client.get_round_model(job["id"], number)
         manifest = self._manifest(job)
         self.trust.check_model(self.client, manifest, number, served)

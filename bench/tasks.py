@@ -29,7 +29,7 @@ import numpy as np
 from agents.buyer import BuyerRun, buyer_identity, post_job
 from agents.client import PollenClient
 from agents.data import concat, prepare
-from agents.models import ModelSpec, build_model
+from agents.models import build_model, model_spec
 from agents.processes import free_port, start_agent, start_server, stop, wait_ready
 from agents.sample_tables import diabetes_table, loan_table, split_rows, write_table_csv
 from agents.table_schema import derive_job_schema
@@ -59,9 +59,7 @@ def _centralized(spec: dict[str, Any], providers: list[Table], test: Table) -> d
     schema = derive_job_schema(test, label=spec["schema"]["label"]["name"], task=spec["task"])
     assert schema.model_dump(exclude_none=True) == spec["schema"]
     union = concat([prepare(t, schema) for t in providers])
-    model = build_model(
-        ModelSpec.model_validate(spec["model"]), schema.n_features, schema.n_classes, seed=SEED
-    )
+    model = build_model(model_spec(spec["model"]), schema.n_features, schema.n_classes, seed=SEED)
     train_local(model, union, epochs=EPOCHS * ROUNDS, lr=spec["learning_rate"],
                 batch_size=spec["batch_size"], seed=SEED)  # fmt: skip
     held = prepare(test, schema)

@@ -28,7 +28,7 @@ from agents.data import Dataset, concat, prepare, write_csv
 from agents.demo import job_spec
 from agents.experiment import FederatedSplit, load_digits_split
 from agents.modelio import flatten, load_safetensors, unflatten_into
-from agents.models import ModelSpec, build_model
+from agents.models import build_model, model_spec
 from agents.optim import FedAvg
 from agents.processes import free_port, start_agent, stop
 from agents.provider import train_seed
@@ -249,7 +249,7 @@ def plaintext_fedavg(market: Market) -> np.ndarray:
     spec = market.job["spec"]
     schema = market.split.schema
     model = build_model(
-        ModelSpec.model_validate(spec["model"]),
+        model_spec(spec["model"]),
         schema.n_features,
         schema.n_classes,
         seed=int(spec["seed"]),
@@ -281,7 +281,7 @@ def plaintext_fedavg(market: Market) -> np.ndarray:
 def final_weights(market: Market) -> np.ndarray:
     schema = market.split.schema
     model = build_model(
-        ModelSpec.model_validate(market.job["spec"]["model"]),
+        model_spec(market.job["spec"]["model"]),
         schema.n_features,
         schema.n_classes,
         seed=0,

@@ -16,7 +16,7 @@ from agents.data import Dataset, load_dataset, write_csv
 from agents.demo import job_spec
 from agents.experiment import load_digits_split
 from agents.modelio import load_safetensors
-from agents.models import ModelSpec, build_model
+from agents.models import LogRegSpec, build_model
 from agents.processes import start_agent, stop
 from agents.provider import ProviderAgent
 from crypto import BuyerKeys
@@ -94,7 +94,7 @@ def test_encrypted_job_runs_to_completion(live_server: LiveServer, tmp_path: Pat
         assert all(timings[str(n)]["fresh_zeros"] == 0 for n in range(2, ROUNDS + 1)), timings
         assert all(timings[str(n)]["upload"] > 0 for n in range(1, ROUNDS + 1))
     # The saved model is a loadable safetensors file of the job's architecture.
-    model = build_model(ModelSpec(arch="logreg"), 64, 10, seed=0)
+    model = build_model(LogRegSpec(arch="logreg"), 64, 10, seed=0)
     assert outcome.model_path is not None
     load_safetensors(model, outcome.model_path.read_bytes())
     assert outcome.metrics_path is not None
