@@ -12,22 +12,25 @@ States travel as their names; compare them with :mod:`dataspec.states`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from dataspec.jobs import JobCreate
 from dataspec.schema import DatasetSchema
+from dataspec.states import OfferState, RoundState
 
 __all__ = [
     "AccountCreated",
     "AccountPublic",
     "GroupPublic",
+    "JobFunding",
     "JobPublic",
     "ListingPublic",
     "MatchingExclusion",
     "MatchingPublic",
     "OfferPublic",
+    "PaymentPublic",
     "PrivacyReportPublic",
     "Role",
     "RoundPublic",
@@ -37,8 +40,21 @@ __all__ = [
 ]
 
 Role = Literal["buyer", "provider", "admin"]
-OfferStateName = Literal["pending", "accepted", "declined", "expired", "withdrawn", "dropped"]
-RoundStateName = Literal["collecting", "closed", "published", "failed", "cancelled"]
+
+# A state read off the wire is its enum member (compare with `dataspec.states`); the API
+# documents it inline, as the list of names it has always published.
+if TYPE_CHECKING:
+    OfferStateName = OfferState
+    RoundStateName = RoundState
+else:
+    OfferStateName = Annotated[
+        Literal["pending", "accepted", "declined", "expired", "withdrawn", "dropped"],
+        AfterValidator(OfferState),
+    ]
+    RoundStateName = Annotated[
+        Literal["collecting", "closed", "published", "failed", "cancelled"],
+        AfterValidator(RoundState),
+    ]
 
 
 class View(BaseModel):
@@ -124,6 +140,23 @@ class JobPublic(View):
     rounds: list[RoundSummary]
     created_at: datetime
     updated_at: datetime
+
+
+class PaymentPublic(View):
+    id: str
+    rail: str
+    kind: str
+    amount_cents: int
+    currency: str
+    status: str
+    external_id: str | None
+    client_secret: str | None
+
+
+class JobFunding(JobPublic):
+    """The job, plus on the `stripe` rail the PaymentIntent to confirm (id, client_secret)."""
+
+    payment: PaymentPublic | None = None
 
 
 class MatchingExclusion(View):
