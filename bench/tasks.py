@@ -74,9 +74,9 @@ def _federated(
     spec: dict[str, Any], providers: list[Table], test_csv: Path,
 ) -> dict[str, float]:  # fmt: skip
     keys = BuyerKeys.generate()
-    buyer = PollenClient(url, PollenClient(url, None).register(role="buyer", name=name)["api_key"])
+    buyer = PollenClient(url, PollenClient(url, None).register(role="buyer", name=name).api_key)
     job = post_job(buyer, keys, spec, identity=buyer_identity(workdir / name))
-    admin.credit_job(job["id"], spec["budget_cents"])
+    admin.credit_job(job.id, spec["budget_cents"])
     procs = []
     try:
         for i, table in enumerate(providers):
@@ -86,7 +86,7 @@ def _federated(
                 url, path, workdir / f"{name}-a{i}", i, workdir / f"{name}-a{i}.log",
                 ["--label", label, "--classes", "", "--no-dp", "--poll", "0.1"], operator=admin,
             ))  # fmt: skip
-        run = BuyerRun(buyer, keys, job["id"], read_table(test_csv), out_dir=workdir / name,
+        run = BuyerRun(buyer, keys, job.id, read_table(test_csv), out_dir=workdir / name,
                        poll_s=0.1)  # fmt: skip
         outcome = run.run()
         for p in procs:

@@ -19,7 +19,7 @@ from agents.models import CNNSpec, LinearSpec, LogRegSpec, build_model, model_sp
 from agents.sample_tables import diabetes_table, loan_table, write_table_csv
 from agents.table_schema import derive_job_schema
 from agents.training import evaluate, evaluate_regression, train_local
-from market.models.jobs import JobCreate
+from dataspec.jobs import JobCreate
 
 
 def _spec(schema: Any, model: dict[str, Any], task: str) -> dict[str, Any]:
@@ -39,7 +39,9 @@ def test_predict_uses_the_model_file_alone(tmp_path: Path) -> None:
     model = build_model(LogRegSpec(arch="logreg"), schema.n_features, schema.n_classes, seed=0)
     train_local(model, prepare(table, schema), epochs=3, lr=0.1, seed=0)
     path = tmp_path / "model.safetensors"
-    path.write_bytes(model_bytes(model, Contract.from_spec("job_1", spec)))
+    path.write_bytes(
+        model_bytes(model, Contract.from_spec("job_1", JobCreate.model_validate(spec)))
+    )
     rows = tmp_path / "new.csv"
     rows.write_text("id,income,age,region,term\n7,,30,mars,12\n8,90000,50,north,60\n")
     out = tmp_path / "pred.csv"
@@ -79,7 +81,9 @@ def test_regression_learns_and_reports_in_target_units(tmp_path: Path) -> None:
     assert res.r2 > 0.4 and 40 < res.rmse < 70 and res.mae < res.rmse
     path = tmp_path / "m.safetensors"
     spec = _spec(schema, {"arch": "linear"}, "regression")
-    path.write_bytes(model_bytes(model, Contract.from_spec("job_r", spec)))
+    path.write_bytes(
+        model_bytes(model, Contract.from_spec("job_r", JobCreate.model_validate(spec)))
+    )
     rows = tmp_path / "rows.csv"
     write_table_csv(table.take(np.arange(5)), rows)
     out = tmp_path / "p.csv"
