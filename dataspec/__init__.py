@@ -6,8 +6,8 @@ model and privacy specs (:mod:`dataspec.jobs`), the answers the server sends
 
 Dependency-light on purpose (pydantic only; no web framework, database or torch): a provider's
 agent, the buyer's client and the server validate with the very same classes, so what one side
-accepts the other cannot refuse. See :mod:`dataspec.schema` for the rules and :mod:`dataspec.compat` for when a
-listing can serve a job.
+accepts the other cannot refuse. See :mod:`dataspec.schema` for the schema's rules and
+:mod:`dataspec.compat` for when a listing can serve a job.
 """
 
 from dataspec.compat import incompatibility, input_names, input_width
