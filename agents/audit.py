@@ -27,6 +27,7 @@ from agents.client import PollenClient
 from agents.trust import Trust, TrustError
 from crypto.identity import SignatureError, canonical, verify_record
 from crypto.merkle import ProofError, verify_consistency
+from dataspec.states import ROUND_HAS_AGGREGATE
 
 Json = dict[str, Any]
 
@@ -60,8 +61,8 @@ def audit(client: PollenClient, trust: Trust) -> list[str]:
                     trust.check_inclusion(client, int(r["index"]), canonical(r["record"]).decode())
         close = closes.get((job_id, number))
         if close is None:
-            state = client.get_round(job_id, number).get("state")
-            if state in ("closed", "published"):
+            state = client.get_round(job_id, number).state
+            if state in ROUND_HAS_AGGREGATE:
                 raise TrustError(
                     f"job {job_id} round {number} is {state}, but the server serves no signed "
                     f"round-closed record for it: the receipt at leaf {receipt['leaf_index']} "
@@ -78,10 +79,10 @@ def audit(client: PollenClient, trust: Trust) -> list[str]:
         done.append(f"receipt job {job_id} round {number}: signed, in the log, in the sum")
     me = client.me()
     job_of_file = buyer_job(trust)
-    if me.get("role") == "buyer" and job_of_file is not None:
+    if me.role == "buyer" and job_of_file is not None:
         done += audit_buyer_money(client, trust, key, job_of_file)
-    elif me.get("role") == "provider":
-        done += audit_provider_money(client, trust, key, str(me["id"]))
+    elif me.role == "provider":
+        done += audit_provider_money(client, trust, key, str(me.id))
     return done
 
 

@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agents.client import Backoff, PollenClient
-from agents.data import Dataset, DatasetSchema, prepare
+from agents.data import Dataset, prepare
 from agents.modelio import flatten, load_safetensors, to_safetensors, unflatten_into
-from agents.models import ModelSpec, build_model
+from agents.models import build_model
 from agents.optim import ServerOptimizer, make_server_optimizer
 from agents.robust import robust_average, score_groups
 from agents.state import StateFile, write_atomic
@@ -33,13 +33,12 @@ from agents.training import evaluate, evaluate_regression
 from agents.trust import Trust, TrustError, manifest_body, register_identity
 from crypto import BuyerKeys, PollenError, decrypt_aggregate
 from crypto.identity import IdentityKey, verify_record
+from dataspec.jobs import JobCreate
+from dataspec.states import ROUND_HAS_AGGREGATE, JobState, RoundState
+from dataspec.views import JobFunding, JobPublic, RoundPublic
 
 logger = logging.getLogger(__name__)
-
-# Round states whose encrypted sum is final, so its aggregate may be fetched: the server's
-# `market.lifecycle.ROUND_HAS_AGGREGATE`, spelled here because the agent never imports the
-# server's package.
-ROUND_HAS_AGGREGATE = ("closed", "published")
+T = TypeVar("T")
 
 
 @dataclass
@@ -80,15 +79,10 @@ class JobOutcome:
     metrics_path: Path | None = None
 
 
-def initial_model_bytes(spec: dict[str, Any]) -> bytes:
+def initial_model_bytes(spec: JobCreate) -> bytes:
     """The job's round-1 global model, built from the registry with the job's seed."""
-    schema = DatasetSchema.model_validate(spec["schema"])
-    model = build_model(
-        ModelSpec.model_validate(spec["model"]),
-        schema.n_features,
-        schema.n_classes,
-        seed=int(spec.get("seed", 0)),
-    )
+    schema = spec.dataset_schema
+    model = build_model(spec.model, schema.n_features, schema.n_classes, seed=spec.seed)
     return to_safetensors(model)
 
 
@@ -98,7 +92,7 @@ def post_job(
     spec: dict[str, Any],
     *,
     identity: IdentityKey | None = None,
-) -> dict[str, Any]:
+) -> JobFunding:
     """Create the job, upload the public context and the initial model, ask to fund it.
 
     With an `identity`, the buyer signs the job's manifest (context fingerprint, model size
@@ -106,22 +100,22 @@ def post_job(
     jobs whose signed manifest matches what the server serves them."""
     job = client.create_job(spec)
     context = keys.public_context()
-    client.put_context(job["id"], context.to_bytes())
-    model = initial_model_bytes(job["spec"])
-    client.put_model(job["id"], model)
+    client.put_context(job.id, context.to_bytes())
+    model = initial_model_bytes(job.spec)
+    client.put_model(job.id, model)
     if identity is None:
         logger.warning(
             "job %s is posted without a signed manifest: agents that verify will refuse it "
             "(pass identity=buyer_identity(out_dir))",
-            job["id"],
+            job.id,
         )
     else:
         ensure_registered(client, identity)
-        job = client.get_job(job["id"])
+        job = client.get_job(job.id)
         body = manifest_body(job, context.fingerprint, model)
-        client.put_manifest(job["id"], identity.record("manifest", body))
-        client.post_record(job["id"], model_record(identity, job["id"], 1, model))
-    return client.fund_job(job["id"])
+        client.put_manifest(job.id, identity.record("manifest", body))
+        client.post_record(job.id, model_record(identity, job.id, 1, model))
+    return client.fund_job(job.id)
 
 
 def buyer_identity(out_dir: Path) -> IdentityKey:
@@ -132,7 +126,7 @@ def buyer_identity(out_dir: Path) -> IdentityKey:
 
 def ensure_registered(client: PollenClient, identity: IdentityKey) -> None:
     """Register the identity key with the account (a no-op when already registered)."""
-    register_identity(client, identity, str(client.me()["id"]))
+    register_identity(client, identity, client.me().id)
 
 
 def model_record(identity: IdentityKey, job_id: str, number: int, model: bytes) -> dict[str, Any]:
@@ -158,7 +152,7 @@ class BuyerRun:
         optimizer: str = "fedavg",
         notify: Callable[[str], None] | None = None,
         on_round: Callable[[RoundReport], None] | None = None,
-        on_collecting: Callable[[dict[str, Any]], None] | None = None,
+        on_collecting: Callable[[RoundPublic], None] | None = None,
         poll_s: float = 0.5,
         backoff: Backoff | None = None,
         identity: IdentityKey | None = None,
@@ -185,16 +179,11 @@ class BuyerRun:
         self.poll_s = poll_s
         self.backoff = backoff or Backoff(first_wait_s=max(poll_s, 0.1), notify=self.notify)
         job = self.backoff.call(client.get_job, job_id)
-        self.spec = job["spec"]
-        self.rounds_total = int(job["rounds_total"])
-        schema = DatasetSchema.model_validate(self.spec["schema"])
+        self.spec: JobCreate = job.spec
+        self.rounds_total = job.rounds_total
+        schema = self.spec.dataset_schema
         self.test = prepare(test, schema)
-        self.model = build_model(
-            ModelSpec.model_validate(self.spec["model"]),
-            schema.n_features,
-            schema.n_classes,
-            seed=0,
-        )
+        self.model = build_model(self.spec.model, schema.n_features, schema.n_classes, seed=0)
         self.optimizer: ServerOptimizer = make_server_optimizer(
             self.state.get("optimizer", optimizer)
         )
@@ -206,7 +195,7 @@ class BuyerRun:
     def model_path(self) -> Path:
         return self.out_dir / f"{self.job_id}.model.safetensors"
 
-    def _wait(self, predicate: Callable[[], dict[str, Any] | None], what: str) -> dict[str, Any]:
+    def _wait(self, predicate: Callable[[], T | None], what: str) -> T:
         logger.debug("waiting for %s", what)
         while True:
             result = self.backoff.call(predicate)
@@ -214,22 +203,22 @@ class BuyerRun:
                 return result
             time.sleep(self.poll_s)
 
-    def _job_if_running(self) -> dict[str, Any] | None:
+    def _job_if_running(self) -> JobPublic | None:
         job = self.client.get_job(self.job_id)
-        if job["state"] in ("cancelled", "failed"):
-            reason = job.get("failure_reason") or "no reason recorded"
-            raise JobEndedError(f"job {self.job_id} is {job['state']} ({reason}); nothing to run")
-        if job["state"] not in ("running", "completed"):
+        if job.state in (JobState.CANCELLED, JobState.FAILED):
+            reason = job.failure_reason or "no reason recorded"
+            raise JobEndedError(f"job {self.job_id} is {job.state} ({reason}); nothing to run")
+        if job.state not in (JobState.RUNNING, JobState.COMPLETED):
             self._note_waiting(job)
             return None
         return job
 
-    def _note_waiting(self, job: dict[str, Any]) -> None:
+    def _note_waiting(self, job: JobPublic) -> None:
         """Say, once per change, how far the job is from starting (providers accepted)."""
-        accepted = len(job.get("accepted_providers") or [])
+        accepted = len(job.accepted_providers)
         note = (
-            f"job {self.job_id} is {job['state']}: {accepted} of "
-            f"{job['spec'].get('min_providers', 2)} providers needed have accepted"
+            f"job {self.job_id} is {job.state}: {accepted} of "
+            f"{job.spec.min_providers} providers needed have accepted"
         )
         if note != getattr(self, "_last_note", None):
             self._last_note = note
@@ -278,7 +267,7 @@ class BuyerRun:
         return model_bytes(self.model, Contract.from_spec(self.job_id, self.spec))
 
     def _evaluate(self, number: int, providers: int, samples: int, started: float) -> RoundReport:
-        label = DatasetSchema.model_validate(self.spec["schema"]).label
+        label = self.spec.dataset_schema.label
         if label.classes is None:
             reg = evaluate_regression(self.model, self.test, offset=label.offset, scale=label.scale)
             return RoundReport(
@@ -309,11 +298,7 @@ class BuyerRun:
     def _released_groups(self, number: int) -> list[int]:
         """The groups of a closed round whose sums the buyer may decrypt."""
         rnd = self.client.get_round(self.job_id, number)
-        return sorted(
-            int(g["index"])
-            for g in rnd.get("groups", [])
-            if g["merged_into"] is None and int(g["count"]) > 0
-        )
+        return sorted(g.index for g in rnd.groups if g.merged_into is None and g.count > 0)
 
     def _report_groups(self, number: int) -> None:
         """Send round `number`'s group values once (a resent copy is recorded once)."""
@@ -325,7 +310,7 @@ class BuyerRun:
 
     def run(self) -> JobOutcome:
         self._wait(self._job_if_running, "the job to start")
-        outcome = JobOutcome(self.job_id, "running")
+        outcome = JobOutcome(self.job_id, JobState.RUNNING)
         while not self.backoff.call(self._advance):
             time.sleep(self.poll_s)
         self.backoff.call(self._finish, outcome)
@@ -339,10 +324,10 @@ class BuyerRun:
         self.trust.check_head(self.client)
         if job is None:
             return False
-        if job["state"] == "completed":
+        if job.state == JobState.COMPLETED:
             return True
         applied = int(self.state.get("applied", 0))
-        current = int(job["current_round"])
+        current = job.current_round
         if applied < current:
             if self._closed(applied + 1) is None:
                 return False
@@ -374,21 +359,21 @@ class BuyerRun:
             self.notify(f"job {self.job_id}: published the model of round {applied + 1}")
         return False
 
-    def _closed(self, number: int) -> dict[str, Any] | None:
+    def _closed(self, number: int) -> RoundPublic | None:
         self._job_if_running()
         rnd = self.client.get_round(self.job_id, number)
-        if rnd["state"] in ROUND_HAS_AGGREGATE:
+        if rnd.state in ROUND_HAS_AGGREGATE:
             return rnd
-        if self.on_collecting is not None and rnd["state"] == "collecting":
+        if self.on_collecting is not None and rnd.state == RoundState.COLLECTING:
             self.on_collecting(rnd)
         return None
 
     def _finish(self, outcome: JobOutcome) -> None:
         job = self.client.get_job(self.job_id)
-        if job["state"] != "completed":
+        if job.state != JobState.COMPLETED:
             self.client.put_final_model(self.job_id, self.model_path.read_bytes())
             job = self.client.complete_job(self.job_id)
-        outcome.state = job["state"]
+        outcome.state = job.state
         outcome.model_path = self.model_path
         outcome.metrics_path = self.out_dir / f"{self.job_id}.metrics.csv"
         rounds = self.state.section("rounds")

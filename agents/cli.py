@@ -129,9 +129,9 @@ def account_register(
     from agents.client import PollenClient
 
     created = PollenClient(server, None).register(role=role, name=name)
-    console.print(f"account {escape(created['id'])} ({escape(created['role'])})")
-    console.print(f"API key (shown once): [bold]{created['api_key']}[/bold]")
-    if created["role"] == "provider":
+    console.print(f"account {escape(created.id)} ({escape(created.role)})")
+    console.print(f"API key (shown once): [bold]{created.api_key}[/bold]")
+    if created.role == "provider":
         console.print(
             "not verified yet: you are matched to jobs once an operator approves you "
             "(`pollen admin approve-provider`) or, on the Stripe rail, once your Connect "
@@ -145,8 +145,8 @@ def account_connect(server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "")
     """Provider, Stripe rail: create your Connect account, or check it again after Stripe's
     onboarding; you are verified (matched, counted in quorums) while it can receive payouts."""
     acct = api_client(server, api_key).connect()
-    if acct["verified_at"]:
-        console.print(f"verified ({escape(str(acct['verified_by']))}): you are matched to jobs")
+    if acct.verified_at:
+        console.print(f"verified ({escape(str(acct.verified_by))}): you are matched to jobs")
     else:
         console.print("not verified yet: finish Stripe's onboarding, then run this again")
 

@@ -45,8 +45,8 @@ def admin_approve_provider(
     """Verify a provider: only verified providers are matched and count toward quorums."""
     acct = api_client(server, api_key).approve_provider(account_id)
     console.print(
-        f"provider {escape(acct['id'])} ({escape(acct['name'])}) verified by "
-        f"{escape(str(acct['verified_by']))}"
+        f"provider {escape(acct.id)} ({escape(acct.name)}) verified by "
+        f"{escape(str(acct.verified_by))}"
     )
 
 
@@ -59,4 +59,4 @@ def admin_revoke_provider(
 ) -> None:
     """Withdraw a provider's verification: no new offers, its pending offers withdrawn."""
     acct = api_client(server, api_key).revoke_provider(account_id)
-    console.print(f"provider {escape(acct['id'])} ({escape(acct['name'])}) is no longer verified")
+    console.print(f"provider {escape(acct.id)} ({escape(acct.name)}) is no longer verified")

@@ -114,10 +114,10 @@ def agent_run(
         # lost would leave an orphan account.
         anon = PollenClient(server, None)
         created = backoff.call_if(never_sent, anon.register, role="provider", name=name)
-        state.data.update(api_key=created["api_key"], account_id=created["id"])
+        state.data.update(api_key=created.api_key, account_id=created.id)
         state.save()
-        key = created["api_key"]
-        say(f"registered provider account {created['id']}")
+        key = created.api_key
+        say(f"registered provider account {created.id}")
     from agents.privacy import DPConfig, PrivacyPolicy
 
     privacy = PrivacyPolicy(

@@ -7,13 +7,16 @@ import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from agents.data import DataError
+
+if TYPE_CHECKING:
+    from agents.client import PollenClient
 
 # Soft wrap: a message stays one line in a log or a pipe (rich would cut it at 80 columns).
 console = Console(soft_wrap=True)
@@ -80,7 +83,7 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def api_client(server: str, api_key: str | None) -> Any:
+def api_client(server: str, api_key: str | None) -> PollenClient:
     from agents.client import PollenClient
 
     if not api_key:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -26,10 +26,13 @@ ApiKeyOpt = Annotated[
     str,
     typer.Option("--api-key", envvar="POLLEN_API_KEY", help="Your API key (or POLLEN_API_KEY)."),
 ]
+if TYPE_CHECKING:
+    from agents.client import PollenClient
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
-def _client(server: str, api_key: str) -> Any:
+def _client(server: str, api_key: str) -> PollenClient:
     from agents.client import PollenClient
 
     if not api_key:
@@ -65,7 +68,7 @@ def job_cancel(
 ) -> None:
     """Cancel a job: unspent escrow is refunded, rounds already done are paid."""
     job = _client(server, api_key).cancel_job(job_id)
-    console.print(f"job {job['id']} is {job['state']}")
+    console.print(f"job {job.id} is {job.state}")
 
 
 def job_model(

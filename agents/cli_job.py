@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +28,8 @@ from agents.cli_base import (
     setup_logging,
 )
 from agents.jobspec import load_spec  # (YAML specs; `schema_from`, `task`)
+from dataspec.states import JobState, OfferState
+from dataspec.views import JobPublic, MatchingPublic
 
 job_app = typer.Typer(help="Post, run and inspect training jobs (buyer).", no_args_is_help=True)
 
@@ -63,15 +64,15 @@ def job_post(
     identity = IdentityKey.load_or_create(identity_path(keys))
     console.print(f"signing the manifest with identity {identity.fingerprint}")
     job = post_job(client, buyer_keys, spec, identity=identity)
-    console.print(f"job [bold]{escape(job['id'])}[/bold] is {escape(job['state'])}")
-    console.print(f"next: pollen job run {escape(job['id'])} --test YOUR_HELD_OUT.csv")
+    console.print(f"job [bold]{escape(job.id)}[/bold] is {escape(job.state)}")
+    console.print(f"next: pollen job run {escape(job.id)} --test YOUR_HELD_OUT.csv")
 
 
 def check_spec(spec: dict[str, Any], path: Path) -> None:
     """Refuse, in one line, a spec the server would refuse: unknown keys, bad values."""
     from pydantic import ValidationError
 
-    from market.models.jobs import JobCreate
+    from dataspec.jobs import JobCreate
 
     try:
         JobCreate.model_validate(spec)
@@ -175,47 +176,46 @@ def job_status(
     """Show a job's state, providers and per-round metrics."""
     job = api_client(server, api_key).get_job(job_id)
     if as_json:
-        console.print_json(json.dumps(job))
+        console.print_json(job.model_dump_json())
         return
     console.print(
-        f"[bold]{escape(job['id'])}[/bold] {escape(repr(job['title']))}: {escape(job['state'])} "
-        f"(round {job['current_round']}/{job['rounds_total']})"
+        f"[bold]{escape(job.id)}[/bold] {escape(repr(job.title))}: {escape(job.state)} "
+        f"(round {job.current_round}/{job.rounds_total})"
     )
-    if job["state"] in ("funding", "open"):
+    if job.state in (JobState.FUNDING, JobState.OPEN):
         _print_matching(api_client(server, api_key).get_matching(job_id))
     console.print(rounds_table(job))
     spent = api_client(server, api_key).get_privacy(job_id)
     if spent:
         eps = Table("provider", "ε spent (DP-SGD)", "δ", "after round")
         for r in spent:
-            eps.add_row(r["provider_id"], f"{r['epsilon']:.3f}", f"{r['delta']:g}", str(r["round"]))
+            eps.add_row(r.provider_id, f"{r.epsilon:.3f}", f"{r.delta:g}", str(r.round))
         console.print(eps)
 
 
-def _print_matching(report: dict[str, Any]) -> None:
+def _print_matching(report: MatchingPublic) -> None:
     """Why an open job is waiting: the listings that fit it and why the others do not."""
-    accepted = report["offers"].get("accepted", 0)
+    accepted = report.offers.get(OfferState.ACCEPTED, 0)
     console.print(
-        f"matching: {report['eligible']} of {report['listings']} active listings can be "
-        f"offered this job; offers {report['offers'] or 'none yet'}; "
-        f"{accepted} of the {report['min_providers']} providers needed have accepted"
+        f"matching: {report.eligible} of {report.listings} active listings can be "
+        f"offered this job; offers {report.offers or 'none yet'}; "
+        f"{accepted} of the {report.min_providers} providers needed have accepted"
     )
-    for row in report["excluded"]:
-        console.print(f"  {row['listings']:>4} left out: {escape(str(row['reason']))}")
+    for row in report.excluded:
+        console.print(f"  {row.listings:>4} left out: {escape(row.reason)}")
 
 
-def rounds_table(job: dict[str, Any]) -> Table:
+def rounds_table(job: JobPublic) -> Table:
     """A job's rounds with the measures its task has (accuracy, or RMSE, MAE and R²)."""
-    task = (job.get("spec") or {}).get("task")
-    measures = ["accuracy"] if task != "regression" else ["rmse", "mae", "r2"]
+    measures = ["accuracy"] if job.spec.task != "regression" else ["rmse", "mae", "r2"]
     table = Table("round", "state", "attempt", "submitted", *measures, "loss")
-    for r in job["rounds"]:
-        m = r.get("metrics") or {}
+    for r in job.rounds:
+        m = r.metrics or {}
         table.add_row(
-            str(r["round"]),
-            escape(r["state"]),
-            str(r["attempt"]),
-            str(r["submitted"]),
+            str(r.round),
+            escape(r.state),
+            str(r.attempt),
+            str(r.submitted),
             *(f"{m[k]:.4f}" if k in m else "" for k in [*measures, "loss"]),
         )
     return table

@@ -7,7 +7,11 @@ from disk rather than read into memory.
 
     client = PollenClient("http://127.0.0.1:8000", api_key)
     job = client.create_job(spec)
-    client.put_context(job["id"], keys.public_context().to_bytes())
+    client.put_context(job.id, keys.public_context().to_bytes())
+
+Answers come back as the wire contract's views (:mod:`dataspec.views`, the server's response
+models), parsed with `model_validate`; a field the server adds later is ignored. The admin,
+money and transparency-log answers are still plain JSON (`Json`).
 
 For tests, pass `http=` an existing `httpx.Client` (e.g. FastAPI's `TestClient`) or
 `transport=` an `httpx.MockTransport`.
@@ -27,6 +31,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+
+from dataspec.views import (
+    AccountCreated,
+    AccountPublic,
+    JobFunding,
+    JobPublic,
+    ListingPublic,
+    MatchingPublic,
+    OfferPublic,
+    PrivacyReportPublic,
+    RoundPublic,
+    SubmissionReceipt,
+)
 
 __all__ = [
     "ApiError",
@@ -192,7 +209,7 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
 
 
 class PollenClient:
-    """The marketplace API as methods; JSON answers come back as dicts, binaries as bytes."""
+    """The marketplace API as methods; answers come back as typed views, binaries as bytes."""
 
     def __init__(
         self,
@@ -255,82 +272,75 @@ class PollenClient:
 
     # -- accounts ------------------------------------------------------------------------
 
-    def register(self, *, role: str, name: str) -> Json:
+    def register(self, *, role: str, name: str) -> AccountCreated:
         """Create a buyer or provider account; the answer holds the only copy of its key."""
-        result: Json = self._json("POST", "/v1/accounts", json={"role": role, "name": name})
-        return result
+        return AccountCreated.model_validate(
+            self._json("POST", "/v1/accounts", json={"role": role, "name": name})
+        )
 
-    def me(self) -> Json:
-        result: Json = self._json("GET", "/v1/accounts/me")
-        return result
+    def me(self) -> AccountPublic:
+        return AccountPublic.model_validate(self._json("GET", "/v1/accounts/me"))
 
     # -- listings (provider) -------------------------------------------------------------
 
-    def create_listing(self, body: Json) -> Json:
-        result: Json = self._json("POST", "/v1/listings", json=body)
-        return result
+    def create_listing(self, body: Json) -> ListingPublic:
+        return ListingPublic.model_validate(self._json("POST", "/v1/listings", json=body))
 
-    def list_listings(self) -> list[Json]:
-        result: list[Json] = self._json("GET", "/v1/listings")
-        return result
+    def list_listings(self) -> list[ListingPublic]:
+        return [ListingPublic.model_validate(x) for x in self._json("GET", "/v1/listings")]
 
-    def get_listing(self, listing_id: str) -> Json:
-        result: Json = self._json("GET", f"/v1/listings/{listing_id}")
-        return result
+    def get_listing(self, listing_id: str) -> ListingPublic:
+        return ListingPublic.model_validate(self._json("GET", f"/v1/listings/{listing_id}"))
 
-    def update_listing(self, listing_id: str, changes: Json) -> Json:
-        result: Json = self._json("PATCH", f"/v1/listings/{listing_id}", json=changes)
-        return result
+    def update_listing(self, listing_id: str, changes: Json) -> ListingPublic:
+        return ListingPublic.model_validate(
+            self._json("PATCH", f"/v1/listings/{listing_id}", json=changes)
+        )
 
-    def withdraw_listing(self, listing_id: str) -> Json:
-        result: Json = self._json("DELETE", f"/v1/listings/{listing_id}")
-        return result
+    def withdraw_listing(self, listing_id: str) -> ListingPublic:
+        return ListingPublic.model_validate(self._json("DELETE", f"/v1/listings/{listing_id}"))
 
     # -- jobs (buyer) --------------------------------------------------------------------
 
-    def create_job(self, spec: Json) -> Json:
-        result: Json = self._json("POST", "/v1/jobs", json=spec)
-        return result
+    def create_job(self, spec: Json) -> JobPublic:
+        return JobPublic.model_validate(self._json("POST", "/v1/jobs", json=spec))
 
-    def list_jobs(self) -> list[Json]:
-        result: list[Json] = self._json("GET", "/v1/jobs")
-        return result
+    def list_jobs(self) -> list[JobPublic]:
+        return [JobPublic.model_validate(x) for x in self._json("GET", "/v1/jobs")]
 
-    def get_job(self, job_id: str) -> Json:
-        result: Json = self._json("GET", f"/v1/jobs/{job_id}")
-        return result
+    def get_job(self, job_id: str) -> JobPublic:
+        return JobPublic.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
 
-    def put_context(self, job_id: str, context: Upload) -> Json:
-        result: Json = self._json("PUT", f"/v1/jobs/{job_id}/context", content=context)
-        return result
+    def put_context(self, job_id: str, context: Upload) -> JobPublic:
+        return JobPublic.model_validate(
+            self._json("PUT", f"/v1/jobs/{job_id}/context", content=context)
+        )
 
     def get_context(self, job_id: str) -> bytes:
         return self._bytes(f"/v1/jobs/{job_id}/context")
 
-    def put_model(self, job_id: str, model: Upload) -> Json:
-        result: Json = self._json("PUT", f"/v1/jobs/{job_id}/model", content=model)
-        return result
+    def put_model(self, job_id: str, model: Upload) -> JobPublic:
+        return JobPublic.model_validate(
+            self._json("PUT", f"/v1/jobs/{job_id}/model", content=model)
+        )
 
-    def fund_job(self, job_id: str) -> Json:
-        result: Json = self._json("POST", f"/v1/jobs/{job_id}/fund")
-        return result
+    def fund_job(self, job_id: str) -> JobFunding:
+        return JobFunding.model_validate(self._json("POST", f"/v1/jobs/{job_id}/fund"))
 
-    def get_matching(self, job_id: str) -> Json:
+    def get_matching(self, job_id: str) -> MatchingPublic:
         """How many listings fit the job and why the others are left out (the buyer)."""
-        result: Json = self._json("GET", f"/v1/jobs/{job_id}/matching")
-        return result
+        return MatchingPublic.model_validate(self._json("GET", f"/v1/jobs/{job_id}/matching"))
 
-    def cancel_job(self, job_id: str) -> Json:
-        result: Json = self._json("POST", f"/v1/jobs/{job_id}/cancel")
-        return result
+    def cancel_job(self, job_id: str) -> JobPublic:
+        return JobPublic.model_validate(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
 
-    def complete_job(self, job_id: str) -> Json:
-        result: Json = self._json("POST", f"/v1/jobs/{job_id}/complete")
-        return result
+    def complete_job(self, job_id: str) -> JobPublic:
+        return JobPublic.model_validate(self._json("POST", f"/v1/jobs/{job_id}/complete"))
 
-    def put_final_model(self, job_id: str, model: Upload) -> Json:
-        result: Json = self._json("PUT", f"/v1/jobs/{job_id}/final-model", content=model)
-        return result
+    def put_final_model(self, job_id: str, model: Upload) -> JobPublic:
+        return JobPublic.model_validate(
+            self._json("PUT", f"/v1/jobs/{job_id}/final-model", content=model)
+        )
 
     def get_final_model(self, job_id: str) -> bytes:
         return self._bytes(f"/v1/jobs/{job_id}/final-model")
@@ -348,48 +358,44 @@ class PollenClient:
         result: Json = self._json("POST", "/v1/admin/tick")
         return result
 
-    def approve_provider(self, account_id: str) -> Json:
+    def approve_provider(self, account_id: str) -> AccountPublic:
         """Operator: verify a provider (it is matched to jobs and counts toward quorums)."""
-        result: Json = self._json("POST", f"/v1/admin/providers/{account_id}/approve")
-        return result
+        return AccountPublic.model_validate(
+            self._json("POST", f"/v1/admin/providers/{account_id}/approve")
+        )
 
-    def revoke_provider(self, account_id: str) -> Json:
-        result: Json = self._json("POST", f"/v1/admin/providers/{account_id}/revoke")
-        return result
+    def revoke_provider(self, account_id: str) -> AccountPublic:
+        return AccountPublic.model_validate(
+            self._json("POST", f"/v1/admin/providers/{account_id}/revoke")
+        )
 
-    def connect(self) -> Json:
+    def connect(self) -> AccountPublic:
         """Provider, Stripe rail: create or re-read its Connect account (verification)."""
-        result: Json = self._json("POST", "/v1/accounts/me/connect")
-        return result
+        return AccountPublic.model_validate(self._json("POST", "/v1/accounts/me/connect"))
 
     # -- offers (provider) ---------------------------------------------------------------
 
-    def list_offers(self) -> list[Json]:
-        result: list[Json] = self._json("GET", "/v1/offers")
-        return result
+    def list_offers(self) -> list[OfferPublic]:
+        return [OfferPublic.model_validate(x) for x in self._json("GET", "/v1/offers")]
 
-    def accept_offer(self, offer_id: str) -> Json:
-        result: Json = self._json("POST", f"/v1/offers/{offer_id}/accept")
-        return result
+    def accept_offer(self, offer_id: str) -> OfferPublic:
+        return OfferPublic.model_validate(self._json("POST", f"/v1/offers/{offer_id}/accept"))
 
-    def decline_offer(self, offer_id: str) -> Json:
-        result: Json = self._json("POST", f"/v1/offers/{offer_id}/decline")
-        return result
+    def decline_offer(self, offer_id: str) -> OfferPublic:
+        return OfferPublic.model_validate(self._json("POST", f"/v1/offers/{offer_id}/decline"))
 
     # -- rounds --------------------------------------------------------------------------
 
-    def get_round(self, job_id: str, number: int) -> Json:
-        result: Json = self._json("GET", f"/v1/jobs/{job_id}/rounds/{number}")
-        return result
+    def get_round(self, job_id: str, number: int) -> RoundPublic:
+        return RoundPublic.model_validate(self._json("GET", f"/v1/jobs/{job_id}/rounds/{number}"))
 
     def get_round_model(self, job_id: str, number: int) -> bytes:
         return self._bytes(f"/v1/jobs/{job_id}/rounds/{number}/model")
 
-    def publish_model(self, job_id: str, number: int, model: Upload) -> Json:
+    def publish_model(self, job_id: str, number: int, model: Upload) -> RoundPublic:
         """The buyer's global model for round `number` (the previous round must be closed)."""
         path = f"/v1/jobs/{job_id}/rounds/{number}/model"
-        result: Json = self._json("PUT", path, content=model)
-        return result
+        return RoundPublic.model_validate(self._json("PUT", path, content=model))
 
     def submit(
         self,
@@ -399,7 +405,7 @@ class PollenClient:
         *,
         signature: str | None = None,
         in_progress_wait_s: float = 120.0,
-    ) -> Json:
+    ) -> SubmissionReceipt:
         """Upload an encrypted update; a duplicate raises ApiError(409) with `body["first"]`.
 
         `signature`: the provider's Ed25519 signature of the envelope's header hash, sent as
@@ -414,8 +420,8 @@ class PollenClient:
         give_up = time.monotonic() + in_progress_wait_s
         while True:
             try:
-                result: Json = self._json("PUT", path, content=envelope, extra_headers=headers)
-                return result
+                answer = self._json("PUT", path, content=envelope, extra_headers=headers)
+                return SubmissionReceipt.model_validate(answer)
             except ApiError as exc:
                 if exc.code != "upload-in-progress" or time.monotonic() >= give_up:
                     raise
@@ -429,27 +435,30 @@ class PollenClient:
         """One random group's encrypted sum of a closed round (buyer only)."""
         return self._bytes(f"/v1/jobs/{job_id}/rounds/{number}/groups/{index}/aggregate")
 
-    def post_group_values(self, job_id: str, number: int, groups: list[Json]) -> Json:
+    def post_group_values(self, job_id: str, number: int, groups: list[Json]) -> RoundPublic:
         """The buyer's loss before and after each group's average update."""
         path = f"/v1/jobs/{job_id}/rounds/{number}/groups"
-        result: Json = self._json("POST", path, json={"groups": groups})
-        return result
+        return RoundPublic.model_validate(self._json("POST", path, json={"groups": groups}))
 
-    def post_metrics(self, job_id: str, number: int, metrics: Json) -> Json:
+    def post_metrics(self, job_id: str, number: int, metrics: Json) -> RoundPublic:
         path = f"/v1/jobs/{job_id}/rounds/{number}/metrics"
-        result: Json = self._json("POST", path, json=metrics)
-        return result
+        return RoundPublic.model_validate(self._json("POST", path, json=metrics))
 
-    def report_privacy(self, job_id: str, number: int, epsilon: float, delta: float) -> Json:
+    def report_privacy(
+        self, job_id: str, number: int, epsilon: float, delta: float
+    ) -> PrivacyReportPublic:
         """Tell the marketplace the ε this provider has spent on the job up to this round."""
         body = {"round": number, "epsilon": epsilon, "delta": delta}
-        result: Json = self._json("POST", f"/v1/jobs/{job_id}/privacy", json=body)
-        return result
+        return PrivacyReportPublic.model_validate(
+            self._json("POST", f"/v1/jobs/{job_id}/privacy", json=body)
+        )
 
-    def get_privacy(self, job_id: str) -> list[Json]:
+    def get_privacy(self, job_id: str) -> list[PrivacyReportPublic]:
         """ε spent per provider on a job (a provider sees only its own)."""
-        result: list[Json] = self._json("GET", f"/v1/jobs/{job_id}/privacy")
-        return result
+        return [
+            PrivacyReportPublic.model_validate(x)
+            for x in self._json("GET", f"/v1/jobs/{job_id}/privacy")
+        ]
 
     # -- identities and the transparency log ---------------------------------------------
 

@@ -27,10 +27,11 @@ from torch import nn
 
 from agents.data import DataError, DatasetSchema
 from agents.modelio import ModelIOError, load_safetensors, safetensors_metadata, to_safetensors
-from agents.models import ModelSpec, build_model
+from agents.models import ModelSpec, build_model, model_spec
 from agents.tabular import Table, encode
 from agents.training import predict_values
 from dataspec import input_names
+from dataspec.jobs import JobCreate
 
 __all__ = ["CONTRACT_KEY", "Contract", "load_model", "model_bytes", "predict", "write_predictions"]
 
@@ -69,13 +70,8 @@ class Contract:
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_spec(cls, job_id: str, spec: dict[str, Any]) -> Contract:
-        return cls(
-            job_id=job_id,
-            title=str(spec.get("title", "")),
-            model=ModelSpec.model_validate(spec["model"]),
-            schema=DatasetSchema.model_validate(spec["schema"]),
-        )
+    def from_spec(cls, job_id: str, spec: JobCreate) -> Contract:
+        return cls(job_id=job_id, title=spec.title, model=spec.model, schema=spec.dataset_schema)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Contract:
@@ -92,7 +88,11 @@ class Contract:
             return cls(
                 job_id=str(body["job_id"]),
                 title=str(body.get("title", "")),
-                model=ModelSpec.model_validate(body["model"]),
+                # Contracts written before the one wire ModelSpec say `"hidden": []` for
+                # models without hidden layers; the spec now leaves it out.
+                model=model_spec(
+                    {k: v for k, v in body["model"].items() if not (k == "hidden" and v == [])}
+                ),
                 schema=DatasetSchema.model_validate(body["schema"]),
             )
         except (ValueError, KeyError, TypeError) as exc:

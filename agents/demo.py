@@ -31,7 +31,7 @@ from agents.client import PollenClient
 from agents.data import concat, write_csv
 from agents.demo_money import fund, settle_and_report, start_rail
 from agents.experiment import centralized, fedavg_plaintext, load_digits_split, prepared
-from agents.models import ModelSpec
+from agents.models import model_spec
 from agents.privacy import DEFAULT_CLIP, DEFAULT_DELTA, DEFAULT_MAX_EPSILON, PrivacyTarget
 from agents.processes import free_port, start_agent, start_server, stop, wait_ready
 from agents.state import StateFile
@@ -128,14 +128,12 @@ def run_demo(
         keys.save(data_dir / "buyer" / "buyer.key")
         anon = PollenClient(url, None)
         buyer_acct = anon.register(role="buyer", name="demo-buyer")
-        buyer = PollenClient(url, buyer_acct["api_key"])
+        buyer = PollenClient(url, buyer_acct.api_key)
         admin = PollenClient(url, admin_key)
         spec = job_spec(rounds, providers, split.schema.model_dump())
         identity = IdentityKey.load_or_create(data_dir / "buyer" / "buyer.key.identity")
         job = post_job(buyer, keys, spec, identity=identity)
-        console.print(
-            escape(f"buyer posted job {job['id']} (fingerprint {keys.fingerprint[:16]}…)")
-        )
+        console.print(escape(f"buyer posted job {job.id} (fingerprint {keys.fingerprint[:16]}…)"))
         fund(rail, url, buyer, admin, job, console)
 
         agents = []
@@ -168,7 +166,7 @@ def run_demo(
         run = BuyerRun(
             buyer,
             keys,
-            job["id"],
+            job.id,
             split.test,
             out_dir=data_dir / "buyer",
             on_round=show,
@@ -181,17 +179,17 @@ def run_demo(
         # A classification job: every round reports an accuracy.
         encrypted = [r.accuracy for r in outcome.reports if r.accuracy is not None]
 
-        spent = buyer.get_privacy(job["id"])
+        spent = buyer.get_privacy(job.id)
         console.print(
             "ε spent per provider (DP-SGD, δ = "
             f"{DEFAULT_DELTA:g}): "
-            + ", ".join(f"{r['provider_id'][:10]}… {r['epsilon']:.2f}" for r in spent)
+            + ", ".join(f"{r.provider_id[:10]}… {r.epsilon:.2f}" for r in spent)
         )
         console.print(
             "computing the baselines (plaintext FedAvg with the same DP-SGD, seeded; centralized)…"
         )
         train, test = prepared(split)
-        model = ModelSpec.model_validate(spec["model"])
+        model = model_spec(spec["model"])
         n_classes = split.schema.n_classes
         plain = fedavg_plaintext(
             model,
@@ -216,7 +214,7 @@ def run_demo(
             n_classes=n_classes,
         )
 
-        table = Table(title=escape(f"Job {job['id']}: accuracy on the buyer's held-out data"))
+        table = Table(title=escape(f"Job {job.id}: accuracy on the buyer's held-out data"))
         table.add_column("round", justify="right")
         table.add_column("encrypted (Pollen)", justify="right")
         table.add_column("plaintext FedAvg (same DP)", justify="right")
@@ -231,7 +229,7 @@ def run_demo(
             f"({(encrypted[-1] - central) * 100:+.2f} points)"
         )
         console.rule("[bold]Settlement")
-        settled = settle_and_report(admin, buyer, job["id"], console)
+        settled = settle_and_report(admin, buyer, job.id, console)
         console.rule("[bold]Audit")
         if not audit_everyone(url, buyer, data_dir, providers, console):
             return 1
@@ -241,10 +239,10 @@ def run_demo(
             "encrypted_accuracy": encrypted[-1],
             "plaintext_accuracy": plain[-1],
             "centralized_accuracy": central,
-            "epsilon_per_provider": {r["provider_id"]: r["epsilon"] for r in spent},
+            "epsilon_per_provider": {r.provider_id: r.epsilon for r in spent},
             "encrypted_per_round": encrypted,
             "plaintext_per_round": plain,
-            "job_id": job["id"],
+            "job_id": job.id,
             **settled,
             "seconds": round(time.perf_counter() - started, 1),
         }
@@ -257,7 +255,7 @@ def run_demo(
         )
         console.print(f"demo finished in {figures['seconds']}s")
         console.rule("[bold]Dashboard")
-        sign_ins = {"buyer (demo-buyer)": buyer_acct["api_key"], "operator": admin_key}
+        sign_ins = {"buyer (demo-buyer)": buyer_acct.api_key, "operator": admin_key}
         for i in range(providers):
             state = StateFile(data_dir / "agents" / f"provider-{i}" / "agent-state.json")
             if state.get("api_key"):

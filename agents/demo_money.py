@@ -33,6 +33,8 @@ from agents.cli_money import (
 )
 from agents.client import PollenClient
 from agents.stripe_pay import confirm_card_payment
+from dataspec.states import JobState
+from dataspec.views import JobFunding
 
 STRIPE_KEY = "sk_test_pollen_demo"
 WEBHOOK_SECRET = "whsec_pollen_demo"
@@ -89,13 +91,13 @@ def fund(
     server_url: str,
     buyer: PollenClient,
     admin: PollenClient,
-    job: dict[str, Any],
+    job: JobFunding,
     console: Console,
 ) -> None:
     """Fund the posted job on the rail and wait until it is open."""
-    budget, currency = job["budget_cents"], job["currency"]
+    budget, currency = job.budget_cents, job.currency
     if rail.name == "manual":
-        admin.credit_job(job["id"], budget, reference=f"demo:{job['id']}")
+        admin.credit_job(job.id, budget, reference=f"demo:{job.id}")
         console.print(f"manual rail: operator credited {money(budget, currency)}")
         return
     assert rail.stripe_url is not None
@@ -103,12 +105,13 @@ def fund(
         f"{rail.stripe_url}/_config/webhooks/pollen",
         data={"url": f"{server_url}/v1/webhooks/stripe", "secret": WEBHOOK_SECRET},
     ).raise_for_status()
-    pi = job["payment"]["external_id"]
+    pi = job.payment.external_id if job.payment is not None else None
+    assert pi is not None, "the stripe rail answers funding with a PaymentIntent"
     status = confirm_card_payment(pi, api_key=STRIPE_KEY, api_base=rail.stripe_url)
     deadline = time.monotonic() + 30
-    while buyer.get_job(job["id"])["state"] == "funding":
+    while buyer.get_job(job.id).state == JobState.FUNDING:
         if time.monotonic() > deadline:
-            buyer.fund_job(job["id"])  # no webhook yet: poll the PaymentIntent instead
+            buyer.fund_job(job.id)  # no webhook yet: poll the PaymentIntent instead
         time.sleep(0.2)
     console.print(
         f"stripe rail (localstripe {rail.stripe_url}): PaymentIntent {pi} {status}, "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -30,7 +31,7 @@ import torch
 
 from agents.data import Dataset, DatasetSchema, prepare
 from agents.modelio import flatten
-from agents.models import ModelSpec, build_model
+from agents.models import MLPSpec, ModelSpec, build_model
 
 __all__ = [
     "ImprintModel",
@@ -80,7 +81,7 @@ def craft_imprint(
     # Scale the layer down so the logits stay small and the softmax never saturates (a
     # saturated, correctly classified row would have no gradient at all).
     scale = 1.0 / (bins * sd)
-    spec = ModelSpec(arch="mlp", hidden=[bins])
+    spec = MLPSpec(arch="mlp", hidden=[bins])
     model = build_model(spec, n_features, n_classes, seed=seed)
     assert isinstance(model, torch.nn.Sequential)
     first, second = model[0], model[2]
@@ -169,6 +170,7 @@ def attack_round(
         decrypt_aggregate,
         validate_envelope,
     )
+    from dataspec.views import JobPublic, RoundPublic
 
     keys = BuyerKeys.generate()
     public = keys.public_context()
@@ -179,25 +181,35 @@ def attack_round(
     server = _RoundServer(to_safetensors(model), public.to_bytes())
     param_count = int(imprint.weights.size)
     n = len(providers)
-    spec: dict[str, Any] = {
-        "schema": schema.model_dump(),
-        "model": imprint.spec.model_dump(),
-        "rounds": 1,
-        "local_epochs": 1,
-        "learning_rate": learning_rate,
-        "batch_size": max(len(d) for d in local),
-        "seed": seed,
-        "sample_cap": 10**9,
-        "preset": public.preset.id,
-        "privacy": job_privacy,
-    }
-    job = {"id": "imprint", "spec": spec, "param_count": param_count}
+    # The harness plays the server: the job and round views an agent reads, as it serves them.
+    now = datetime.now(UTC)
+    spec = {
+        "title": "imprint", "task": schema.task, "schema": schema.model_dump(),
+        "model": imprint.spec.model_dump(), "rounds": 1, "local_epochs": 1,
+        "learning_rate": learning_rate, "batch_size": max(len(d) for d in local),
+        "seed": seed, "sample_cap": 10**9, "preset": public.preset.id,
+        "privacy": job_privacy, "budget_cents": 1, "price_cap_cents": 0,
+        "min_providers": max(n, 2), "max_providers": max(n, 2),
+    }  # fmt: skip
+    job = JobPublic.model_validate({
+        "id": "imprint", "buyer_id": "harness", "title": "imprint", "state": "running",
+        "spec": spec, "rounds_total": 1, "current_round": 1, "accepted_providers": [],
+        "param_count": param_count, "fingerprint": public.fingerprint, "budget_cents": 1,
+        "funded_cents": 1, "currency": "usd", "failure_reason": None,
+        "has_final_model": False, "rounds": [], "created_at": now, "updated_at": now,
+    })  # fmt: skip
     manifest = {
         "job_id": "imprint",
         "initial_model_sha256": hashlib.sha256(server.model_bytes).hexdigest(),
         "context_fingerprint": public.fingerprint,
     }
-    rnd = {"round": 1, "weight_norm": sum(len(d) for d in local), "summands": n}
+    rnd = RoundPublic.model_validate({
+        "job_id": "imprint", "round": 1, "state": "collecting", "attempt": 1,
+        "deadline": now, "expected_count": n, "expected_providers": [], "submitted": 0,
+        "included": [], "you_submitted": False, "weight_norm": sum(len(d) for d in local),
+        "param_count": param_count, "quorum": 2, "summands": n, "metrics": None,
+        "close_reason": None,
+    })  # fmt: skip
     acc = Accumulator.empty(public, job_id="imprint", round=1, param_count=param_count, summands=n)
     for i, raw in enumerate(providers):
         agent = ProviderAgent(

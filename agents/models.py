@@ -1,9 +1,11 @@
 """Model registry shared by the provider agent and the buyer.
 
-A job names its model with a :class:`ModelSpec` (it travels inside the job spec as JSON), and
-both sides call :func:`build_model` with the dataset schema's feature and class counts. Given
-the same spec, shapes and seed, every machine builds a bit-identical model, so the buyer's
-round-0 weights can be reproduced anywhere and parameter vectors line up element for element.
+A job names its model with a :data:`dataspec.jobs.ModelSpec` (it travels inside the job spec
+as JSON; the server checks it with the same classes, so a spec the server accepts is one
+every agent can build), and both sides call :func:`build_model` with the dataset schema's
+feature and class counts. Given the same spec, shapes and seed, every machine builds a
+bit-identical model, so the buyer's round-0 weights can be reproduced anywhere and parameter
+vectors line up element for element.
 
 Architectures:
 
@@ -28,47 +30,24 @@ import logging
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-__all__ = ["Arch", "ModelSpec", "build_model"]
+from dataspec.jobs import CNNSpec, LinearSpec, LogRegSpec, MLPSpec, ModelSpec, model_spec
+
+__all__ = [
+    "Arch",
+    "CNNSpec",
+    "LinearSpec",
+    "LogRegSpec",
+    "MLPSpec",
+    "ModelSpec",
+    "build_model",
+    "model_spec",
+]
 
 logger = logging.getLogger(__name__)
 
 Arch = Literal["logreg", "mlp", "linear", "cnn"]
-
-
-class ModelSpec(BaseModel):
-    """What model a job trains; part of the job spec, so it is strict and JSON-friendly."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    arch: Arch = "logreg"
-    hidden: list[int] = Field(default_factory=list)
-    input_shape: list[int] | None = None
-    channels: list[int] | None = None
-
-    @model_validator(mode="after")
-    def _check_hidden(self) -> ModelSpec:
-        # Reject rather than ignore: a logreg spec carrying hidden sizes is almost certainly a
-        # mistake by the buyer, and silently training a different model would waste the job.
-        # The same rules as the server's (market.models.jobs), tested side by side.
-        if self.arch in ("logreg", "linear") and self.hidden:
-            raise ValueError(f"arch {self.arch!r} takes no hidden layers; use arch 'mlp'")
-        if self.arch != "cnn" and (self.input_shape is not None or self.channels is not None):
-            raise ValueError("input_shape and channels are for arch 'cnn' only")
-        if self.arch == "cnn":
-            if self.input_shape is None or len(self.input_shape) != 3:
-                raise ValueError("arch 'cnn' needs input_shape [channels, height, width]")
-            if any(v <= 0 for v in [*self.input_shape, *(self.channels or [8])]):
-                raise ValueError("cnn input_shape and channels must be positive")
-            if not 1 <= len(self.channels or [8]) <= 4:
-                raise ValueError("cnn takes 1 to 4 convolution layers")
-        if self.arch == "mlp" and not self.hidden:
-            raise ValueError("arch 'mlp' needs at least one hidden layer size")
-        if any(h <= 0 for h in self.hidden):
-            raise ValueError(f"hidden layer sizes must be positive, got {self.hidden}")
-        return self
 
 
 def build_model(spec: ModelSpec, n_features: int, n_classes: int, *, seed: int) -> nn.Module:
@@ -87,7 +66,7 @@ def build_model(spec: ModelSpec, n_features: int, n_classes: int, *, seed: int) 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         layers: list[nn.Module] = []
-        if spec.arch == "cnn":
+        if isinstance(spec, CNNSpec):
             layers, n_features = _conv_layers(spec, n_features)
         sizes = [n_features, *spec.hidden, n_classes]
         for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
@@ -101,9 +80,8 @@ def build_model(spec: ModelSpec, n_features: int, n_classes: int, *, seed: int) 
     return model
 
 
-def _conv_layers(spec: ModelSpec, n_features: int) -> tuple[list[nn.Module], int]:
+def _conv_layers(spec: CNNSpec, n_features: int) -> tuple[list[nn.Module], int]:
     """The convolutional front of a ``cnn`` and the width of what it hands the dense layers."""
-    assert spec.input_shape is not None
     c, h, w = spec.input_shape
     if c * h * w != n_features:
         raise ValueError(
@@ -111,7 +89,7 @@ def _conv_layers(spec: ModelSpec, n_features: int) -> tuple[list[nn.Module], int
             f"{n_features} inputs"
         )
     layers: list[nn.Module] = [nn.Unflatten(1, (c, h, w))]
-    for out in spec.channels or [8]:
+    for out in spec.channels:
         if h < 2 or w < 2:
             raise ValueError(f"cnn: image {spec.input_shape} too small for the pooling layers")
         layers += [nn.Conv2d(c, out, kernel_size=3, padding=1), nn.ReLU(), nn.AvgPool2d(2)]

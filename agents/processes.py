@@ -73,10 +73,10 @@ def enroll_provider(operator: PollenClient, state_dir: Path, name: str) -> str:
     if state.get("api_key"):
         return str(state.get("account_id"))
     created = operator.register(role="provider", name=name)
-    operator.approve_provider(created["id"])
-    state.data.update(api_key=created["api_key"], account_id=created["id"])
+    operator.approve_provider(created.id)
+    state.data.update(api_key=created.api_key, account_id=created.id)
     state.save()
-    return str(created["id"])
+    return str(created.id)
 
 
 def start_agent(

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from rich.console import Console
 from rich.markup import escape
@@ -38,6 +38,7 @@ from rich.progress import (
 from rich.text import Text
 
 from agents.training import EpochInfo
+from dataspec.views import RoundPublic
 
 __all__ = [
     "AgentProgress",
@@ -82,15 +83,15 @@ class RoundStatus:
     deadline: datetime
 
     @classmethod
-    def from_round(cls, rnd: dict[str, Any], rounds_total: int) -> RoundStatus:
+    def from_round(cls, rnd: RoundPublic, rounds_total: int) -> RoundStatus:
         """From the server's view of a round (`GET /v1/jobs/{id}/rounds/{n}`)."""
         return cls(
-            round=int(rnd["round"]),
+            round=rnd.round,
             rounds_total=rounds_total,
-            attempt=int(rnd.get("attempt", 1)),
-            submitted=int(rnd["submitted"]),
-            expected=int(rnd["expected_count"]),
-            deadline=_utc(rnd["deadline"]),
+            attempt=rnd.attempt,
+            submitted=rnd.submitted,
+            expected=rnd.expected_count,
+            deadline=_utc(rnd.deadline),
         )
 
     def head(self) -> str:

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from agents.client import ApiError, Backoff, PollenClient
-from agents.data import DataError, Dataset, DatasetSchema, prepare
+from agents.data import DataError, Dataset, prepare
 from agents.modelio import flatten, load_safetensors
-from agents.models import ModelSpec, build_model
+from agents.models import build_model
 from agents.privacy import DPPlan, PrivacyDeclinedError, PrivacyPolicy, plan_record_dp
 from agents.progress import AgentProgress, NullAgentProgress, steps_of
 from agents.state import StateFile, write_atomic
@@ -46,6 +46,9 @@ from crypto import EnvelopeBinding, PublicContext, read_header, update_weight
 from crypto.envelope import write_update
 from crypto.identity import IdentityKey, SignatureError, verify_record
 from crypto.zeropool import ZeroPool
+from dataspec.jobs import JobCreate
+from dataspec.states import JOB_ENDED, JobState, OfferState, RoundState
+from dataspec.views import JobPublic, RoundPublic, SubmissionReceipt
 
 if TYPE_CHECKING:
     from agents.privacy import DPConfig
@@ -160,7 +163,7 @@ class ProviderAgent:
         """What the listing says about the local data (column kinds, missing, classes)."""
         return listing_schema(self._table(), self.label, classes=classes)
 
-    def cannot_serve(self, spec: dict[str, Any]) -> str | None:
+    def cannot_serve(self, spec: JobCreate) -> str | None:
         """Why this agent's data cannot train the job ``spec`` describes (None: it can).
 
         Checked before accepting, against the data as it is now (not as the listing said
@@ -169,17 +172,12 @@ class ProviderAgent:
         from dataspec import incompatibility
 
         try:
-            schema = DatasetSchema.model_validate(spec["schema"])
+            schema = spec.dataset_schema
             reason = incompatibility(schema, self.schema())
             if reason is not None:
                 return f"the local data does not fit the job's schema: {reason}"
             prepared = prepare(self.data, schema)
-            build_model(
-                ModelSpec.model_validate(spec["model"]),
-                schema.n_features,
-                schema.n_classes,
-                seed=0,
-            )
+            build_model(spec.model, schema.n_features, schema.n_classes, seed=0)
         except (DataError, ValueError, KeyError) as exc:
             return f"cannot apply the job's preprocessing: {exc}"
         if len(prepared) == 0:
@@ -206,10 +204,10 @@ class ProviderAgent:
             "capacity": self.capacity,
         }
         listing = self.client.create_listing(body)
-        self.state.data["listing_id"] = listing["id"]
+        self.state.data["listing_id"] = listing.id
         self.state.save()
-        self.notify(f"published listing {listing['id']} ({len(self.data)} samples)")
-        return str(listing["id"])
+        self.notify(f"published listing {listing.id} ({len(self.data)} samples)")
+        return str(listing.id)
 
     def _active_jobs(self) -> dict[str, Any]:
         return self.state.section("jobs")
@@ -217,47 +215,46 @@ class ProviderAgent:
     def handle_offers(self) -> None:
         jobs = self._active_jobs()
         for offer in self.client.list_offers():
-            if offer["state"] == "accepted" and offer["job_id"] not in jobs:
+            if offer.state == OfferState.ACCEPTED and offer.job_id not in jobs:
                 # Accepted by an earlier life whose answer never arrived (crash, lost
                 # response): the server counts on us, so take the job up.
-                jobs[offer["job_id"]] = {"offer_id": offer["id"], "submitted": {}, "done": False}
+                jobs[offer.job_id] = {"offer_id": offer.id, "submitted": {}, "done": False}
                 self.state.save()
-                self.notify(f"resuming job {offer['job_id']} (offer accepted earlier)")
+                self.notify(f"resuming job {offer.job_id} (offer accepted earlier)")
                 continue
-            if offer["state"] != "pending":
+            if offer.state != OfferState.PENDING:
                 continue
             busy = sum(1 for j in jobs.values() if not j.get("done"))
-            price = int(offer.get("price_cents", 0))
+            price = offer.price_cents
             if price < self.policy.min_price_cents or busy >= self.policy.max_concurrent_jobs:
-                self.client.decline_offer(offer["id"])
-                self.notify(f"declined offer {offer['id']} (price {price}, busy {busy})")
+                self.client.decline_offer(offer.id)
+                self.notify(f"declined offer {offer.id} (price {price}, busy {busy})")
                 continue
-            job_spec = self.client.get_job(offer["job_id"])["spec"]
+            job_spec = self.client.get_job(offer.job_id).spec
             unfit = self.cannot_serve(job_spec)
             if unfit is not None:
-                self.client.decline_offer(offer["id"])
-                logger.warning("declined offer %s: %s", offer["id"], unfit)
-                self.notify(f"declined offer {offer['id']} for job {offer['job_id']}: {unfit}")
+                self.client.decline_offer(offer.id)
+                logger.warning("declined offer %s: %s", offer.id, unfit)
+                self.notify(f"declined offer {offer.id} for job {offer.job_id}: {unfit}")
                 continue
-            requirement = job_spec.get("privacy")
             try:
-                self.privacy.target_for(requirement)
+                self.privacy.target_for(_privacy(job_spec))
             except PrivacyDeclinedError as exc:
-                self.client.decline_offer(offer["id"])
-                self.notify(f"declined offer {offer['id']}: {exc}")
+                self.client.decline_offer(offer.id)
+                self.notify(f"declined offer {offer.id}: {exc}")
                 continue
-            self.client.accept_offer(offer["id"])
-            jobs[offer["job_id"]] = {"offer_id": offer["id"], "submitted": {}, "done": False}
+            self.client.accept_offer(offer.id)
+            jobs[offer.job_id] = {"offer_id": offer.id, "submitted": {}, "done": False}
             self.state.save()
-            self.notify(f"accepted offer for job {offer['job_id']} at {price} cents/round")
+            self.notify(f"accepted offer for job {offer.job_id} at {price} cents/round")
 
     # ------------------------------------------------------------------ rounds
 
-    def _manifest(self, job: dict[str, Any]) -> dict[str, Any]:
+    def _manifest(self, job: JobPublic) -> dict[str, Any]:
         """The job's signed manifest, verified against the pinned buyer key."""
-        if job["id"] not in self._manifests:
-            self._manifests[job["id"]] = self.trust.manifest(self.client, job, self.trust_buyer)
-        return self._manifests[job["id"]]
+        if job.id not in self._manifests:
+            self._manifests[job.id] = self.trust.manifest(self.client, job, self.trust_buyer)
+        return self._manifests[job.id]
 
     def _context(self, job_id: str) -> PublicContext:
         if job_id not in self._contexts:
@@ -275,21 +272,21 @@ class ProviderAgent:
     def _envelope_path(self, job_id: str, round_number: int) -> Path:
         return self.state_dir / "envelopes" / f"{job_id}-r{round_number}.bin"
 
-    def _pool(self, job: dict[str, Any]) -> ZeroPool | None:
+    def _pool(self, job: JobPublic) -> ZeroPool | None:
         """The job's pool of zeros (None for a plaintext job or before its context is here)."""
-        ctx = self._contexts.get(job["id"])
-        if ctx is None or job.get("param_count") is None:
+        ctx = self._contexts.get(job.id)
+        if ctx is None or job.param_count is None:
             return None
-        ctx = ctx.for_preset(str(job["spec"]["preset"]))
+        ctx = ctx.for_preset(job.spec.preset)
         if ctx.preset.is_plain:
             return None
-        pool = self._pools.get(job["id"])
+        pool = self._pools.get(job.id)
         if pool is None:
-            pool = ZeroPool(ctx, ctx.preset.chunks_for(int(job["param_count"])))
-            self._pools[job["id"]] = pool
+            pool = ZeroPool(ctx, ctx.preset.chunks_for(job.param_count))
+            self._pools[job.id] = pool
         return pool
 
-    def _prefill(self, job: dict[str, Any]) -> None:
+    def _prefill(self, job: JobPublic) -> None:
         """Make the next round's encryptions of zero in the background while waiting."""
         pool = self._pool(job)
         if pool is not None:
@@ -300,31 +297,30 @@ class ProviderAgent:
         if pool is not None:
             pool.stop()
 
-    def _build_envelope(self, job: dict[str, Any], rnd: dict[str, Any], me: str) -> bytes:
+    def _build_envelope(self, job: JobPublic, rnd: RoundPublic, me: str) -> bytes:
         """The round's envelope in memory (see `_write_envelope`)."""
         out = io.BytesIO()
         self._write_envelope(job, rnd, me, out)
         return out.getvalue()
 
     def _write_envelope(
-        self, job: dict[str, Any], rnd: dict[str, Any], me: str, out: BinaryIO
+        self, job: JobPublic, rnd: RoundPublic, me: str, out: BinaryIO
     ) -> dict[str, float]:
         """Train on the round's model and write the encrypted update to `out`; returns the
         seconds spent per phase (train, encode, encrypt)."""
-        spec = job["spec"]
-        schema = DatasetSchema.model_validate(spec["schema"])
+        spec = job.spec
+        schema = spec.dataset_schema
         local = prepare(self.data, schema)
-        model_spec = ModelSpec.model_validate(spec["model"])
-        number = int(rnd["round"])
-        model = build_model(model_spec, schema.n_features, schema.n_classes, seed=0)
-        served = self.client.get_round_model(job["id"], number)
+        number = rnd.round
+        model = build_model(spec.model, schema.n_features, schema.n_classes, seed=0)
+        served = self.client.get_round_model(job.id, number)
         manifest = self._manifest(job)
         self.trust.check_model(self.client, manifest, number, served)
         # The context is checked before any training, too: a refusal costs nothing.
-        self._context(job["id"])
+        self._context(job.id)
         load_safetensors(model, served)
         global_vec = flatten(model)
-        entry = self._active_jobs()[job["id"]]
+        entry = self._active_jobs()[job.id]
         plan = self._dp_plan(entry, spec, len(local))
         record_dp = None
         if plan is not None:
@@ -336,19 +332,19 @@ class ProviderAgent:
                 )
             record_dp = RecordDP(plan.noise_multiplier, plan.clip)  # noise from os.urandom
         self.notify(
-            f"job {job['id']} round {number}: training on {len(local)} samples "
-            f"({spec['local_epochs']} epochs"
+            f"job {job.id} round {number}: training on {len(local)} samples "
+            f"({spec.local_epochs} epochs"
             + (
                 f", DP-SGD σ={plan.noise_multiplier:.3f} toward ε={plan.epsilon:g})"
                 if plan
                 else ", no DP)"
             )
         )
-        epochs = int(spec["local_epochs"])
-        self.progress.training(job["id"], number, epochs=epochs, samples=len(local))
+        epochs = spec.local_epochs
+        self.progress.training(job.id, number, epochs=epochs, samples=len(local))
 
         def on_epoch(info: EpochInfo) -> None:
-            self.progress.epoch(job["id"], number, info)
+            self.progress.epoch(job.id, number, info)
             if self.on_epoch is not None:
                 self.on_epoch(info)
 
@@ -357,10 +353,10 @@ class ProviderAgent:
         result = train_local(
             model,
             local,
-            epochs=int(spec["local_epochs"]),
-            lr=float(spec["learning_rate"]),
-            batch_size=int(spec["batch_size"]),
-            seed=train_seed(int(spec.get("seed", 0)), number, self.seed),
+            epochs=spec.local_epochs,
+            lr=spec.learning_rate,
+            batch_size=spec.batch_size,
+            seed=train_seed(spec.seed, number, self.seed),
             progress=on_epoch,
             dp=record_dp,
         )
@@ -381,13 +377,13 @@ class ProviderAgent:
             entry["dp_rounds"] = int(entry.get("dp_rounds", 0)) + 1
             entry["update_epsilon"] = epsilon_spent(self.dp, entry["dp_rounds"])
             self.state.save()
-        samples = min(self.claimed_samples(len(local)), int(spec["sample_cap"]))
-        weight = update_weight(samples, int(rnd["weight_norm"]))
-        binding = EnvelopeBinding(
-            job["id"], number, me, int(job["param_count"]), int(rnd["summands"])
-        )
-        self.progress.encrypting(job["id"], number, params=len(delta))
-        ctx = self._context(job["id"]).for_preset(str(spec["preset"]))
+        samples = min(self.claimed_samples(len(local)), spec.sample_cap)
+        weight = update_weight(samples, rnd.weight_norm)
+        if job.param_count is None:
+            raise TrustError(f"job {job.id} round {number}: the server names no model size")
+        binding = EnvelopeBinding(job.id, number, me, job.param_count, rnd.summands)
+        self.progress.encrypting(job.id, number, params=len(delta))
+        ctx = self._context(job.id).for_preset(spec.preset)
         size = write_update(
             out,
             ctx,
@@ -398,26 +394,26 @@ class ProviderAgent:
             zeros=self._pool(job),
             timings=timings,
         )
-        self.progress.encrypted(job["id"], number, size=size)
+        self.progress.encrypted(job.id, number, size=size)
         self.notify(
-            f"job {job['id']} round {number}: trained on {result.samples} samples, "
+            f"job {job.id} round {number}: trained on {result.samples} samples, "
             f"loss {result.loss:.4f}, envelope {size / 1e6:.2f} MB"
         )
         return timings
 
-    def _dp_plan(self, entry: dict[str, Any], spec: dict[str, Any], samples: int) -> DPPlan | None:
+    def _dp_plan(self, entry: dict[str, Any], spec: JobCreate, samples: int) -> DPPlan | None:
         """The job's DP-SGD plan, made once on its first round and kept in the state file."""
         if "dp_plan" in entry:
             return DPPlan.from_dict(entry["dp_plan"]) if entry["dp_plan"] else None
-        target = self.privacy.target_for(spec.get("privacy"))
+        target = self.privacy.target_for(_privacy(spec))
         plan = None
         if target is not None:
             plan = plan_record_dp(
                 target,
                 samples=samples,
-                batch_size=int(spec["batch_size"]),
-                epochs=int(spec["local_epochs"]),
-                rounds=int(spec["rounds"]),
+                batch_size=spec.batch_size,
+                epochs=spec.local_epochs,
+                rounds=spec.rounds,
             )
         entry["dp_plan"] = plan.to_dict() if plan else None
         self.state.save()
@@ -440,23 +436,23 @@ class ProviderAgent:
         """Do this job's current round if it is ours to do; True if something was sent."""
         entry = self._active_jobs()[job_id]
         job = self.client.get_job(job_id)
-        if job["state"] in ("completed", "cancelled", "failed"):
+        if job.state in JOB_ENDED:
             self._drop_pool(job_id)
             entry["done"] = True
-            entry["final_state"] = job["state"]
+            entry["final_state"] = job.state
             self.state.save()
-            self.notify(f"job {job_id} is {job['state']}")
+            self.notify(f"job {job_id} is {job.state}")
             return False
-        if job["state"] != "running" or not job["current_round"]:
+        if job.state != JobState.RUNNING or not job.current_round:
             return False
-        number = int(job["current_round"])
+        number = int(job.current_round)
         if str(number) in entry["submitted"]:
             return False
         rnd = self.client.get_round(job_id, number)
-        if rnd["state"] != "collecting" or me not in rnd["expected_providers"]:
+        if rnd.state != RoundState.COLLECTING or me not in rnd.expected_providers:
             return False
         path = self._envelope_path(job_id, number)
-        if rnd.get("you_submitted"):
+        if rnd.you_submitted:
             # Accepted before a crash cut the answer off: record it, drop the spare copy.
             entry["submitted"][str(number)] = "accepted-earlier"
             self.state.save()
@@ -524,14 +520,13 @@ class ProviderAgent:
         self._keep_receipt(job_id, number, receipt)
         spent = f", ε spent {float(entry['epsilon']):.3f}" if "epsilon" in entry else ""
         self.notify(
-            f"job {job_id} round {number}: submitted "
-            f"({receipt.get('payload_sha256', '')[:12]}){spent}"
+            f"job {job_id} round {number}: submitted ({receipt.payload_sha256[:12]}){spent}"
         )
         self._report_privacy(job_id, number, entry)
         return True
 
     def _write_file(
-        self, job: dict[str, Any], rnd: dict[str, Any], me: str, path: Path
+        self, job: JobPublic, rnd: RoundPublic, me: str, path: Path
     ) -> dict[str, float]:
         """Write the round's envelope to `path` atomically: all of it or nothing."""
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -563,9 +558,9 @@ class ProviderAgent:
         logger.error("REFUSED job %s: %s", job_id, exc.message)
         self.notify(f"REFUSED job {job_id}: {exc.message}")
 
-    def _keep_receipt(self, job_id: str, number: int, receipt: dict[str, Any]) -> None:
+    def _keep_receipt(self, job_id: str, number: int, receipt: SubmissionReceipt) -> None:
         """Check the server's signed `accepted` record, and keep it for `pollen audit`."""
-        record = receipt.get("record")
+        record = receipt.record
         if record is None:
             raise TrustError(f"job {job_id} round {number}: the server signed no receipt")
         try:
@@ -574,7 +569,7 @@ class ProviderAgent:
             raise TrustError(f"job {job_id} round {number}: receipt refused: {exc}") from exc
         if body["job_id"] != job_id or body["round"] != number:
             raise TrustError(f"job {job_id} round {number}: the receipt is for something else")
-        self.trust.keep_receipt({"leaf_index": receipt["leaf_index"], "record": record})
+        self.trust.keep_receipt({"leaf_index": receipt.leaf_index, "record": record})
 
     def ensure_registered(self, me: str) -> None:
         """Register the identity key with the account once (first use); a different key
@@ -611,10 +606,17 @@ class ProviderAgent:
         """
         backoff = backoff or Backoff(first_wait_s=poll_s, notify=self.notify)
         warm_up()
-        me = str(backoff.call(self.client.me)["id"])
+        me = str(backoff.call(self.client.me).id)
         backoff.call(self.ensure_registered, me)
         while True:
             backoff.call(self.step, me)
             if exit_after_jobs is not None and self.finished_jobs() >= exit_after_jobs:
                 return
             time.sleep(poll_s)
+
+
+def _privacy(spec: JobCreate) -> dict[str, Any] | str | None:
+    """The job's DP requirement as the privacy policy reads it (ε, δ, clip; "off"; None)."""
+    if spec.privacy is None or isinstance(spec.privacy, str):
+        return spec.privacy
+    return spec.privacy.model_dump()

@@ -29,6 +29,7 @@ from crypto import PublicContext
 from crypto.errors import PollenError
 from crypto.identity import IdentityKey, SignatureError, canonical, fingerprint, verify_record
 from crypto.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
+from dataspec.views import JobPublic
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +159,12 @@ class Trust:
             logger.info("pinned buyer %s at %s", buyer_id, fingerprint(served)[:16])
         return str(pins[buyer_id])
 
-    def manifest(self, client: PollenClient, job: Json, expect_buyer: str | None = None) -> Json:
+    def manifest(
+        self, client: PollenClient, view: JobPublic, expect_buyer: str | None = None
+    ) -> Json:
         """The job's signed manifest, verified against the pinned buyer key and the job."""
+        # Compared as the JSON the buyer signed, not as parsed values.
+        job = view.model_dump(mode="json")
         key = self.buyer_key(client, str(job["buyer_id"]), expect_buyer)
         records = client.job_records(str(job["id"]))
         found = [r for r in records if r["kind"] == "manifest"]
@@ -273,8 +278,9 @@ class Trust:
         self.save()
 
 
-def manifest_body(job: Json, context_fingerprint: str, initial_model: bytes) -> Json:
+def manifest_body(view: JobPublic, context_fingerprint: str, initial_model: bytes) -> Json:
     """What the buyer signs for a job: every term a provider relies on."""
+    job = view.model_dump(mode="json")
     body = {name: job[name] for name in MANIFEST_FIELDS}
     body.update({name: job["spec"][name] for name in SPEC_TERMS})
     body.update(

@@ -38,6 +38,7 @@ from agents.processes import free_port, start_server, stop, wait_ready
 from agents.provider import ProviderAgent
 from bench.common import console, print_table, write_result
 from crypto import BuyerKeys, EnvelopeBinding, encrypt_update, get_preset
+from dataspec.views import JobPublic, RoundPublic
 
 ROUNDS = 10
 HONEST = 6
@@ -49,26 +50,26 @@ SEED = 11
 
 
 def _envelope(
-    agent: ProviderAgent, job: dict[str, Any], rnd: dict[str, Any], me: str, vector: np.ndarray
+    agent: ProviderAgent, job: JobPublic, rnd: RoundPublic, me: str, vector: np.ndarray
 ) -> bytes:
     """A valid envelope of `vector` with an honest sample claim, in place of training."""
-    n = int(job["param_count"])
-    binding = EnvelopeBinding(job["id"], int(rnd["round"]), me, n, int(rnd["summands"]))
-    ctx = agent._context(job["id"]).for_preset(str(job["spec"]["preset"]))
+    n = int(job.param_count or 0)
+    binding = EnvelopeBinding(job.id, rnd.round, me, n, rnd.summands)
+    ctx = agent._context(job.id).for_preset(job.spec.preset)
     return encrypt_update(ctx, vector, binding=binding, weight=1.0, samples=len(agent.data))
 
 
 class Freeloader(ProviderAgent):
-    def _build_envelope(self, job: dict[str, Any], rnd: dict[str, Any], me: str) -> bytes:
-        zeros = np.zeros(int(job["param_count"]), dtype=np.float32)
+    def _build_envelope(self, job: JobPublic, rnd: RoundPublic, me: str) -> bytes:
+        zeros = np.zeros(int(job.param_count or 0), dtype=np.float32)
         return _envelope(self, job, rnd, me, zeros)
 
 
 class NoiseSubmitter(ProviderAgent):
-    def _build_envelope(self, job: dict[str, Any], rnd: dict[str, Any], me: str) -> bytes:
-        bound = get_preset(str(job["spec"]["preset"])).max_update_abs(int(rnd["summands"]))
+    def _build_envelope(self, job: JobPublic, rnd: RoundPublic, me: str) -> bytes:
+        bound = get_preset(job.spec.preset).max_update_abs(rnd.summands)
         rng = np.random.default_rng()
-        noise = rng.uniform(-0.5 * bound, 0.5 * bound, int(job["param_count"]))
+        noise = rng.uniform(-0.5 * bound, 0.5 * bound, int(job.param_count or 0))
         return _envelope(self, job, rnd, me, noise.astype(np.float32))
 
 
@@ -91,12 +92,12 @@ def _run(cheat: bool) -> dict[str, Any]:
             agents, ids = [], {}
             for i, (name, data) in enumerate(zip(names, split.providers, strict=True)):
                 acct = anon.register(role="provider", name=name)
-                PollenClient(url, admin_key).approve_provider(acct["id"])  # the operator vouches
-                ids[acct["id"]] = name
+                PollenClient(url, admin_key).approve_provider(acct.id)  # the operator vouches
+                ids[acct.id] = name
                 kind = {"freeloader": Freeloader, "inflater": Inflater, "noise": NoiseSubmitter}
                 cls = kind.get(name, ProviderAgent) if cheat else ProviderAgent
                 agent = cls(
-                    PollenClient(url, acct["api_key"]), data, state_dir=root / name,
+                    PollenClient(url, acct.api_key), data, state_dir=root / name,
                     listing_name=name, ask_cents=100, seed=i,
                     privacy=PrivacyPolicy(max_epsilon=None), notify=lambda _m: None,
                 )  # fmt: skip
@@ -104,11 +105,11 @@ def _run(cheat: bool) -> dict[str, Any]:
                 agents.append(agent)
             keys = BuyerKeys.generate()
             acct = anon.register(role="buyer", name="fairness-buyer")
-            buyer = PollenClient(url, acct["api_key"])
+            buyer = PollenClient(url, acct.api_key)
             spec = job_spec(ROUNDS, len(names), split.schema.model_dump())
             spec.update(privacy="off", budget_cents=100_000, round_deadline_s=120)
             job = post_job(buyer, keys, spec, identity=buyer_identity(root / "buyer"))
-            PollenClient(url, admin_key).credit_job(job["id"], spec["budget_cents"])
+            PollenClient(url, admin_key).credit_job(job.id, spec["budget_cents"])
             threads = [
                 threading.Thread(
                     target=a.run, kwargs={"poll_s": 0.2, "exit_after_jobs": 1}, daemon=True
@@ -118,19 +119,19 @@ def _run(cheat: bool) -> dict[str, Any]:
             for t in threads:
                 t.start()
             run = BuyerRun(
-                buyer, keys, job["id"], split.test, out_dir=root / "buyer", poll_s=0.2,
+                buyer, keys, job.id, split.test, out_dir=root / "buyer", poll_s=0.2,
                 notify=lambda _m: None,
             )  # fmt: skip
             outcome = run.run()
             for t in threads:
                 t.join(timeout=120)
-            receipt = buyer.receipt(job["id"])
+            receipt = buyer.receipt(job.id)
             timeline = [
                 [
-                    {"members": sorted(ids[m] for m in g["members"]),
-                     "value": g["value"], "excluded": g["excluded"]}
-                    for g in buyer.get_round(job["id"], n)["groups"]
-                    if g["merged_into"] is None and g["count"] > 0
+                    {"members": sorted(ids[m] for m in g.members),
+                     "value": g.value, "excluded": g.excluded}
+                    for g in buyer.get_round(job.id, n).groups
+                    if g.merged_into is None and g.count > 0
                 ]
                 for n in range(1, ROUNDS + 1)
             ]  # fmt: skip

@@ -162,17 +162,17 @@ def setup_round(
     """A buyer, `agents` providers with listings, a funded job they all accepted: round 1."""
     anon = PollenClient(url, None)
     created = anon.register(role="buyer", name="load-buyer")
-    buyer = Party(PollenClient(url, created["api_key"]), created["id"], created["api_key"])
+    buyer = Party(PollenClient(url, created.api_key), created.id, created.api_key)
 
     def provider(i: int) -> Party:
         acct = anon.register(role="provider", name=f"load-provider-{i}")
-        PollenClient(url, admin_key).approve_provider(acct["id"])  # the operator vouches
-        client = PollenClient(url, acct["api_key"])
+        PollenClient(url, admin_key).approve_provider(acct.id)  # the operator vouches
+        client = PollenClient(url, acct.api_key)
         client.create_listing({
             "name": f"load-{i}", "schema": _schema(), "samples": SAMPLES,
             "ask_cents": 100, "currency": "usd", "capacity": 1,
         })  # fmt: skip
-        return Party(client, acct["id"], acct["api_key"])
+        return Party(client, acct.id, acct.api_key)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         providers = list(pool.map(provider, range(agents)))
@@ -184,20 +184,20 @@ def setup_round(
         "round_deadline_s": deadline_s, "offer_ttl_s": 900,
     }  # fmt: skip
     job = post_job(buyer.client, keys, spec)
-    PollenClient(url, admin_key).credit_job(job["id"], spec["budget_cents"])
+    PollenClient(url, admin_key).credit_job(job.id, spec["budget_cents"])
 
     def accept(p: Party) -> None:
-        (offer,) = [o for o in p.client.list_offers() if o["job_id"] == job["id"]]
-        p.client.accept_offer(offer["id"])
+        (offer,) = [o for o in p.client.list_offers() if o.job_id == job.id]
+        p.client.accept_offer(offer.id)
 
     # The last acceptance starts the job; it goes alone, after the others.
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(accept, providers[:-1]))
     accept(providers[-1])
-    status = buyer.client.get_job(job["id"])
-    if status["state"] != "running":
-        raise RuntimeError(f"the job is {status['state']}, not running, after every acceptance")
-    return buyer, providers, job["id"], int(status["param_count"])
+    status = buyer.client.get_job(job.id)
+    if status.state != "running":
+        raise RuntimeError(f"the job is {status.state}, not running, after every acceptance")
+    return buyer, providers, job.id, int(status.param_count)
 
 
 def round_envelopes(
@@ -376,18 +376,18 @@ def verify(
     all_in = all(s == 201 for s, _, _ in outcomes)
     deadline = time.monotonic() + (10 if all_in else 0)
     rnd = buyer.client.get_round(job_id, 1)
-    while rnd["state"] == "collecting" and time.monotonic() < deadline:
+    while rnd.state == "collecting" and time.monotonic() < deadline:
         time.sleep(0.2)
         rnd = buyer.client.get_round(job_id, 1)
     ok = [p for p, (s, _, _) in zip(providers, outcomes, strict=True) if s and s // 100 == 2]
-    if rnd["state"] == "closed":
-        included = set(rnd["included"])
+    if rnd.state == "closed":
+        included = set(rnd.included)
     else:  # the buyer sees who is in only once the round closed; each provider sees itself
-        included = {p.id for p in ok if p.client.get_round(job_id, 1)["you_submitted"]}
+        included = {p.id for p in ok if p.client.get_round(job_id, 1).you_submitted}
     unanswered = sum(1 for s, _, _ in outcomes if s is None)
     lost = sum(1 for p in ok if p.id not in included) + unanswered
     count, sum_ok, found = None, False, set()
-    if rnd["state"] == "closed":
+    if rnd.state == "closed":
         agg = decrypt_aggregate(keys, buyer.client.get_aggregate(job_id, 1))
         found = set(agg.provider_ids)
         count = agg.count
@@ -398,8 +398,8 @@ def verify(
         "accepted": sum(1 for p in ok if p.id in found),
         "answered_201": sum(1 for s, _, _ in outcomes if s == 201),
         "lost": lost,
-        "round_state": rnd["state"],
-        "submitted": rnd["submitted"],
+        "round_state": rnd.state,
+        "submitted": rnd.submitted,
         "aggregate_count": count,
         "sum_ok": sum_ok,
     }

@@ -26,7 +26,7 @@ from agents.data import Dataset, prepare
 from agents.demo import SEED
 from agents.experiment import fedavg_plaintext, load_digits_split, prepared
 from agents.imprint import attack_round
-from agents.models import ModelSpec
+from agents.models import LogRegSpec
 from agents.privacy import (
     DEFAULT_CLIP,
     DEFAULT_DELTA,
@@ -46,7 +46,7 @@ def _accuracy(record_dp: PrivacyTarget | None) -> float:
     split = load_digits_split(PROVIDERS, alpha=0.5, seed=SEED)
     train, test = prepared(split)
     acc = fedavg_plaintext(
-        ModelSpec(arch="logreg"),
+        LogRegSpec(arch="logreg"),
         train,
         test,
         rounds=ROUNDS,

@@ -64,7 +64,7 @@ def _timed_job(
     url: str, admin: PollenClient, keys: BuyerKeys, split: Any, preset: str, workdir: Path
 ) -> tuple[list[float], int, float, dict[str, float]]:
     anon = PollenClient(url, None)
-    buyer = PollenClient(url, anon.register(role="buyer", name=f"bench-{preset}")["api_key"])
+    buyer = PollenClient(url, anon.register(role="buyer", name=f"bench-{preset}").api_key)
     spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
     spec.update(
         title=f"round bench ({preset})",
@@ -77,9 +77,9 @@ def _timed_job(
     # Agents trust only jobs whose manifest and models the buyer signed.
     identity = buyer_identity(workdir / preset)
     job = post_job(buyer, keys, spec, identity=identity)
-    admin.credit_job(job["id"], spec["budget_cents"])
+    admin.credit_job(job.id, spec["budget_cents"])
     run = BuyerRun(
-        buyer, keys, job["id"], split.test, out_dir=workdir / preset, poll_s=0.05, identity=identity
+        buyer, keys, job.id, split.test, out_dir=workdir / preset, poll_s=0.05, identity=identity
     )
     for name in ("get_aggregate", "get_group_aggregate"):
         setattr(run.client, name, _watch.wrap("download", getattr(run.client, name)))
@@ -95,13 +95,13 @@ def _timed_job(
         started = time.perf_counter()
         if number > 1:
             model = run.model_path.read_bytes()
-            buyer.post_record(job["id"], model_record(identity, job["id"], number, model))
-            buyer.publish_model(job["id"], number, model)
+            buyer.post_record(job.id, model_record(identity, job.id, number, model))
+            buyer.publish_model(job.id, number, model)
         run._wait(functools.partial(run._closed, number), f"round {number}")
         _watch.take()
         applying = time.perf_counter()
         report = run.apply_round(number)
-        buyer.post_metrics(job["id"], number, {"loss": report.loss, "accuracy": report.accuracy})
+        buyer.post_metrics(job.id, number, {"loss": report.loss, "accuracy": report.accuracy})
         accuracy = report.accuracy
         spent = _watch.take()
         if number > 1:
@@ -115,11 +115,11 @@ def _timed_job(
                 - spent.get("decrypt", 0.0)
             )
         console.print(f"  {preset}: round {number} in {time.perf_counter() - started:.2f}s")
-    buyer.put_final_model(job["id"], run.model_path.read_bytes())
-    buyer.complete_job(job["id"])
-    params = int(buyer.get_job(job["id"])["param_count"])
+    buyer.put_final_model(job.id, run.model_path.read_bytes())
+    buyer.complete_job(job.id)
+    params = int(buyer.get_job(job.id).param_count)
     timed = list(range(2, ROUNDS + 1))
-    phases = agent_phases([workdir / f"agent{i}" for i in range(PROVIDERS)], job["id"], timed)
+    phases = agent_phases([workdir / f"agent{i}" for i in range(PROVIDERS)], job.id, timed)
     server, _ = server_lines(log, offset)
     validate, add = sum(server.get("validate", [])), sum(server.get("add", []))
     replay = sum(server.get("replay", []))

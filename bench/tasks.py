@@ -29,7 +29,7 @@ import numpy as np
 from agents.buyer import BuyerRun, buyer_identity, post_job
 from agents.client import PollenClient
 from agents.data import concat, prepare
-from agents.models import ModelSpec, build_model
+from agents.models import build_model, model_spec
 from agents.processes import free_port, start_agent, start_server, stop, wait_ready
 from agents.sample_tables import diabetes_table, loan_table, split_rows, write_table_csv
 from agents.table_schema import derive_job_schema
@@ -59,9 +59,7 @@ def _centralized(spec: dict[str, Any], providers: list[Table], test: Table) -> d
     schema = derive_job_schema(test, label=spec["schema"]["label"]["name"], task=spec["task"])
     assert schema.model_dump(exclude_none=True) == spec["schema"]
     union = concat([prepare(t, schema) for t in providers])
-    model = build_model(
-        ModelSpec.model_validate(spec["model"]), schema.n_features, schema.n_classes, seed=SEED
-    )
+    model = build_model(model_spec(spec["model"]), schema.n_features, schema.n_classes, seed=SEED)
     train_local(model, union, epochs=EPOCHS * ROUNDS, lr=spec["learning_rate"],
                 batch_size=spec["batch_size"], seed=SEED)  # fmt: skip
     held = prepare(test, schema)
@@ -76,9 +74,9 @@ def _federated(
     spec: dict[str, Any], providers: list[Table], test_csv: Path,
 ) -> dict[str, float]:  # fmt: skip
     keys = BuyerKeys.generate()
-    buyer = PollenClient(url, PollenClient(url, None).register(role="buyer", name=name)["api_key"])
+    buyer = PollenClient(url, PollenClient(url, None).register(role="buyer", name=name).api_key)
     job = post_job(buyer, keys, spec, identity=buyer_identity(workdir / name))
-    admin.credit_job(job["id"], spec["budget_cents"])
+    admin.credit_job(job.id, spec["budget_cents"])
     procs = []
     try:
         for i, table in enumerate(providers):
@@ -88,7 +86,7 @@ def _federated(
                 url, path, workdir / f"{name}-a{i}", i, workdir / f"{name}-a{i}.log",
                 ["--label", label, "--classes", "", "--no-dp", "--poll", "0.1"], operator=admin,
             ))  # fmt: skip
-        run = BuyerRun(buyer, keys, job["id"], read_table(test_csv), out_dir=workdir / name,
+        run = BuyerRun(buyer, keys, job.id, read_table(test_csv), out_dir=workdir / name,
                        poll_s=0.1)  # fmt: skip
         outcome = run.run()
         for p in procs:

@@ -1,9 +1,13 @@
-"""The dataset schema: the one definition the marketplace server and the agents both import.
+"""The wire contract: the one definition of what travels between the agents and the server.
 
-Dependency-light on purpose (pydantic only): a provider's agent, the buyer's client and the
-server validate a schema with the very same classes, so a schema one side accepts the other
-cannot refuse. See :mod:`dataspec.schema` for the rules and :mod:`dataspec.compat` for when a
-listing can serve a job.
+The dataset schema (:mod:`dataspec.schema`, :mod:`dataspec.compat`), the job spec and its
+model and privacy specs (:mod:`dataspec.jobs`), the answers the server sends
+(:mod:`dataspec.views`) and the names of every state (:mod:`dataspec.states`).
+
+Dependency-light on purpose (pydantic only; no web framework, database or torch): a provider's
+agent, the buyer's client and the server validate with the very same classes, so what one side
+accepts the other cannot refuse. See :mod:`dataspec.schema` for the schema's rules and
+:mod:`dataspec.compat` for when a listing can serve a job.
 """
 
 from dataspec.compat import incompatibility, input_names, input_width

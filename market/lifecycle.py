@@ -1,6 +1,7 @@
 """The job, round and offer lifecycle as pure data and decisions (no database, no clock).
 
-States are `StrEnum`s, so a state compares equal to the string stored in its row and
+States are `StrEnum`s defined in :mod:`dataspec.states` (the agents compare against the same
+names) and re-exported here, so a state compares equal to the string stored in its row and
 serializes as that string. The transition tables are the whole of what may happen; the
 decision functions take plain facts (counts, deadlines, the time) and say what to do. The
 services load the facts, ask here, apply the answer and commit once.
@@ -19,74 +20,57 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TypeVar
 
-
-class JobState(StrEnum):
-    DRAFT = "draft"
-    FUNDING = "funding"
-    OPEN = "open"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-
-
-class RoundState(StrEnum):
-    COLLECTING = "collecting"
-    CLOSED = "closed"
-    PUBLISHED = "published"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class OfferState(StrEnum):
-    PENDING = "pending"
-    ACCEPTED = "accepted"
-    DECLINED = "declined"
-    EXPIRED = "expired"
-    WITHDRAWN = "withdrawn"
-    DROPPED = "dropped"
-
-
-class ListingState(StrEnum):
-    ACTIVE = "active"
-    WITHDRAWN = "withdrawn"
-
-
-class PaymentStatus(StrEnum):
-    """A payment row's status: Stripe's PaymentIntent status as it reports it (these are the
-    ones Pollen acts on), or `recorded` for money the manual rail books."""
-
-    PENDING = "pending"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    RECORDED = "recorded"
-
-
-class PayoutStatus(StrEnum):
-    PENDING = "pending"
-    PAID = "paid"
-    FAILED = "failed"
-
-
-class BatchStatus(StrEnum):
-    EXPORTED = "exported"
-    PARTIAL = "partial"
-    PAID = "paid"
-
-
-# Named groups: say what a set of states means once.
-JOB_ENDED = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED})
-JOB_CANCELLABLE = frozenset({JobState.DRAFT, JobState.FUNDING, JobState.OPEN, JobState.RUNNING})
-# A job that holds escrow which may still be spent on rounds (it takes money in and pays out).
-JOB_FUNDABLE = frozenset({JobState.FUNDING, JobState.OPEN, JobState.RUNNING})
-# A round whose encrypted sum is final: its aggregate and group sums may be released.
-ROUND_HAS_AGGREGATE = frozenset({RoundState.CLOSED, RoundState.PUBLISHED})
-# A round that ended without a sum: it pays nobody and its partials are garbage.
-ROUND_ABANDONED = frozenset({RoundState.FAILED, RoundState.CANCELLED})
-ROUND_ENDED = frozenset(
-    {RoundState.CLOSED, RoundState.PUBLISHED, RoundState.FAILED, RoundState.CANCELLED}
+# The state names live in the dependency-light wire package the agents import too.
+from dataspec.states import (
+    JOB_CANCELLABLE,
+    JOB_ENDED,
+    JOB_FUNDABLE,
+    OFFER_DECIDED,
+    ROUND_ABANDONED,
+    ROUND_ENDED,
+    ROUND_HAS_AGGREGATE,
+    BatchStatus,
+    JobState,
+    ListingState,
+    OfferState,
+    PaymentStatus,
+    PayoutStatus,
+    RoundState,
 )
-OFFER_DECIDED = frozenset(set(OfferState) - {OfferState.PENDING})
+
+__all__ = [
+    "JOB_CANCELLABLE",
+    "JOB_ENDED",
+    "JOB_FUNDABLE",
+    "JOB_TRANSITIONS",
+    "OFFER_DECIDED",
+    "OFFER_TRANSITIONS",
+    "ROUND_ABANDONED",
+    "ROUND_ENDED",
+    "ROUND_HAS_AGGREGATE",
+    "ROUND_TRANSITIONS",
+    "BatchStatus",
+    "Close",
+    "Complete",
+    "Fail",
+    "FailByBuyer",
+    "JobState",
+    "ListingState",
+    "OfferState",
+    "PaymentStatus",
+    "PayoutStatus",
+    "PublishVerdict",
+    "Retry",
+    "RoundState",
+    "RoundVerdict",
+    "TransitionError",
+    "Wait",
+    "check_move",
+    "may_move",
+    "publish_verdict",
+    "round_verdict",
+]
+
 
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.DRAFT: frozenset({JobState.FUNDING, JobState.CANCELLED}),

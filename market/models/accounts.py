@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, StringConstraints
+from pydantic import StringConstraints
 from sqlmodel import Field, SQLModel
 
+from dataspec.views import AccountCreated, AccountPublic, Role
 from market.models.schema import Strict
 from market.models.types import UTCDateTime, utcnow
 
-Role = Literal["buyer", "provider", "admin"]
+__all__ = ["Account", "AccountCreate", "AccountCreated", "AccountPublic", "DisplayName", "Role"]
+
 DisplayName = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
 
 
@@ -34,16 +36,3 @@ class Account(SQLModel, table=True):
     # an operator's approval (the operator's account id). See `market.services.verification`.
     verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     verified_by: str | None = Field(default=None, max_length=32)
-
-
-class AccountPublic(BaseModel):
-    id: str
-    role: Role
-    name: str
-    created_at: datetime
-    verified_at: datetime | None = None
-    verified_by: str | None = None
-
-
-class AccountCreated(AccountPublic):
-    api_key: str

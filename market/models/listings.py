@@ -5,16 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 from sqlalchemy import JSON, BigInteger
 from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
 
+from dataspec.jobs import Cents, Currency
+from dataspec.views import ListingPublic
 from market.models.schema import DatasetSchema, Strict
 from market.models.types import UTCDateTime, utcnow
 
-Currency = Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")]
-Cents = Annotated[int, Field(ge=0, le=10**12)]
+__all__ = ["Cents", "Currency", "Listing", "ListingCreate", "ListingPublic", "ListingUpdate"]
 
 
 class ListingCreate(Strict):
@@ -47,19 +48,3 @@ class Listing(SQLModel, table=True):
     state: str = SQLField(default="active", max_length=16, index=True)
     created_at: datetime = SQLField(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = SQLField(default_factory=utcnow, sa_type=UTCDateTime)
-
-
-class ListingPublic(BaseModel):
-    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True)
-
-    id: str
-    provider_id: str
-    name: str
-    dataset_schema: DatasetSchema = Field(alias="schema")
-    samples: int
-    ask_cents: int
-    currency: str
-    capacity: int
-    state: str
-    created_at: datetime
-    updated_at: datetime

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import BigInteger, Index, Text, text
 from sqlmodel import Field, SQLModel
 
+from dataspec.views import PaymentPublic as PaymentPublic  # re-exported: the wire view
 from market.models.types import UTCDateTime, utcnow
 
 
@@ -103,17 +104,6 @@ class ReputationEvent(SQLModel, table=True):
     round_number: int | None = None
     key: str = Field(unique=True, max_length=200)
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
-
-
-class PaymentPublic(BaseModel):
-    id: str
-    rail: str
-    kind: str
-    amount_cents: int
-    currency: str
-    status: str
-    external_id: str | None
-    client_secret: str | None
 
 
 class PayoutPublic(BaseModel):

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel
 from sqlalchemy import BigInteger, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from dataspec.views import OfferPublic
 from market.models.types import UTCDateTime, utcnow
+
+__all__ = ["LIVE_OFFER_STATES", "Offer", "OfferPublic", "OfferState"]
 
 OfferState = Literal["pending", "accepted", "declined", "expired", "withdrawn", "dropped"]
 # Offers that hold a listing's capacity and a share of the job's budget.
@@ -36,19 +38,3 @@ class Offer(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-
-
-class OfferPublic(BaseModel):
-    id: str
-    job_id: str
-    job_title: str
-    listing_id: str
-    provider_id: str
-    state: OfferState
-    price_cents: int
-    currency: str
-    samples: int
-    rounds: int
-    expires_at: datetime
-    created_at: datetime
-    decided_at: datetime | None

@@ -9,12 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
 
+from dataspec.views import PrivacyReportPublic
 from market.models.schema import Strict
 from market.models.types import UTCDateTime, utcnow
+
+__all__ = ["PrivacyReport", "PrivacyReportCreate", "PrivacyReportPublic"]
 
 
 class PrivacyReport(SQLModel, table=True):
@@ -32,12 +35,3 @@ class PrivacyReportCreate(Strict):
     round: Annotated[int, Field(ge=1, le=1000)]
     epsilon: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
     delta: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
-
-
-class PrivacyReportPublic(BaseModel):
-    job_id: str
-    provider_id: str
-    round: int
-    epsilon: float
-    delta: float
-    reported_at: datetime

@@ -5,13 +5,29 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy import JSON, UniqueConstraint
 from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
 
+from dataspec.views import GroupPublic, RoundPublic, SubmissionReceipt
 from market.models.schema import Strict
 from market.models.types import UTCDateTime, utcnow
+
+__all__ = [
+    "MAX_LOSS",
+    "GroupPublic",
+    "GroupValue",
+    "GroupValuesCreate",
+    "MetricsCreate",
+    "Round",
+    "RoundGroup",
+    "RoundPartial",
+    "RoundPublic",
+    "RoundState",
+    "Submission",
+    "SubmissionReceipt",
+]
 
 RoundState = Literal["collecting", "closed", "published", "failed", "cancelled"]
 
@@ -120,59 +136,9 @@ class RoundPartial(SQLModel, table=True):
     created_at: datetime = SQLField(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-class SubmissionReceipt(BaseModel):
-    submission_id: str
-    job_id: str
-    round: int
-    attempt: int
-    payload_sha256: str
-    accepted_at: datetime
-    # The server's signed `accepted` record and its leaf in the transparency log (the
-    # inclusion proof under any later head: GET /v1/log/inclusion).
-    record: dict[str, Any] | None = None
-    leaf_index: int | None = None
-
-
-class RoundPublic(BaseModel):
-    """A round as its viewer may see it: a provider sees only whether itself is in."""
-
-    job_id: str
-    round: int
-    state: RoundState
-    attempt: int
-    deadline: datetime
-    expected_count: int
-    expected_providers: list[str]
-    submitted: int
-    included: list[str]
-    you_submitted: bool | None
-    weight_norm: int
-    param_count: int
-    quorum: int
-    # The `summands` every envelope of this job is bound to (the job's max_providers).
-    summands: int
-    metrics: dict[str, float] | None
-    close_reason: str | None
-    groups: list[GroupPublic] = []
-
-
 # A loss beyond this is a diverged model or a hostile post, not a figure worth charting
 # (1.7e308 once overflowed the dashboard's chart ticks and broke the job page).
 MAX_LOSS = 1e9
-
-
-class GroupPublic(BaseModel):
-    """A round's group as its viewer may see it (a provider: its own group's members only)."""
-
-    index: int
-    count: int
-    members: list[str]
-    merged_into: int | None
-    value: float | None
-    loss_without: float | None
-    loss_with: float | None
-    excluded: bool
-    reason: str | None
 
 
 class GroupValue(Strict):

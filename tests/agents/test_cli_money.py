@@ -14,12 +14,14 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from agents.cli import app
+from dataspec.views import JobPublic, MatchingPublic
 from market import Settings, create_app
 from market.models.types import utcnow
 from market.services import jobs, rounds
-from tests.utils.factories import ADMIN_KEY
+from tests.utils.factories import ADMIN_KEY, SCHEMA
 from tests.utils.money import running_job, submit
 from tests.utils.stripe_env import serve_in_thread
+from tests.utils.views import job_view, matching_view
 
 runner = CliRunner()
 
@@ -153,18 +155,17 @@ def test_job_status_prints_the_title_literally(monkeypatch: pytest.MonkeyPatch) 
     from agents.client import ApiError
 
     class Stub:
-        def get_job(self, job_id: str) -> dict[str, object]:
+        def get_job(self, job_id: str) -> JobPublic:
             if job_id == "bad":
                 raise ApiError(404, "not-found", "Not found", HOSTILE, {})
-            return {"id": "job_1", "title": HOSTILE, "state": "open", "current_round": 0,
-                    "rounds_total": 1, "rounds": []}  # fmt: skip
+            return job_view({"schema": SCHEMA, "model": {"arch": "logreg"}}, id="job_1",
+                            title=HOSTILE)  # fmt: skip
 
-        def get_privacy(self, job_id: str) -> list[dict[str, object]]:
+        def get_privacy(self, job_id: str) -> list[object]:
             return []
 
-        def get_matching(self, job_id: str) -> dict[str, object]:
-            return {"offers": {}, "eligible": 0, "listings": 0, "min_providers": 2,
-                    "excluded": [{"listings": 1, "reason": HOSTILE}]}  # fmt: skip
+        def get_matching(self, job_id: str) -> MatchingPublic:
+            return matching_view(excluded=[{"listings": 1, "reason": HOSTILE}])
 
     monkeypatch.setattr(cli_job, "api_client", lambda *a, **k: Stub())
     code, out = _run("job", "status", "job_1", "--api-key", "k")

@@ -8,19 +8,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from agents.cli import app
 from agents.contract import Contract, load_model, model_bytes
 from agents.data import prepare
 from agents.modelio import flatten, to_safetensors
-from agents.models import ModelSpec, build_model
+from agents.models import CNNSpec, LinearSpec, LogRegSpec, build_model, model_spec
 from agents.sample_tables import diabetes_table, loan_table, write_table_csv
 from agents.table_schema import derive_job_schema
 from agents.training import evaluate, evaluate_regression, train_local
-from market.models.jobs import JobCreate
-from market.models.jobs import ModelSpec as ServerModelSpec
+from dataspec.jobs import JobCreate
 
 
 def _spec(schema: Any, model: dict[str, Any], task: str) -> dict[str, Any]:
@@ -37,10 +36,12 @@ def test_predict_uses_the_model_file_alone(tmp_path: Path) -> None:
     table = loan_table(300, seed=0)
     schema = derive_job_schema(table, label="outcome")
     spec = _spec(schema, {"arch": "logreg"}, "classification")
-    model = build_model(ModelSpec(arch="logreg"), schema.n_features, schema.n_classes, seed=0)
+    model = build_model(LogRegSpec(arch="logreg"), schema.n_features, schema.n_classes, seed=0)
     train_local(model, prepare(table, schema), epochs=3, lr=0.1, seed=0)
     path = tmp_path / "model.safetensors"
-    path.write_bytes(model_bytes(model, Contract.from_spec("job_1", spec)))
+    path.write_bytes(
+        model_bytes(model, Contract.from_spec("job_1", JobCreate.model_validate(spec)))
+    )
     rows = tmp_path / "new.csv"
     rows.write_text("id,income,age,region,term\n7,,30,mars,12\n8,90000,50,north,60\n")
     out = tmp_path / "pred.csv"
@@ -60,7 +61,7 @@ def test_predict_uses_the_model_file_alone(tmp_path: Path) -> None:
 def test_a_file_without_contract_is_refused_with_a_way_out(tmp_path: Path) -> None:
     """A bare weights file cannot be used blindly: the error says how to get the real one."""
     path = tmp_path / "bare.safetensors"
-    path.write_bytes(to_safetensors(build_model(ModelSpec(), 3, 2, seed=0)))
+    path.write_bytes(to_safetensors(build_model(LogRegSpec(arch="logreg"), 3, 2, seed=0)))
     rows = tmp_path / "r.csv"
     rows.write_text("a\n1\n")
     result = CliRunner().invoke(app, ["model", "predict", str(path), "--data", str(rows)])
@@ -74,13 +75,15 @@ def test_regression_learns_and_reports_in_target_units(tmp_path: Path) -> None:
     schema = derive_job_schema(table, label="target", task="regression")
     JobCreate.model_validate(_spec(schema, {"arch": "linear"}, "regression"))
     data = prepare(table, schema)
-    model = build_model(ModelSpec(arch="linear"), schema.n_features, 1, seed=0)
+    model = build_model(LinearSpec(arch="linear"), schema.n_features, 1, seed=0)
     train_local(model, data, epochs=20, lr=0.05, seed=0)
     res = evaluate_regression(model, data, offset=schema.label.offset, scale=schema.label.scale)
     assert res.r2 > 0.4 and 40 < res.rmse < 70 and res.mae < res.rmse
     path = tmp_path / "m.safetensors"
     spec = _spec(schema, {"arch": "linear"}, "regression")
-    path.write_bytes(model_bytes(model, Contract.from_spec("job_r", spec)))
+    path.write_bytes(
+        model_bytes(model, Contract.from_spec("job_r", JobCreate.model_validate(spec)))
+    )
     rows = tmp_path / "rows.csv"
     write_table_csv(table.take(np.arange(5)), rows)
     out = tmp_path / "p.csv"
@@ -98,7 +101,7 @@ def test_cnn_on_digits_is_deterministic_and_learns() -> None:
     from agents.experiment import load_digits_split
 
     split = load_digits_split(2, seed=0)
-    spec = ModelSpec(arch="cnn", input_shape=[1, 8, 8], channels=[8])
+    spec = CNNSpec(arch="cnn", input_shape=[1, 8, 8], channels=[8])
     a = build_model(spec, 64, 10, seed=3)
     b = build_model(spec, 64, 10, seed=3)
     assert flatten(a).tobytes() == flatten(b).tobytes()
@@ -107,7 +110,7 @@ def test_cnn_on_digits_is_deterministic_and_learns() -> None:
     train_local(a, data, epochs=8, lr=0.3, seed=0)
     assert evaluate(a, data).accuracy > 0.9
     with pytest.raises(ValueError, match="holds 49 values"):
-        build_model(ModelSpec(arch="cnn", input_shape=[1, 7, 7]), 64, 10, seed=0)
+        build_model(CNNSpec(arch="cnn", input_shape=[1, 7, 7]), 64, 10, seed=0)
 
 
 @pytest.mark.parametrize(
@@ -140,10 +143,7 @@ def test_server_and_agents_agree_on_models_and_tasks(
     except ValidationError:
         server_ok = False
     try:
-        TypeAdapter(ServerModelSpec).validate_python(model)
-        build_model(
-            ModelSpec.model_validate(model), 4, 2 if task == "classification" else 1, seed=0
-        )
+        build_model(model_spec(model), 4, 2 if task == "classification" else 1, seed=0)
         agent_ok = True
     except (ValidationError, ValueError):
         agent_ok = False

@@ -20,7 +20,7 @@ from agents.experiment import (
     prepared,
     write_csv,
 )
-from agents.models import ModelSpec
+from agents.models import LogRegSpec
 from agents.optim import FedAdam
 from agents.privacy import DPConfig
 from agents.training import DEFAULT_EPOCHS
@@ -95,7 +95,7 @@ def test_provider_csv_matches_the_job_schema(digits: FederatedSplit, tmp_path: P
 def test_fedavg_reaches_centralized_accuracy(digits_ready: tuple[list[Dataset], Dataset]) -> None:
     """10 rounds of plaintext FedAvg on non-IID digits come within 3 points of centralized."""
     providers, test = digits_ready
-    spec = ModelSpec()
+    spec = LogRegSpec(arch="logreg")
     started = time.perf_counter()
     curve = fedavg_plaintext(spec, providers, test, rounds=ROUNDS, seed=0, n_classes=10)
     elapsed = time.perf_counter() - started
@@ -112,7 +112,7 @@ def test_fedavg_reaches_centralized_accuracy(digits_ready: tuple[list[Dataset], 
 def test_fedadam_and_dp_runs_still_learn(digits_ready: tuple[list[Dataset], Dataset]) -> None:
     """The same loop with a FedAdam server and with DP-noised updates still learns digits."""
     providers, test = digits_ready
-    spec = ModelSpec()
+    spec = LogRegSpec(arch="logreg")
     adam = fedavg_plaintext(
         spec, providers, test, rounds=5, seed=0, server_optimizer=FedAdam(lr=0.3), n_classes=10
     )
@@ -127,7 +127,7 @@ def test_breast_cancer_federation_learns() -> None:
     split = load_breast_cancer_split(3, alpha=0.5, seed=0)
     assert split.schema.features[0].scale != 1.0  # standardized by the buyer's test set
     providers, test = prepared(split)
-    spec = ModelSpec()
+    spec = LogRegSpec(arch="logreg")
     curve = fedavg_plaintext(spec, providers, test, rounds=ROUNDS, seed=0, n_classes=2)
     central = centralized(
         spec, providers, test, epochs=ROUNDS * DEFAULT_EPOCHS, seed=0, n_classes=2

@@ -39,7 +39,7 @@ def _closed_round(
     spec = job_body(rounds=1, max_providers=PROVIDERS, min_providers=PROVIDERS, quorum=2)
     job = post_job(api, keys, spec, identity=identity)
     r = client.post(
-        f"/v1/admin/jobs/{job['id']}/credit",
+        f"/v1/admin/jobs/{job.id}/credit",
         json={"amount_cents": spec["budget_cents"]},
         headers=operator.headers,
     )
@@ -59,11 +59,11 @@ def _closed_round(
     for _ in range(2):
         for agent, pid in agents:
             agent.step(pid)
-    rnd = api.get_round(job["id"], 1)
-    assert rnd["state"] == "closed", rnd
-    released = [g for g in rnd["groups"] if g["merged_into"] is None and g["count"] > 0]
-    assert len(released) == 2, rnd["groups"]
-    return str(job["id"]), buyer.api_key, identity
+    rnd = api.get_round(job.id, 1)
+    assert rnd.state == "closed", rnd
+    released = [g for g in rnd.groups if g.merged_into is None and g.count > 0]
+    assert len(released) == 2, rnd.groups
+    return str(job.id), buyer.api_key, identity
 
 
 def _swap_groups(app: TestClient) -> Rewrite:

@@ -17,6 +17,7 @@ from agents.progress import (
     round_watch,
 )
 from agents.training import EpochInfo
+from dataspec.views import RoundPublic
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -40,8 +41,12 @@ def test_status_line_reads_round_updates_and_deadline() -> None:
 
 def test_status_reads_the_servers_round() -> None:
     """A round as the API returns it (naive UTC deadline from SQLite) becomes a status."""
-    rnd = {"round": 2, "attempt": 1, "submitted": 1, "expected_count": 3,
-           "deadline": "2026-01-01T12:01:05"}  # fmt: skip
+    rnd = RoundPublic.model_validate({
+        "job_id": "job_1", "round": 2, "state": "collecting", "attempt": 1,
+        "deadline": "2026-01-01T12:01:05", "expected_count": 3, "expected_providers": [],
+        "submitted": 1, "included": [], "you_submitted": None, "weight_norm": 300,
+        "param_count": 10, "quorum": 2, "summands": 3, "metrics": None, "close_reason": None,
+    })  # fmt: skip
     assert RoundStatus.from_round(rnd, 5).describe(NOW) == (
         "round 2/5: 1 of 3 updates in, deadline in 1:05"
     )

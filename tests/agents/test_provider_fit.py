@@ -9,6 +9,8 @@ from agents.provider import ProviderAgent
 from agents.sample_tables import loan_table
 from agents.table_schema import derive_job_schema
 from agents.tabular import Column, Table
+from dataspec.views import JobPublic, OfferPublic
+from tests.utils.views import job_view, offer_view
 
 
 class _Market:
@@ -17,11 +19,11 @@ class _Market:
         self.declined: list[str] = []
         self.accepted: list[str] = []
 
-    def list_offers(self) -> list[dict[str, Any]]:
-        return [{"id": "o1", "job_id": "j1", "state": "pending", "price_cents": 100}]
+    def list_offers(self) -> list[OfferPublic]:
+        return [offer_view()]
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        return {"id": job_id, "spec": self.spec}
+    def get_job(self, job_id: str) -> JobPublic:
+        return job_view(self.spec, id=job_id)
 
     def decline_offer(self, offer_id: str) -> None:
         self.declined.append(offer_id)

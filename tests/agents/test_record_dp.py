@@ -16,7 +16,9 @@ from agents.privacy import (
     plan_record_dp,
 )
 from agents.provider import ProviderAgent
+from dataspec.views import JobPublic, OfferPublic
 from market.models.jobs import PrivacySpec
+from tests.utils.views import job_view, offer_view
 
 
 def test_policy_accepts_stricter_jobs_and_declines_weaker_ones() -> None:
@@ -63,13 +65,13 @@ class _Offers:
         self.declined: list[str] = []
         self.accepted: list[str] = []
 
-    def list_offers(self) -> list[dict[str, Any]]:
-        return [{"id": "o1", "job_id": "j1", "state": "pending", "price_cents": 100}]
+    def list_offers(self) -> list[OfferPublic]:
+        return [offer_view()]
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
+    def get_job(self, job_id: str) -> JobPublic:
         schema = load_digits_split(2, seed=0).schema.model_dump(exclude_none=True)
         spec = {"privacy": self.privacy, "schema": schema, "model": {"arch": "logreg"}}
-        return {"id": job_id, "spec": spec}
+        return job_view(spec, id=job_id)
 
     def decline_offer(self, offer_id: str) -> None:
         self.declined.append(offer_id)

@@ -8,7 +8,7 @@ from sklearn.datasets import load_breast_cancer
 
 from agents.data import Dataset, derive_schema, prepare, standardized_schema
 from agents.modelio import flatten, unflatten_into
-from agents.models import ModelSpec, build_model
+from agents.models import LogRegSpec, MLPSpec, build_model
 from agents.training import EpochInfo, compute_update, evaluate, train_local
 
 
@@ -21,7 +21,7 @@ def cancer() -> Dataset:
 
 def test_training_improves_accuracy(cancer: Dataset) -> None:
     """A few local epochs take a random logreg from guessing to a useful classifier."""
-    model = build_model(ModelSpec(), cancer.n_features, 2, seed=0)
+    model = build_model(LogRegSpec(arch="logreg"), cancer.n_features, 2, seed=0)
     before = evaluate(model, cancer)
     result = train_local(model, cancer, epochs=3, seed=0)
     after = evaluate(model, cancer)
@@ -33,7 +33,7 @@ def test_training_improves_accuracy(cancer: Dataset) -> None:
 
 def test_training_is_deterministic_given_the_seed(cancer: Dataset) -> None:
     """Same start, data and seed give bit-identical weights; another seed does not."""
-    spec = ModelSpec(arch="mlp", hidden=[8])
+    spec = MLPSpec(arch="mlp", hidden=[8])
 
     def run(seed: int) -> np.ndarray:
         model = build_model(spec, cancer.n_features, 2, seed=0)
@@ -47,7 +47,7 @@ def test_training_is_deterministic_given_the_seed(cancer: Dataset) -> None:
 def test_progress_callback_sees_every_epoch(cancer: Dataset) -> None:
     """The progress hook is called once per epoch, in order, with the epoch's loss."""
     seen: list[EpochInfo] = []
-    model = build_model(ModelSpec(), cancer.n_features, 2, seed=0)
+    model = build_model(LogRegSpec(arch="logreg"), cancer.n_features, 2, seed=0)
     result = train_local(model, cancer, epochs=3, seed=0, progress=seen.append)
     expected = [(i, 3, len(cancer)) for i in (1, 2, 3)]
     assert [(e.epoch, e.epochs, e.samples) for e in seen] == expected
@@ -56,14 +56,14 @@ def test_progress_callback_sees_every_epoch(cancer: Dataset) -> None:
 
 def test_adam_option_trains_too(cancer: Dataset) -> None:
     """The Adam local optimizer is selectable and also learns."""
-    model = build_model(ModelSpec(), cancer.n_features, 2, seed=0)
+    model = build_model(LogRegSpec(arch="logreg"), cancer.n_features, 2, seed=0)
     train_local(model, cancer, epochs=2, lr=0.01, seed=0, optimizer="adam")
     assert evaluate(model, cancer).accuracy > 0.95
 
 
 def test_update_is_local_minus_global(cancer: Dataset) -> None:
     """compute_update returns exactly the weights a provider moved, so global + delta = local."""
-    model = build_model(ModelSpec(), cancer.n_features, 2, seed=0)
+    model = build_model(LogRegSpec(arch="logreg"), cancer.n_features, 2, seed=0)
     global_vec = flatten(model)
     train_local(model, cancer, epochs=1, seed=0)
     local_vec = flatten(model)
@@ -79,7 +79,7 @@ def test_update_is_local_minus_global(cancer: Dataset) -> None:
 def test_raw_labels_out_of_range_are_refused() -> None:
     """Training on labels that are not class indices fails with a hint to prepare the data."""
     ds = Dataset(np.zeros((4, 2)), np.array([0, 1, 5, 1]), ["a", "b"])
-    model = build_model(ModelSpec(), 2, 2, seed=0)
+    model = build_model(LogRegSpec(arch="logreg"), 2, 2, seed=0)
     with pytest.raises(ValueError, match="prepare"):
         train_local(model, ds, epochs=1, seed=0)
     with pytest.raises(ValueError, match="prepare"):
@@ -88,7 +88,7 @@ def test_raw_labels_out_of_range_are_refused() -> None:
 
 def test_evaluate_is_a_loss_accuracy_pair(cancer: Dataset) -> None:
     """evaluate unpacks as (loss, accuracy) with accuracy as a fraction."""
-    model = build_model(ModelSpec(), cancer.n_features, 2, seed=0)
+    model = build_model(LogRegSpec(arch="logreg"), cancer.n_features, 2, seed=0)
     loss, accuracy = evaluate(model, cancer)
     assert loss > 0
     assert 0.0 <= accuracy <= 1.0

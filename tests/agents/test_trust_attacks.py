@@ -71,7 +71,7 @@ def _market(
     spec = job_body(rounds=1, max_providers=2, min_providers=2)
     job = post_job(api, keys, spec, identity=buyer_id)
     r = client.post(
-        f"/v1/admin/jobs/{job['id']}/credit",
+        f"/v1/admin/jobs/{job.id}/credit",
         json={"amount_cents": spec["budget_cents"]},
         headers=operator.headers,
     )
@@ -96,7 +96,7 @@ def _market(
             register_identity(agent.client, agent.identity, pid)
     for agent, pid in zip(agents, ids, strict=True):
         agent.step(pid)
-    return str(job["id"]), buyer_id, agents, proxy, ids
+    return str(job.id), buyer_id, agents, proxy, ids
 
 
 def _work(agents: list[ProviderAgent], ids: list[str]) -> None:

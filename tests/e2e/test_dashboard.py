@@ -73,13 +73,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
         split = load_digits_split(PROVIDERS, alpha=0.5, seed=3)
         keys = BuyerKeys.generate()
         anon = PollenClient(url, None)
-        buyer_key = anon.register(role="buyer", name="Digits Lab")["api_key"]
+        buyer_key = anon.register(role="buyer", name="Digits Lab").api_key
         buyer = PollenClient(url, buyer_key)
         spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
         spec["round_deadline_s"] = 120
         job = post_job(buyer, keys, spec, identity=BUYER_IDENTITY)
         admin = PollenClient(url, admin_key)
-        admin.credit_job(job["id"], spec["budget_cents"])
+        admin.credit_job(job.id, spec["budget_cents"])
         procs = []
         for i, ds in enumerate(split.providers):
             csv = root / f"p{i}.csv"
@@ -87,7 +87,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
             procs.append(start_agent(url, csv, root / f"agent{i}", i, root / f"agent{i}.log",
                                      operator=admin))  # fmt: skip
         try:
-            outcome = BuyerRun(buyer, keys, job["id"], split.test, identity=BUYER_IDENTITY,
+            outcome = BuyerRun(buyer, keys, job.id, split.test, identity=BUYER_IDENTITY,
                                out_dir=root / "buyer", poll_s=0.2).run()  # fmt: skip
             codes = [p.wait(timeout=120) for p in procs]
         finally:
@@ -102,7 +102,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
             providers.append(
                 Provider(state.get("account_id"), f"provider-{i}", state.get("api_key"))
             )
-        yield FinishedRun(url, job["id"], buyer_key, "Digits Lab", providers)
+        yield FinishedRun(url, job.id, buyer_key, "Digits Lab", providers)
     finally:
         stop(server)
 

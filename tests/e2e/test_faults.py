@@ -28,13 +28,14 @@ from agents.data import Dataset, concat, prepare, write_csv
 from agents.demo import job_spec
 from agents.experiment import FederatedSplit, load_digits_split
 from agents.modelio import flatten, load_safetensors, unflatten_into
-from agents.models import ModelSpec, build_model
+from agents.models import build_model
 from agents.optim import FedAvg
 from agents.processes import free_port, start_agent, stop
 from agents.provider import train_seed
 from agents.training import compute_update, train_local
 from crypto import Accumulator, BuyerKeys, weight_norm
 from crypto.identity import IdentityKey
+from dataspec.views import JobFunding, RoundPublic
 from market.db import make_engine
 from market.models import Round, Submission
 from tests.utils.faults import (
@@ -88,13 +89,13 @@ class Market:
     buyer: PollenClient
     buyer_key: str
     admin: PollenClient
-    job: dict[str, Any]
+    job: JobFunding
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _logs: dict[str, LogFile] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str:
-        return str(self.job["id"])
+        return self.job.id
 
     def _log(self, name: str) -> LogFile:
         # One reader per file, so a `mark()` holds for every later `wait()`.
@@ -144,7 +145,7 @@ class Market:
     def envelope_file(self, i: int, number: int) -> Path:
         return self.tmp / f"agent{i}" / "envelopes" / f"{self.job_id}-r{number}.bin"
 
-    def round(self, number: int) -> dict[str, Any]:
+    def round(self, number: int) -> RoundPublic:
         return self.buyer.get_round(self.job_id, number)
 
     def submissions(self) -> list[tuple[int, str]]:
@@ -223,7 +224,7 @@ def market_factory(server: ServerProcess, tmp_path: Path) -> Iterator[Any]:
         keys = BuyerKeys.generate()
         keys.save(tmp_path / "buyer.key")
         registered = PollenClient(server.url, None).register(role="buyer", name="faults-buyer")
-        buyer = PollenClient(server.url, registered["api_key"])
+        buyer = PollenClient(server.url, registered.api_key)
         admin = PollenClient(server.url, server.admin_key)
         spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
         # A cap above every dataset: each update weighs min(its sample count, the median), as
@@ -232,9 +233,9 @@ def market_factory(server: ServerProcess, tmp_path: Path) -> Iterator[Any]:
         # The buyer process (`pollen job run --keys`) signs with the identity beside its keys.
         identity = IdentityKey.load_or_create(tmp_path / "buyer.key.identity")
         job = post_job(buyer, keys, spec, identity=identity)
-        admin.credit_job(job["id"], spec["budget_cents"])
+        admin.credit_job(job.id, spec["budget_cents"])
         market = Market(
-            server, tmp_path, split, datasets, keys, buyer, registered["api_key"], admin, job
+            server, tmp_path, split, datasets, keys, buyer, registered.api_key, admin, job
         )
         made.append(market)
         return market
@@ -246,14 +247,9 @@ def market_factory(server: ServerProcess, tmp_path: Path) -> Iterator[Any]:
 
 def plaintext_fedavg(market: Market) -> np.ndarray:
     """The final weights the same job reaches without encryption or faults."""
-    spec = market.job["spec"]
+    spec = market.job.spec
     schema = market.split.schema
-    model = build_model(
-        ModelSpec.model_validate(spec["model"]),
-        schema.n_features,
-        schema.n_classes,
-        seed=int(spec["seed"]),
-    )
+    model = build_model(spec.model, schema.n_features, schema.n_classes, seed=spec.seed)
     load_safetensors(model, initial_model_bytes(spec))
     weights = flatten(model)
     local = [prepare(ds, schema) for ds in market.datasets]
@@ -281,7 +277,7 @@ def plaintext_fedavg(market: Market) -> np.ndarray:
 def final_weights(market: Market) -> np.ndarray:
     schema = market.split.schema
     model = build_model(
-        ModelSpec.model_validate(market.job["spec"]["model"]),
+        market.job.spec.model,
         schema.n_features,
         schema.n_classes,
         seed=0,
@@ -293,9 +289,9 @@ def final_weights(market: Market) -> np.ndarray:
 def assert_completed_once_each(market: Market, providers: int = PROVIDERS) -> None:
     """The job completed, every round published or closed once, one update per provider."""
     status = market.buyer.get_job(market.job_id)
-    assert status["state"] == "completed", market.logs()
-    assert [r["round"] for r in status["rounds"]] == list(range(1, ROUNDS + 1))
-    assert all(r["attempt"] == 1 and r["metrics"] for r in status["rounds"])
+    assert status.state == "completed", market.logs()
+    assert [r.round for r in status.rounds] == list(range(1, ROUNDS + 1))
+    assert all(r.attempt == 1 and r.metrics for r in status.rounds)
     subs = market.submissions()
     assert len(subs) == len(set(subs)) == providers * ROUNDS
 
@@ -325,7 +321,7 @@ def test_agent_killed_mid_training_resumes_and_submits_once(market_factory: Any)
     # It died mid-training: nothing prepared, nothing on the server.
     assert not market.envelope_file(0, 1).exists()
     assert (1, victim) not in market.submissions()
-    assert market.round(1)["state"] == "collecting"
+    assert market.round(1).state == "collecting"
 
     log = market.agent_log(0)
     log.mark()
@@ -337,7 +333,7 @@ def test_agent_killed_mid_training_resumes_and_submits_once(market_factory: Any)
     assert_completed_once_each(market)
     assert market.submissions().count((1, victim)) == 1
     assert market.sum_members(1).count(victim) == 1 and market.stored_envelopes() == []
-    assert market.round(1)["included"] == sorted(market.provider_id(i) for i in range(3))
+    assert market.round(1).included == sorted(market.provider_id(i) for i in range(3))
     text = log.text()
     assert text.count("round 1: training") == 2 and text.count("round 1: submitted") == 1
 
@@ -354,7 +350,7 @@ def test_agent_killed_mid_upload_leaves_nothing_and_resends_once(market_factory:
 
         held = proxy.wait_held(timeout=90)
         assert 0 < held.forwarded < held.content_length
-        wait_for(lambda: market.round(1)["submitted"] == 2, "the other two updates")
+        wait_for(lambda: market.round(1).submitted == 2, "the other two updates")
         acc_before = market.accumulator(1)
         in_flight = market.envelope_file(0, 1).read_bytes()
         wait_for(market.partial_uploads, "the server to be receiving the upload")
@@ -364,7 +360,7 @@ def test_agent_killed_mid_upload_leaves_nothing_and_resends_once(market_factory:
         wait_for(lambda: not market.partial_uploads(), "the cut upload to be discarded")
         assert market.accumulator(1) == acc_before
         assert (1, victim) not in market.submissions()
-        assert market.round(1)["state"] == "collecting"
+        assert market.round(1).state == "collecting"
 
         proxy.release()
         market.start_agent(0, url=proxy.url)
@@ -398,7 +394,7 @@ def test_server_killed_mid_round_recovers_the_round(
         market.start_agent(2, url=proxy.url)
         market.start_buyer()
         proxy.wait_held(timeout=90)
-        wait_for(lambda: market.round(1)["submitted"] == 2, "two accepted updates")
+        wait_for(lambda: market.round(1).submitted == 2, "two accepted updates")
         acc_before = market.accumulator(1)
         for i in range(PROVIDERS):
             market.agent_log(i).mark()
@@ -411,7 +407,7 @@ def test_server_killed_mid_round_recovers_the_round(
 
         # Recovered from the database and blob store: the two accepted updates, their sum.
         rnd = market.round(1)
-        assert (rnd["state"], rnd["submitted"]) == ("collecting", 2)
+        assert (rnd.state, rnd.submitted) == ("collecting", 2)
         assert market.accumulator(1) == acc_before
         assert len(market.submissions()) == 2
         proxy.release()
@@ -442,13 +438,13 @@ def test_provider_gone_for_good_round_closes_at_deadline(market_factory: Any) ->
         proxy.wait_held(timeout=90)
         sigkill(victim)
         before = market.buyer.reputation(ids[0])["score"]
-        assert market.round(1)["included"] == sorted(ids)
+        assert market.round(1).included == sorted(ids)
         market.wait_all()
 
     rnd = market.round(2)
-    assert rnd["close_reason"] == "deadline"
-    assert rnd["included"] == sorted(ids[1:])
-    assert market.buyer.get_job(market.job_id)["state"] == "completed"
+    assert rnd.close_reason == "deadline"
+    assert rnd.included == sorted(ids[1:])
+    assert market.buyer.get_job(market.job_id).state == "completed"
     gone = market.buyer.reputation(ids[0])
     others = [market.buyer.reputation(pid)["score"] for pid in ids[1:]]
     assert gone["score"] < before
@@ -482,7 +478,7 @@ def test_buyer_restarted_mid_round_and_before_publishing(market_factory: Any) ->
         round_1 = rf"^GET /v1/jobs/{market.job_id}/rounds/1 "
         agent_proxy.wait_held(timeout=90)
         wait_for(lambda: buyer_proxy.seen(round_1) >= 2, "the buyer to poll round 1")
-        assert market.round(1)["state"] == "collecting"
+        assert market.round(1).state == "collecting"
         sigkill(buyer)
 
         # Second life: its publication of round 2's model is caught in flight.
@@ -492,7 +488,7 @@ def test_buyer_restarted_mid_round_and_before_publishing(market_factory: Any) ->
         buyer_proxy.wait_held(timeout=90)
         state = json.loads((market.tmp / "buyer" / f"{market.job_id}.state.json").read_text())
         assert state["applied"] == 1
-        assert market.buyer.get_job(market.job_id)["current_round"] == 1
+        assert market.buyer.get_job(market.job_id).current_round == 1
         sigkill(buyer)
 
         buyer_proxy.release()

@@ -16,11 +16,12 @@ from agents.data import Dataset, load_dataset, write_csv
 from agents.demo import job_spec
 from agents.experiment import load_digits_split
 from agents.modelio import load_safetensors
-from agents.models import ModelSpec, build_model
+from agents.models import LogRegSpec, build_model
 from agents.processes import start_agent, stop
 from agents.provider import ProviderAgent
 from crypto import BuyerKeys
 from crypto.identity import IdentityKey
+from dataspec.views import JobFunding
 from tests.e2e.conftest import LiveServer
 from tests.utils.wire import wire_bytes
 
@@ -33,13 +34,13 @@ ROUNDS = 3
 
 def _post(
     server: LiveServer, keys: BuyerKeys, providers: int, rounds: int, schema: dict
-) -> tuple[PollenClient, dict]:
+) -> tuple[PollenClient, JobFunding]:
     anon = PollenClient(server.url, None)
-    buyer = PollenClient(server.url, anon.register(role="buyer", name="e2e-buyer")["api_key"])
+    buyer = PollenClient(server.url, anon.register(role="buyer", name="e2e-buyer").api_key)
     spec = job_spec(rounds, providers, schema)
     spec["round_deadline_s"] = 120
     job = post_job(buyer, keys, spec, identity=BUYER_IDENTITY)
-    PollenClient(server.url, server.admin_key).credit_job(job["id"], spec["budget_cents"])
+    PollenClient(server.url, server.admin_key).credit_job(job.id, spec["budget_cents"])
     return buyer, job
 
 
@@ -66,7 +67,7 @@ def test_encrypted_job_runs_to_completion(live_server: LiveServer, tmp_path: Pat
         outcome = BuyerRun(
             buyer,
             keys,
-            job["id"],
+            job.id,
             split.test,
             identity=BUYER_IDENTITY,
             out_dir=tmp_path / "buyer",
@@ -81,20 +82,20 @@ def test_encrypted_job_runs_to_completion(live_server: LiveServer, tmp_path: Pat
     assert outcome.state == "completed"
     assert [r.providers for r in outcome.reports] == [3] * ROUNDS
     assert outcome.reports[-1].accuracy > 0.85
-    spent = buyer.get_privacy(job["id"])  # agents train with DP-SGD by default and say so
-    assert len(spent) == 3 and all(0 < r["epsilon"] <= 8 and r["round"] == ROUNDS for r in spent)
-    status = buyer.get_job(job["id"])
-    assert status["state"] == "completed"
-    assert all(len(r["included"]) == 3 and r["metrics"] for r in status["rounds"])
+    spent = buyer.get_privacy(job.id)  # agents train with DP-SGD by default and say so
+    assert len(spent) == 3 and all(0 < r.epsilon <= 8 and r.round == ROUNDS for r in spent)
+    status = buyer.get_job(job.id)
+    assert status.state == "completed"
+    assert all(len(r.included) == 3 and r.metrics for r in status.rounds)
     # Each agent encrypted its later rounds with zeros made while it waited for them.
     for i in range(3):
         state = json.loads((tmp_path / f"agent{i}" / "agent-state.json").read_text())
-        timings = state["jobs"][job["id"]]["timings"]
+        timings = state["jobs"][job.id]["timings"]
         assert timings["1"]["fresh_zeros"] == 1  # the first round had no time to prepare
         assert all(timings[str(n)]["fresh_zeros"] == 0 for n in range(2, ROUNDS + 1)), timings
         assert all(timings[str(n)]["upload"] > 0 for n in range(1, ROUNDS + 1))
     # The saved model is a loadable safetensors file of the job's architecture.
-    model = build_model(ModelSpec(arch="logreg"), 64, 10, seed=0)
+    model = build_model(LogRegSpec(arch="logreg"), 64, 10, seed=0)
     assert outcome.model_path is not None
     load_safetensors(model, outcome.model_path.read_bytes())
     assert outcome.metrics_path is not None
@@ -139,8 +140,8 @@ def test_raw_records_never_leave_the_agent(live_server: LiveServer, tmp_path: Pa
     recorder = RecordingTransport()
     anon = PollenClient(live_server.url, None)
     recorded = anon.register(role="provider", name="recorded")
-    operator.approve_provider(recorded["id"])
-    key = recorded["api_key"]
+    operator.approve_provider(recorded.id)
+    key = recorded.api_key
     client = PollenClient(live_server.url, key, transport=recorder)
     data = load_dataset(csv)
     agent = ProviderAgent(
@@ -161,7 +162,7 @@ def test_raw_records_never_leave_the_agent(live_server: LiveServer, tmp_path: Pa
         outcome = BuyerRun(
             buyer,
             keys,
-            job["id"],
+            job.id,
             split.test,
             identity=BUYER_IDENTITY,
             out_dir=tmp_path / "buyer",
@@ -188,8 +189,8 @@ def test_agent_restart_does_not_submit_twice(live_server: LiveServer, tmp_path: 
     agents = []
     for i, ds in enumerate(split.providers):
         acct = anon.register(role="provider", name=f"p{i}")
-        PollenClient(live_server.url, live_server.admin_key).approve_provider(acct["id"])
-        key = acct["api_key"]
+        PollenClient(live_server.url, live_server.admin_key).approve_provider(acct.id)
+        key = acct.api_key
         agent = ProviderAgent(
             PollenClient(live_server.url, key),
             ds,
@@ -200,12 +201,12 @@ def test_agent_restart_does_not_submit_twice(live_server: LiveServer, tmp_path: 
         )
         agent.ensure_listing(classes=list(range(10)))
         agents.append(agent)
-    me = agents[0].client.me()["id"]
+    me = agents[0].client.me().id
     agents[0].handle_offers()
     agents[1].handle_offers()
     # First life: submit, then "crash" before the state file records it.
-    assert agents[0].work_round(job["id"], me)
-    agents[0].state.section("jobs")[job["id"]]["submitted"].clear()
+    assert agents[0].work_round(job.id, me)
+    agents[0].state.section("jobs")[job.id]["submitted"].clear()
     agents[0].state.save()
     # Second life from the state on disk: the server already has it, nothing new is added.
     reborn = ProviderAgent(
@@ -216,9 +217,9 @@ def test_agent_restart_does_not_submit_twice(live_server: LiveServer, tmp_path: 
         ask_cents=100,
         seed=0,
     )
-    reborn.work_round(job["id"], me)
-    rnd = buyer.get_round(job["id"], 1)
-    assert rnd["submitted"] == 1
+    reborn.work_round(job.id, me)
+    rnd = buyer.get_round(job.id, 1)
+    assert rnd.submitted == 1
     with pytest.raises(ApiError) as refused:
-        buyer.get_aggregate(job["id"], 1)
+        buyer.get_aggregate(job.id, 1)
     assert refused.value.status == 409

@@ -61,11 +61,11 @@ def test_job_run_and_agent_run_show_progress_line_by_line(
     keys.save(keys_path)
     identity = IdentityKey.load_or_create(identity_path(keys_path))
     anon = PollenClient(live_server.url, None)
-    buyer_key = anon.register(role="buyer", name="b")["api_key"]
+    buyer_key = anon.register(role="buyer", name="b").api_key
     buyer = PollenClient(live_server.url, buyer_key)
     job = post_job(buyer, keys, load_spec(tmp_path / "job.yaml"), identity=identity)
     operator = PollenClient(live_server.url, live_server.admin_key)
-    operator.credit_job(job["id"], 5000)
+    operator.credit_job(job.id, 5000)
     procs = []
     for i, table in enumerate(providers):
         path = tmp_path / f"p{i}.csv"
@@ -78,7 +78,7 @@ def test_job_run_and_agent_run_show_progress_line_by_line(
     try:
         result = CliRunner().invoke(
             app,
-            ["job", "run", job["id"], "--test", str(tmp_path / "buyer.csv"), "--server",
+            ["job", "run", job.id, "--test", str(tmp_path / "buyer.csv"), "--server",
              live_server.url, "--api-key", buyer_key, "--keys", str(keys_path), "--out",
              str(tmp_path / "out"), "--poll", "0.2"],
         )  # fmt: skip
@@ -99,7 +99,7 @@ def test_job_run_and_agent_run_show_progress_line_by_line(
     for log in logs:
         assert "\x1b" not in log
         for number in range(1, ROUNDS + 1):
-            head = f"job {job['id']} round {number}:"
+            head = f"job {job.id} round {number}:"
             assert f"{head} epoch 3/3, loss" in log, log
             assert re.search(rf"{head} encrypting \d+ parameters", log), log
             assert re.search(rf"{head} encrypted in [\d.]+ s", log), log

@@ -127,28 +127,28 @@ class Round:
 
 def _running_round(server: Server, providers: int, deadline_s: int) -> Round:
     anon = PollenClient(server.url, None)
-    buyer = PollenClient(server.url, anon.register(role="buyer", name="slow-buyer")["api_key"])
+    buyer = PollenClient(server.url, anon.register(role="buyer", name="slow-buyer").api_key)
     accounts = []
     for i in range(providers):
         acct = anon.register(role="provider", name=f"p{i}")
-        PollenClient(server.url, server.admin_key).approve_provider(acct["id"])
+        PollenClient(server.url, server.admin_key).approve_provider(acct.id)
         identity = IdentityKey.generate()
-        with PollenClient(server.url, acct["api_key"]) as client:
-            register_identity(client, identity, acct["id"])
+        with PollenClient(server.url, acct.api_key) as client:
+            register_identity(client, identity, acct.id)
             client.create_listing(listing_body(name=f"p{i}", capacity=1))
-        accounts.append(Provider(acct["id"], acct["api_key"], identity))
+        accounts.append(Provider(acct.id, acct.api_key, identity))
     spec = job_body(rounds=1, min_providers=providers, max_providers=providers, quorum=NORMAL,
                     round_deadline_s=deadline_s, budget_cents=100_000)  # fmt: skip
     keys = BuyerKeys.generate()
     job = post_job(buyer, keys, spec, identity=BUYER_IDENTITY)
-    PollenClient(server.url, server.admin_key).credit_job(job["id"], spec["budget_cents"])
+    PollenClient(server.url, server.admin_key).credit_job(job.id, spec["budget_cents"])
     for p in accounts:  # one at a time: the last acceptance starts the job
         with PollenClient(server.url, p.api_key) as client:
-            (offer,) = [o for o in client.list_offers() if o["job_id"] == job["id"]]
-            client.accept_offer(offer["id"])
-    status = buyer.get_job(job["id"])
-    assert status["state"] == "running"
-    return Round(server, keys, buyer, job["id"], int(status["param_count"]), accounts)
+            (offer,) = [o for o in client.list_offers() if o.job_id == job.id]
+            client.accept_offer(offer.id)
+    status = buyer.get_job(job.id)
+    assert status.state == "running"
+    return Round(server, keys, buyer, job.id, int(status.param_count), accounts)
 
 
 def _open_upload(rnd: Round, p: Provider, body: bytes, *, declared: int | None = None,
@@ -216,18 +216,18 @@ def test_stalled_uploads_block_nobody_and_leave_nothing(server: Server) -> None:
             assert _connections_in_transaction(server.database_url) == 0
         latencies = [rnd.submit(p, value=0.1 * (i + 1))[1] for i, p in enumerate(normal)]
         assert max(latencies) < 10, latencies
-        _wait(lambda: rnd.buyer.get_round(rnd.job_id, 1)["state"] == "closed", DEADLINE_S + 10,
+        _wait(lambda: rnd.buyer.get_round(rnd.job_id, 1).state == "closed", DEADLINE_S + 10,
               "the round to close at its deadline")  # fmt: skip
         closed = rnd.buyer.get_round(rnd.job_id, 1)
-        assert closed["close_reason"] == "deadline"
-        assert sorted(closed["included"]) == sorted(p.id for p in normal)
+        assert closed.close_reason == "deadline"
+        assert sorted(closed.included) == sorted(p.id for p in normal)
         aggregate = rnd.buyer.get_aggregate(rnd.job_id, 1)
     finally:
         for sock in sockets:
             sock.close()
     _wait(lambda: not server.temp_files(), 10, "the abandoned uploads' temp files to go")
     after = rnd.buyer.get_round(rnd.job_id, 1)
-    assert after["submitted"] == NORMAL and after["included"] == closed["included"]
+    assert after.submitted == NORMAL and after.included == closed.included
     assert rnd.buyer.get_aggregate(rnd.job_id, 1) == aggregate
     total = decrypt_aggregate(rnd.keys, aggregate)
     assert total.count == NORMAL
@@ -254,9 +254,9 @@ def test_idle_upload_is_abandoned_with_408_and_can_be_retried(impatient_server: 
         assert _status(sock, timeout=15) == 408
     assert 1.0 < time.perf_counter() - started < 10
     _wait(lambda: not impatient_server.temp_files(), 5, "the temp file to go")
-    assert rnd.buyer.get_round(rnd.job_id, 1)["submitted"] == 0
+    assert rnd.buyer.get_round(rnd.job_id, 1).submitted == 0
     assert rnd.submit(p)[0] == 201
-    assert rnd.buyer.get_round(rnd.job_id, 1)["submitted"] == 1
+    assert rnd.buyer.get_round(rnd.job_id, 1).submitted == 1
 
 
 def test_declared_oversize_is_refused_before_the_body(impatient_server: Server) -> None:
@@ -268,4 +268,4 @@ def test_declared_oversize_is_refused_before_the_body(impatient_server: Server) 
         assert _status(sock, timeout=5) == 413
         assert time.perf_counter() - started < 3.0
     assert not impatient_server.temp_files()
-    assert rnd.buyer.get_round(rnd.job_id, 1)["submitted"] == 0
+    assert rnd.buyer.get_round(rnd.job_id, 1).submitted == 0

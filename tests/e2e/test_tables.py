@@ -57,9 +57,9 @@ def _run_job(
     # The buyer signs the manifest and every model: agents trust nothing unsigned.
     identity = IdentityKey.generate()
     anon = PollenClient(server.url, None)
-    buyer = PollenClient(server.url, anon.register(role="buyer", name="b")["api_key"])
+    buyer = PollenClient(server.url, anon.register(role="buyer", name="b").api_key)
     job = post_job(buyer, keys, load_spec(tmp_path / "job.yaml"), identity=identity)
-    PollenClient(server.url, server.admin_key).credit_job(job["id"], 5000)
+    PollenClient(server.url, server.admin_key).credit_job(job.id, 5000)
     procs = []
     for i, table in enumerate(providers):
         path = tmp_path / f"p{i}.csv"
@@ -78,7 +78,7 @@ def _run_job(
         )
     try:
         run = BuyerRun(
-            buyer, keys, job["id"], read_table(tmp_path / "buyer.csv"),
+            buyer, keys, job.id, read_table(tmp_path / "buyer.csv"),
             out_dir=tmp_path / "out", poll_s=0.2, identity=identity,
         )  # fmt: skip
         run.run()
@@ -88,7 +88,7 @@ def _run_job(
             stop(p)
     logs = [(tmp_path / f"a{i}.log").read_text() for i in range(len(providers))]
     assert codes == [0] * len(providers), logs
-    return buyer, str(job["id"]), run, logs
+    return buyer, str(job.id), run, logs
 
 
 def _download_and_predict(server: LiveServer, buyer: PollenClient, job_id: str, tmp_path: Path,
@@ -117,8 +117,8 @@ def test_loan_table_with_categories_gaps_and_text_labels(
         live_server, tmp_path, tables, "outcome", "classification", "logreg"
     )
     status = buyer.get_job(job_id)
-    assert status["state"] == "completed"
-    assert all(len(r["included"]) == 2 for r in status["rounds"])
+    assert status.state == "completed"
+    assert all(len(r.included) == 2 for r in status.rounds)
     assert run.state.section("rounds")[str(ROUNDS)]["accuracy"] > 0.7
     rows = tmp_path / "new.csv"
     write_table_csv(tables[0], rows)  # the label column is ignored, unseen rows work alike
@@ -135,8 +135,8 @@ def test_regression_job_reports_rmse_mae_r2(live_server: LiveServer, tmp_path: P
     tables = split_rows(diabetes_table(), 3, seed=0)
     buyer, job_id, _, _ = _run_job(live_server, tmp_path, tables, "target", "regression", "linear")
     status = buyer.get_job(job_id)
-    assert status["state"] == "completed"
-    last = status["rounds"][-1]["metrics"]
+    assert status.state == "completed"
+    last = status.rounds[-1].metrics
     assert set(last) == {"loss", "rmse", "mae", "r2"} and last["r2"] > 0.2
     assert 30 < last["rmse"] < 80
     rows = tmp_path / "rows.csv"

@@ -24,6 +24,7 @@ from agents.client import PollenClient
 from agents.processes import free_port, start_server, stop, wait_ready
 from bench.load import _value, burst, round_envelopes, setup_round
 from crypto import BuyerKeys, decrypt_aggregate
+from dataspec.views import RoundPublic
 from tests.utils import postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow]
@@ -55,10 +56,10 @@ def four_workers(pg_server: str, tmp_path: Path) -> Iterator[tuple[str, str, Pat
         postgres.drop_database(pg_server, name)
 
 
-def _wait_closed(client: PollenClient, job_id: str, timeout: float) -> dict[str, object]:
+def _wait_closed(client: PollenClient, job_id: str, timeout: float) -> RoundPublic:
     deadline = time.monotonic() + timeout
     rnd = client.get_round(job_id, 1)
-    while rnd["state"] == "collecting" and time.monotonic() < deadline:
+    while rnd.state == "collecting" and time.monotonic() < deadline:
         time.sleep(0.3)
         rnd = client.get_round(job_id, 1)
     return rnd
@@ -79,13 +80,13 @@ def test_four_workers_lose_no_accepted_update(four_workers: tuple[str, str, Path
     assert len(accepted) == PROVIDERS, [o for o in outcomes if o[0] != 201][:3]
 
     rnd = _wait_closed(buyer.client, job_id, timeout=40)
-    assert rnd["state"] == "closed"
+    assert rnd.state == "closed"
     agg = decrypt_aggregate(keys, buyer.client.get_aggregate(job_id, 1))
     receipt = buyer.client.receipt(job_id)
     paid = {line["provider_id"] for line in receipt["providers"] if line["earned_cents"] > 0}
     assert (agg.count, len(paid)) == (PROVIDERS, PROVIDERS)
     assert sorted(agg.provider_ids) == sorted(accepted)
-    assert rnd["close_reason"] == "all-in"
+    assert rnd.close_reason == "all-in"
     want = sum(_value(i) for i in range(PROVIDERS))
     np.testing.assert_allclose(agg.total, want, atol=1e-3)
     assert paid == accepted

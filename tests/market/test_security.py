@@ -269,19 +269,19 @@ def test_secret_key_file_is_0600_and_never_sent(
     spec = job_body(rounds=1)
     job = post_job(buyer_client, keys, spec)
     r = client.post(
-        f"/v1/admin/jobs/{job['id']}/credit",
+        f"/v1/admin/jobs/{job.id}/credit",
         json={"amount_cents": spec["budget_cents"]},
         headers=operator.headers,
     )
     assert r.status_code == 200, r.text
-    scn = Scenario(client, clock, keys, buyer, operator, providers, job["id"])
+    scn = Scenario(client, clock, keys, buyer, operator, providers, job.id)
     scn.param_count = int(scn.job()["param_count"])
     for p in providers:
         assert scn.accept(p).status_code == 200
     for p in providers:
         assert scn.submit(p, 1, scn.envelope(p, 1, value=0.01)).status_code == 201
     outcome = BuyerRun(
-        buyer_client, keys, job["id"], _holdout(), out_dir=tmp_path / "buyer", poll_s=0.01
+        buyer_client, keys, job.id, _holdout(), out_dir=tmp_path / "buyer", poll_s=0.01
     ).run()
     assert outcome.state == "completed" and [r.providers for r in outcome.reports] == [3]
 

@@ -28,7 +28,7 @@ def test_a_signed_job_refuses_an_unsigned_envelope(
     spec = job_body(rounds=1, max_providers=2, min_providers=2)
     job = post_job(api, buyer_keys, spec, identity=IdentityKey.generate())
     r = client.post(
-        f"/v1/admin/jobs/{job['id']}/credit",
+        f"/v1/admin/jobs/{job.id}/credit",
         json={"amount_cents": spec["budget_cents"]},
         headers=operator.headers,
     )
@@ -36,17 +36,17 @@ def test_a_signed_job_refuses_an_unsigned_envelope(
     for p in providers:
         (offer,) = client.get("/v1/offers", headers=p.headers).json()
         assert client.post(f"/v1/offers/{offer['id']}/accept", headers=p.headers).status_code == 200
-    job = api.get_job(job["id"])
-    assert job["state"] == "running"
+    job = api.get_job(job.id)
+    assert job.state == "running"
     sender = providers[0]
-    binding = EnvelopeBinding(job["id"], 1, sender.id, int(job["param_count"]), 2)
+    binding = EnvelopeBinding(job.id, 1, sender.id, int(job.param_count), 2)
     envelope = encrypt_update(
-        buyer_keys.public_context(), np.full(int(job["param_count"]), 0.1, dtype=np.float32),
+        buyer_keys.public_context(), np.full(int(job.param_count), 0.1, dtype=np.float32),
         binding=binding, weight=1.0, samples=100,
     )  # fmt: skip
     before = snapshot(client)
     r = client.put(
-        f"/v1/jobs/{job['id']}/rounds/1/submission", content=envelope, headers=sender.headers
+        f"/v1/jobs/{job.id}/rounds/1/submission", content=envelope, headers=sender.headers
     )
     assert r.status_code == 422, r.text
     assert r.headers["content-type"].startswith("application/problem+json")

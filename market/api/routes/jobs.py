@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from dataspec.views import JobFunding
 from market.api.deps import (
     OCTET,
     BlobsDep,
@@ -21,7 +22,7 @@ from market.api.deps import (
     streamed_upload,
 )
 from market.errors import NotFoundError
-from market.models import JobCreate, JobPublic, PaymentPublic
+from market.models import JobCreate, JobPublic
 from market.models.jobs import MatchingPublic
 from market.services import access, jobs, matching, payments, results, views
 
@@ -145,12 +146,6 @@ def get_final_model(
 ) -> Response:
     job = access.participant_job(session, job_id, account)
     return blob_response(results.open_final_model(blobs, job))
-
-
-class JobFunding(JobPublic):
-    """The job, plus on the `stripe` rail the PaymentIntent to confirm (id, client_secret)."""
-
-    payment: PaymentPublic | None = None
 
 
 @router.post("/{job_id}/fund", response_model=JobFunding)
