@@ -4,8 +4,11 @@ The server adds one validated envelope at a time into a running encrypted sum, a
 preset's codec adds (crypto/codec/): for CKKS, addition of ciphertexts in NTT form is
 coefficient-wise addition modulo each data prime, which is exactly what SEAL's
 `Evaluator.add` computes, done on numpy arrays so that memory stays O(model) and a round
-never holds more than one update at once. The buyer's decryption is flooded with fresh noise
-(crypto/flooding.py) before anyone sees it.
+never holds more than one update at once. An update checked from its file
+(crypto/streaming.py) is added a piece at a time, so the sum and one piece are all a process
+holds for it. The buyer's decryption is flooded with fresh noise (crypto/flooding.py) before
+anyone sees it; `decrypt_aggregate_file` decrypts from a file a block of ciphertexts at a
+time into one float32 result.
 
 Aggregate layout (little-endian), format version 1:
 
@@ -20,15 +23,20 @@ Aggregate layout (little-endian), format version 1:
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from crypto.codec.base import PIECE_BYTES
 from crypto.envelope import EnvelopeBinding, ValidatedEnvelope
 from crypto.errors import AggregateError, PresetError
 from crypto.keys import BuyerKeys, PublicContext
 from crypto.presets import Preset, get_preset
+from crypto.streaming import CheckedEnvelope, read_exactly
 
 MAGIC = b"PLNA"
 FORMAT_VERSION = 1
@@ -96,6 +104,12 @@ class Accumulator:
         self.weight_sum = weight_sum
         self.samples_sum = samples_sum
         self.provider_ids = list(provider_ids or [])
+        # Why this sum can no longer be trusted (an update failed half-way in), or None.
+        self.void: str | None = None
+
+    def _usable(self) -> None:
+        if self.void is not None:
+            raise AggregateError(f"this sum is void: {self.void}")
 
     @classmethod
     def empty(
@@ -119,8 +133,13 @@ class Accumulator:
             coefficients=preset.codec.zero_sum(param_count),
         )
 
-    def add(self, update: ValidatedEnvelope) -> None:
-        """Add one validated update; refuses anything that does not belong in this sum."""
+    def add(self, update: ValidatedEnvelope | CheckedEnvelope) -> None:
+        """Add one validated update; refuses anything that does not belong in this sum.
+
+        A checked envelope is read from its file a piece at a time. Should the file no longer
+        hold what was checked, the sum is left void (every later use refuses it): the pieces
+        added before cannot be taken back without keeping them."""
+        self._usable()
         h = update.header
         if (h.fingerprint, h.job_id, h.round, h.param_count, h.summands) != (
             self.fingerprint,
@@ -134,7 +153,16 @@ class Accumulator:
             raise AggregateError(f"provider {h.provider_id} is already in this aggregate")
         if self.count >= self.summands:
             raise AggregateError(f"this aggregate holds at most {self.summands} updates")
-        self.preset.codec.add_into(self.coefficients, update.coefficients)
+        codec = self.preset.codec
+        if isinstance(update, ValidatedEnvelope):
+            codec.add_into(self.coefficients, update.coefficients)
+        else:
+            try:
+                for piece, addend in update.addends():
+                    codec.add_piece(self.coefficients, piece, addend)
+            except Exception as exc:
+                self.void = f"the update of {h.provider_id} failed half-way in ({exc})"
+                raise AggregateError(self.void) from exc
         self.count += 1
         self.weight_sum += h.weight
         self.samples_sum += h.samples
@@ -145,6 +173,8 @@ class Accumulator:
 
         Refuses a sum under another key, job, round or size, one that shares a provider
         with this one, or a total beyond `summands` updates."""
+        self._usable()
+        other._usable()
         if (other.fingerprint, other.job_id, other.round, other.param_count, other.summands) != (
             self.fingerprint,
             self.job_id,
@@ -165,6 +195,7 @@ class Accumulator:
         self.provider_ids.extend(other.provider_ids)
 
     def to_bytes(self) -> bytes:
+        self._usable()
         payload = self.preset.codec.pack_sum(self.coefficients)
         fixed = _FIXED.pack(
             bytes.fromhex(self.fingerprint),
@@ -186,55 +217,98 @@ class Accumulator:
     @classmethod
     def from_bytes(cls, data: bytes, ctx: PublicContext | None = None) -> Accumulator:
         """Parse a persisted aggregate, checking it against `ctx` when given."""
-        reader = _Reader(data)
-        magic, version, header_len = reader.take(_PREFIX)
-        if magic != MAGIC:
-            raise AggregateError("not a Pollen aggregate (bad magic bytes)")
-        if version != FORMAT_VERSION:
-            raise AggregateError(f"aggregate format version {version} is not supported")
-        fp, params, chunks, summands, rnd, count, wsum, ssum, digest = reader.take(_FIXED)
-        try:
-            preset = get_preset(reader.text())
-        except PresetError as exc:
-            raise AggregateError(exc.message) from None
-        job_id = reader.text()
-        (n_providers,) = reader.take(struct.Struct("<I"))
-        assert isinstance(n_providers, int) and isinstance(count, int)
-        assert isinstance(summands, int)
-        if not 1 <= summands <= preset.max_summands:
-            raise AggregateError("aggregate declares an impossible number of summands")
-        if n_providers != count or count > summands:
-            raise AggregateError("aggregate provider list does not match its count")
-        providers = [reader.text() for _ in range(n_providers)]
-        assert isinstance(header_len, int) and isinstance(params, int)
-        if reader.offset != _PREFIX.size + header_len:
-            raise AggregateError("aggregate header length does not match its fields")
-        assert isinstance(fp, bytes) and isinstance(digest, bytes)
-        if ctx is not None and (fp.hex() != ctx.fingerprint or preset != ctx.preset):
-            raise AggregateError("aggregate was made under another public context")
-        if chunks != preset.chunks_for(params):
-            raise AggregateError("aggregate chunk count does not match its parameter count")
-        payload = data[reader.offset :]
-        expected = preset.codec.sum_bytes(params)
-        if len(payload) != expected:
+        head = _parse_head(data, ctx)
+        payload = data[head.payload_start :]
+        if len(payload) != head.payload_len:
             raise AggregateError("aggregate payload has the wrong size")
-        if hashlib.sha256(payload).digest() != digest:
+        if hashlib.sha256(payload).digest() != head.digest:
             raise AggregateError("aggregate payload does not match its hash")
-        coeffs = preset.codec.unpack_sum(payload, params)
-        assert isinstance(rnd, int) and isinstance(wsum, float) and isinstance(ssum, int)
-        return cls(
-            preset=preset,
-            fingerprint=fp.hex(),
-            job_id=job_id,
-            round=rnd,
-            param_count=params,
-            summands=summands,
-            coefficients=coeffs,
-            count=count,
-            weight_sum=wsum,
-            samples_sum=ssum,
-            provider_ids=providers,
+        coeffs = head.preset.codec.unpack_sum(payload, head.param_count)
+        return head.empty(coeffs)
+
+
+@dataclass(frozen=True)
+class _Head:
+    """An aggregate's header, checked; the payload is `payload_len` bytes from
+    `payload_start`."""
+
+    preset: Preset
+    fingerprint: str
+    job_id: str
+    round: int
+    param_count: int
+    summands: int
+    count: int
+    weight_sum: float
+    samples_sum: int
+    provider_ids: list[str]
+    digest: bytes
+    payload_start: int
+
+    @property
+    def payload_len(self) -> int:
+        return self.preset.codec.sum_bytes(self.param_count)
+
+    def empty(self, coefficients: np.ndarray) -> Accumulator:
+        return Accumulator(
+            preset=self.preset,
+            fingerprint=self.fingerprint,
+            job_id=self.job_id,
+            round=self.round,
+            param_count=self.param_count,
+            summands=self.summands,
+            coefficients=coefficients,
+            count=self.count,
+            weight_sum=self.weight_sum,
+            samples_sum=self.samples_sum,
+            provider_ids=self.provider_ids,
         )
+
+
+def _parse_head(data: bytes, ctx: PublicContext | None) -> _Head:
+    """The header at the start of `data` (which may stop at the header's end)."""
+    reader = _Reader(data)
+    magic, version, header_len = reader.take(_PREFIX)
+    if magic != MAGIC:
+        raise AggregateError("not a Pollen aggregate (bad magic bytes)")
+    if version != FORMAT_VERSION:
+        raise AggregateError(f"aggregate format version {version} is not supported")
+    fp, params, chunks, summands, rnd, count, wsum, ssum, digest = reader.take(_FIXED)
+    try:
+        preset = get_preset(reader.text())
+    except PresetError as exc:
+        raise AggregateError(exc.message) from None
+    job_id = reader.text()
+    (n_providers,) = reader.take(struct.Struct("<I"))
+    assert isinstance(n_providers, int) and isinstance(count, int)
+    assert isinstance(summands, int)
+    if not 1 <= summands <= preset.max_summands:
+        raise AggregateError("aggregate declares an impossible number of summands")
+    if n_providers != count or count > summands:
+        raise AggregateError("aggregate provider list does not match its count")
+    providers = [reader.text() for _ in range(n_providers)]
+    assert isinstance(header_len, int) and isinstance(params, int)
+    if reader.offset != _PREFIX.size + header_len:
+        raise AggregateError("aggregate header length does not match its fields")
+    assert isinstance(fp, bytes) and isinstance(digest, bytes)
+    if ctx is not None and (fp.hex() != ctx.fingerprint or preset != ctx.preset):
+        raise AggregateError("aggregate was made under another public context")
+    if chunks != preset.chunks_for(params):
+        raise AggregateError("aggregate chunk count does not match its parameter count")
+    assert isinstance(rnd, int) and isinstance(wsum, float) and isinstance(ssum, int)
+    return _Head(
+        preset, fp.hex(), job_id, rnd, params, summands, count, wsum, ssum, providers, digest,
+        reader.offset,
+    )  # fmt: skip
+
+
+def _read_file_head(handle: BinaryIO, size: int, ctx: PublicContext | None) -> _Head:
+    """The header of the aggregate file `handle` (`size` bytes), read no further."""
+    prefix = read_exactly(handle, _PREFIX.size)
+    if len(prefix) == _PREFIX.size:
+        header_len = _PREFIX.unpack_from(prefix)[2]
+        prefix += read_exactly(handle, min(header_len, size - _PREFIX.size))
+    return _parse_head(prefix, ctx)
 
 
 @dataclass(frozen=True)
@@ -271,13 +345,71 @@ def decrypt_aggregate(keys: BuyerKeys, data: bytes) -> DecryptedAggregate:
     )
 
 
+def decrypt_aggregate_file(keys: BuyerKeys, path: str | Path) -> DecryptedAggregate:
+    """`decrypt_aggregate` of the aggregate in the file at `path`, a block of ciphertexts at
+    a time: memory is the float32 result and one block's scratch, never the encrypted sum or
+    its float64 decryption. Each block is flooded as it is decrypted (fresh noise per value,
+    the same distribution as `decrypt_aggregate`'s)."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        head = _read_file_head(handle, size, None)
+        if size - head.payload_start != head.payload_len:
+            raise AggregateError("aggregate payload has the wrong size")
+        digest = hashlib.sha256()
+        while block := handle.read(PIECE_BYTES):
+            digest.update(block)
+        if digest.digest() != head.digest:
+            raise AggregateError("aggregate payload does not match its hash")
+        _check_decryptable(keys, head.fingerprint, head.count)
+        total = np.empty(head.param_count, dtype=np.float32)
+        codec = head.preset.codec
+        rows, per, width = (
+            codec.sum_rows(head.param_count),
+            codec.rows_per_block(),
+            codec.row_values,
+        )
+        for first in range(0, rows, per):
+            count = min(per, rows - first)
+            coeffs = _read_rows(handle, head, first, count)
+            start = first * width
+            values = min(count * width, head.param_count - start)
+            total[start : start + values] = codec.flood(codec.decrypt_exact(keys, coeffs, values))
+    return DecryptedAggregate(
+        total=total,
+        count=head.count,
+        weight_sum=head.weight_sum,
+        samples_sum=head.samples_sum,
+        provider_ids=head.provider_ids,
+    )
+
+
+def _read_rows(handle: BinaryIO, head: _Head, first: int, count: int) -> np.ndarray:
+    """Rows `first` to `first + count` of the sum in the aggregate file `handle`."""
+    codec = head.preset.codec
+    out = np.empty((count, *codec.row_shape), dtype=codec.sum_dtype)
+    for piece in codec.sum_pieces(head.param_count, first, count):
+        handle.seek(head.payload_start + piece.offset)
+        raw = read_exactly(handle, piece.size)
+        if len(raw) != piece.size:
+            raise AggregateError("aggregate is truncated")
+        rows = piece.rows
+        out[(slice(rows.start - first, rows.stop - first), *piece.index[1:])] = (
+            codec.read_sum_piece(piece, raw)
+        )
+    return out
+
+
+def _check_decryptable(keys: BuyerKeys, fingerprint: str, count: int) -> None:
+    if fingerprint != keys.fingerprint:
+        raise AggregateError("aggregate was encrypted under another key than this buyer's")
+    if count == 0:
+        raise AggregateError("aggregate holds no updates")
+
+
 def _decrypt_exact(keys: BuyerKeys, acc: Accumulator) -> np.ndarray:
     """The sum exactly as the secret key decrypts it (float64, `param_count` values).
 
     Never return this from a public function: published, it reveals the secret key.
     """
-    if acc.fingerprint != keys.fingerprint:
-        raise AggregateError("aggregate was encrypted under another key than this buyer's")
-    if acc.count == 0:
-        raise AggregateError("aggregate holds no updates")
+    _check_decryptable(keys, acc.fingerprint, acc.count)
     return acc.preset.codec.decrypt_exact(keys, acc.coefficients, acc.param_count)
