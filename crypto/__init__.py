@@ -39,6 +39,7 @@ from crypto.errors import (
 from crypto.keys import BuyerKeys, PublicContext
 from crypto.presets import DEFAULT_PRESET_ID, PLAIN_PRESET_ID, PRESETS, Preset, get_preset
 from crypto.streaming import CheckedEnvelope, check_envelope_file
+from crypto.sumfile import CheckedSum
 from crypto.weights import update_weight, weight_norm
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "BindingMismatchError",
     "BuyerKeys",
     "CheckedEnvelope",
+    "CheckedSum",
     "CiphertextParameterError",
     "ContextError",
     "CryptoError",

@@ -150,11 +150,16 @@ class Codec(ABC):
 
     @abstractmethod
     def sum_pieces(self, param_count: int, first: int, count: int) -> list[Piece]:
-        """The pieces of an aggregate's payload holding rows `first` to `first + count`."""
+        """The pieces, in file order, of an aggregate's payload that hold rows `first` to
+        `first + count`."""
 
     @abstractmethod
     def read_sum_piece(self, piece: Piece, raw: bytes) -> np.ndarray:
         """`total[piece.index]` from one piece of an aggregate's payload."""
+
+    @abstractmethod
+    def pack_piece(self, total: np.ndarray, piece: Piece) -> bytes:
+        """The bytes of `piece` in the aggregate's payload of `total` (`pack_sum`'s)."""
 
     @abstractmethod
     def add_piece(self, total: np.ndarray, piece: Piece, addend: np.ndarray) -> None:

@@ -182,14 +182,14 @@ class CkksCodec(Codec):
             raise CiphertextParameterError("a ciphertext coefficient lies outside its modulus")
         return coeffs
 
-    def _pieces(self, chunks: int, first: int, count: int, *, per: int | None) -> list[Piece]:
+    def _pieces(self, chunks: int, first: int, count: int) -> list[Piece]:
         """Rows `first`..`first + count` of a payload of `chunks` ciphertexts, prime by prime
-        (the payload is prime-major), at most `per` ciphertexts a piece (all when None)."""
+        (the payload is prime-major), about `PIECE_BYTES` a piece."""
         n, widths = self.preset.poly_modulus_degree, self.preset.coeff_bytes
         out, region = [], 0
         for j, width in enumerate(widths):
             row = 2 * n * width
-            step = per or max(1, PIECE_BYTES // row)
+            step = max(1, PIECE_BYTES // row)
             for a in range(first, first + count, step):
                 b = min(a + step, first + count)
                 index = (slice(a, b), slice(None), j, slice(None))
@@ -199,7 +199,7 @@ class CkksCodec(Codec):
 
     def payload_pieces(self, param_count: int) -> list[Piece]:
         chunks = self.chunks_for(param_count)
-        return self._pieces(chunks, 0, chunks, per=None)
+        return self._pieces(chunks, 0, chunks)
 
     @staticmethod
     def _prime(piece: Piece) -> int:
@@ -229,13 +229,17 @@ class CkksCodec(Codec):
         return np.uint64
 
     def sum_pieces(self, param_count: int, first: int, count: int) -> list[Piece]:
-        return self._pieces(self.chunks_for(param_count), first, count, per=count)
+        return self._pieces(self.chunks_for(param_count), first, count)
 
     def read_sum_piece(self, piece: Piece, raw: bytes) -> np.ndarray:
         j = self._prime(piece)
         rows, n = piece.rows.stop - piece.rows.start, self.preset.poly_modulus_degree
         width = self.preset.coeff_bytes[j]
         return unpack_coefficients(raw, (rows, 2, 1, n), (width,)).reshape(rows, 2, n)
+
+    def pack_piece(self, total: np.ndarray, piece: Piece) -> bytes:
+        j, rows = self._prime(piece), piece.rows
+        return pack_coefficients(total[rows, :, j : j + 1, :], (self.preset.coeff_bytes[j],))
 
     def add_piece(self, total: np.ndarray, piece: Piece, addend: np.ndarray) -> None:
         j = self._prime(piece)

@@ -106,10 +106,13 @@ class PlainCodec(Codec):
         return np.float64
 
     def sum_pieces(self, param_count: int, first: int, count: int) -> list[Piece]:
-        return self._pieces(first, count, 8, count)
+        return self._pieces(first, count, 8, PIECE_BYTES // 8)
 
     def read_sum_piece(self, piece: Piece, raw: bytes) -> np.ndarray:
         return self.unpack_sum(raw, piece.size // 8)
+
+    def pack_piece(self, total: np.ndarray, piece: Piece) -> bytes:
+        return self.pack_sum(total[piece.index])
 
     def add_piece(self, total: np.ndarray, piece: Piece, addend: np.ndarray) -> None:
         part = total[piece.index]
