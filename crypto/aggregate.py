@@ -16,7 +16,7 @@ The aggregate's bytes are written and read in crypto/sumfile.py.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +61,19 @@ class Accumulator:
         self.provider_ids = list(provider_ids or [])
         # Why this sum can no longer be trusted (an update failed half-way in), or None.
         self.void: str | None = None
+
+    @classmethod
+    def empty_like(cls, head: SumHeader) -> Accumulator:
+        """An empty sum of the same key, job, round, size and summands as `head`'s."""
+        return cls(
+            preset=head.preset,
+            fingerprint=head.fingerprint,
+            job_id=head.job_id,
+            round=head.round,
+            param_count=head.param_count,
+            summands=head.summands,
+            coefficients=head.preset.codec.zero_sum(head.param_count),
+        )
 
     def _usable(self) -> None:
         if self.void is not None:
@@ -162,7 +175,7 @@ class Accumulator:
             list(self.provider_ids), digest, 0,
         )  # fmt: skip
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> Generator[bytes, None, None]:
         """`to_bytes()` in pieces of about `PIECE_BYTES`, never whole: each piece is packed
         twice, once to hash the payload for the header and once to be written."""
         self._usable()
