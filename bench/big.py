@@ -41,7 +41,7 @@ PROVIDERS = 4
 ROUNDS = 2
 DEFAULT_PARAMS = 20_000_000
 _watch = Stopwatch()
-agents.buyer.decrypt_aggregate = _watch.wrap("decrypt", agents.buyer.decrypt_aggregate)
+agents.buyer.decrypt_aggregate_file = _watch.wrap("decrypt", agents.buyer.decrypt_aggregate_file)
 
 
 def hidden_for(params: int) -> int:
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                 poll_s=0.2,
                 identity=identity,
             )
-            for name in ("get_aggregate", "get_group_aggregate"):
+            for name in ("download_aggregate", "download_group_aggregate"):
                 setattr(run.client, name, _watch.wrap("download", getattr(run.client, name)))
             run._wait(run._job_if_running, "the job to start")
             log = workdir / "server" / "server.log"
