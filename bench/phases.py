@@ -110,10 +110,10 @@ def _serve(argv: list[str]) -> None:
 
     from crypto.aggregate import Accumulator
 
-    submissions.validate_envelope = timed("validate", submissions.validate_envelope)
+    submissions.check_envelope_file = timed("validate", submissions.check_envelope_file)
     # Adding an update into the round's and its group's sums, and serializing them.
     Accumulator.add = timed("add", Accumulator.add)  # type: ignore[method-assign]
-    Accumulator.to_bytes = timed("add", Accumulator.to_bytes)  # type: ignore[method-assign]
+    Accumulator.merge = timed("add", Accumulator.merge)  # type: ignore[method-assign]
     submissions.submit = timed("submit", submissions.submit)
     rounds.close_round = timed("close", rounds.close_round)
     sys.argv = ["market", *argv]
