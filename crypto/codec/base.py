@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from crypto.presets import Preset
     from crypto.zeropool import ZeroPool
 
-# About how many bytes of a payload one piece holds (a few hundred ciphertexts for CKKS).
-PIECE_BYTES = 4 << 20
+# About how many bytes of a payload one piece holds (about a hundred ciphertexts for CKKS).
+PIECE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
