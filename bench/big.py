@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             wait_ready(url, server)
             split = load_digits_split(PROVIDERS, alpha=1.0, seed=1)
+            admin = PollenClient(url, admin_key, timeout=1800)
             for i, ds in enumerate(split.providers):
                 csv = workdir / f"p{i}.csv"
                 write_csv(ds, csv)
@@ -97,10 +98,10 @@ def main(argv: list[str] | None = None) -> None:
                         i,
                         workdir / f"agent{i}.log",
                         extra=["--no-dp", "--poll", "0.2"],
+                        operator=admin,  # only verified providers are matched
                     )
                 )
             keys = BuyerKeys.generate(preset.id)
-            admin = PollenClient(url, admin_key, timeout=1800)
             anon = PollenClient(url, None)
             buyer = PollenClient(
                 url, anon.register(role="buyer", name="bench-big")["api_key"], timeout=1800
