@@ -5,8 +5,9 @@ It merges the recorded parts of the round's total (`RoundPartial` rows without a
 replays, from its envelope, each accepted update none of them covers: the partials still in
 other processes' memory are superseded, and an update accepted just before a kill -9 is in
 the sum all the same. Each random group's sum is completed the same way from its recorded
-parts and the envelopes of members they miss, one group at a time, so the close holds a few
-models at most: the total, one group's sum, one part or envelope. The merged sum's provider
+parts and the envelopes of members they miss, one group at a time, so the close holds two
+sums, the total and one group's, plus a piece of one part or envelope (both are read from
+their blobs a piece at a time). The merged sum's provider
 list is what settlement pays and the signed round-closed record lists; it is checked against
 the accepted submissions and any difference is logged as an error. Once the close commits,
 the remaining envelopes and every recorded part are deleted.
@@ -44,6 +45,9 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
         return
     blobs = partials.store()
     ctx = partials.job_context(blobs, job)
+    # This process's partial is superseded by what follows (its updates are in recorded parts
+    # or replayed from their envelopes): dropped now, the close holds one sum fewer.
+    partials.forget(rnd.id)
     subs = {
         s.provider_id: s
         for s in session.exec(select(Submission).where(Submission.round_id == rnd.id))
