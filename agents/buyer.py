@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +31,8 @@ from agents.robust import robust_average, score_groups
 from agents.state import StateFile, write_atomic
 from agents.tabular import Table
 from agents.training import evaluate, evaluate_regression
-from agents.trust import Trust, TrustError, manifest_body, register_identity
-from crypto import BuyerKeys, PollenError, decrypt_aggregate
+from agents.trust import Trust, TrustError, manifest_body, register_identity, sha256_of
+from crypto import BuyerKeys, DecryptedAggregate, PollenError, decrypt_aggregate_file
 from crypto.identity import IdentityKey, verify_record
 from dataspec.jobs import JobCreate
 from dataspec.states import ROUND_HAS_AGGREGATE, JobState, RoundState
@@ -232,17 +233,9 @@ class BuyerRun:
         holds this round's result, and stepping from it would apply the round twice.
         """
         started = time.perf_counter()
-        blob = self.client.get_aggregate(self.job_id, number)
-        self._check_aggregate(number, blob)
-        agg = decrypt_aggregate(self.keys, blob)
-        load_safetensors(self.model, self.client.get_round_model(self.job_id, number))
+        with tempfile.TemporaryDirectory(prefix="pollen-sums-") as folder:
+            agg, sums = self._decrypt_sums(number, Path(folder))
         start = flatten(self.model)
-        served = {
-            g: self.client.get_group_aggregate(self.job_id, number, g)
-            for g in self._released_groups(number)
-        }
-        self.trust.check_group_sums(self.client, self.job_id, number, served)
-        sums = {g: decrypt_aggregate(self.keys, data) for g, data in served.items()}
         scores = score_groups(self.model, start, sums, self.test)
         for s in scores:
             if s.excluded:
@@ -280,7 +273,26 @@ class BuyerRun:
             time.perf_counter() - started,
         )  # fmt: skip
 
-    def _check_aggregate(self, number: int, blob: bytes) -> None:
+    def _decrypt_sums(
+        self, number: int, folder: Path
+    ) -> tuple[DecryptedAggregate, dict[int, DecryptedAggregate]]:
+        """Round `number`'s sum and its groups' sums, each downloaded into `folder`, checked
+        against the signed round-closed record and decrypted from its file (the round's
+        model is loaded in between, as the step starts from it)."""
+        blob = folder / "aggregate"
+        self.client.download_aggregate(self.job_id, number, blob)
+        self._check_aggregate(number, blob)
+        agg = decrypt_aggregate_file(self.keys, blob)
+        load_safetensors(self.model, self.client.get_round_model(self.job_id, number))
+        served: dict[int, Path] = {}
+        for g in self._released_groups(number):
+            served[g] = folder / f"group-{g}"
+            self.client.download_group_aggregate(self.job_id, number, g, served[g])
+        self.trust.check_group_sums(self.client, self.job_id, number, served)
+        sums = {g: decrypt_aggregate_file(self.keys, path) for g, path in served.items()}
+        return agg, sums
+
+    def _check_aggregate(self, number: int, blob: bytes | Path) -> None:
         """The aggregate is the one the server's signed round-closed record commits to."""
         key = self.trust.server_key(self.client)
         closes = [
@@ -289,7 +301,7 @@ class BuyerRun:
             if r["kind"] == "round-closed"
         ]
         mine = [c for c in closes if c["round"] == number]
-        if not mine or mine[-1]["aggregate_sha256"] != hashlib.sha256(blob).hexdigest():
+        if not mine or mine[-1]["aggregate_sha256"] != sha256_of(blob):
             raise TrustError(
                 f"job {self.job_id} round {number}: the aggregate served is not the one the "
                 "server's signed round-closed record names"

@@ -24,6 +24,7 @@ then `ServerUnreachableError`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -430,6 +431,31 @@ class PollenClient:
 
     def get_aggregate(self, job_id: str, number: int) -> bytes:
         return self._bytes(f"/v1/jobs/{job_id}/rounds/{number}/aggregate")
+
+    def download_aggregate(self, job_id: str, number: int, path: Path) -> str:
+        """The round's aggregate written to `path` as it arrives, never whole in memory;
+        returns its SHA-256 (hex)."""
+        return self._download(f"/v1/jobs/{job_id}/rounds/{number}/aggregate", path)
+
+    def download_group_aggregate(self, job_id: str, number: int, index: int, path: Path) -> str:
+        """`get_group_aggregate` written to `path` as it arrives; returns its SHA-256 (hex)."""
+        url = f"/v1/jobs/{job_id}/rounds/{number}/groups/{index}/aggregate"
+        return self._download(url, path)
+
+    def _download(self, url: str, path: Path) -> str:
+        headers = {"Accept": "application/octet-stream, application/problem+json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        digest = hashlib.sha256()
+        with self._http.stream("GET", url, headers=headers) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError.from_response(response)
+            with path.open("wb") as out:
+                for chunk in response.iter_bytes(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+        return digest.hexdigest()
 
     def get_group_aggregate(self, job_id: str, number: int, index: int) -> bytes:
         """One random group's encrypted sum of a closed round (buyer only)."""

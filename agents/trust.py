@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -239,11 +240,11 @@ class Trust:
         return body
 
     def check_group_sums(
-        self, client: PollenClient, job_id: str, number: int, sums: dict[int, bytes]
+        self, client: PollenClient, job_id: str, number: int, sums: Mapping[int, bytes | Path]
     ) -> Json:
-        """The group sums served are exactly the ones the signed round-closed record names:
-        the same groups, each sum's sha256 as signed, and together they hold each included
-        provider's update exactly once."""
+        """The group sums served (bytes, or the files they were downloaded to) are exactly
+        the ones the signed round-closed record names: the same groups, each sum's sha256 as
+        signed, and together they hold each included provider's update exactly once."""
         body = self.round_closed(client, job_id, number)
         signed = body.get("groups")
         where = f"job {job_id} round {number}"
@@ -262,7 +263,7 @@ class Trust:
                 f"provider {sorted(body['included'])} exactly once"
             )
         for index, data in sorted(sums.items()):
-            digest = hashlib.sha256(data).hexdigest()
+            digest = sha256_of(data)
             if digest != by_index[index]["sum_sha256"]:
                 raise TrustError(
                     f"{where}: group {index}'s sum served (sha256 {digest[:16]}…) is not the "
@@ -276,6 +277,17 @@ class Trust:
     def keep_receipt(self, receipt: Json) -> None:
         self.data.setdefault("receipts", []).append(receipt)
         self.save()
+
+
+def sha256_of(data: bytes | Path) -> str:
+    """SHA-256 (hex) of `data`, or of the file at that path read a megabyte at a time."""
+    if isinstance(data, bytes):
+        return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    with data.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def manifest_body(view: JobPublic, context_fingerprint: str, initial_model: bytes) -> Json:

@@ -41,7 +41,7 @@ PROVIDERS = 4
 ROUNDS = 2
 DEFAULT_PARAMS = 20_000_000
 _watch = Stopwatch()
-agents.buyer.decrypt_aggregate = _watch.wrap("decrypt", agents.buyer.decrypt_aggregate)
+agents.buyer.decrypt_aggregate_file = _watch.wrap("decrypt", agents.buyer.decrypt_aggregate_file)
 
 
 def hidden_for(params: int) -> int:
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             wait_ready(url, server)
             split = load_digits_split(PROVIDERS, alpha=1.0, seed=1)
+            admin = PollenClient(url, admin_key, timeout=1800)
             for i, ds in enumerate(split.providers):
                 csv = workdir / f"p{i}.csv"
                 write_csv(ds, csv)
@@ -97,13 +98,13 @@ def main(argv: list[str] | None = None) -> None:
                         i,
                         workdir / f"agent{i}.log",
                         extra=["--no-dp", "--poll", "0.2"],
+                        operator=admin,  # only verified providers are matched
                     )
                 )
             keys = BuyerKeys.generate(preset.id)
-            admin = PollenClient(url, admin_key, timeout=1800)
             anon = PollenClient(url, None)
             buyer = PollenClient(
-                url, anon.register(role="buyer", name="bench-big")["api_key"], timeout=1800
+                url, anon.register(role="buyer", name="bench-big").api_key, timeout=1800
             )
             spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
             spec.update(title="big bench", local_epochs=1, model={"arch": "mlp",
@@ -111,8 +112,8 @@ def main(argv: list[str] | None = None) -> None:
                         privacy="off")  # fmt: skip
             identity = IdentityKey.load_or_create(workdir / "buyer.identity")
             job = post_job(buyer, keys, spec, identity=identity)
-            admin.credit_job(job["id"], spec["budget_cents"])
-            params = int(buyer.get_job(job["id"])["param_count"])
+            admin.credit_job(job.id, spec["budget_cents"])
+            params = int(buyer.get_job(job.id).param_count or 0)
             console.print(
                 f"{PROVIDERS} agents, MLP [{hidden}] × 3: {params:,} parameters, "
                 f"envelope {preset.payload_bytes(params) / 1e6:.0f} MB"
@@ -120,13 +121,13 @@ def main(argv: list[str] | None = None) -> None:
             run = BuyerRun(
                 buyer,
                 keys,
-                job["id"],
+                job.id,
                 split.test,
                 out_dir=workdir / "buyer",
                 poll_s=0.2,
                 identity=identity,
             )
-            for name in ("get_aggregate", "get_group_aggregate"):
+            for name in ("download_aggregate", "download_group_aggregate"):
                 setattr(run.client, name, _watch.wrap("download", getattr(run.client, name)))
             run._wait(run._job_if_running, "the job to start")
             log = workdir / "server" / "server.log"
@@ -136,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
                 started = time.perf_counter()
                 if number > 1:
                     model = run.model_path.read_bytes()
-                    buyer.post_record(job["id"], model_record(identity, job["id"], number, model))
-                    buyer.publish_model(job["id"], number, model)
+                    buyer.post_record(job.id, model_record(identity, job.id, number, model))
+                    buyer.publish_model(job.id, number, model)
                 run._wait(functools.partial(run._closed, number), f"round {number}")
                 collected = time.perf_counter()
                 _watch.take()
@@ -150,15 +151,15 @@ def main(argv: list[str] | None = None) -> None:
                 step = time.perf_counter() - collected - sum(spent.values())
                 phases[str(number)] = {
                     **agent_phases([workdir / f"agent{i}" for i in range(PROVIDERS)],
-                                   job["id"], [number]),
+                                   job.id, [number]),
                     "validate": validate, "add": add, "server_other": other,
                     "close": sum(lines.get("close", [])),
                     "download": spent.get("download", 0.0), "decrypt": spent.get("decrypt", 0.0),
                     "step": step, "round": round_s[-1],
                 }  # fmt: skip
                 console.print(f"  round {number} in {round_s[-1]:.1f}s")
-            buyer.put_final_model(job["id"], run.model_path.read_bytes())
-            buyer.complete_job(job["id"])
+            buyer.put_final_model(job.id, run.model_path.read_bytes())
+            buyer.complete_job(job.id)
             agent_mb = [_peak_mb(p, terminate=False, timeout_s=120) for p in procs]
             server_mb = _peak_mb(server, terminate=True, timeout_s=30)
         finally:

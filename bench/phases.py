@@ -112,13 +112,13 @@ def _serve(argv: list[str]) -> None:
     from crypto.aggregate import Accumulator
     from market.services import partials
 
-    # An upload's own validation (its header, hash and ciphertexts).
-    submissions.validate_envelope = timed("validate", submissions.validate_envelope)
+    # An upload's own check (its header, hash and ciphertexts, read from its file).
+    submissions.check_envelope_file = timed("validate", submissions.check_envelope_file)
     # Every ciphertext addition: into a process's partial sum, a group's sum, at the close.
     Accumulator.add = timed("add", Accumulator.add)  # type: ignore[method-assign]
     Accumulator.merge = timed("add", Accumulator.merge)  # type: ignore[method-assign]
-    # Reading a stored envelope back and checking it again (a group's sum, the close).
-    partials.replay = timed("replay", partials.replay)
+    # A stored envelope checked again before it is added (a group's sum, the close).
+    partials.check_envelope_file = timed("replay", partials.check_envelope_file)
     submissions.submit = timed("submit", submissions.submit)
     rounds.close_round = timed("close", rounds.close_round)
     sys.argv = ["market", *argv]

@@ -57,7 +57,7 @@ PHASES = (
 )
 _watch = Stopwatch()
 # The buyer's decryption, timed where BuyerRun calls it.
-agents.buyer.decrypt_aggregate = _watch.wrap("decrypt", agents.buyer.decrypt_aggregate)
+agents.buyer.decrypt_aggregate_file = _watch.wrap("decrypt", agents.buyer.decrypt_aggregate_file)
 
 
 def _timed_job(
@@ -81,7 +81,7 @@ def _timed_job(
     run = BuyerRun(
         buyer, keys, job.id, split.test, out_dir=workdir / preset, poll_s=0.05, identity=identity
     )
-    for name in ("get_aggregate", "get_group_aggregate"):
+    for name in ("download_aggregate", "download_group_aggregate"):
         setattr(run.client, name, _watch.wrap("download", getattr(run.client, name)))
     log = workdir / "server" / "server.log"
     offset = 0

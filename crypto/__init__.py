@@ -3,7 +3,12 @@
 Pure: bytes in, bytes out, numpy arrays. No HTTP, no database, no torch.
 """
 
-from crypto.aggregate import Accumulator, DecryptedAggregate, decrypt_aggregate
+from crypto.aggregate import (
+    Accumulator,
+    DecryptedAggregate,
+    decrypt_aggregate,
+    decrypt_aggregate_file,
+)
 from crypto.envelope import (
     EnvelopeBinding,
     EnvelopeHeader,
@@ -33,6 +38,8 @@ from crypto.errors import (
 )
 from crypto.keys import BuyerKeys, PublicContext
 from crypto.presets import DEFAULT_PRESET_ID, PLAIN_PRESET_ID, PRESETS, Preset, get_preset
+from crypto.streaming import CheckedEnvelope, check_envelope_file
+from crypto.sumfile import CheckedSum
 from crypto.weights import update_weight, weight_norm
 
 __all__ = [
@@ -43,6 +50,8 @@ __all__ = [
     "AggregateError",
     "BindingMismatchError",
     "BuyerKeys",
+    "CheckedEnvelope",
+    "CheckedSum",
     "CiphertextParameterError",
     "ContextError",
     "CryptoError",
@@ -63,7 +72,9 @@ __all__ = [
     "UnsupportedVersionError",
     "ValidatedEnvelope",
     "ValueRangeError",
+    "check_envelope_file",
     "decrypt_aggregate",
+    "decrypt_aggregate_file",
     "encrypt_update",
     "envelope_size",
     "get_preset",

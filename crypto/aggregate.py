@@ -4,67 +4,30 @@ The server adds one validated envelope at a time into a running encrypted sum, a
 preset's codec adds (crypto/codec/): for CKKS, addition of ciphertexts in NTT form is
 coefficient-wise addition modulo each data prime, which is exactly what SEAL's
 `Evaluator.add` computes, done on numpy arrays so that memory stays O(model) and a round
-never holds more than one update at once. The buyer's decryption is flooded with fresh noise
-(crypto/flooding.py) before anyone sees it.
+never holds more than one update at once. An update checked from its file
+(crypto/streaming.py) is added a piece at a time, so the sum and one piece are all a process
+holds for it. The buyer's decryption is flooded with fresh noise (crypto/flooding.py) before
+anyone sees it; `decrypt_aggregate_file` decrypts from a file a block of ciphertexts at a
+time into one float32 result.
 
-Aggregate layout (little-endian), format version 1:
-
-    magic "PLNA" | version u16 | header_len u32
-    fingerprint 32s | param_count u64 | chunk_count u32 | summands u32 | round u32 | count u32
-    weight_sum f64 | samples_sum u64 | payload_sha256 32s
-    preset_id, job_id: u16 length + UTF-8 | provider count u32, each u16 length + UTF-8
-    payload: the codec's sum: for CKKS the summed ciphertexts, packed like an envelope's;
-        for the plaintext benchmark preset, param_count float64
+The aggregate's bytes are written and read in crypto/sumfile.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
+from collections.abc import Generator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from crypto.envelope import EnvelopeBinding, ValidatedEnvelope
-from crypto.errors import AggregateError, PresetError
+from crypto.errors import AggregateError
 from crypto.keys import BuyerKeys, PublicContext
-from crypto.presets import Preset, get_preset
-
-MAGIC = b"PLNA"
-FORMAT_VERSION = 1
-_PREFIX = struct.Struct("<4sHI")
-_FIXED = struct.Struct("<32sQIIIIdQ32s")
-
-
-def _pack_str(value: str) -> bytes:
-    raw = value.encode()
-    return struct.pack("<H", len(raw)) + raw
-
-
-class _Reader:
-    """Bounds-checked reads over untrusted bytes; every failure is an AggregateError."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.offset = data, 0
-
-    def take(self, fmt: struct.Struct) -> tuple[object, ...]:
-        if self.offset + fmt.size > len(self.data):
-            raise AggregateError("aggregate is truncated")
-        values = fmt.unpack_from(self.data, self.offset)
-        self.offset += fmt.size
-        return values
-
-    def text(self) -> str:
-        (length,) = self.take(struct.Struct("<H"))
-        assert isinstance(length, int)
-        raw = self.data[self.offset : self.offset + length]
-        if len(raw) != length:
-            raise AggregateError("aggregate is truncated")
-        self.offset += length
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            raise AggregateError("aggregate holds a non-UTF-8 identifier") from None
+from crypto.presets import Preset
+from crypto.streaming import CheckedEnvelope
+from crypto.sumfile import CheckedSum, SumHeader, pack_header, parse_header
 
 
 class Accumulator:
@@ -96,6 +59,25 @@ class Accumulator:
         self.weight_sum = weight_sum
         self.samples_sum = samples_sum
         self.provider_ids = list(provider_ids or [])
+        # Why this sum can no longer be trusted (an update failed half-way in), or None.
+        self.void: str | None = None
+
+    @classmethod
+    def empty_like(cls, head: SumHeader) -> Accumulator:
+        """An empty sum of the same key, job, round, size and summands as `head`'s."""
+        return cls(
+            preset=head.preset,
+            fingerprint=head.fingerprint,
+            job_id=head.job_id,
+            round=head.round,
+            param_count=head.param_count,
+            summands=head.summands,
+            coefficients=head.preset.codec.zero_sum(head.param_count),
+        )
+
+    def _usable(self) -> None:
+        if self.void is not None:
+            raise AggregateError(f"this sum is void: {self.void}")
 
     @classmethod
     def empty(
@@ -119,8 +101,13 @@ class Accumulator:
             coefficients=preset.codec.zero_sum(param_count),
         )
 
-    def add(self, update: ValidatedEnvelope) -> None:
-        """Add one validated update; refuses anything that does not belong in this sum."""
+    def add(self, update: ValidatedEnvelope | CheckedEnvelope) -> None:
+        """Add one validated update; refuses anything that does not belong in this sum.
+
+        A checked envelope is read from its file a piece at a time. Should the file no longer
+        hold what was checked, the sum is left void (every later use refuses it): the pieces
+        added before cannot be taken back without keeping them."""
+        self._usable()
         h = update.header
         if (h.fingerprint, h.job_id, h.round, h.param_count, h.summands) != (
             self.fingerprint,
@@ -134,106 +121,99 @@ class Accumulator:
             raise AggregateError(f"provider {h.provider_id} is already in this aggregate")
         if self.count >= self.summands:
             raise AggregateError(f"this aggregate holds at most {self.summands} updates")
-        self.preset.codec.add_into(self.coefficients, update.coefficients)
+        if isinstance(update, ValidatedEnvelope):
+            self.preset.codec.add_into(self.coefficients, update.coefficients)
+        else:
+            self._add_pieces(update, f"the update of {h.provider_id}")
         self.count += 1
         self.weight_sum += h.weight
         self.samples_sum += h.samples
         self.provider_ids.append(h.provider_id)
 
-    def merge(self, other: Accumulator) -> None:
-        """Add another sum of the same round into this one (sums are associative).
+    def _add_pieces(self, source: CheckedEnvelope | CheckedSum, what: str) -> None:
+        """Add what `source` holds a piece at a time; void this sum if it fails half-way."""
+        codec = self.preset.codec
+        try:
+            for piece, addend in source.addends():
+                codec.add_piece(self.coefficients, piece, addend)
+        except Exception as exc:
+            self.void = f"{what} failed half-way in ({exc})"
+            raise AggregateError(self.void) from exc
+
+    def merge(self, other: Accumulator | CheckedSum) -> None:
+        """Add another sum of the same round into this one (sums are associative); a
+        checked sum file is added a piece at a time.
 
         Refuses a sum under another key, job, round or size, one that shares a provider
         with this one, or a total beyond `summands` updates."""
-        if (other.fingerprint, other.job_id, other.round, other.param_count, other.summands) != (
-            self.fingerprint,
-            self.job_id,
-            self.round,
-            self.param_count,
-            self.summands,
-        ):
+        self._usable()
+        theirs = other.header if isinstance(other, CheckedSum) else other
+        if isinstance(other, Accumulator):
+            other._usable()
+        if (theirs.fingerprint, theirs.job_id, theirs.round, theirs.param_count,
+                theirs.summands) != (self.fingerprint, self.job_id, self.round,
+                                     self.param_count, self.summands):  # fmt: skip
             raise AggregateError("sums belong to another key, job, round or model size")
-        shared = set(self.provider_ids) & set(other.provider_ids)
+        shared = set(self.provider_ids) & set(theirs.provider_ids)
         if shared:
             raise AggregateError(f"providers {sorted(shared)} are in both sums")
-        if self.count + other.count > self.summands:
+        if self.count + theirs.count > self.summands:
             raise AggregateError(f"this aggregate holds at most {self.summands} updates")
-        self.preset.codec.add_into(self.coefficients, other.coefficients)
-        self.count += other.count
-        self.weight_sum += other.weight_sum
-        self.samples_sum += other.samples_sum
-        self.provider_ids.extend(other.provider_ids)
+        if isinstance(other, Accumulator):
+            self.preset.codec.add_into(self.coefficients, other.coefficients)
+        else:
+            self._add_pieces(other, "a stored sum")
+        self.count += theirs.count
+        self.weight_sum += theirs.weight_sum
+        self.samples_sum += theirs.samples_sum
+        self.provider_ids.extend(theirs.provider_ids)
+
+    def _header(self, digest: bytes) -> SumHeader:
+        return SumHeader(
+            self.preset, self.fingerprint, self.job_id, self.round, self.param_count,
+            self.summands, self.count, self.weight_sum, self.samples_sum,
+            list(self.provider_ids), digest, 0,
+        )  # fmt: skip
+
+    def chunks(self) -> Generator[bytes, None, None]:
+        """`to_bytes()` in pieces of about `PIECE_BYTES`, never whole: each piece is packed
+        twice, once to hash the payload for the header and once to be written."""
+        self._usable()
+        codec = self.preset.codec
+        pieces = codec.sum_pieces(self.param_count, 0, codec.sum_rows(self.param_count))
+        digest = hashlib.sha256()
+        for piece in pieces:
+            digest.update(codec.pack_piece(self.coefficients, piece))
+        yield pack_header(self._header(digest.digest()))
+        for piece in pieces:
+            yield codec.pack_piece(self.coefficients, piece)
 
     def to_bytes(self) -> bytes:
+        self._usable()
         payload = self.preset.codec.pack_sum(self.coefficients)
-        fixed = _FIXED.pack(
-            bytes.fromhex(self.fingerprint),
-            self.param_count,
-            self.preset.chunks_for(self.param_count),
-            self.summands,
-            self.round,
-            self.count,
-            self.weight_sum,
-            self.samples_sum,
-            hashlib.sha256(payload).digest(),
-        )
-        tail = _pack_str(self.preset.id) + _pack_str(self.job_id)
-        tail += struct.pack("<I", len(self.provider_ids))
-        tail += b"".join(_pack_str(p) for p in self.provider_ids)
-        header_len = len(fixed) + len(tail)
-        return _PREFIX.pack(MAGIC, FORMAT_VERSION, header_len) + fixed + tail + payload
+        return pack_header(self._header(hashlib.sha256(payload).digest())) + payload
 
     @classmethod
     def from_bytes(cls, data: bytes, ctx: PublicContext | None = None) -> Accumulator:
         """Parse a persisted aggregate, checking it against `ctx` when given."""
-        reader = _Reader(data)
-        magic, version, header_len = reader.take(_PREFIX)
-        if magic != MAGIC:
-            raise AggregateError("not a Pollen aggregate (bad magic bytes)")
-        if version != FORMAT_VERSION:
-            raise AggregateError(f"aggregate format version {version} is not supported")
-        fp, params, chunks, summands, rnd, count, wsum, ssum, digest = reader.take(_FIXED)
-        try:
-            preset = get_preset(reader.text())
-        except PresetError as exc:
-            raise AggregateError(exc.message) from None
-        job_id = reader.text()
-        (n_providers,) = reader.take(struct.Struct("<I"))
-        assert isinstance(n_providers, int) and isinstance(count, int)
-        assert isinstance(summands, int)
-        if not 1 <= summands <= preset.max_summands:
-            raise AggregateError("aggregate declares an impossible number of summands")
-        if n_providers != count or count > summands:
-            raise AggregateError("aggregate provider list does not match its count")
-        providers = [reader.text() for _ in range(n_providers)]
-        assert isinstance(header_len, int) and isinstance(params, int)
-        if reader.offset != _PREFIX.size + header_len:
-            raise AggregateError("aggregate header length does not match its fields")
-        assert isinstance(fp, bytes) and isinstance(digest, bytes)
-        if ctx is not None and (fp.hex() != ctx.fingerprint or preset != ctx.preset):
-            raise AggregateError("aggregate was made under another public context")
-        if chunks != preset.chunks_for(params):
-            raise AggregateError("aggregate chunk count does not match its parameter count")
-        payload = data[reader.offset :]
-        expected = preset.codec.sum_bytes(params)
-        if len(payload) != expected:
+        head = parse_header(data, ctx)
+        payload = data[head.payload_start :]
+        if len(payload) != head.payload_len:
             raise AggregateError("aggregate payload has the wrong size")
-        if hashlib.sha256(payload).digest() != digest:
+        if hashlib.sha256(payload).digest() != head.digest:
             raise AggregateError("aggregate payload does not match its hash")
-        coeffs = preset.codec.unpack_sum(payload, params)
-        assert isinstance(rnd, int) and isinstance(wsum, float) and isinstance(ssum, int)
         return cls(
-            preset=preset,
-            fingerprint=fp.hex(),
-            job_id=job_id,
-            round=rnd,
-            param_count=params,
-            summands=summands,
-            coefficients=coeffs,
-            count=count,
-            weight_sum=wsum,
-            samples_sum=ssum,
-            provider_ids=providers,
+            preset=head.preset,
+            fingerprint=head.fingerprint,
+            job_id=head.job_id,
+            round=head.round,
+            param_count=head.param_count,
+            summands=head.summands,
+            coefficients=head.preset.codec.unpack_sum(payload, head.param_count),
+            count=head.count,
+            weight_sum=head.weight_sum,
+            samples_sum=head.samples_sum,
+            provider_ids=head.provider_ids,
         )
 
 
@@ -271,13 +251,48 @@ def decrypt_aggregate(keys: BuyerKeys, data: bytes) -> DecryptedAggregate:
     )
 
 
+def decrypt_aggregate_file(keys: BuyerKeys, path: str | Path) -> DecryptedAggregate:
+    """`decrypt_aggregate` of the aggregate in the file at `path`, a block of ciphertexts at
+    a time: memory is the float32 result and one block's scratch, never the encrypted sum or
+    its float64 decryption. Each block is flooded as it is decrypted (fresh noise per value,
+    the same distribution as `decrypt_aggregate`'s)."""
+    with open(path, "rb") as handle:
+        checked = CheckedSum.open(handle)
+        head = checked.header
+        _check_decryptable(keys, head.fingerprint, head.count)
+        codec = head.preset.codec
+        total = np.empty(head.param_count, dtype=np.float32)
+        rows, per, width = (
+            codec.sum_rows(head.param_count),
+            codec.rows_per_block(),
+            codec.row_values,
+        )
+        for first in range(0, rows, per):
+            count = min(per, rows - first)
+            start = first * width
+            values = min(count * width, head.param_count - start)
+            exact = codec.decrypt_exact(keys, checked.rows(first, count), values)
+            total[start : start + values] = codec.flood(exact)
+    return DecryptedAggregate(
+        total=total,
+        count=head.count,
+        weight_sum=head.weight_sum,
+        samples_sum=head.samples_sum,
+        provider_ids=head.provider_ids,
+    )
+
+
+def _check_decryptable(keys: BuyerKeys, fingerprint: str, count: int) -> None:
+    if fingerprint != keys.fingerprint:
+        raise AggregateError("aggregate was encrypted under another key than this buyer's")
+    if count == 0:
+        raise AggregateError("aggregate holds no updates")
+
+
 def _decrypt_exact(keys: BuyerKeys, acc: Accumulator) -> np.ndarray:
     """The sum exactly as the secret key decrypts it (float64, `param_count` values).
 
     Never return this from a public function: published, it reveals the secret key.
     """
-    if acc.fingerprint != keys.fingerprint:
-        raise AggregateError("aggregate was encrypted under another key than this buyer's")
-    if acc.count == 0:
-        raise AggregateError("aggregate holds no updates")
+    _check_decryptable(keys, acc.fingerprint, acc.count)
     return acc.preset.codec.decrypt_exact(keys, acc.coefficients, acc.param_count)

@@ -277,21 +277,18 @@ def read_header(data: bytes) -> EnvelopeHeader:
     )
 
 
-def validate_envelope(
-    data: bytes,
-    ctx: PublicContext,
-    binding: EnvelopeBinding,
-    *,
-    max_bytes: int | None = None,
-) -> ValidatedEnvelope:
-    """Check an untrusted envelope against the job's public context and expected binding."""
-    preset = ctx.preset
+def size_limit(preset: Preset, binding: EnvelopeBinding, max_bytes: int | None) -> int:
+    """The most bytes an envelope for `binding` may take (`max_bytes` lowers it)."""
     limit = envelope_size(preset, binding.param_count)
-    if max_bytes is not None:
-        limit = min(limit, max_bytes)
-    if len(data) > limit:
-        raise EnvelopeTooLargeError(f"envelope is {len(data)} bytes; the limit is {limit}")
-    header = read_header(data)
+    return limit if max_bytes is None else min(limit, max_bytes)
+
+
+def check_header(
+    header: EnvelopeHeader, size: int, ctx: PublicContext, binding: EnvelopeBinding
+) -> int:
+    """Every check of an envelope of `size` bytes that its header alone decides; returns
+    the payload's expected length."""
+    preset = ctx.preset
     try:
         if get_preset(header.preset_id) != preset:
             raise CiphertextParameterError(
@@ -334,12 +331,32 @@ def validate_envelope(
     if header.samples < 1:
         raise MalformedEnvelopeError("envelope declares no samples")
     expected = preset.payload_bytes(binding.param_count)
-    payload = memoryview(data)[header.header_len :]
-    if header.payload_len != expected or len(payload) != expected:
+    payload_len = size - header.header_len
+    if header.payload_len != expected or payload_len != expected:
         raise MalformedEnvelopeError(
-            f"payload is {len(payload)} bytes (declared {header.payload_len}); expected {expected}"
+            f"payload is {payload_len} bytes (declared {header.payload_len}); expected {expected}"
         )
+    return expected
+
+
+def validate_envelope(
+    data: bytes,
+    ctx: PublicContext,
+    binding: EnvelopeBinding,
+    *,
+    max_bytes: int | None = None,
+) -> ValidatedEnvelope:
+    """Check an untrusted envelope against the job's public context and expected binding.
+
+    The whole envelope and its unpacked coefficients are in memory: for large models use
+    `crypto.streaming.check_envelope_file`, which runs the same checks a piece at a time."""
+    limit = size_limit(ctx.preset, binding, max_bytes)
+    if len(data) > limit:
+        raise EnvelopeTooLargeError(f"envelope is {len(data)} bytes; the limit is {limit}")
+    header = read_header(data)
+    check_header(header, len(data), ctx, binding)
+    payload = memoryview(data)[header.header_len :]
     if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise PayloadHashError("payload does not match the SHA-256 in its header")
-    coefficients = preset.codec.read_payload(payload, binding.param_count)
+    coefficients = ctx.preset.codec.read_payload(payload, binding.param_count)
     return ValidatedEnvelope(header=header, coefficients=coefficients)

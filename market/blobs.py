@@ -6,6 +6,8 @@ rename) so a reader never sees half a blob and a crash never corrupts one.
 `market.blobs_s3.S3BlobStore` keeps them in an S3-compatible bucket; `store_for(settings)`
 picks one from `POLLEN_BLOB_URL`. Large blobs leave the store as a `BlobStream` of chunks
 (`open_read`), so a model download never sits whole in the server's memory.
+Envelopes and sums are parsed from a seekable file (`open_file`) and written from chunks
+(`put_stream`), a piece at a time (crypto/streaming.py, crypto/sumfile.py).
 Uploads are streamed into a `TempBlob` with a hard size limit before anything is parsed, and
 abandoned when the sender stalls (`receive`): uvicorn itself never times out a request body
 that stops arriving, so a stalled upload would otherwise keep its temp file forever.
@@ -20,7 +22,7 @@ import re
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -147,6 +149,35 @@ class BlobStore(ABC):
     def open_read(self, key: str) -> BlobStream:
         """The blob as a stream of chunks (FileNotFoundError when absent)."""
 
+    @contextlib.contextmanager
+    def open_file(self, key: str) -> Iterator[BinaryIO]:
+        """The blob as a seekable binary file (FileNotFoundError when absent): here a local
+        copy, streamed in and removed afterwards; a store of files opens its own."""
+        stream = self.open_read(key)
+        copy = self.temp(stream.size)
+        try:
+            for chunk in stream:
+                copy.write(chunk)
+            copy.close()
+            with copy.path.open("rb") as handle:
+                yield handle
+        finally:
+            stream.close()
+            copy.discard()
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> str:
+        """Store the concatenated `chunks` under `key`, never whole in memory; returns the
+        blob's SHA-256 (hex)."""
+        temp = self.temp(1 << 62)
+        try:
+            for chunk in chunks:
+                temp.write(chunk)
+            temp.finish()
+            self.put_temp(key, temp)
+            return temp.sha256
+        finally:
+            temp.discard()
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
@@ -226,6 +257,11 @@ class LocalBlobStore(BlobStore):
         handle = self._path(key).open("rb")
         size = os.fstat(handle.fileno()).st_size
         return BlobStream(size, _file_chunks(handle), handle.close)
+
+    @contextlib.contextmanager
+    def open_file(self, key: str) -> Iterator[BinaryIO]:
+        with self._path(key).open("rb") as handle:
+            yield handle
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

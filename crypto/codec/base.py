@@ -7,12 +7,16 @@ they are handling. Two schemes exist: CKKS, the product (crypto/codec/ckks.py), 
 the clear, the benchmark baseline (crypto/codec/plain.py).
 
 A codec owns the payload's bytes: what follows an envelope's header, and what follows an
-aggregate's. The headers around them are the same for every scheme.
+aggregate's. The headers around them are the same for every scheme. It also cuts a payload
+into `Piece`s of about `PIECE_BYTES`, in file order, so that envelopes and sums read from a
+file are checked, added and decrypted a piece at a time (crypto/streaming.py): memory is then
+one piece beyond the running sum, whatever the model's size.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 import numpy as np
@@ -23,6 +27,25 @@ if TYPE_CHECKING:
     from crypto.keys import BuyerKeys, PublicContext
     from crypto.presets import Preset
     from crypto.zeropool import ZeroPool
+
+# About how many bytes of a payload one piece holds (about a hundred ciphertexts for CKKS).
+PIECE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Piece:
+    """`size` bytes of a payload at `offset` from its start, whose values are the running
+    sum's `total[index]`; `index` starts with the slice of the sum's rows it covers."""
+
+    offset: int
+    size: int
+    index: tuple[slice | int, ...]
+
+    @property
+    def rows(self) -> slice:
+        first = self.index[0]
+        assert isinstance(first, slice)
+        return first
 
 
 class Codec(ABC):
@@ -95,7 +118,56 @@ class Codec(ABC):
         """The addends of a payload whose size and hash were checked; raise
         CiphertextParameterError if a value is one no honest encryption makes."""
 
+    @abstractmethod
+    def payload_pieces(self, param_count: int) -> list[Piece]:
+        """An envelope's payload as pieces in file order, together covering all of it."""
+
+    @abstractmethod
+    def read_payload_piece(self, piece: Piece, raw: bytes) -> np.ndarray:
+        """The addends `raw` (one piece, its size checked) holds for `total[piece.index]`;
+        raises CiphertextParameterError as `read_payload` does."""
+
     # -- sums ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def sum_rows(self, param_count: int) -> int:
+        """Length of the running sum's first axis (what `Piece.rows` slices)."""
+
+    @property
+    @abstractmethod
+    def row_values(self) -> int:
+        """Decrypted values per row of the running sum."""
+
+    @property
+    @abstractmethod
+    def row_shape(self) -> tuple[int, ...]:
+        """Shape of one row of the running sum."""
+
+    @property
+    @abstractmethod
+    def sum_dtype(self) -> type[np.generic]:
+        """The running sum's dtype."""
+
+    @abstractmethod
+    def sum_pieces(self, param_count: int, first: int, count: int) -> list[Piece]:
+        """The pieces, in file order, of an aggregate's payload that hold rows `first` to
+        `first + count`."""
+
+    @abstractmethod
+    def read_sum_piece(self, piece: Piece, raw: bytes) -> np.ndarray:
+        """`total[piece.index]` from one piece of an aggregate's payload."""
+
+    @abstractmethod
+    def pack_piece(self, total: np.ndarray, piece: Piece) -> bytes:
+        """The bytes of `piece` in the aggregate's payload of `total` (`pack_sum`'s)."""
+
+    @abstractmethod
+    def add_piece(self, total: np.ndarray, piece: Piece, addend: np.ndarray) -> None:
+        """`total[piece.index] += addend` in place, as `add_into` adds."""
+
+    def rows_per_block(self) -> int:
+        """Rows of the sum decrypted at a time: about `PIECE_BYTES` of its payload."""
+        return max(1, PIECE_BYTES // self.sum_bytes(self.row_values))
 
     @abstractmethod
     def zero_sum(self, param_count: int) -> np.ndarray:

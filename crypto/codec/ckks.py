@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import tenseal.sealapi as seal
 
-from crypto.codec.base import Codec
+from crypto.codec.base import PIECE_BYTES, Codec, Piece
 from crypto.errors import AggregateError, CiphertextParameterError, CryptoError, PresetError
 from crypto.flooding import flood
 from crypto.sealio import (
@@ -181,6 +181,71 @@ class CkksCodec(Codec):
         if np.any(coeffs >= self._moduli):
             raise CiphertextParameterError("a ciphertext coefficient lies outside its modulus")
         return coeffs
+
+    def _pieces(self, chunks: int, first: int, count: int) -> list[Piece]:
+        """Rows `first`..`first + count` of a payload of `chunks` ciphertexts, prime by prime
+        (the payload is prime-major), about `PIECE_BYTES` a piece."""
+        n, widths = self.preset.poly_modulus_degree, self.preset.coeff_bytes
+        out, region = [], 0
+        for j, width in enumerate(widths):
+            row = 2 * n * width
+            step = max(1, PIECE_BYTES // row)
+            for a in range(first, first + count, step):
+                b = min(a + step, first + count)
+                index = (slice(a, b), slice(None), j, slice(None))
+                out.append(Piece(region + a * row, (b - a) * row, index))
+            region += chunks * row
+        return out
+
+    def payload_pieces(self, param_count: int) -> list[Piece]:
+        chunks = self.chunks_for(param_count)
+        return self._pieces(chunks, 0, chunks)
+
+    @staticmethod
+    def _prime(piece: Piece) -> int:
+        j = piece.index[2]
+        assert isinstance(j, int)
+        return j
+
+    def read_payload_piece(self, piece: Piece, raw: bytes) -> np.ndarray:
+        coeffs = self.read_sum_piece(piece, raw)
+        if np.any(coeffs >= np.uint64(self.preset.data_moduli[self._prime(piece)])):
+            raise CiphertextParameterError("a ciphertext coefficient lies outside its modulus")
+        return coeffs
+
+    def sum_rows(self, param_count: int) -> int:
+        return self.chunks_for(param_count)
+
+    @property
+    def row_values(self) -> int:
+        return self.preset.reals_per_chunk
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self._shape(1)[1:]
+
+    @property
+    def sum_dtype(self) -> type[np.generic]:
+        return np.uint64
+
+    def sum_pieces(self, param_count: int, first: int, count: int) -> list[Piece]:
+        return self._pieces(self.chunks_for(param_count), first, count)
+
+    def read_sum_piece(self, piece: Piece, raw: bytes) -> np.ndarray:
+        j = self._prime(piece)
+        rows, n = piece.rows.stop - piece.rows.start, self.preset.poly_modulus_degree
+        width = self.preset.coeff_bytes[j]
+        return unpack_coefficients(raw, (rows, 2, 1, n), (width,)).reshape(rows, 2, n)
+
+    def pack_piece(self, total: np.ndarray, piece: Piece) -> bytes:
+        j, rows = self._prime(piece), piece.rows
+        return pack_coefficients(total[rows, :, j : j + 1, :], (self.preset.coeff_bytes[j],))
+
+    def add_piece(self, total: np.ndarray, piece: Piece, addend: np.ndarray) -> None:
+        j = self._prime(piece)
+        part = total[piece.index]  # a view: the additions land in `total`
+        np.add(part, addend, out=part)
+        np.minimum(part, part - np.uint64(self.preset.data_moduli[j]), out=part)
 
     def zero_sum(self, param_count: int) -> np.ndarray:
         return np.zeros(self._shape(self.chunks_for(param_count)), dtype=np.uint64)

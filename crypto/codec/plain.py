@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from crypto.codec.base import Codec
+from crypto.codec.base import PIECE_BYTES, Codec, Piece
 from crypto.errors import CiphertextParameterError, CryptoError, PresetError
 
 if TYPE_CHECKING:
@@ -75,6 +75,48 @@ class PlainCodec(Codec):
         if not np.all(np.isfinite(floats)):
             raise CiphertextParameterError("plaintext update holds NaN or infinite values")
         return floats.astype(np.float64)
+
+    @staticmethod
+    def _pieces(first: int, count: int, width: int, per: int) -> list[Piece]:
+        return [
+            Piece(a * width, (min(a + per, first + count) - a) * width,
+                  (slice(a, min(a + per, first + count)),))
+            for a in range(first, first + count, per)
+        ]  # fmt: skip
+
+    def payload_pieces(self, param_count: int) -> list[Piece]:
+        return self._pieces(0, param_count, 4, PIECE_BYTES // 4)
+
+    def read_payload_piece(self, piece: Piece, raw: bytes) -> np.ndarray:
+        return self.read_payload(memoryview(raw), piece.size // 4)
+
+    def sum_rows(self, param_count: int) -> int:
+        return param_count
+
+    @property
+    def row_values(self) -> int:
+        return 1
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return ()
+
+    @property
+    def sum_dtype(self) -> type[np.generic]:
+        return np.float64
+
+    def sum_pieces(self, param_count: int, first: int, count: int) -> list[Piece]:
+        return self._pieces(first, count, 8, PIECE_BYTES // 8)
+
+    def read_sum_piece(self, piece: Piece, raw: bytes) -> np.ndarray:
+        return self.unpack_sum(raw, piece.size // 8)
+
+    def pack_piece(self, total: np.ndarray, piece: Piece) -> bytes:
+        return self.pack_sum(total[piece.index])
+
+    def add_piece(self, total: np.ndarray, piece: Piece, addend: np.ndarray) -> None:
+        part = total[piece.index]
+        np.add(part, addend, out=part)
 
     def zero_sum(self, param_count: int) -> np.ndarray:
         return np.zeros(param_count, dtype=np.float64)

@@ -35,6 +35,7 @@ reason and visible to every party.
 
 from __future__ import annotations
 
+import itertools
 import math
 import secrets
 from collections import defaultdict
@@ -43,8 +44,8 @@ from collections.abc import Sequence
 import numpy as np
 from sqlmodel import Session, col, select
 
-from crypto import Accumulator, PublicContext
-from market.blobs import BlobStore
+from crypto import Accumulator, CheckedSum, PublicContext
+from market.blobs import BlobStore, BlobStream
 from market.errors import AggregateUnavailableError, ConflictError, InvalidInputError
 from market.lifecycle import ROUND_HAS_AGGREGATE
 from market.models import GroupPublic, GroupValue, Job, Round, RoundGroup
@@ -128,20 +129,37 @@ def released(session: Session, rnd: Round) -> dict[int, list[RoundGroup]]:
     return dict(parts)
 
 
-def group_aggregate_bytes(
+def open_group_aggregate(
     session: Session, blobs: BlobStore, ctx: PublicContext, rnd: Round, index: int
-) -> bytes:
-    """The encrypted sum of released group `index` (closed rounds only)."""
+) -> BlobStream:
+    """The encrypted sum of released group `index` (closed rounds only), as a stream: the
+    stored sum itself when one row makes it up, else the rows' sums merged a piece at a
+    time into one sum in memory."""
     if rnd.state not in ROUND_HAS_AGGREGATE:
         raise AggregateUnavailableError(f"round {rnd.number} is {rnd.state}, not closed")
     parts = released(session, rnd).get(index)
     if not parts:
         raise AggregateUnavailableError(f"round {rnd.number} has no group {index}")
-    accs = [Accumulator.from_bytes(blobs.get_bytes(str(g.acc_key)), ctx) for g in parts]
-    total = accs[0]
-    for other in accs[1:]:
-        total.merge(other)
-    return total.to_bytes()
+    if len(parts) == 1:
+        return blobs.open_read(str(parts[0].acc_key))
+    total: Accumulator | None = None
+    for g in parts:
+        with blobs.open_file(str(g.acc_key)) as handle:
+            part = CheckedSum.open(handle, ctx)
+            total = total or Accumulator.empty_like(part.header)
+            total.merge(part)
+    assert total is not None
+    chunks = total.chunks()
+    head = next(chunks)
+    size = len(head) + total.preset.codec.sum_bytes(total.param_count)
+    return BlobStream(size, itertools.chain([head], chunks), chunks.close)
+
+
+def group_aggregate_bytes(
+    session: Session, blobs: BlobStore, ctx: PublicContext, rnd: Round, index: int
+) -> bytes:
+    """`open_group_aggregate`'s bytes, whole (small sums and tests)."""
+    return open_group_aggregate(session, blobs, ctx, rnd, index).read_all()
 
 
 def public(session: Session, rnd: Round, viewer_id: str, sees_all: bool) -> list[GroupPublic]:

@@ -5,8 +5,9 @@ It merges the recorded parts of the round's total (`RoundPartial` rows without a
 replays, from its envelope, each accepted update none of them covers: the partials still in
 other processes' memory are superseded, and an update accepted just before a kill -9 is in
 the sum all the same. Each random group's sum is completed the same way from its recorded
-parts and the envelopes of members they miss, one group at a time, so the close holds a few
-models at most: the total, one group's sum, one part or envelope. The merged sum's provider
+parts and the envelopes of members they miss, one group at a time, so the close holds two
+sums, the total and one group's, plus a piece of one part or envelope (both are read from
+their blobs a piece at a time). The merged sum's provider
 list is what settlement pays and the signed round-closed record lists; it is checked against
 the accepted submissions and any difference is logged as an error. Once the close commits,
 the remaining envelopes and every recorded part are deleted.
@@ -17,13 +18,12 @@ accepted providers stands as it is.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 
 from sqlmodel import Session, col, select
 
-from crypto import Accumulator, PublicContext
+from crypto import Accumulator, CheckedSum, PublicContext
 from market import blobkeys
 from market.blobs import BlobStore
 from market.lifecycle import ROUND_ABANDONED
@@ -45,6 +45,9 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
         return
     blobs = partials.store()
     ctx = partials.job_context(blobs, job)
+    # This process's partial is superseded by what follows (its updates are in recorded parts
+    # or replayed from their envelopes): dropped now, the close holds one sum fewer.
+    partials.forget(rnd.id)
     subs = {
         s.provider_id: s
         for s in session.exec(select(Submission).where(Submission.round_id == rnd.id))
@@ -74,24 +77,23 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
             if sub.envelope_key is None:
                 log.error("round %s: %s has neither an envelope nor a sum", rnd.id, pid)
                 continue
-            update = partials.replay(ctx, job, rnd, sub)
-            if update is None:
-                continue
-            gsum.add(update)
-            if pid not in in_total:
-                total.add(update)
-                in_total.add(pid)
+            with partials.replayed(ctx, job, rnd, sub) as update:
+                if update is None:
+                    continue
+                gsum.add(update)
+                if pid not in in_total:
+                    total.add(update)
+                    in_total.add(pid)
         _write_group(session, blobs, job, rnd, group, gsum)
     # Accepted updates outside every group (a round opened before groups existed).
     for pid, sub in sorted(subs.items()):
         if pid not in in_total and sub.envelope_key is not None:
-            update = partials.replay(ctx, job, rnd, sub)
-            if update is not None:
-                total.add(update)
-                in_total.add(pid)
-    data = total.to_bytes()
+            with partials.replayed(ctx, job, rnd, sub) as update:
+                if update is not None:
+                    total.add(update)
+                    in_total.add(pid)
     key = blobkeys.round_sum(job.id, rnd.number)
-    blobs.put_bytes(key, data)
+    sha256 = blobs.put_stream(key, total.chunks())
     if set(total.provider_ids) != set(subs):
         log.error(
             "round %s: the merged sum holds %s but the accepted updates are %s; only those "
@@ -101,7 +103,7 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
     rnd.acc_key = key
     rnd.acc_count = total.count
     rnd.acc_providers = list(total.provider_ids)
-    rnd.acc_sha256 = hashlib.sha256(data).hexdigest()
+    rnd.acc_sha256 = sha256
     session.add(rnd)
     # Once this commits, the sums hold every update: envelopes and checkpoints are garbage.
     stale += [cp.key for cp in checkpoints]
@@ -119,15 +121,17 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
 def _merge_parts(
     ctx: PublicContext, rnd: Round, into: Accumulator, parts: list[RoundPartial]
 ) -> None:
-    """Merge recorded parts into `into`, one at a time; a part that overlaps what is already
-    in, or whose blob does not hold what its row says, is left out (and logged)."""
+    """Merge recorded parts into `into`, one at a time and a piece at a time from their
+    blobs; a part that overlaps what is already in, or whose blob does not hold what its row
+    says, is left out (and logged)."""
     for cp in parts:
-        part = Accumulator.from_bytes(partials.store().get_bytes(cp.key), ctx)
-        inside = set(part.provider_ids)
-        if inside & set(into.provider_ids) or inside != set(cp.providers):
-            log.error("round %s: part %s overlaps the sum or its row; left out", rnd.id, cp.id)
-            continue
-        into.merge(part)
+        with partials.store().open_file(cp.key) as handle:
+            part = CheckedSum.open(handle, ctx)
+            inside = set(part.header.provider_ids)
+            if inside & set(into.provider_ids) or inside != set(cp.providers):
+                log.error("round %s: part %s overlaps the sum or its row; left out", rnd.id, cp.id)
+                continue
+            into.merge(part)
 
 
 def _write_group(
@@ -137,7 +141,7 @@ def _write_group(
         group.acc_key, group.acc_count, group.acc_providers = None, 0, []
     else:
         key = blobkeys.group_sum(job.id, rnd.number, group.index)
-        blobs.put_bytes(key, gsum.to_bytes())
+        blobs.put_stream(key, gsum.chunks())
         group.acc_key, group.acc_count = key, gsum.count
         group.acc_providers = list(gsum.provider_ids)
     session.add(group)

@@ -22,12 +22,12 @@ Closing a round merges the recorded parts and replays the envelopes none of them
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, event
@@ -36,11 +36,11 @@ from sqlmodel import Session, col, select
 
 from crypto import (
     Accumulator,
+    CheckedEnvelope,
     CryptoError,
     EnvelopeBinding,
     PublicContext,
-    ValidatedEnvelope,
-    validate_envelope,
+    check_envelope_file,
 )
 from market import blobkeys
 from market.blobs import BlobStore
@@ -130,11 +130,10 @@ _guard = threading.Lock()
 _partials: dict[str, _Partial] = {}
 
 
-def add(
-    engine: Engine, ctx: PublicContext, job: Job, rnd: Round, update: ValidatedEnvelope
-) -> None:
+def add(engine: Engine, ctx: PublicContext, job: Job, rnd: Round, update: CheckedEnvelope) -> None:
     """Add a committed update into this process's partial sum of its round; checkpoint it
-    when due. A failure here loses nothing: the envelope is replayed at close."""
+    when due. A failure here loses nothing: the envelope is replayed at close (a partial
+    left void by an update that failed half-way in is dropped, its updates with it)."""
     while True:
         with _guard:
             part = _partials.get(rnd.id)
@@ -144,7 +143,14 @@ def add(
         with part.lock:
             if part.sealed:
                 continue  # a checkpoint took it meanwhile
-            part.acc.add(update)
+            try:
+                part.acc.add(update)
+            finally:
+                if part.acc.void is not None:
+                    part.sealed = True
+                    with _guard:
+                        if _partials.get(rnd.id) is part:
+                            del _partials[rnd.id]
             due = part.acc.count >= _policy.every_updates
             break
     if due:
@@ -183,9 +189,8 @@ def checkpoint(engine: Engine, round_id: str) -> bool:
     if acc.count == 0:
         return False
     blobs = store()
-    data = acc.to_bytes()
     key = blobkeys.partial(part.job_id, part.number)
-    blobs.put_bytes(key, data)
+    sha256 = blobs.put_stream(key, acc.chunks())
     try:
         with (
             Session(engine) as session,
@@ -199,7 +204,7 @@ def checkpoint(engine: Engine, round_id: str) -> bool:
             session.add(
                 RoundPartial(
                     id=new_id("prt"), round_id=round_id, key=key, count=acc.count,
-                    providers=list(acc.provider_ids), sha256=hashlib.sha256(data).hexdigest(),
+                    providers=list(acc.provider_ids), sha256=sha256,
                 )
             )  # fmt: skip
             session.flush()
@@ -233,14 +238,13 @@ def build_group(engine: Engine, ctx: PublicContext, job: Job, number: int, index
         return False
     gsum = empty_sum(ctx, job, number)
     for sub in sorted(subs, key=lambda x: x.provider_id):
-        update = replay(ctx, job, rnd, sub)
-        if update is None:
-            return False
-        gsum.add(update)
+        with replayed(ctx, job, rnd, sub) as update:
+            if update is None:
+                return False
+            gsum.add(update)
     blobs = store()
-    data = gsum.to_bytes()
     key = blobkeys.group_partial(job.id, number, index)
-    blobs.put_bytes(key, data)
+    sha256 = blobs.put_stream(key, gsum.chunks())
     try:
         with (
             Session(engine) as session,
@@ -256,8 +260,7 @@ def build_group(engine: Engine, ctx: PublicContext, job: Job, number: int, index
             session.add(
                 RoundPartial(
                     id=new_id("prt"), round_id=rnd.id, group_index=index, key=key,
-                    count=gsum.count, providers=list(gsum.provider_ids),
-                    sha256=hashlib.sha256(data).hexdigest(),
+                    count=gsum.count, providers=list(gsum.provider_ids), sha256=sha256,
                 )
             )  # fmt: skip
             session.flush()
@@ -338,20 +341,29 @@ def _after_rollback(session: OrmSession) -> None:
     session.info.pop(_DELETE_AFTER_COMMIT, None)
 
 
-def replay(ctx: PublicContext, job: Job, rnd: Round, sub: Submission) -> ValidatedEnvelope | None:
-    """The stored envelope of `sub`, checked again against its binding and its hash."""
+@contextmanager
+def replayed(
+    ctx: PublicContext, job: Job, rnd: Round, sub: Submission
+) -> Iterator[CheckedEnvelope | None]:
+    """The stored envelope of `sub`, checked again against its binding and its hash (None,
+    logged, when it cannot be), readable while the `with` block runs."""
     assert job.param_count is not None and sub.envelope_key is not None
     binding = EnvelopeBinding(job.id, rnd.number, sub.provider_id, job.param_count,
                               job.max_providers)  # fmt: skip
-    try:
-        update = validate_envelope(store().get_bytes(sub.envelope_key), ctx, binding)
-    except (CryptoError, OSError):
-        log.exception("round %s: the envelope of %s cannot be replayed", rnd.id, sub.provider_id)
-        return None
-    if update.header.payload_sha256 != sub.payload_sha256:
-        log.error("round %s: the envelope of %s does not match its receipt", rnd.id, sub.id)
-        return None
-    return update
+    with ExitStack() as stack:
+        update: CheckedEnvelope | None
+        try:
+            handle = stack.enter_context(store().open_file(sub.envelope_key))
+            update = check_envelope_file(handle, ctx, binding)
+        except (CryptoError, OSError):
+            log.exception(
+                "round %s: the envelope of %s cannot be replayed", rnd.id, sub.provider_id
+            )
+            update = None
+        if update is not None and update.header.payload_sha256 != sub.payload_sha256:
+            log.error("round %s: the envelope of %s does not match its receipt", rnd.id, sub.id)
+            update = None
+        yield update
 
 
 def forget(round_id: str) -> None:

@@ -26,7 +26,6 @@ weight and day of each event with a reason that names no job (`access.sees_event
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -203,14 +202,14 @@ def record_invalid(
     job_id: str,
     round_number: int,
     provider_id: str,
-    data: bytes,
+    envelope_sha256: str,
     error: Exception,
     *,
     now: datetime,
 ) -> None:
-    """An envelope refused by validation: a negative event, committed on its own (the same
-    bytes sent twice count once)."""
-    digest = hashlib.sha256(data).hexdigest()[:16]
+    """An envelope refused by validation (`envelope_sha256`: of all its bytes): a negative
+    event, committed on its own (the same bytes sent twice count once)."""
+    digest = envelope_sha256[:16]
     record(
         session, provider_id, "invalid-submission",
         f"envelope refused for job {job_id} round {round_number}: {error}",

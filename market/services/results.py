@@ -64,12 +64,12 @@ def record_metrics(
     return rnd
 
 
-def group_aggregate_bytes(
+def open_group_aggregate(
     session: Session, blobs: BlobStore, job: Job, number: int, index: int
-) -> bytes:
+) -> BlobStream:
     """The encrypted sum of one released group of a closed round (each holds ≥ quorum)."""
     rnd = load_round(session, job, number)
-    return groups.group_aggregate_bytes(session, blobs, job_context(blobs, job), rnd, index)
+    return groups.open_group_aggregate(session, blobs, job_context(blobs, job), rnd, index)
 
 
 def record_group_values(session: Session, job: Job, number: int, body: GroupValuesCreate) -> Round:

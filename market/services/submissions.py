@@ -17,9 +17,10 @@ Order of work for one upload, so that a refusal changes nothing and a crash lose
    covers, so processes add in parallel and a crash at any point loses nothing.
 
 Memory stays O(model) under any number of concurrent uploads: bodies stream to temp files,
+each is checked and added from its file a piece of a few MB at a time (crypto/streaming.py),
 and `submit` runs on its own small thread limiter (`validation_limiter`, `VALIDATION_SLOTS`
-threads), since each envelope being parsed costs a few times its size. Uploads waiting for a
-slot hold neither memory, an API thread, nor a database connection.
+threads). Uploads waiting for a slot hold neither memory, an API thread, nor a database
+connection.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from sqlmodel import Session, select
 from crypto import (
     CryptoError,
     EnvelopeBinding,
-    ValidatedEnvelope,
+    EnvelopeHeader,
+    check_envelope_file,
     envelope_size,
     get_preset,
-    validate_envelope,
 )
 from market import blobkeys, translog
 from market.blobs import BlobStore, TempBlob
@@ -70,8 +71,8 @@ __all__ = ["job_context", "precheck", "receipt", "submit", "upload_limit", "vali
 
 log = logging.getLogger(__name__)
 
-# Envelopes validated at the same time, per event loop (one per server process): parsing one
-# costs a few times its size in memory.
+# Envelopes validated at the same time, per event loop (one per server process): each holds a
+# piece of its payload and a thread.
 VALIDATION_SLOTS = 2
 _limiters = PerLoop(lambda: anyio.CapacityLimiter(VALIDATION_SLOTS))
 
@@ -164,47 +165,52 @@ def submit(
     logs it inside its signed `accepted` record."""
     assert job.param_count is not None
     ctx = job_context(blobs, job)
-    data = upload.read_bytes()
     binding = EnvelopeBinding(job.id, number, provider.id, job.param_count, job.max_providers)
-    try:
-        validated = validate_envelope(data, ctx, binding, max_bytes=upload.limit)
-    except CryptoError as exc:
-        # The refusal changes nothing in the round; it is noted in the sender's reputation.
-        reputation.record_invalid(session, job.id, number, provider.id, data, exc, now=now)
-        raise
-    header_sha256 = hashlib.sha256(data[: validated.header.header_len]).hexdigest()
-    signed = trust.verify_envelope_signature(
-        session, provider, header_sha256, signature, required=trust.job_is_signed(session, job.id)
-    )
-    del data  # the parsed update is all that is needed from here on
-    sub_id = new_id("sub")
-    # Durable before the row that points at it; the round's close replays it from here.
-    envelope_key = blobkeys.envelope(job.id, number, sub_id)
-    blobs.put_temp(envelope_key, upload)
-    try:
-        sub, rnd, group, record, leaf = _accept(
-            session, job, number, provider, validated, sub_id, envelope_key, upload.size, signed,
-            now=now,
-        )  # fmt: skip
-    except BaseException:
-        session.rollback()
-        _discard(blobs, envelope_key)
-        raise
-    if rnd.state == RoundState.COLLECTING:
-        engine: Engine = session.get_bind()  # type: ignore[assignment]
-        # Outside every database lock: into this process's own partial sum of the round.
+    # Open until the update is in this process's partial sum: it is read a piece at a time,
+    # and stays readable once the upload is moved into the blob store.
+    with upload.path.open("rb") as handle:
         try:
-            partials.add(engine, ctx, job, rnd, validated)
-        except Exception:
-            log.exception("update %s is not in this partial; the close replays it", sub_id)
-        del validated
-        if group.acc_count >= len(group.members):
-            # The group is complete: its sum is built now, not at the round's close.
+            checked = check_envelope_file(handle, ctx, binding, max_bytes=upload.limit)
+        except CryptoError as exc:
+            # The refusal changes nothing in the round; it is noted in the sender's reputation.
+            reputation.record_invalid(
+                session, job.id, number, provider.id, upload.sha256, exc, now=now
+            )
+            raise
+        handle.seek(0)
+        header_sha256 = hashlib.sha256(handle.read(checked.header.header_len)).hexdigest()
+        signed = trust.verify_envelope_signature(
+            session, provider, header_sha256, signature,
+            required=trust.job_is_signed(session, job.id),
+        )  # fmt: skip
+        sub_id = new_id("sub")
+        # Durable before the row that points at it; the round's close replays it from here.
+        envelope_key = blobkeys.envelope(job.id, number, sub_id)
+        blobs.put_temp(envelope_key, upload)
+        try:
+            sub, rnd, group, record, leaf = _accept(
+                session, job, number, provider, checked.header, sub_id, envelope_key,
+                upload.size, signed, now=now,
+            )  # fmt: skip
+        except BaseException:
+            session.rollback()
+            _discard(blobs, envelope_key)
+            raise
+        collecting = rnd.state == RoundState.COLLECTING
+        engine: Engine = session.get_bind()  # type: ignore[assignment]
+        if collecting:
+            # Outside every database lock: into this process's own partial sum of the round.
             try:
-                partials.build_group(engine, ctx, job, number, group.index)
+                partials.add(engine, ctx, job, rnd, checked)
             except Exception:
-                log.exception("group %d of round %s not built; the close builds it", group.index,
-                              rnd.id)  # fmt: skip
+                log.exception("update %s is not in this partial; the close replays it", sub_id)
+    if collecting and group.acc_count >= len(group.members):
+        # The group is complete: its sum is built now, not at the round's close.
+        try:
+            partials.build_group(engine, ctx, job, number, group.index)
+        except Exception:
+            log.exception("group %d of round %s not built; the close builds it", group.index,
+                          rnd.id)  # fmt: skip
     log.info("job %s round %d: update %d from %s", job.id, number, rnd.acc_count, provider.id)
     out = receipt(sub)
     out.record, out.leaf_index = record, leaf.index
@@ -216,7 +222,7 @@ def _accept(
     job: Job,
     number: int,
     provider: Account,
-    validated: ValidatedEnvelope,
+    header: EnvelopeHeader,
     sub_id: str,
     envelope_key: str,
     size: int,
@@ -241,7 +247,7 @@ def _accept(
         group = groups.group_for(session, rnd, provider.id)
         offer = access.offer_of(session, job.id, provider.id)
         # A claim never exceeds what was matched: the listing's count when offered.
-        samples = validated.header.samples
+        samples = header.samples
         if offer is not None:
             samples = min(samples, offer.samples)
         sub = Submission(
@@ -251,11 +257,11 @@ def _accept(
             round_number=number,
             attempt=rnd.attempt,
             provider_id=provider.id,
-            payload_sha256=validated.header.payload_sha256,
+            payload_sha256=header.payload_sha256,
             envelope_key=envelope_key,
             size_bytes=size,
             samples=samples,
-            weight=validated.header.weight,
+            weight=header.weight,
             accepted_at=now,
         )
         # Counted as accepted; once the round closes these become what its sums hold.

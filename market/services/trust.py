@@ -288,11 +288,11 @@ def released_group_sums(session: Session, job: Job, rnd: Round) -> list[dict[str
     ctx = job_context(store, job)
     out = []
     for index, rows in sorted(parts.items()):
-        data = groups.group_aggregate_bytes(session, store, ctx, rnd, index)
+        digest = hashlib.sha256()
+        for chunk in groups.open_group_aggregate(session, store, ctx, rnd, index):
+            digest.update(chunk)
         members = sorted({p for g in rows for p in g.acc_providers})
-        out.append(
-            {"index": index, "members": members, "sum_sha256": hashlib.sha256(data).hexdigest()}
-        )
+        out.append({"index": index, "members": members, "sum_sha256": digest.hexdigest()})
     return out
 
 

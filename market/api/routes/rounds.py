@@ -265,8 +265,7 @@ def group_aggregate(
 ) -> Response:
     """One random group's encrypted sum (buyer only; closed round; every group ≥ quorum)."""
     job = access.owned_job(session, job_id, account)
-    data = results.group_aggregate_bytes(session, blobs, job, number, index)
-    return Response(data, media_type=OCTET)
+    return blob_response(results.open_group_aggregate(session, blobs, job, number, index))
 
 
 @router.post("/{number}/groups", response_model=RoundPublic)
