@@ -262,10 +262,10 @@ def plaintext_fedavg(market: Market) -> np.ndarray:
             train_local(
                 model,
                 data,
-                epochs=int(spec["local_epochs"]),
-                lr=float(spec["learning_rate"]),
-                batch_size=int(spec["batch_size"]),
-                seed=train_seed(int(spec["seed"]), number, i),
+                epochs=spec.local_epochs,
+                lr=spec.learning_rate,
+                batch_size=spec.batch_size,
+                seed=train_seed(spec.seed, number, i),
             )
             weight = min(len(data), norm)
             total += weight * compute_update(weights, flatten(model)).astype(np.float64)

@@ -21,6 +21,7 @@ from sqlmodel import Session, select
 from bench.load import _value, round_envelopes, setup_round
 from crypto import BuyerKeys, decrypt_aggregate
 from market.db import make_engine
+from market.lifecycle import RoundState
 from market.models import Round, RoundPartial, Submission
 from tests.utils.faults import ServerProcess, serve_restartable, wait_for
 
@@ -76,7 +77,9 @@ def test_kill_between_checkpoints_loses_no_accepted_update(server: ServerProcess
         for p, body in zip(providers[3:], envelopes[3:], strict=True):
             _put(server.url, p.api_key, job_id, body)
         wait_for(
-            lambda: buyer.client.get_round(job_id, 1)["state"] == "closed", "the close", timeout=30
+            lambda: buyer.client.get_round(job_id, 1).state == RoundState.CLOSED,
+            "the close",
+            timeout=30,
         )
 
         agg = decrypt_aggregate(keys, buyer.client.get_aggregate(job_id, 1))
@@ -85,7 +88,7 @@ def test_kill_between_checkpoints_loses_no_accepted_update(server: ServerProcess
         want = sum(_value(i) for i in range(PROVIDERS))
         np.testing.assert_allclose(agg.total, want, atol=1e-4)
         rnd_view = buyer.client.get_round(job_id, 1)
-        assert sorted(rnd_view["included"]) == sorted(p.id for p in providers)
+        assert sorted(rnd_view.included) == sorted(p.id for p in providers)
         receipt = buyer.client.receipt(job_id)
         paid = {line["provider_id"] for line in receipt["providers"] if line["earned_cents"] > 0}
         assert paid == {p.id for p in providers}
