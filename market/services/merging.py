@@ -7,7 +7,9 @@ other processes' memory are superseded, and an update accepted just before a kil
 the sum all the same. Each random group's sum is completed the same way from its recorded
 parts and the envelopes of members they miss, one group at a time, so the close holds two
 sums, the total and one group's, plus a piece of one part or envelope (both are read from
-their blobs a piece at a time). The merged sum's provider
+their blobs a piece at a time); a group no checkpoint of the total touches is added into
+the total as one merge, so its members' envelopes are not read a second time. The merged
+sum's provider
 list is what settlement pays and the signed round-closed record lists; it is checked against
 the accepted submissions and any difference is logged as an error. Once the close commits,
 the remaining envelopes and every recorded part are deleted.
@@ -63,12 +65,15 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
     _merge_parts(ctx, rnd, total, [cp for cp in checkpoints if cp.group_index is None])
     in_total = set(total.provider_ids)
     stale = [k for k in (rnd.acc_key,) if k is not None]
-    # One group at a time: its recorded parts, then each missing member's envelope once,
-    # into the group and, when no checkpoint holds it yet, into the total.
+    # One group at a time: its recorded parts, then each missing member's envelope once.
+    # A group none of whose members a checkpoint holds goes into the total whole, as one
+    # merge; otherwise each replayed member goes into both, and members only the group's
+    # recorded part holds are replayed for the total below.
     for group in groups.groups_of(session, rnd):
         gsum = _legacy(ctx, group.acc_key) or partials.empty_sum(ctx, job, rnd.number)
         if group.acc_key is not None:
             stale.append(group.acc_key)
+        whole = not set(group.members) & in_total
         _merge_parts(ctx, rnd, gsum, [cp for cp in checkpoints if cp.group_index == group.index])
         for pid in sorted(group.members):
             sub = subs.get(pid)
@@ -81,9 +86,12 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
                 if update is None:
                     continue
                 gsum.add(update)
-                if pid not in in_total:
+                if not whole and pid not in in_total:
                     total.add(update)
                     in_total.add(pid)
+        if whole and gsum.count:
+            total.merge(gsum)
+            in_total |= set(gsum.provider_ids)
         _write_group(session, blobs, job, rnd, group, gsum)
     # Accepted updates outside every group (a round opened before groups existed).
     for pid, sub in sorted(subs.items()):

@@ -239,3 +239,30 @@ def test_cancelled_round_envelopes_are_deleted(
     _, _, subs = _rows(scn)
     assert [s.envelope_key for s in subs] == [None]
     assert list(_round_dir(scn).glob("env-*.bin")) == []
+
+
+def test_each_envelope_is_read_back_once_when_no_checkpoint_holds_it(
+    scn: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No checkpoint of the total (all five updates in one process's memory): each group's
+    sum is built from its members' envelopes when it completes, and the close adds every
+    group into the total as one merge instead of reading each envelope again; the total is
+    exact."""
+    monkeypatch.setattr(partials._policy, "every_updates", 1000)
+    reads: list[str] = []
+    replayed = partials.replayed
+
+    def counting(ctx: Any, job: Any, rnd: Any, sub: Submission) -> Any:
+        reads.append(sub.provider_id)
+        return replayed(ctx, job, rnd, sub)
+
+    monkeypatch.setattr(partials, "replayed", counting)
+    for i in _by_group(scn):
+        _submit(scn, i)
+    rnd, _, _ = _rows(scn)
+    assert rnd.state == "closed"
+    assert sorted(reads) == sorted(p.id for p in scn.providers)
+    agg = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
+    total = decrypt_aggregate(scn.keys, agg.content)
+    assert sorted(total.provider_ids) == sorted(p.id for p in scn.providers)
+    np.testing.assert_allclose(total.total, sum(_value(i) for i in range(PROVIDERS)), atol=1e-4)
