@@ -41,7 +41,7 @@ from agents.state import StateFile, write_atomic
 from agents.table_schema import listing_schema
 from agents.tabular import Table
 from agents.training import EpochInfo, RecordDP, compute_update, train_local
-from agents.trust import Trust, TrustError, register_identity
+from agents.trust import Trust, TrustError, register_identity, sha256_of
 from crypto import EnvelopeBinding, PublicContext, read_header, update_weight
 from crypto.envelope import write_update
 from crypto.identity import IdentityKey, SignatureError, verify_record
@@ -73,14 +73,6 @@ class BudgetSpentError(Exception):
 
 # An envelope's header is at most a few hundred bytes plus three 256-byte identifiers.
 _MAX_HEADER = 4096
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def train_seed(job_seed: int, round_number: int, agent_seed: int) -> int:
@@ -513,7 +505,7 @@ class ProviderAgent:
         if timings is not None:
             timings["upload"] = time.perf_counter() - tick  # the attempt that landed
             logger.info("job %s round %d seconds per phase: %s", job_id, number, timings)
-        entry["submitted"][str(number)] = _file_sha256(path)
+        entry["submitted"][str(number)] = sha256_of(path)
         self.state.save()
         path.unlink(missing_ok=True)
         self._prefill(job)
