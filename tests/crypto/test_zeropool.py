@@ -7,6 +7,13 @@ and a pool whose envelopes decrypt or validate differently from freshly encrypte
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,13 +109,83 @@ def test_two_envelopes_from_one_pool_never_share_c1(public: PublicContext) -> No
     assert len({row.tobytes() for row in c1}) == 2 * chunks
 
 
-def test_background_filling_stops_when_taken(public: PublicContext) -> None:
-    pool = ZeroPool(public, 3)
+def _wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_background_zeros_come_from_a_child_at_the_lowest_priority(
+    keys: BuyerKeys, public: PublicContext
+) -> None:
+    """The zeros are made by another process at nice 19 (never by a thread holding the
+    agent's interpreter lock), and an envelope made from them decrypts to the update."""
+    idle = ZeroPool(public, 1)
+    idle.start_filling()
+    assert idle._maker is not None
+    _wait_for(lambda: os.getpriority(os.PRIO_PROCESS, idle._maker.process.pid) == 19)
+    idle.close()
+    # The rest at the caller's priority: a test machine busy with other work may leave
+    # nothing idle for a child at nice 19.
+    chunks = public.preset.chunks_for(P)
+    pool = ZeroPool(public, chunks, nice=0)
     pool.start_filling()
-    zeros = pool.take(3)
-    assert pool._thread is None
-    assert zeros.count == 3 and 0 <= len(pool) <= 3
-    assert zeros.consume().shape == (3, 2, 1, public.preset.poly_modulus_degree)
+    assert pool._maker is not None
+    child = pool._maker.process
+    _wait_for(lambda: len(pool) == chunks)
+    x = np.random.default_rng(5).normal(0, 0.05, P)
+    envelope = encrypt_update(public, x, binding=_binding(), weight=1.0, samples=1, zeros=pool)
+    acc = Accumulator.empty(public, job_id="job_z", round=2, param_count=P, summands=10)
+    acc.add(validate_envelope(envelope, public, _binding()))
+    assert np.max(np.abs(decrypt_aggregate(keys, acc.to_bytes()).total - x)) < 1e-4
+    _wait_for(lambda: len(pool) == chunks)  # refilled for the next envelope
+    pool.close()
+    assert child.poll() is not None
+    assert len(pool) == chunks  # what it holds stays usable
+
+
+def test_background_zeros_are_distinct_and_stop_at_capacity(public: PublicContext) -> None:
+    pool = ZeroPool(public, 6, nice=0)
+    pool.start_filling()
+    _wait_for(lambda: len(pool) == 6)
+    time.sleep(0.5)
+    assert len(pool) == 6
+    zeros = pool.take(6).consume()
+    assert len({row.tobytes() for row in zeros[:, 1]}) == 6
+    pool.stop()
+    assert not pool.filling
+    pool.close()
+
+
+def test_the_child_goes_when_its_agent_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the agent leaves no process making zeros behind."""
+    script = tmp_path / "agent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from crypto import BuyerKeys\n"
+        "from crypto.zeropool import ZeroPool\n"
+        "pool = ZeroPool(BuyerKeys.generate().public_context(), 1000, nice=0)\n"
+        "pool.start_filling()\n"
+        "print(pool._maker.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root}
+    agent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env=env)
+    assert agent.stdout is not None
+    child = int(agent.stdout.readline())
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.wait()
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+
+    _wait_for(gone)
 
 
 def test_zeros_of_another_key_refused(public: PublicContext, other_public: PublicContext) -> None:
@@ -135,3 +212,12 @@ def test_written_file_is_the_envelope_bytes(public: PublicContext, tmp_path: obj
     data = out.getvalue()[6:]
     assert size == len(data)
     assert validate_envelope(data, public, binding).coefficients.shape[0] == 71
+
+
+@pytest.mark.parametrize("raw", ["20", "-1", "high"])
+def test_a_bad_niceness_setting_is_refused(
+    public: PublicContext, monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("POLLEN_ZEROS_NICE", raw)
+    with pytest.raises(ValueError, match="POLLEN_ZEROS_NICE"):
+        ZeroPool(public, 1)
