@@ -63,8 +63,8 @@ class Accumulator:
         self.void: str | None = None
 
     @classmethod
-    def empty_like(cls, head: SumHeader) -> Accumulator:
-        """An empty sum of the same key, job, round, size and summands as `head`'s."""
+    def _from_header(cls, head: SumHeader, coefficients: np.ndarray) -> Accumulator:
+        """A sum of `head`'s key, job, round, size and summands holding `coefficients`."""
         return cls(
             preset=head.preset,
             fingerprint=head.fingerprint,
@@ -72,8 +72,13 @@ class Accumulator:
             round=head.round,
             param_count=head.param_count,
             summands=head.summands,
-            coefficients=head.preset.codec.zero_sum(head.param_count),
+            coefficients=coefficients,
         )
+
+    @classmethod
+    def empty_like(cls, head: SumHeader) -> Accumulator:
+        """An empty sum of the same key, job, round, size and summands as `head`'s."""
+        return cls._from_header(head, head.preset.codec.zero_sum(head.param_count))
 
     def _usable(self) -> None:
         if self.void is not None:
@@ -202,19 +207,10 @@ class Accumulator:
             raise AggregateError("aggregate payload has the wrong size")
         if hashlib.sha256(payload).digest() != head.digest:
             raise AggregateError("aggregate payload does not match its hash")
-        return cls(
-            preset=head.preset,
-            fingerprint=head.fingerprint,
-            job_id=head.job_id,
-            round=head.round,
-            param_count=head.param_count,
-            summands=head.summands,
-            coefficients=head.preset.codec.unpack_sum(payload, head.param_count),
-            count=head.count,
-            weight_sum=head.weight_sum,
-            samples_sum=head.samples_sum,
-            provider_ids=head.provider_ids,
-        )
+        acc = cls._from_header(head, head.preset.codec.unpack_sum(payload, head.param_count))
+        acc.count, acc.weight_sum, acc.samples_sum = head.count, head.weight_sum, head.samples_sum
+        acc.provider_ids = list(head.provider_ids)
+        return acc
 
 
 @dataclass(frozen=True)
