@@ -47,17 +47,9 @@ import numpy as np
 from agents.processes import free_port, start_server, stop, wait_ready
 from bench import postgres, seaweed
 from bench.common import console, print_table, write_result
-from bench.load import (
-    SAMPLES,
-    SUBMIT_TIMEOUT_S,
-    Outcome,
-    Party,
-    RssSampler,
-    _value,
-    put_envelope,
-    setup_round,
-    verify,
-)
+from bench.load import SAMPLES, _value, setup_round, verify
+from bench.procfs import RssSampler, write_bytes
+from bench.uploads import SUBMIT_TIMEOUT_S, Outcome, Party, put_envelope
 from crypto import BuyerKeys, EnvelopeBinding, PublicContext, encrypt_update
 
 PROVIDERS = int(os.environ.get("POLLEN_BENCH_SCALE_PROVIDERS", 1000))
@@ -130,20 +122,7 @@ async def burst(
 
 def _io_write_bytes(sampler: RssSampler) -> int:
     """Bytes the server's processes wrote to storage."""
-    return _write_bytes(tuple(sampler._pids()))
-
-
-def _write_bytes(pids: tuple[int, ...]) -> int:
-    """Bytes `pids` (the blob server's, or any) wrote to storage, from /proc/PID/io."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-                if line.startswith("write_bytes:"):
-                    total += int(line.split()[1])
-        except (FileNotFoundError, PermissionError):
-            continue
-    return total
+    return write_bytes(tuple(sampler.pids()))
 
 
 def run_config(
@@ -186,14 +165,14 @@ def run_config(
             sampler = RssSampler(server.pid, children=processes > 1)
             baseline_kb = sampler.status_kb("VmRSS")
             written_before = _io_write_bytes(sampler)
-            blob_written_before = _write_bytes(blob_pids)
+            blob_written_before = write_bytes(blob_pids)
             with sampler:
                 outcomes, burst_s = asyncio.run(
                     burst(url, job_id, parties, bodies, in_flight=in_flight)
                 )
             hwm_kb = sampler.status_kb("VmHWM")
             written = _io_write_bytes(sampler) - written_before
-            blob_written = _write_bytes(blob_pids) - blob_written_before
+            blob_written = write_bytes(blob_pids) - blob_written_before
             verdict = verify(buyer, keys, job_id, parties, outcomes)
         except BaseException:
             tail = (data_dir / "server.log").read_text(errors="replace").splitlines()[-60:]
