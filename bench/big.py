@@ -30,12 +30,12 @@ from agents.buyer import BuyerRun, model_record, post_job
 from agents.client import PollenClient
 from agents.data import write_csv
 from agents.demo import free_port, job_spec, start_agent, wait_ready
-from agents.experiment import load_digits_split
+from agents.experiment import FederatedSplit, load_digits_split
 from bench.common import console, print_table, write_result
 from bench.phases import Stopwatch, agent_phases, server_lines, start_timed_server
 from crypto import BuyerKeys
 from crypto.identity import IdentityKey
-from crypto.presets import get_preset
+from crypto.presets import Preset, get_preset
 
 PROVIDERS = 4
 ROUNDS = 2
@@ -66,6 +66,115 @@ def _peak_mb(proc: subprocess.Popen[bytes], *, terminate: bool, timeout_s: float
         time.sleep(0.1)
 
 
+def _start_agents(
+    procs: list[subprocess.Popen[bytes]],
+    url: str,
+    workdir: Path,
+    split: FederatedSplit,
+    admin: PollenClient,
+) -> None:
+    """One provider agent process per share of the data, each added to `procs` as it starts."""
+    for i, ds in enumerate(split.providers):
+        csv = workdir / f"p{i}.csv"
+        write_csv(ds, csv)
+        procs.append(
+            start_agent(
+                url,
+                csv,
+                workdir / f"agent{i}",
+                i,
+                workdir / f"agent{i}.log",
+                extra=["--no-dp", "--poll", "0.2"],
+                operator=admin,  # only verified providers are matched
+            )
+        )
+
+
+def _buyer_run(
+    url: str, admin: PollenClient, workdir: Path, split: FederatedSplit, preset: Preset, hidden: int
+) -> tuple[BuyerRun, int]:
+    """The buyer's funded job of three hidden layers of `hidden`, running; its parameter count."""
+    keys = BuyerKeys.generate(preset.id)
+    anon = PollenClient(url, None)
+    buyer = PollenClient(url, anon.register(role="buyer", name="bench-big").api_key, timeout=1800)
+    spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
+    spec.update(title="big bench", local_epochs=1, model={"arch": "mlp",
+                "hidden": [hidden] * 3}, quorum=PROVIDERS, round_deadline_s=3600,
+                privacy="off")  # fmt: skip
+    identity = IdentityKey.load_or_create(workdir / "buyer.identity")
+    job = post_job(buyer, keys, spec, identity=identity)
+    admin.credit_job(job.id, spec["budget_cents"])
+    params = int(buyer.get_job(job.id).param_count or 0)
+    console.print(
+        f"{PROVIDERS} agents, MLP [{hidden}] × 3: {params:,} parameters, "
+        f"envelope {preset.payload_bytes(params) / 1e6:.0f} MB"
+    )
+    run = BuyerRun(
+        buyer, keys, job.id, split.test, out_dir=workdir / "buyer", poll_s=0.2, identity=identity
+    )
+    for name in ("download_aggregate", "download_group_aggregate"):
+        setattr(run.client, name, _watch.wrap("download", getattr(run.client, name)))
+    run._wait(run._job_if_running, "the job to start")
+    return run, params
+
+
+def _timed_round(
+    run: BuyerRun, number: int, workdir: Path, offset: int
+) -> tuple[dict[str, float], int]:
+    """Round `number` driven by the buyer, its seconds per phase, and how far the server log
+    has been read."""
+    buyer, job_id = run.client, run.job_id
+    started = time.perf_counter()
+    if number > 1:
+        model = run.model_path.read_bytes()
+        buyer.post_record(job_id, model_record(run.identity, job_id, number, model))
+        buyer.publish_model(job_id, number, model)
+    run._wait(functools.partial(run._closed, number), f"round {number}")
+    collected = time.perf_counter()
+    _watch.take()
+    run.apply_round(number)
+    spent = _watch.take()
+    round_s = time.perf_counter() - started
+    lines, offset = server_lines(workdir / "server" / "server.log", offset)
+    validate, add = sum(lines.get("validate", [])), sum(lines.get("add", []))
+    other = sum(lines.get("submit", [])) - validate - add
+    step = time.perf_counter() - collected - sum(spent.values())
+    phases = {
+        **agent_phases([workdir / f"agent{i}" for i in range(PROVIDERS)], job_id, [number]),
+        "validate": validate, "add": add, "server_other": other,
+        "close": sum(lines.get("close", [])),
+        "download": spent.get("download", 0.0), "decrypt": spent.get("decrypt", 0.0),
+        "step": step, "round": round_s,
+    }  # fmt: skip
+    return phases, offset
+
+
+def _print_tables(
+    params: int,
+    phases: dict[str, dict[str, float]],
+    envelope_mb: float,
+    agent_mb: list[float],
+    server_mb: float,
+    buyer_mb: float,
+) -> None:
+    names = list(phases["1"])
+    print_table(
+        f"Seconds per phase, {params:,} parameters, {PROVIDERS} providers "
+        "(agents: mean per agent; server and buyer: per round)",
+        ["phase", *(f"round {n}" for n in phases)],
+        [[name, *(f"{phases[n].get(name, 0.0):.2f}" for n in phases)] for name in names],
+    )
+    print_table(
+        f"Peak resident memory (MB); one envelope is {envelope_mb:.0f} MB",
+        ["process", "peak RSS MB", "envelopes' worth"],
+        [[f"agent {i}", f"{mb:.0f}", f"{mb / envelope_mb:.1f}"] for i, mb in enumerate(agent_mb)]
+        + [
+            ["server", f"{server_mb:.0f}", f"{server_mb / envelope_mb:.1f}"],
+            ["buyer", f"{buyer_mb:.0f}", f"{buyer_mb / envelope_mb:.1f}"],
+        ],
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench big")
     parser.add_argument("--params", type=int, default=DEFAULT_PARAMS)
@@ -87,79 +196,16 @@ def main(argv: list[str] | None = None) -> None:
             wait_ready(url, server)
             split = load_digits_split(PROVIDERS, alpha=1.0, seed=1)
             admin = PollenClient(url, admin_key, timeout=1800)
-            for i, ds in enumerate(split.providers):
-                csv = workdir / f"p{i}.csv"
-                write_csv(ds, csv)
-                procs.append(
-                    start_agent(
-                        url,
-                        csv,
-                        workdir / f"agent{i}",
-                        i,
-                        workdir / f"agent{i}.log",
-                        extra=["--no-dp", "--poll", "0.2"],
-                        operator=admin,  # only verified providers are matched
-                    )
-                )
-            keys = BuyerKeys.generate(preset.id)
-            anon = PollenClient(url, None)
-            buyer = PollenClient(
-                url, anon.register(role="buyer", name="bench-big").api_key, timeout=1800
-            )
-            spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
-            spec.update(title="big bench", local_epochs=1, model={"arch": "mlp",
-                        "hidden": [hidden] * 3}, quorum=PROVIDERS, round_deadline_s=3600,
-                        privacy="off")  # fmt: skip
-            identity = IdentityKey.load_or_create(workdir / "buyer.identity")
-            job = post_job(buyer, keys, spec, identity=identity)
-            admin.credit_job(job.id, spec["budget_cents"])
-            params = int(buyer.get_job(job.id).param_count or 0)
-            console.print(
-                f"{PROVIDERS} agents, MLP [{hidden}] × 3: {params:,} parameters, "
-                f"envelope {preset.payload_bytes(params) / 1e6:.0f} MB"
-            )
-            run = BuyerRun(
-                buyer,
-                keys,
-                job.id,
-                split.test,
-                out_dir=workdir / "buyer",
-                poll_s=0.2,
-                identity=identity,
-            )
-            for name in ("download_aggregate", "download_group_aggregate"):
-                setattr(run.client, name, _watch.wrap("download", getattr(run.client, name)))
-            run._wait(run._job_if_running, "the job to start")
-            log = workdir / "server" / "server.log"
+            _start_agents(procs, url, workdir, split, admin)
+            run, params = _buyer_run(url, admin, workdir, split, preset, hidden)
             offset = 0
             round_s: list[float] = []
             for number in range(1, ROUNDS + 1):
-                started = time.perf_counter()
-                if number > 1:
-                    model = run.model_path.read_bytes()
-                    buyer.post_record(job.id, model_record(identity, job.id, number, model))
-                    buyer.publish_model(job.id, number, model)
-                run._wait(functools.partial(run._closed, number), f"round {number}")
-                collected = time.perf_counter()
-                _watch.take()
-                run.apply_round(number)
-                spent = _watch.take()
-                round_s.append(time.perf_counter() - started)
-                lines, offset = server_lines(log, offset)
-                validate, add = sum(lines.get("validate", [])), sum(lines.get("add", []))
-                other = sum(lines.get("submit", [])) - validate - add
-                step = time.perf_counter() - collected - sum(spent.values())
-                phases[str(number)] = {
-                    **agent_phases([workdir / f"agent{i}" for i in range(PROVIDERS)],
-                                   job.id, [number]),
-                    "validate": validate, "add": add, "server_other": other,
-                    "close": sum(lines.get("close", [])),
-                    "download": spent.get("download", 0.0), "decrypt": spent.get("decrypt", 0.0),
-                    "step": step, "round": round_s[-1],
-                }  # fmt: skip
+                phases[str(number)], offset = _timed_round(run, number, workdir, offset)
+                round_s.append(phases[str(number)]["round"])
                 console.print(f"  round {number} in {round_s[-1]:.1f}s")
-            buyer.put_final_model(job.id, run.model_path.read_bytes())
-            buyer.complete_job(job.id)
+            run.client.put_final_model(run.job_id, run.model_path.read_bytes())
+            run.client.complete_job(run.job_id)
             agent_mb = [_peak_mb(p, terminate=False, timeout_s=120) for p in procs]
             server_mb = _peak_mb(server, terminate=True, timeout_s=30)
         finally:
@@ -168,22 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                     proc.kill()
     buyer_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     envelope_mb = preset.payload_bytes(params) / 1e6
-    names = list(phases["1"])
-    print_table(
-        f"Seconds per phase, {params:,} parameters, {PROVIDERS} providers "
-        "(agents: mean per agent; server and buyer: per round)",
-        ["phase", *(f"round {n}" for n in phases)],
-        [[name, *(f"{phases[n].get(name, 0.0):.2f}" for n in phases)] for name in names],
-    )
-    print_table(
-        f"Peak resident memory (MB); one envelope is {envelope_mb:.0f} MB",
-        ["process", "peak RSS MB", "envelopes' worth"],
-        [[f"agent {i}", f"{mb:.0f}", f"{mb / envelope_mb:.1f}"] for i, mb in enumerate(agent_mb)]
-        + [
-            ["server", f"{server_mb:.0f}", f"{server_mb / envelope_mb:.1f}"],
-            ["buyer", f"{buyer_mb:.0f}", f"{buyer_mb / envelope_mb:.1f}"],
-        ],
-    )
+    _print_tables(params, phases, envelope_mb, agent_mb, server_mb, buyer_mb)
     result: dict[str, Any] = {
         "params": params, "providers": PROVIDERS, "rounds": ROUNDS, "hidden": [hidden] * 3,
         "envelope_mb": envelope_mb, "round_s": round_s, "phases": phases,

@@ -122,9 +122,8 @@ def _clock(times: dict[str, float], name: str, fn: Any, *args: Any) -> Any:
     return out
 
 
-def main() -> None:
-    rng = np.random.default_rng(2026)
-    updates = [rng.normal(0.0, 0.01, P).astype(np.float32) for _ in range(PROVIDERS)]
+def _configs(updates: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Each pipeline's bytes per parameter, throughputs and error on the sum of `updates`."""
     expected = np.sum(np.stack(updates).astype(np.float64), axis=0)
     pipes: dict[str, Pipeline] = {
         "pollen": Pollen(),
@@ -150,6 +149,13 @@ def main() -> None:
             "decrypt_params_per_s": P / max(dec[name], 1e-9),
             "max_abs_error": float(np.max(np.abs(np.asarray(total, np.float64) - expected))),
         }
+    return configs
+
+
+def main() -> None:
+    rng = np.random.default_rng(2026)
+    updates = [rng.normal(0.0, 0.01, P).astype(np.float32) for _ in range(PROVIDERS)]
+    configs = _configs(updates)
     rows = [
         [
             name,

@@ -78,6 +78,56 @@ class Inflater(ProviderAgent):
         return 10 * rows
 
 
+def _providers(
+    url: str, admin_key: str, root: Path, names: list[str], split: Any, cheat: bool
+) -> tuple[list[ProviderAgent], dict[str, str]]:
+    """Each provider's account, vouched for by the operator, and its agent (a cheater's own
+    kind when `cheat`) with its listing; and the name of each provider id."""
+    anon = PollenClient(url, None)
+    agents, ids = [], {}
+    for i, (name, data) in enumerate(zip(names, split.providers, strict=True)):
+        acct = anon.register(role="provider", name=name)
+        PollenClient(url, admin_key).approve_provider(acct.id)  # the operator vouches
+        ids[acct.id] = name
+        kind = {"freeloader": Freeloader, "inflater": Inflater, "noise": NoiseSubmitter}
+        cls = kind.get(name, ProviderAgent) if cheat else ProviderAgent
+        agent = cls(
+            PollenClient(url, acct.api_key), data, state_dir=root / name,
+            listing_name=name, ask_cents=100, seed=i,
+            privacy=PrivacyPolicy(max_epsilon=None), notify=lambda _m: None,
+        )  # fmt: skip
+        agent.ensure_listing(classes=list(range(10)))
+        agents.append(agent)
+    return agents, ids
+
+
+def _funded_job(
+    url: str, admin_key: str, root: Path, split: Any, providers: int
+) -> tuple[PollenClient, BuyerKeys, str]:
+    """The buyer's client and keys, and its job for every provider, funded."""
+    keys = BuyerKeys.generate()
+    acct = PollenClient(url, None).register(role="buyer", name="fairness-buyer")
+    buyer = PollenClient(url, acct.api_key)
+    spec = job_spec(ROUNDS, providers, split.schema.model_dump())
+    spec.update(privacy="off", budget_cents=100_000, round_deadline_s=120)
+    job = post_job(buyer, keys, spec, identity=buyer_identity(root / "buyer"))
+    PollenClient(url, admin_key).credit_job(job.id, spec["budget_cents"])
+    return buyer, keys, job.id
+
+
+def _timeline(buyer: PollenClient, job_id: str, ids: dict[str, str]) -> list[list[dict[str, Any]]]:
+    """Per round, each group the close valued: its members by name, value and exclusion."""
+    return [
+        [
+            {"members": sorted(ids[m] for m in g.members),
+             "value": g.value, "excluded": g.excluded}
+            for g in buyer.get_round(job_id, n).groups
+            if g.merged_into is None and g.count > 0
+        ]
+        for n in range(1, ROUNDS + 1)
+    ]  # fmt: skip
+
+
 def _run(cheat: bool) -> dict[str, Any]:
     split = load_digits_split(HONEST + len(CHEATERS), alpha=ALPHA, seed=SEED)
     names = [f"honest-{i}" for i in range(HONEST)] + list(CHEATERS)
@@ -88,28 +138,8 @@ def _run(cheat: bool) -> dict[str, Any]:
         server = start_server(root, port, admin_key, extra_env={"POLLEN_DEADLINE_TICK_S": "0.3"})
         try:
             wait_ready(url, server)
-            anon = PollenClient(url, None)
-            agents, ids = [], {}
-            for i, (name, data) in enumerate(zip(names, split.providers, strict=True)):
-                acct = anon.register(role="provider", name=name)
-                PollenClient(url, admin_key).approve_provider(acct.id)  # the operator vouches
-                ids[acct.id] = name
-                kind = {"freeloader": Freeloader, "inflater": Inflater, "noise": NoiseSubmitter}
-                cls = kind.get(name, ProviderAgent) if cheat else ProviderAgent
-                agent = cls(
-                    PollenClient(url, acct.api_key), data, state_dir=root / name,
-                    listing_name=name, ask_cents=100, seed=i,
-                    privacy=PrivacyPolicy(max_epsilon=None), notify=lambda _m: None,
-                )  # fmt: skip
-                agent.ensure_listing(classes=list(range(10)))
-                agents.append(agent)
-            keys = BuyerKeys.generate()
-            acct = anon.register(role="buyer", name="fairness-buyer")
-            buyer = PollenClient(url, acct.api_key)
-            spec = job_spec(ROUNDS, len(names), split.schema.model_dump())
-            spec.update(privacy="off", budget_cents=100_000, round_deadline_s=120)
-            job = post_job(buyer, keys, spec, identity=buyer_identity(root / "buyer"))
-            PollenClient(url, admin_key).credit_job(job.id, spec["budget_cents"])
+            agents, ids = _providers(url, admin_key, root, names, split, cheat)
+            buyer, keys, job_id = _funded_job(url, admin_key, root, split, len(names))
             threads = [
                 threading.Thread(
                     target=a.run, kwargs={"poll_s": 0.2, "exit_after_jobs": 1}, daemon=True
@@ -119,22 +149,14 @@ def _run(cheat: bool) -> dict[str, Any]:
             for t in threads:
                 t.start()
             run = BuyerRun(
-                buyer, keys, job.id, split.test, out_dir=root / "buyer", poll_s=0.2,
+                buyer, keys, job_id, split.test, out_dir=root / "buyer", poll_s=0.2,
                 notify=lambda _m: None,
             )  # fmt: skip
             outcome = run.run()
             for t in threads:
                 t.join(timeout=120)
-            receipt = buyer.receipt(job.id)
-            timeline = [
-                [
-                    {"members": sorted(ids[m] for m in g.members),
-                     "value": g.value, "excluded": g.excluded}
-                    for g in buyer.get_round(job.id, n).groups
-                    if g.merged_into is None and g.count > 0
-                ]
-                for n in range(1, ROUNDS + 1)
-            ]  # fmt: skip
+            receipt = buyer.receipt(job_id)
+            timeline = _timeline(buyer, job_id, ids)
             excluded = sum(g["excluded"] for groups in timeline for g in groups)
         finally:
             stop(server)

@@ -31,24 +31,24 @@ import os
 import re
 import secrets
 import statistics
+import subprocess
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from agents.buyer import post_job
 from agents.client import PollenClient
 from agents.processes import free_port, start_server, stop, wait_ready
 from bench.common import console, print_table, write_result
+from bench.procfs import RssSampler
+from bench.uploads import Party, burst
 from crypto import BuyerKeys, EnvelopeBinding, decrypt_aggregate, encrypt_update
 
 AGENTS = int(os.environ.get("POLLEN_BENCH_LOAD_AGENTS", 100))
@@ -63,7 +63,6 @@ HIDDEN = [int(os.environ.get("POLLEN_BENCH_LOAD_HIDDEN", 1330))]
 FEATURES = 64
 CLASSES = 10
 SAMPLES = 200
-SUBMIT_TIMEOUT_S = 150.0
 MB = 1024 * 1024
 
 
@@ -77,64 +76,6 @@ def _schema() -> dict[str, Any]:
 def _value(index: int) -> float:
     """Provider `index`'s update is this constant everywhere, so the sum can be checked."""
     return 0.001 * (1 + index % 7)
-
-
-@dataclass
-class Party:
-    client: PollenClient
-    id: str
-    api_key: str
-
-
-class RssSampler:
-    """Samples a process's resident memory from /proc while a burst runs."""
-
-    def __init__(self, pid: int, period_s: float = 0.01, *, children: bool = False) -> None:
-        """`children`: the server is a supervisor of worker processes; count them all."""
-        self.pid, self.period_s, self.children = pid, period_s, children
-        self.max_rss_kb = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _pids(self) -> list[int]:
-        pids, todo = [], [self.pid]
-        while todo:
-            pid = todo.pop()
-            pids.append(pid)
-            if self.children:
-                for task in Path(f"/proc/{pid}/task").glob("*/children"):
-                    try:
-                        todo.extend(int(c) for c in task.read_text().split())
-                    except FileNotFoundError:  # a thread that just ended
-                        continue
-        return pids
-
-    @staticmethod
-    def _one_kb(pid: int, field: str) -> int:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-        except FileNotFoundError:  # a worker that just exited
-            return 0
-        raise RuntimeError(f"no {field} for pid {pid}")
-
-    def status_kb(self, field: str) -> int:
-        """`field` of /proc/PID/status, summed over the server's processes."""
-        return sum(self._one_kb(pid, field) for pid in self._pids())
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.max_rss_kb = max(self.max_rss_kb, self.status_kb("VmRSS"))
-            self._stop.wait(self.period_s)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @contextmanager
@@ -217,62 +158,6 @@ def round_envelopes(
     ]
 
 
-Outcome = tuple[int | None, float, str]
-
-
-async def put_envelope(
-    client: httpx.AsyncClient, job_id: str, body: bytes, since: float | None = None
-) -> Outcome:
-    """Upload one envelope into round 1: (status or None, seconds since `since` or since the
-    call, the error's detail)."""
-    started = time.perf_counter() if since is None else since
-    try:
-        r = await client.put(
-            f"/v1/jobs/{job_id}/rounds/1/submission",
-            content=body,
-            headers={"Content-Type": "application/octet-stream"},
-        )
-    except httpx.HTTPError as exc:
-        return None, time.perf_counter() - started, type(exc).__name__
-    detail = "" if r.is_success else r.text[:200]
-    return r.status_code, time.perf_counter() - started, detail
-
-
-async def burst(
-    url: str, job_id: str, providers: list[Party], envelopes: list[bytes]
-) -> tuple[list[Outcome], float]:
-    """Release every submitter at once: (status or None, seconds, detail) per agent, and the
-    seconds from the release to the last answer."""
-    clients = [
-        httpx.AsyncClient(
-            base_url=url,
-            headers={"Authorization": f"Bearer {p.api_key}"},
-            limits=httpx.Limits(max_connections=1),
-            timeout=SUBMIT_TIMEOUT_S,
-        )
-        for p in providers
-    ]
-    try:
-        # Open each agent's connection first, so the burst measures submissions, not connects.
-        for client in clients:
-            (await client.get(f"/v1/jobs/{job_id}/rounds/1")).raise_for_status()
-        go = asyncio.Event()
-
-        async def one(client: httpx.AsyncClient, body: bytes) -> Outcome:
-            await go.wait()
-            return await put_envelope(client, job_id, body)
-
-        tasks = [asyncio.create_task(one(c, e)) for c, e in zip(clients, envelopes, strict=True)]
-        await asyncio.sleep(0.05)
-        released = time.perf_counter()
-        go.set()
-        outcomes = list(await asyncio.gather(*tasks))
-        return outcomes, time.perf_counter() - released
-    finally:
-        for client in clients:
-            await client.aclose()
-
-
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
@@ -285,56 +170,31 @@ def _config(name: str) -> tuple[str, int]:
     return match.group(1), int(match.group(2) or 1)
 
 
-def run_backend(name: str) -> dict[str, Any]:
-    backend, workers = _config(name)
-    with (
-        tempfile.TemporaryDirectory(prefix=f"pollen-bench-load-{name}-") as tmp,
-        _database(backend) as database_url,
-    ):
-        data_dir = Path(tmp) / "server"
-        data_dir.mkdir()
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        admin_key = secrets.token_urlsafe(16)
-        env = {"POLLEN_DEADLINE_TICK_S": "0.5"}
-        if database_url:
-            env["POLLEN_DATABASE_URL"] = database_url
-        server = start_server(data_dir, port, admin_key, extra_env=env, workers=workers)
-        try:
-            wait_ready(url, server)
-            keys = BuyerKeys.generate()
-            started = time.perf_counter()
-            buyer, providers, job_id, params = setup_round(url, admin_key, keys)
-            console.print(
-                f"  {backend}: {AGENTS} providers accepted job {job_id} ({params:,} parameters) "
-                f"in {time.perf_counter() - started:.1f}s"
-            )
-            envelopes = round_envelopes(keys, job_id, providers, params)
-            sampler = RssSampler(server.pid, children=workers > 1)
-            baseline_kb = sampler.status_kb("VmRSS")
-            hwm_before_kb = sampler.status_kb("VmHWM")
-            with sampler:
-                outcomes, burst_s = asyncio.run(burst(url, job_id, providers, envelopes))
-            hwm_kb = sampler.status_kb("VmHWM")
-            verdict = verify(buyer, keys, job_id, providers, outcomes)
-        except BaseException:
-            tail = (data_dir / "server.log").read_text(errors="replace").splitlines()[-60:]
-            console.print("\n".join(tail), markup=False, highlight=False)
-            raise
-        finally:
-            stop(server)
-            log = (data_dir / "server.log").read_text(errors="replace")
+def _burst_into(
+    url: str, admin_key: str, backend: str, server: subprocess.Popen[bytes], workers: int
+) -> dict[str, Any]:
+    """Round 1 on the running server, every submitter released at once and the sum checked:
+    the figures `load.json` holds, but for what the server log says."""
+    wait_ready(url, server)
+    keys = BuyerKeys.generate()
+    started = time.perf_counter()
+    buyer, providers, job_id, params = setup_round(url, admin_key, keys)
+    console.print(
+        f"  {backend}: {AGENTS} providers accepted job {job_id} ({params:,} parameters) "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
+    envelopes = round_envelopes(keys, job_id, providers, params)
+    sampler = RssSampler(server.pid, children=workers > 1)
+    baseline_kb = sampler.status_kb("VmRSS")
+    hwm_before_kb = sampler.status_kb("VmHWM")
+    with sampler:
+        outcomes, burst_s = asyncio.run(burst(url, job_id, providers, envelopes))
+    hwm_kb = sampler.status_kb("VmHWM")
+    verdict = verify(buyer, keys, job_id, providers, outcomes)
     errors = Counter(str(s) if s is not None else detail for s, _, detail in outcomes)
     del errors["201"]
     latencies = [seconds * 1000 for status, seconds, _ in outcomes if status is not None]
-    tracebacks = log.count("Traceback")
-    # The last line of each traceback in the server log: what the 5xx were.
-    exceptions = Counter(
-        line.split(":", 1)[0]
-        for line in log.splitlines()
-        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", line)
-    )
-    result = {
+    return {
         "agents": AGENTS,
         "accepted": verdict["accepted"],
         "lost": verdict["lost"],
@@ -358,10 +218,48 @@ def run_backend(name: str) -> dict[str, Any]:
         "envelope_bytes": len(envelopes[0]),
         "envelope_mb": round(len(envelopes[0]) / MB, 2),
         "all_envelopes_mb": round(sum(map(len, envelopes)) / MB, 1),
-        "server_log_tracebacks": tracebacks,
+    }
+
+
+def _log_findings(log: str) -> dict[str, Any]:
+    """How many tracebacks the server log holds, and what the 5xx were: the exception on the
+    last line of each traceback."""
+    exceptions = Counter(
+        line.split(":", 1)[0]
+        for line in log.splitlines()
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", line)
+    )
+    return {
+        "server_log_tracebacks": log.count("Traceback"),
         "server_log_exceptions": dict(exceptions),
     }
-    return result
+
+
+def run_backend(name: str) -> dict[str, Any]:
+    backend, workers = _config(name)
+    with (
+        tempfile.TemporaryDirectory(prefix=f"pollen-bench-load-{name}-") as tmp,
+        _database(backend) as database_url,
+    ):
+        data_dir = Path(tmp) / "server"
+        data_dir.mkdir()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        admin_key = secrets.token_urlsafe(16)
+        env = {"POLLEN_DEADLINE_TICK_S": "0.5"}
+        if database_url:
+            env["POLLEN_DATABASE_URL"] = database_url
+        server = start_server(data_dir, port, admin_key, extra_env=env, workers=workers)
+        try:
+            result = _burst_into(url, admin_key, backend, server, workers)
+        except BaseException:
+            tail = (data_dir / "server.log").read_text(errors="replace").splitlines()[-60:]
+            console.print("\n".join(tail), markup=False, highlight=False)
+            raise
+        finally:
+            stop(server)
+            log = (data_dir / "server.log").read_text(errors="replace")
+    return {**result, **_log_findings(log)}
 
 
 def verify(

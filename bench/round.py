@@ -23,6 +23,7 @@ import functools
 import os
 import secrets
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -60,9 +61,10 @@ _watch = Stopwatch()
 agents.buyer.decrypt_aggregate_file = _watch.wrap("decrypt", agents.buyer.decrypt_aggregate_file)
 
 
-def _timed_job(
+def _running_job(
     url: str, admin: PollenClient, keys: BuyerKeys, split: Any, preset: str, workdir: Path
-) -> tuple[list[float], int, float, dict[str, float]]:
+) -> BuyerRun:
+    """A new buyer's funded, signed job under `preset`, once every agent has joined it."""
     anon = PollenClient(url, None)
     buyer = PollenClient(url, anon.register(role="buyer", name=f"bench-{preset}").api_key)
     spec = job_spec(ROUNDS, PROVIDERS, split.schema.model_dump())
@@ -83,10 +85,19 @@ def _timed_job(
     )
     for name in ("download_aggregate", "download_group_aggregate"):
         setattr(run.client, name, _watch.wrap("download", getattr(run.client, name)))
-    log = workdir / "server" / "server.log"
+    run._wait(run._job_if_running, "the job to start")
+    return run
+
+
+def _timed_rounds(
+    run: BuyerRun, preset: str, log: Path
+) -> tuple[list[float], float, dict[str, float], int]:
+    """Every round of the job, the buyer publishing each model: the seconds of rounds 2..,
+    the last accuracy, the buyer's seconds per phase over them, and where in the server log
+    round 2 starts."""
+    buyer, job_id, identity = run.client, run.job_id, run.identity
     offset = 0
     buyer_s: dict[str, float] = {"download": 0.0, "decrypt": 0.0, "step": 0.0}
-    run._wait(run._job_if_running, "the job to start")
     times: list[float] = []
     accuracy = 0.0
     for number in range(1, ROUNDS + 1):
@@ -95,13 +106,13 @@ def _timed_job(
         started = time.perf_counter()
         if number > 1:
             model = run.model_path.read_bytes()
-            buyer.post_record(job.id, model_record(identity, job.id, number, model))
-            buyer.publish_model(job.id, number, model)
+            buyer.post_record(job_id, model_record(identity, job_id, number, model))
+            buyer.publish_model(job_id, number, model)
         run._wait(functools.partial(run._closed, number), f"round {number}")
         _watch.take()
         applying = time.perf_counter()
         report = run.apply_round(number)
-        buyer.post_metrics(job.id, number, {"loss": report.loss, "accuracy": report.accuracy})
+        buyer.post_metrics(job_id, number, {"loss": report.loss, "accuracy": report.accuracy})
         accuracy = report.accuracy
         spent = _watch.take()
         if number > 1:
@@ -115,11 +126,15 @@ def _timed_job(
                 - spent.get("decrypt", 0.0)
             )
         console.print(f"  {preset}: round {number} in {time.perf_counter() - started:.2f}s")
-    buyer.put_final_model(job.id, run.model_path.read_bytes())
-    buyer.complete_job(job.id)
-    params = int(buyer.get_job(job.id).param_count)
+    return times, accuracy, buyer_s, offset
+
+
+def _phases(
+    workdir: Path, job_id: str, log: Path, offset: int, buyer_s: dict[str, float]
+) -> dict[str, float]:
+    """Seconds per phase over the timed rounds: per agent and round, then per round."""
     timed = list(range(2, ROUNDS + 1))
-    phases = agent_phases([workdir / f"agent{i}" for i in range(PROVIDERS)], job.id, timed)
+    phases = agent_phases([workdir / f"agent{i}" for i in range(PROVIDERS)], job_id, timed)
     server, _ = server_lines(log, offset)
     validate, add = sum(server.get("validate", [])), sum(server.get("add", []))
     replay = sum(server.get("replay", []))
@@ -133,52 +148,55 @@ def _timed_job(
         close=sum(server.get("close", [])) / len(timed),
     )
     phases.update({name: seconds / len(timed) for name, seconds in buyer_s.items()})
-    return times, params, accuracy, {name: round(phases.get(name, 0.0), 4) for name in PHASES}
+    return {name: round(phases.get(name, 0.0), 4) for name in PHASES}
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="pollen-bench-round-") as tmp:
-        workdir = Path(tmp)
-        (workdir / "server").mkdir()
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        admin_key = secrets.token_urlsafe(16)
-        server = start_timed_server(
-            workdir / "server",
-            port,
-            admin_key,
-            extra_env={"POLLEN_ALLOW_PLAINTEXT_JOBS": "1", "POLLEN_DEADLINE_TICK_S": "0.2"},
+def _timed_job(
+    url: str, admin: PollenClient, keys: BuyerKeys, split: Any, preset: str, workdir: Path
+) -> tuple[list[float], int, float, dict[str, float]]:
+    run = _running_job(url, admin, keys, split, preset, workdir)
+    log = workdir / "server" / "server.log"
+    times, accuracy, buyer_s, offset = _timed_rounds(run, preset, log)
+    run.client.put_final_model(run.job_id, run.model_path.read_bytes())
+    run.client.complete_job(run.job_id)
+    params = int(run.client.get_job(run.job_id).param_count)
+    return times, params, accuracy, _phases(workdir, run.job_id, log, offset, buyer_s)
+
+
+def _start_agents(
+    agents: list[subprocess.Popen[bytes]],
+    url: str,
+    workdir: Path,
+    split: Any,
+    admin: PollenClient,
+) -> None:
+    """One agent process per provider's data, each added to `agents` as it starts; each takes
+    the two jobs and then exits."""
+    for i, ds in enumerate(split.providers):
+        csv = workdir / f"p{i}.csv"
+        write_csv(ds, csv)
+        proc = start_agent(
+            url,
+            csv,
+            workdir / f"agent{i}",
+            i,
+            workdir / f"agent{i}.log",
+            extra=["--max-jobs", "2", "--exit-after-jobs", "2", "--poll", "0.05"],
+            operator=admin,
         )
-        agents = []
-        try:
-            wait_ready(url, server)
-            split = load_digits_split(PROVIDERS, alpha=1.0, seed=1)
-            admin = PollenClient(url, admin_key)
-            for i, ds in enumerate(split.providers):
-                csv = workdir / f"p{i}.csv"
-                write_csv(ds, csv)
-                proc = start_agent(
-                    url,
-                    csv,
-                    workdir / f"agent{i}",
-                    i,
-                    workdir / f"agent{i}.log",
-                    extra=["--max-jobs", "2", "--exit-after-jobs", "2", "--poll", "0.05"],
-                    operator=admin,
-                )
-                agents.append(proc)
-            keys = BuyerKeys.generate()
-            console.print(f"{PROVIDERS} agents, MLP {HIDDEN}, {ROUNDS} rounds per job")
-            enc, params, enc_acc, enc_phases = _timed_job(
-                url, admin, keys, split, DEFAULT_PRESET_ID, workdir
-            )
-            plain, _, plain_acc, plain_phases = _timed_job(
-                url, admin, keys, split, PLAIN_PRESET_ID, workdir
-            )
-        finally:
-            for proc in agents:
-                stop(proc)
-            stop(server)
+        agents.append(proc)
+
+
+def _report(
+    params: int,
+    enc: list[float],
+    plain: list[float],
+    accuracies: tuple[float, float],
+    enc_phases: dict[str, float],
+    plain_phases: dict[str, float],
+) -> None:
+    """The two tables, the ratio, and bench/results/round.json."""
+    enc_acc, plain_acc = accuracies
     encrypted_s, plaintext_s = statistics.mean(enc), statistics.mean(plain)
     print_table(
         f"One round, {params:,} parameters, {PROVIDERS} providers (mean of {len(enc)} rounds)",
@@ -208,6 +226,40 @@ def main() -> None:
             "breakdown": {"encrypted": enc_phases, "plaintext": plain_phases},
         },
     )
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="pollen-bench-round-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "server").mkdir()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        admin_key = secrets.token_urlsafe(16)
+        server = start_timed_server(
+            workdir / "server",
+            port,
+            admin_key,
+            extra_env={"POLLEN_ALLOW_PLAINTEXT_JOBS": "1", "POLLEN_DEADLINE_TICK_S": "0.2"},
+        )
+        agents: list[subprocess.Popen[bytes]] = []
+        try:
+            wait_ready(url, server)
+            split = load_digits_split(PROVIDERS, alpha=1.0, seed=1)
+            admin = PollenClient(url, admin_key)
+            _start_agents(agents, url, workdir, split, admin)
+            keys = BuyerKeys.generate()
+            console.print(f"{PROVIDERS} agents, MLP {HIDDEN}, {ROUNDS} rounds per job")
+            enc, params, enc_acc, enc_phases = _timed_job(
+                url, admin, keys, split, DEFAULT_PRESET_ID, workdir
+            )
+            plain, _, plain_acc, plain_phases = _timed_job(
+                url, admin, keys, split, PLAIN_PRESET_ID, workdir
+            )
+        finally:
+            for proc in agents:
+                stop(proc)
+            stop(server)
+    _report(params, enc, plain, (enc_acc, plain_acc), enc_phases, plain_phases)
 
 
 if __name__ == "__main__":

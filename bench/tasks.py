@@ -98,6 +98,33 @@ def _federated(
     return {k: v for k, v in last.metrics().items() if k != "loss"}
 
 
+def _compare(
+    url: str,
+    admin: PollenClient,
+    workdir: Path,
+    table: tuple[str, str, str, str, float, list[Table]],
+) -> dict[str, Any]:
+    """One table trained federated through the server and centrally on the same rows, both
+    scored on the held-out part."""
+    name, label, task, arch, lr, parts = table
+    test, *providers = parts
+    test_csv = workdir / f"{name}-test.csv"
+    write_table_csv(test, test_csv)
+    schema = derive_job_schema(read_table(test_csv), label=label, task=task)  # type: ignore[arg-type]
+    spec = _spec(f"{name} ({task})", task, arch, schema, lr)
+    console.print(f"{name}: {task}, {arch}, {schema.n_features} model inputs, "
+                  f"{[len(p) for p in providers]} rows per provider, "
+                  f"{len(test)} held out")  # fmt: skip
+    fed = _federated(url, admin, workdir, name, label, spec, providers, test_csv)
+    files = [read_table(workdir / f"{name}-p{i}.csv") for i in range(PROVIDERS)]
+    cen = _centralized(spec, files, read_table(test_csv))
+    return {
+        "task": task, "arch": arch, "inputs": schema.n_features,
+        "rows_per_provider": [len(p) for p in providers], "held_out": len(test),
+        "federated": fed, "centralized": cen,
+    }  # fmt: skip
+
+
 def main() -> None:
     started = time.perf_counter()
     loans = split_rows(loan_table(1200, seed=SEED), PROVIDERS + 1, seed=SEED)
@@ -114,26 +141,11 @@ def main() -> None:
         try:
             wait_ready(url, server)
             admin = PollenClient(url, admin_key)
-            for name, label, task, arch, lr, parts in (
+            for table in (
                 ("loans", "outcome", "classification", "logreg", 0.1, loans),
                 ("diabetes", "target", "regression", "linear", 0.05, diabetes),
             ):
-                test, *providers = parts
-                test_csv = workdir / f"{name}-test.csv"
-                write_table_csv(test, test_csv)
-                schema = derive_job_schema(read_table(test_csv), label=label, task=task)  # type: ignore[arg-type]
-                spec = _spec(f"{name} ({task})", task, arch, schema, lr)
-                console.print(f"{name}: {task}, {arch}, {schema.n_features} model inputs, "
-                              f"{[len(p) for p in providers]} rows per provider, "
-                              f"{len(test)} held out")  # fmt: skip
-                fed = _federated(url, admin, workdir, name, label, spec, providers, test_csv)
-                files = [read_table(workdir / f"{name}-p{i}.csv") for i in range(PROVIDERS)]
-                cen = _centralized(spec, files, read_table(test_csv))
-                results[name] = {
-                    "task": task, "arch": arch, "inputs": schema.n_features,
-                    "rows_per_provider": [len(p) for p in providers], "held_out": len(test),
-                    "federated": fed, "centralized": cen,
-                }  # fmt: skip
+                results[table[0]] = _compare(url, admin, workdir, table)
         finally:
             stop(server)
     cls, reg = results["loans"], results["diabetes"]

@@ -165,6 +165,37 @@ def encrypt_update(
     return out.getvalue()
 
 
+def _header(
+    ctx: PublicContext,
+    binding: EnvelopeBinding,
+    *,
+    param_count: int,
+    summands: int,
+    weight: float,
+    samples: int,
+    payload_len: int,
+    payload_sha256: bytes,
+    tail: bytes,
+) -> bytes:
+    """The header's bytes, its checksum last; `tail` holds the encoded identifiers."""
+    preset = ctx.preset
+    fixed = _FIXED.pack(
+        bytes.fromhex(ctx.fingerprint),
+        param_count,
+        preset.chunks_for(param_count),
+        summands,
+        binding.round,
+        weight,
+        samples,
+        preset.scale,
+        *preset.codec.parms_id(ctx),
+        payload_len,
+        payload_sha256,
+    )
+    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(fixed) + len(tail) + _DIGEST) + fixed + tail
+    return head + hashlib.sha256(head).digest()
+
+
 def write_update(
     out: BinaryIO,
     ctx: PublicContext,
@@ -188,7 +219,6 @@ def write_update(
     """
     preset = ctx.preset
     weighted, summands = _checked_weighted(preset, vector, binding, weight, samples)
-    chunks = preset.chunks_for(weighted.size)
     if zeros is not None and zeros.fingerprint != ctx.fingerprint:
         raise CryptoError("the pool's encryptions of zero are under another public key")
     tail = _encode_str(preset.id) + _encode_str(binding.job_id) + _encode_str(binding.provider_id)
@@ -197,24 +227,20 @@ def write_update(
     out.write(bytes(head_len))  # the header, once the payload's hash is known
     digest = hashlib.sha256()
     payload_len = preset.codec.write_payload(out, ctx, weighted, zeros, digest, timings)
-    parms_id = preset.codec.parms_id(ctx)
-    fixed = _FIXED.pack(
-        bytes.fromhex(ctx.fingerprint),
-        weighted.size,
-        chunks,
-        summands,
-        binding.round,
-        weight,
-        samples,
-        preset.scale,
-        *parms_id,
-        payload_len,
-        digest.digest(),
+    head = _header(
+        ctx,
+        binding,
+        param_count=weighted.size,
+        summands=summands,
+        weight=weight,
+        samples=samples,
+        payload_len=payload_len,
+        payload_sha256=digest.digest(),
+        tail=tail,
     )
-    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(fixed) + len(tail) + _DIGEST) + fixed + tail
     end = out.tell()
     out.seek(start)
-    out.write(head + hashlib.sha256(head).digest())
+    out.write(head)
     out.seek(end)
     return end - start
 
@@ -283,11 +309,8 @@ def size_limit(preset: Preset, binding: EnvelopeBinding, max_bytes: int | None) 
     return limit if max_bytes is None else min(limit, max_bytes)
 
 
-def check_header(
-    header: EnvelopeHeader, size: int, ctx: PublicContext, binding: EnvelopeBinding
-) -> int:
-    """Every check of an envelope of `size` bytes that its header alone decides; returns
-    the payload's expected length."""
+def _check_key(header: EnvelopeHeader, ctx: PublicContext) -> None:
+    """The envelope is under the job's preset and the buyer's public key."""
     preset = ctx.preset
     try:
         if get_preset(header.preset_id) != preset:
@@ -301,6 +324,10 @@ def check_header(
             "envelope was encrypted under another public key "
             f"(fingerprint {header.fingerprint[:16]}…, the job's is {ctx.fingerprint[:16]}…)"
         )
+
+
+def _check_binding(header: EnvelopeHeader, preset: Preset, binding: EnvelopeBinding) -> None:
+    """The envelope is bound to this job, round and provider, and shaped for its sum."""
     for name in ("job_id", "round", "provider_id"):
         got, want = getattr(header, name), getattr(binding, name)
         if got != want:
@@ -321,6 +348,16 @@ def check_header(
     chunks = preset.chunks_for(binding.param_count)
     if header.chunk_count != chunks:
         raise ShapeMismatchError(f"envelope has {header.chunk_count} chunks; expected {chunks}")
+
+
+def check_header(
+    header: EnvelopeHeader, size: int, ctx: PublicContext, binding: EnvelopeBinding
+) -> int:
+    """Every check of an envelope of `size` bytes that its header alone decides; returns
+    the payload's expected length."""
+    preset = ctx.preset
+    _check_key(header, ctx)
+    _check_binding(header, preset, binding)
     expected_parms = preset.codec.parms_id(ctx)
     if header.scale != preset.scale or list(header.parms_id) != expected_parms:
         raise CiphertextParameterError(

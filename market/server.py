@@ -63,6 +63,23 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int) -> uvi
     return uvicorn.Config(app, host=host, port=port, log_level="info", **_proxy_options(settings))
 
 
+def _check_and_claim(settings: Settings, workers: int) -> None:
+    """Stop, in one line, on a setup that cannot run; else hold the SQLite file until exit."""
+    if workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    if workers > 1 and is_sqlite(settings.database_url):
+        raise SystemExit(f"--workers {workers} needs PostgreSQL. {SQLITE_ONE_PROCESS}")
+    try:
+        store_for(settings)  # an absent bucket or refused credentials stop us here, in one line
+    except BlobStoreUnavailableError as exc:
+        raise SystemExit(str(exc)) from None
+    claim = SqliteProcessClaim(settings.database_url)
+    try:
+        claim.acquire()  # held until this process exits (the app's own claim nests in it)
+    except DatabaseInUseError as exc:
+        raise SystemExit(exc.message) from None
+
+
 def serve(
     *,
     data_dir: str,
@@ -85,19 +102,7 @@ def serve(
     )
     if not return_large_buffers_to_the_os():
         log.info("could not set the allocator's mmap threshold; large buffers may linger")
-    if workers < 1:
-        raise SystemExit("--workers must be at least 1")
-    if workers > 1 and is_sqlite(settings.database_url):
-        raise SystemExit(f"--workers {workers} needs PostgreSQL. {SQLITE_ONE_PROCESS}")
-    try:
-        store_for(settings)  # an absent bucket or refused credentials stop us here, in one line
-    except BlobStoreUnavailableError as exc:
-        raise SystemExit(str(exc)) from None
-    claim = SqliteProcessClaim(settings.database_url)
-    try:
-        claim.acquire()  # held until this process exits (the app's own claim nests in it)
-    except DatabaseInUseError as exc:
-        raise SystemExit(exc.message) from None
+    _check_and_claim(settings, workers)
     if settings.auto_migrate:
         # Once, here, before any worker starts: the workers then find the schema at head.
         engine = make_engine(settings.database_url)

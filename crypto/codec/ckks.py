@@ -44,6 +44,18 @@ MIN_FLOOD_FACTOR = 8
 _BATCH = 64
 
 
+def _hash_written(out: BinaryIO, base: int, total: int, digest: Any) -> None:
+    """Feed the `total` bytes written from `base` on to `digest`, reading them back."""
+    out.seek(base)
+    remaining = total
+    while remaining:
+        piece = out.read(min(remaining, 1 << 22))
+        if not piece:
+            raise CryptoError("envelope output is not readable back")
+        digest.update(piece)
+        remaining -= len(piece)
+
+
 class CkksCodec(Codec):
     scheme = "ckks"
     encrypts = True
@@ -123,7 +135,6 @@ class CkksCodec(Codec):
         chunks = self.chunks_for(weighted.size)
         n, k, widths = preset.poly_modulus_degree, len(preset.data_moduli), preset.coeff_bytes
         moduli = self._moduli.reshape(1, -1, 1)
-        reals = preset.reals_per_chunk
         base = out.tell()
         # Where prime j's coefficients of chunk i start: the payload is prime-major.
         region = [base + chunks * 2 * n * sum(widths[:j]) for j in range(k)]
@@ -134,21 +145,11 @@ class CkksCodec(Codec):
         for first in range(0, chunks, _BATCH):
             count = min(_BATCH, chunks - first)
             tick = time.perf_counter()
-            block = np.zeros(count * reals, dtype=np.float64)
-            part = weighted[first * reals : (first + count) * reals]
-            block[: part.size] = part
-            slots = (block[0::2] + 1j * block[1::2]).reshape(count, -1)
-            encoded = np.empty((count, k, n), dtype=np.uint64)
-            for i in range(count):
-                ctx.encoder.encode(slots[i].tolist(), preset.scale, plain)
-                encoded[i] = plaintext_to_array(plain, k, n)
+            encoded = self._encode_batch(ctx, weighted, first, count, plain)
             tock = time.perf_counter()
             encode_s += tock - tick
-            if zeros is not None:
-                taken = zeros.take(count)
-                coeffs, fresh = taken.consume(), fresh + taken.fresh
-            else:
-                coeffs, fresh = self.encrypt_zeros(ctx, ctx.encryptor, count), fresh + count
+            coeffs, made = self._zeros(ctx, zeros, count)
+            fresh += made
             # c0 + m mod q: both below q < 2^63, so the sum cannot wrap.
             coeffs[:, 0] += encoded
             np.subtract(coeffs[:, 0], moduli, out=coeffs[:, 0], where=coeffs[:, 0] >= moduli)
@@ -161,19 +162,43 @@ class CkksCodec(Codec):
             encrypt_s += time.perf_counter() - tock
         out.seek(base + total)
         if k > 1:  # prime-major: hash the regions in order once they are all written
-            out.seek(base)
-            remaining = total
-            while remaining:
-                piece = out.read(min(remaining, 1 << 22))
-                if not piece:
-                    raise CryptoError("envelope output is not readable back")
-                digest.update(piece)
-                remaining -= len(piece)
+            _hash_written(out, base, total, digest)
         if timings is not None:
             timings["encode"] = timings.get("encode", 0.0) + encode_s
             timings["encrypt"] = timings.get("encrypt", 0.0) + encrypt_s
             timings["fresh_zeros"] = timings.get("fresh_zeros", 0.0) + fresh
         return total
+
+    def _encode_batch(
+        self,
+        ctx: PublicContext,
+        weighted: np.ndarray,
+        first: int,
+        count: int,
+        plain: seal.Plaintext,
+    ) -> np.ndarray:
+        """Chunks `first` to `first + count` encoded as plaintexts: (count, primes, n)."""
+        preset = self.preset
+        n, k, reals = preset.poly_modulus_degree, len(preset.data_moduli), preset.reals_per_chunk
+        block = np.zeros(count * reals, dtype=np.float64)
+        part = weighted[first * reals : (first + count) * reals]
+        block[: part.size] = part
+        slots = (block[0::2] + 1j * block[1::2]).reshape(count, -1)
+        encoded = np.empty((count, k, n), dtype=np.uint64)
+        for i in range(count):
+            ctx.encoder.encode(slots[i].tolist(), preset.scale, plain)
+            encoded[i] = plaintext_to_array(plain, k, n)
+        return encoded
+
+    def _zeros(
+        self, ctx: PublicContext, zeros: ZeroPool | None, count: int
+    ) -> tuple[np.ndarray, int]:
+        """`count` encryptions of zero, from the pool when there is one, and how many of them
+        had to be made on the spot."""
+        if zeros is not None:
+            taken = zeros.take(count)
+            return taken.consume(), taken.fresh
+        return self.encrypt_zeros(ctx, ctx.encryptor, count), count
 
     def read_payload(self, payload: memoryview, param_count: int) -> np.ndarray:
         shape = self._shape(self.chunks_for(param_count))

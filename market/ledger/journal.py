@@ -129,6 +129,63 @@ def _add_postings(session: Session, legs: list[tuple[str, int]], now: datetime) 
     return txn_id
 
 
+def _chain_head(session: Session) -> tuple[int, str]:
+    """The next transaction's sequence number and the hash it links to."""
+    head = session.exec(
+        select(LedgerTransaction).order_by(col(LedgerTransaction.seq).desc()).limit(1)
+    ).first()
+    return (head.seq + 1, head.hash) if head is not None else (1, GENESIS)
+
+
+def _add_transaction(
+    session: Session,
+    txn_id: str,
+    legs: list[tuple[str, int]],
+    now: datetime,
+    *,
+    key: str,
+    kind: str,
+    currency: str,
+    job_id: str | None,
+    memo: str,
+    meta: dict[str, Any],
+) -> LedgerTransaction:
+    """The transaction row linked to the chain's head, and its leaf in the transparency log."""
+    seq, prev = _chain_head(session)
+    body = canonical(
+        seq=seq,
+        txn_id=txn_id,
+        key=key,
+        kind=kind,
+        job_id=job_id,
+        currency=currency,
+        memo=memo,
+        meta=meta,
+        created_at=now,
+        postings=legs,
+    )
+    txn = LedgerTransaction(
+        id=txn_id,
+        seq=seq,
+        key=key,
+        kind=kind,
+        job_id=job_id,
+        currency=currency,
+        memo=memo,
+        meta=meta,
+        created_at=now,
+        prev_hash=prev,
+        hash=chain_hash(prev, body),
+    )
+    session.add(txn)
+    session.flush()
+    # Its leaf in the transparency log commits with it, under the same lock.
+    from market.translog.log import append_ledger
+
+    append_ledger(session, txn.hash, body, job_id=job_id, now=now)
+    return txn
+
+
 def post(
     session: Session,
     *,
@@ -152,43 +209,19 @@ def post(
         _lock_chain(session)
         _check_balances(session, legs, currency)
         txn_id = _add_postings(session, legs, now)
-        head = session.exec(
-            select(LedgerTransaction).order_by(col(LedgerTransaction.seq).desc()).limit(1)
-        ).first()
-        seq, prev = (head.seq + 1, head.hash) if head is not None else (1, GENESIS)
-        meta = meta or {}
-        body = canonical(
-            seq=seq,
-            txn_id=txn_id,
+        txn = _add_transaction(
+            session,
+            txn_id,
+            legs,
+            now,
             key=key,
             kind=kind,
-            job_id=job_id,
             currency=currency,
-            memo=memo,
-            meta=meta,
-            created_at=now,
-            postings=legs,
-        )
-        txn = LedgerTransaction(
-            id=txn_id,
-            seq=seq,
-            key=key,
-            kind=kind,
             job_id=job_id,
-            currency=currency,
             memo=memo,
-            meta=meta,
-            created_at=now,
-            prev_hash=prev,
-            hash=chain_hash(prev, body),
+            meta=meta or {},
         )
-        session.add(txn)
-        session.flush()
-        # Its leaf in the transparency log commits with it, under the same lock.
-        from market.translog.log import append_ledger
-
-        append_ledger(session, txn.hash, body, job_id=job_id, now=now)
-    log.info("ledger %d %s %s: %s", seq, kind, key, legs)
+    log.info("ledger %d %s %s: %s", txn.seq, kind, key, legs)
     return txn
 
 

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
-from crypto import ContextError, PublicContext, get_preset
+from crypto import ContextError, Preset, PublicContext, get_preset
 from market import blobkeys, weights
 from market.blobs import BlobStore, TempBlob
 from market.config import Settings
@@ -30,17 +30,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_DRAFTS: int = Settings.model_fields["max_draft_jobs_per_buyer"].default
 
 
-def create_job(
-    session: Session,
-    buyer: Account,
-    spec: JobCreate,
-    *,
-    now: datetime,
-    allow_plaintext: bool = False,
-    max_drafts: int = DEFAULT_MAX_DRAFTS,
-    min_round_deadline_s: int = 1,
-) -> Job:
-    """Post a job in `draft`, within the buyer's quota of drafts (409 past it)."""
+def _checked_preset(
+    buyer: Account, spec: JobCreate, *, allow_plaintext: bool, min_round_deadline_s: int
+) -> Preset:
+    """The spec's preset, once the buyer may post it on this marketplace."""
     if buyer.role != "buyer":
         raise PermissionDeniedError("only buyers post jobs")
     if spec.round_deadline_s < min_round_deadline_s:
@@ -59,7 +52,11 @@ def create_job(
             f"preset {preset.id} sums at most {preset.max_summands} updates: "
             f"max_providers must not exceed it"
         )
-    job = Job(
+    return preset
+
+
+def _draft(buyer: Account, spec: JobCreate, preset: Preset, now: datetime) -> Job:
+    return Job(
         id=new_id("job"),
         buyer_id=buyer.id,
         title=spec.title,
@@ -80,6 +77,23 @@ def create_job(
         created_at=now,
         updated_at=now,
     )
+
+
+def create_job(
+    session: Session,
+    buyer: Account,
+    spec: JobCreate,
+    *,
+    now: datetime,
+    allow_plaintext: bool = False,
+    max_drafts: int = DEFAULT_MAX_DRAFTS,
+    min_round_deadline_s: int = 1,
+) -> Job:
+    """Post a job in `draft`, within the buyer's quota of drafts (409 past it)."""
+    preset = _checked_preset(
+        buyer, spec, allow_plaintext=allow_plaintext, min_round_deadline_s=min_round_deadline_s
+    )
+    job = _draft(buyer, spec, preset, now)
     with unit_of_work(session):
         quotas.reserve_draft_job(session, buyer.id, limit=max_drafts)
         session.add(job)

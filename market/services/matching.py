@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import event, func, insert
 from sqlalchemy import select as sa_select
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, col, select
 
@@ -166,9 +167,12 @@ def explain_job(session: Session, job: Job, *, now: datetime) -> MatchingPublic:
     )
 
 
-def _supplies(session: Session, *, now: datetime, keep_full: bool = False) -> list[Supply]:
+def _active_listings(
+    session: Session,
+) -> Sequence[Row[str, str, dict[str, Any], int, int, str, int]]:
+    """Every active listing's id, provider, schema, samples, ask, currency and capacity."""
     # Plain columns, not ORM objects: this loads every active listing on each pass.
-    listings = (
+    return (
         session.connection()
         .execute(
             sa_select(
@@ -185,7 +189,11 @@ def _supplies(session: Session, *, now: datetime, keep_full: bool = False) -> li
         )
         .all()
     )
-    used = dict(
+
+
+def _live_offers_per_listing(session: Session) -> dict[str, int]:
+    """How many places of each listing live offers on jobs not ended hold."""
+    return dict(
         session.exec(
             select(Offer.listing_id, func.count())
             .join(Job, col(Job.id) == col(Offer.job_id))
@@ -194,6 +202,11 @@ def _supplies(session: Session, *, now: datetime, keep_full: bool = False) -> li
             .group_by(col(Offer.listing_id))
         ).all()
     )
+
+
+def _supplies(session: Session, *, now: datetime, keep_full: bool = False) -> list[Supply]:
+    listings = _active_listings(session)
+    used = _live_offers_per_listing(session)
     # The service's clock: events age by the time the service keeps, as everywhere else.
     reps = reputation.scores(session, {row[1] for row in listings}, now=now)
     verified = verification.verified_ids(session, (row[1] for row in listings))

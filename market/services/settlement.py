@@ -106,12 +106,9 @@ def contribution_weights(included: Iterable[str], scores: Mapping[str, float]) -
     return {p: scored.get(p, mean) for p in included}
 
 
-def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> dict[str, int]:
-    """Post the round's settlement (not committed); returns each included provider's share.
-
-    Included means inside the sum the buyer downloads: the providers the accumulator itself
-    lists (`rnd.acc_providers`), never merely those with a submission row.
-    """
+def _paid_providers(session: Session, rnd: Round) -> set[str]:
+    """The providers the round's sum lists that have a submission row (the others are logged,
+    never paid)."""
     inside = set(rnd.acc_providers)
     subs = session.exec(select(Submission).where(Submission.round_id == rnd.id)).all()
     submitted = {s.provider_id for s in subs if s.provider_id in inside}
@@ -120,18 +117,21 @@ def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> di
             "round %s: the sum lists %s without a submission row; they are not paid",
             rnd.id, sorted(inside - submitted),
         )  # fmt: skip
-    scores = groups.scores(session, job)
-    weights = contribution_weights(submitted, scores)
-    pool, fee = round_amounts(job, rnd.number)
-    escrow = ledger.job_escrow(job.id)
-    available = ledger.balance(session, escrow, job.currency)
-    # Never more than the escrow holds: a job opens only once funded to its budget, so this
-    # only bites if funds were refunded early.
-    fee = min(fee, available)
-    pool = min(pool, available - fee)
-    shares = split(pool, weights) if weights else {}
-    if not shares:
-        pool = 0
+    return submitted
+
+
+def _post_round(
+    session: Session,
+    job: Job,
+    rnd: Round,
+    *,
+    shares: dict[str, int],
+    fee: int,
+    weights: Mapping[str, int],
+    scores: Mapping[str, float],
+    now: datetime,
+) -> None:
+    """Escrow to the payees and the fee, once per round, and its signed settlement record."""
     legs = [(ledger.provider_payable(pid), x) for pid, x in sorted(shares.items()) if x > 0]
     if fee > 0:
         legs.append((ledger.FEES, fee))
@@ -143,7 +143,7 @@ def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> di
             key=key,
             kind="settle",
             currency=job.currency,
-            legs=[(escrow, -spent), *legs],
+            legs=[(ledger.job_escrow(job.id), -spent), *legs],
             job_id=job.id,
             memo=f"round {rnd.number} of {job.rounds_total}",
             meta={
@@ -157,6 +157,25 @@ def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> di
             session, current(), job, round=rnd.number, attempt=rnd.attempt, payees=shares,
             fees_cents=fee, refund_cents=0, txns=[txn], now=now,
         )  # fmt: skip
+
+
+def settle_round(session: Session, job: Job, rnd: Round, *, now: datetime) -> dict[str, int]:
+    """Post the round's settlement (not committed); returns each included provider's share.
+
+    Included means inside the sum the buyer downloads: the providers the accumulator itself
+    lists (`rnd.acc_providers`), never merely those with a submission row.
+    """
+    submitted = _paid_providers(session, rnd)
+    scores = groups.scores(session, job)
+    weights = contribution_weights(submitted, scores)
+    pool, fee = round_amounts(job, rnd.number)
+    available = ledger.balance(session, ledger.job_escrow(job.id), job.currency)
+    # Never more than the escrow holds: a job opens only once funded to its budget, so this
+    # only bites if funds were refunded early.
+    fee = min(fee, available)
+    pool = min(pool, available - fee)
+    shares = split(pool, weights) if weights else {}
+    _post_round(session, job, rnd, shares=shares, fee=fee, weights=weights, scores=scores, now=now)
     return shares
 
 

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from market.blobs import BlobStore, BlobStream
 from market.ledger import queries
 from market.lifecycle import JOB_ENDED
-from market.models import Account, JobPublic, Receipt, Round
+from market.models import Account, Job, JobPublic, Receipt, Round
 from market.services import access, groups, privacy, receipts, reputation, results, views
 from market.services import jobs as job_service
 from market.ui.charts import Point, Series
@@ -147,7 +147,6 @@ def job_page(session: Session, job_id: str, viewer: Account | None) -> JobPage:
     job = access.visible_job(session, job_id, account)
     view = views.job_public(session, job, account)
     sees_all = access.sees_job_in_full(account, job)
-    rows = {r.number: r for r in session.exec(select(Round).where(Round.job_id == job.id)).all()}
     ids = {job.buyer_id, *view.accepted_providers}
     for summary in view.rounds:
         ids.update(summary.included)
@@ -155,6 +154,38 @@ def job_page(session: Session, job_id: str, viewer: Account | None) -> JobPage:
     if rec is not None:
         ids.update(p["provider_id"] for p in rec.providers)
     names = names_of(session, ids)
+    lines = _round_lines(session, job, view, names)
+    task = str(job.spec.get("task", "classification"))
+    accuracy = _series(lines, "accuracy", "accuracy", "{:.4f}")
+    loss = _series(lines, "loss", "loss", "{:.4f}")
+    errors = [_series(lines, "rmse", "RMSE", "{:.4g}"), _series(lines, "mae", "MAE", "{:.4g}")]
+    r2 = _series(lines, "r2", "R²", "{:.4f}")
+    spent = privacy.reports_for(session, job.id, account)
+    names.update(names_of(session, {r.provider_id for r in spent} - set(names)))
+    privacy_lines = [
+        PrivacyLine(Named(r.provider_id, names.get(r.provider_id, r.provider_id)), r.epsilon,
+                    r.delta, r.round)
+        for r in spent
+    ]  # fmt: skip
+    own = _own_earnings(session, job, account)
+    contributions = _contributions(session, job, account, sees_all, rec, own, names)
+    download = None
+    if sees_all and job.final_model_key is not None:
+        download = f"/ui/jobs/{job.id}/model"
+    return JobPage(
+        job=view, buyer=Named(job.buyer_id, names.get(job.buyer_id, job.buyer_id)),
+        sees_all=sees_all, providers=named(view.accepted_providers, names), rounds=lines,
+        accuracy=accuracy, loss=loss, receipt=rec, names=names, own_earnings=own,
+        privacy=privacy_lines, contributions=contributions, task=task, errors=errors, r2=r2,
+        final_model_url=download,
+    )  # fmt: skip
+
+
+def _round_lines(
+    session: Session, job: Job, view: JobPublic, names: dict[str, str]
+) -> list[RoundLine]:
+    """Each round the viewer's job view lists, with the times and reasons its row holds."""
+    rows = {r.number: r for r in session.exec(select(Round).where(Round.job_id == job.id)).all()}
     lines = []
     for s in view.rounds:
         row = rows[s.round]
@@ -168,43 +199,40 @@ def job_page(session: Session, job_id: str, viewer: Account | None) -> JobPage:
                 mae=_metric(s.metrics, "mae"), r2=_metric(s.metrics, "r2"),
             )
         )  # fmt: skip
-    task = str(job.spec.get("task", "classification"))
-    accuracy = _series(lines, "accuracy", "accuracy", "{:.4f}")
-    loss = _series(lines, "loss", "loss", "{:.4f}")
-    errors = [_series(lines, "rmse", "RMSE", "{:.4g}"), _series(lines, "mae", "MAE", "{:.4g}")]
-    r2 = _series(lines, "r2", "R²", "{:.4f}")
-    spent = privacy.reports_for(session, job.id, account)
-    names.update(names_of(session, {r.provider_id for r in spent} - set(names)))
-    privacy_lines = [
-        PrivacyLine(Named(r.provider_id, names.get(r.provider_id, r.provider_id)), r.epsilon,
-                    r.delta, r.round)
-        for r in spent
-    ]  # fmt: skip
+    return lines
+
+
+def _own_earnings(session: Session, job: Job, account: Account) -> dict[str, Any] | None:
+    """A provider's earned, paid and owed on this job; None for anyone else."""
     own = None
     if account.role == "provider":
         for e in queries.provider_earnings(session, account.id):
             for j in e.jobs:
                 if j["job_id"] == job.id:
                     own = {**j, "currency": e.currency}
+    return own
+
+
+def _contributions(
+    session: Session,
+    job: Job,
+    account: Account,
+    sees_all: bool,
+    rec: Receipt | None,
+    own: dict[str, Any] | None,
+    names: dict[str, str],
+) -> list[ContributionLine]:
+    """Contribution scores, best first, beside what each provider earned: every provider for
+    the buyer and admins, a provider its own line."""
     earned = {str(p["provider_id"]): int(p["earned_cents"]) for p in (rec.providers if rec else [])}
     if own is not None:
         earned[account.id] = int(own["earned_cents"])
     scores = groups.scores(session, job)
-    contributions = [
+    return [
         ContributionLine(Named(pid, names.get(pid, pid)), score, earned.get(pid, 0))
         for pid, score in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
         if sees_all or pid == account.id
     ]
-    download = None
-    if sees_all and job.final_model_key is not None:
-        download = f"/ui/jobs/{job.id}/model"
-    return JobPage(
-        job=view, buyer=Named(job.buyer_id, names.get(job.buyer_id, job.buyer_id)),
-        sees_all=sees_all, providers=named(view.accepted_providers, names), rounds=lines,
-        accuracy=accuracy, loss=loss, receipt=rec, names=names, own_earnings=own,
-        privacy=privacy_lines, contributions=contributions, task=task, errors=errors, r2=r2,
-        final_model_url=download,
-    )  # fmt: skip
 
 
 def _series(lines: Sequence[RoundLine], attr: str, name: str, fmt: str) -> Series:
