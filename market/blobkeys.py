@@ -46,10 +46,6 @@ def partial(job_id: str, number: int) -> str:
     return f"{round_prefix(job_id, number)}/partial-{new_id('prt')}.bin"
 
 
-def group_partial(job_id: str, number: int, index: int) -> str:
-    return f"{round_prefix(job_id, number)}/partial-g{index:03d}-{new_id('prt')}.bin"
-
-
 def round_sum(job_id: str, number: int) -> str:
     return f"{round_prefix(job_id, number)}/sum-{new_id('sum')}.bin"
 

@@ -74,7 +74,9 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
         if group.acc_key is not None:
             stale.append(group.acc_key)
         whole = not set(group.members) & in_total
-        _merge_parts(ctx, rnd, gsum, [cp for cp in checkpoints if cp.group_index == group.index])
+        parts = [cp for cp in checkpoints if cp.group_index == group.index]
+        _merge_parts(ctx, rnd, gsum, parts)
+        replays = 0
         for pid in sorted(group.members):
             sub = subs.get(pid)
             if sub is None or pid in gsum.provider_ids:
@@ -86,13 +88,24 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
                 if update is None:
                     continue
                 gsum.add(update)
+                replays += 1
                 if not whole and pid not in in_total:
                     total.add(update)
                     in_total.add(pid)
         if whole and gsum.count:
             total.merge(gsum)
             in_total |= set(gsum.provider_ids)
-        _write_group(session, blobs, job, rnd, group, gsum)
+        # The group's sum is its one recorded part, unchanged: that blob serves as the sum
+        # (kept, not written again).
+        kept = (
+            parts[0]
+            if len(parts) == 1 and not replays and group.acc_key is None
+            and set(gsum.provider_ids) == set(parts[0].providers)
+            else None
+        )  # fmt: skip
+        _write_group(session, blobs, job, rnd, group, gsum, kept)
+        if kept is not None:
+            checkpoints.remove(kept)
     # Accepted updates outside every group (a round opened before groups existed).
     for pid, sub in sorted(subs.items()):
         if pid not in in_total and sub.envelope_key is not None:
@@ -143,13 +156,24 @@ def _merge_parts(
 
 
 def _write_group(
-    session: Session, blobs: BlobStore, job: Job, rnd: Round, group: RoundGroup, gsum: Accumulator
+    session: Session,
+    blobs: BlobStore,
+    job: Job,
+    rnd: Round,
+    group: RoundGroup,
+    gsum: Accumulator,
+    kept: RoundPartial | None,
 ) -> None:
+    """Point the group's row at its sum: the recorded part `kept` when that is the whole
+    sum, else `gsum` written out."""
     if gsum.count == 0:
         group.acc_key, group.acc_count, group.acc_providers = None, 0, []
     else:
-        key = blobkeys.group_sum(job.id, rnd.number, group.index)
-        blobs.put_stream(key, gsum.chunks())
+        key = kept.key if kept is not None else blobkeys.group_sum(job.id, rnd.number, group.index)
+        if kept is None:
+            blobs.put_stream(key, gsum.chunks())
+        else:
+            session.delete(kept)
         group.acc_key, group.acc_count = key, gsum.count
         group.acc_providers = list(gsum.provider_ids)
     session.add(group)

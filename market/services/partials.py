@@ -243,7 +243,8 @@ def build_group(engine: Engine, ctx: PublicContext, job: Job, number: int, index
                 return False
             gsum.add(update)
     blobs = store()
-    key = blobkeys.group_partial(job.id, number, index)
+    # Named as the group's sum: the close keeps it as that when no other part joins it.
+    key = blobkeys.group_sum(job.id, number, index)
     sha256 = blobs.put_stream(key, gsum.chunks())
     try:
         with (

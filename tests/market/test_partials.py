@@ -109,7 +109,9 @@ def test_checkpoint_every_k_updates_names_the_updates_it_holds(scn: Scenario) ->
     )
     assert partials.held() == {rnd.id: 1}
     assert rnd.acc_key is None and rnd.acc_count == 3
-    assert len(list(_round_dir(scn).glob("partial-*.bin"))) == len(cps)
+    # Every recorded part has its blob (the total's and the group's), nothing else does.
+    blobs = [*_round_dir(scn).glob("partial-*.bin"), *_round_dir(scn).glob("group-*.bin")]
+    assert len(blobs) == len(cps)
     # No group is complete yet: no group sum, so every envelope stays.
     assert [c for c in cps if c.group_index is not None] == []
     assert len(list(_round_dir(scn).glob("env-*.bin"))) == 3
@@ -224,7 +226,9 @@ def test_a_closed_round_takes_no_checkpoint(scn: Scenario) -> None:
     _, cps, _ = _rows(scn)
     totals = [c for c in cps if c.group_index is None]
     assert len(totals) == 1  # only the one taken while collecting
-    assert len(list(_round_dir(scn).glob("partial-*.bin"))) == len(cps)
+    # Every recorded part has its blob (the total's and the group's), nothing else does.
+    blobs = [*_round_dir(scn).glob("partial-*.bin"), *_round_dir(scn).glob("group-*.bin")]
+    assert len(blobs) == len(cps)
 
 
 def test_cancelled_round_envelopes_are_deleted(
@@ -266,3 +270,30 @@ def test_each_envelope_is_read_back_once_when_no_checkpoint_holds_it(
     total = decrypt_aggregate(scn.keys, agg.content)
     assert sorted(total.provider_ids) == sorted(p.id for p in scn.providers)
     np.testing.assert_allclose(total.total, sum(_value(i) for i in range(PROVIDERS)), atol=1e-4)
+
+
+def test_a_group_sum_recorded_whole_is_served_without_writing_it_again(
+    scn: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each group's sum is built once, when its last member is in; the close points the
+    group at that recorded sum instead of reading and writing it again, so the close writes
+    one sum, the total, and each group serves exactly what was recorded (and decrypts to
+    its members' values)."""
+    monkeypatch.setattr(partials._policy, "every_updates", 1000)
+    for i in _by_group(scn):
+        _submit(scn, i)
+    rnd, cps, _ = _rows(scn)
+    assert rnd.state == "closed" and cps == []
+    written = sorted(p.name for p in _round_dir(scn).glob("*.bin"))
+    assert [n.split("-")[0] for n in written] == ["group", "group", "sum"], written
+    for group in scn.round(1)["groups"]:
+        got = scn.client.get(
+            f"/v1/jobs/{scn.job_id}/rounds/1/groups/{group['index']}/aggregate",
+            headers=scn.buyer.headers,
+        )
+        assert got.status_code == 200, got.text
+        gsum = decrypt_aggregate(scn.keys, got.content)
+        members = {p.id: i for i, p in enumerate(scn.providers)}
+        assert sorted(gsum.provider_ids) == sorted(group["members"])
+        expected = sum(_value(members[pid]) for pid in group["members"])
+        np.testing.assert_allclose(gsum.total, expected, atol=1e-4)
