@@ -225,7 +225,7 @@ def attack_round(
         agent._active_jobs()["imprint"] = {"offer_id": "o", "submitted": {}, "done": False}
         # The harness is the buyer: its manifest is the verified one (model and context
         # are still checked against it before training).
-        agent._manifests["imprint"] = manifest
+        agent.sealer.manifests["imprint"] = manifest
         envelope = agent._build_envelope(job, rnd, f"p{i}")
         binding = EnvelopeBinding("imprint", 1, f"p{i}", param_count, n)
         acc.add(validate_envelope(envelope, public, binding))

@@ -109,6 +109,13 @@ class EvalResult(NamedTuple):
     accuracy: float
 
 
+def warm_up() -> None:
+    """Pay torch's one-off start-up cost now rather than inside the first round's deadline:
+    the first optimizer built in a process imports torch's compiler stack, which takes
+    seconds on a busy machine."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 def _tensors(model: nn.Module, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """The dataset as tensors, after checking labels fit the model's output units.
 
