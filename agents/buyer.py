@@ -8,35 +8,56 @@ to the model it has computed, so a restarted buyer picks up where it stopped: ea
 derived from the server's view of the job and the state file, never from where the previous
 process happened to be, so a round is applied once and published once whatever the instant
 of a crash. While the server is away the buyer waits with backoff (`Backoff`).
+
+Posting the job (context, initial model, signed manifest) is agents.posting, whose names
+are re-exported here.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from agents.client import Backoff, PollenClient
 from agents.data import Dataset, prepare
-from agents.modelio import flatten, load_safetensors, to_safetensors, unflatten_into
+from agents.modelio import flatten, load_safetensors, unflatten_into
 from agents.models import build_model
 from agents.optim import ServerOptimizer, make_server_optimizer
+from agents.posting import (
+    buyer_identity,
+    ensure_registered,
+    initial_model_bytes,
+    model_record,
+    post_job,
+)
 from agents.robust import robust_average, score_groups
 from agents.state import StateFile, write_atomic
 from agents.tabular import Table
 from agents.training import evaluate, evaluate_regression
-from agents.trust import Trust, TrustError, manifest_body, register_identity, sha256_of
+from agents.trust import Trust, TrustError, sha256_of
 from crypto import BuyerKeys, DecryptedAggregate, PollenError, decrypt_aggregate_file
 from crypto.identity import IdentityKey, verify_record
 from dataspec.jobs import JobCreate
 from dataspec.states import ROUND_HAS_AGGREGATE, JobState, RoundState
-from dataspec.views import JobFunding, JobPublic, RoundPublic
+from dataspec.views import JobPublic, RoundPublic
+
+__all__ = [
+    "BuyerRun",
+    "JobEndedError",
+    "JobOutcome",
+    "RoundReport",
+    "buyer_identity",
+    "ensure_registered",
+    "initial_model_bytes",
+    "model_record",
+    "post_job",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,61 +99,6 @@ class JobOutcome:
     reports: list[RoundReport] = field(default_factory=list)
     model_path: Path | None = None
     metrics_path: Path | None = None
-
-
-def initial_model_bytes(spec: JobCreate) -> bytes:
-    """The job's round-1 global model, built from the registry with the job's seed."""
-    schema = spec.dataset_schema
-    model = build_model(spec.model, schema.n_features, schema.n_classes, seed=spec.seed)
-    return to_safetensors(model)
-
-
-def post_job(
-    client: PollenClient,
-    keys: BuyerKeys,
-    spec: dict[str, Any],
-    *,
-    identity: IdentityKey | None = None,
-) -> JobFunding:
-    """Create the job, upload the public context and the initial model, ask to fund it.
-
-    With an `identity`, the buyer signs the job's manifest (context fingerprint, model size
-    and initial model hash, quorum, prices, deadlines) before funding: agents work only for
-    jobs whose signed manifest matches what the server serves them."""
-    job = client.create_job(spec)
-    context = keys.public_context()
-    client.put_context(job.id, context.to_bytes())
-    model = initial_model_bytes(job.spec)
-    client.put_model(job.id, model)
-    if identity is None:
-        logger.warning(
-            "job %s is posted without a signed manifest: agents that verify will refuse it "
-            "(pass identity=buyer_identity(out_dir))",
-            job.id,
-        )
-    else:
-        ensure_registered(client, identity)
-        job = client.get_job(job.id)
-        body = manifest_body(job, context.fingerprint, model)
-        client.put_manifest(job.id, identity.record("manifest", body))
-        client.post_record(job.id, model_record(identity, job.id, 1, model))
-    return client.fund_job(job.id)
-
-
-def buyer_identity(out_dir: Path) -> IdentityKey:
-    """The buyer's identity key kept in its output directory (made on first use, 0600):
-    the key `BuyerRun` signs with when given none, so `post_job` can sign with it too."""
-    return IdentityKey.load_or_create(out_dir / "identity.key")
-
-
-def ensure_registered(client: PollenClient, identity: IdentityKey) -> None:
-    """Register the identity key with the account (a no-op when already registered)."""
-    register_identity(client, identity, client.me().id)
-
-
-def model_record(identity: IdentityKey, job_id: str, number: int, model: bytes) -> dict[str, Any]:
-    body = {"job_id": job_id, "round": number, "model_sha256": hashlib.sha256(model).hexdigest()}
-    return identity.record("model", body)
 
 
 class JobEndedError(PollenError):

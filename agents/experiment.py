@@ -43,7 +43,7 @@ from agents.data import (
 from agents.modelio import flatten, unflatten_into
 from agents.models import ModelSpec, build_model
 from agents.optim import FedAvg, ServerOptimizer
-from agents.privacy import DPConfig, PrivacyTarget, plan_record_dp, privatize
+from agents.privacy import DPConfig, DPPlan, PrivacyTarget, plan_record_dp, privatize
 from agents.training import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -254,46 +254,75 @@ def fedavg_plaintext(
     local = build_model(spec, n_features, n_classes, seed=seed)
     rng = np.random.default_rng(seed)
     plans = [
-        plan_record_dp(
-            record_dp, samples=len(ds), batch_size=batch_size, epochs=local_epochs, rounds=rounds
-        )
-        if record_dp is not None
-        else None
+        _record_dp_plan(record_dp, len(ds), batch_size, local_epochs, rounds)
         for ds in provider_datasets
     ]
     accuracies: list[float] = []
     started = time.perf_counter()
-    # The marketplace's weighting (crypto/weights.py): min(n, median n), so this baseline
-    # is the very average the buyer decrypts.
-    norm = weight_norm(len(ds) for ds in provider_datasets)
     for r in range(rounds):
-        total = np.zeros_like(weights, dtype=np.float64)
-        n_total = 0
-        for i, ds in enumerate(provider_datasets):
-            unflatten_into(local, weights)
-            result = train_local(
-                local,
-                ds,
-                epochs=local_epochs,
-                lr=lr,
-                batch_size=batch_size,
-                seed=seed * 1_000_003 + r * 1009 + i,
-                dp=None
-                if (plan := plans[i]) is None
-                else RecordDP(plan.noise_multiplier, plan.clip, seed=seed * 7919 + r * 101 + i),
-            )
-            delta = compute_update(weights, flatten(local))
-            if dp is not None:
-                delta = privatize(delta, dp, rng)
-            weight = min(result.samples, norm)
-            total += weight * delta.astype(np.float64)
-            n_total += weight
-        weights = opt.step(weights, (total / n_total).astype(np.float32))
+        step = _average_update(
+            local, weights, provider_datasets, plans, r,
+            local_epochs=local_epochs, lr=lr, batch_size=batch_size, seed=seed, dp=dp, rng=rng,
+        )  # fmt: skip
+        weights = opt.step(weights, step)
         unflatten_into(global_model, weights)
         accuracies.append(evaluate(global_model, test).accuracy)
         logger.info("round %d/%d accuracy %.4f", r + 1, rounds, accuracies[-1])
     logger.info("fedavg_plaintext: %d rounds in %.2fs", rounds, time.perf_counter() - started)
     return accuracies
+
+
+def _record_dp_plan(
+    target: PrivacyTarget | None, samples: int, batch_size: int, epochs: int, rounds: int
+) -> DPPlan | None:
+    """One provider's DP-SGD plan for the whole run, made as an agent makes it."""
+    if target is None:
+        return None
+    return plan_record_dp(
+        target, samples=samples, batch_size=batch_size, epochs=epochs, rounds=rounds
+    )
+
+
+def _average_update(
+    local: torch.nn.Module,
+    weights: npt.NDArray[np.float32],
+    provider_datasets: Sequence[Dataset],
+    plans: Sequence[DPPlan | None],
+    r: int,
+    *,
+    local_epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    dp: DPConfig | None,
+    rng: np.random.Generator,
+) -> npt.NDArray[np.float32]:
+    """Round `r` (from 0): every provider trains from `weights`; their weighted mean delta."""
+    # The marketplace's weighting (crypto/weights.py): min(n, median n), so this baseline
+    # is the very average the buyer decrypts.
+    norm = weight_norm(len(ds) for ds in provider_datasets)
+    total = np.zeros_like(weights, dtype=np.float64)
+    n_total = 0
+    for i, ds in enumerate(provider_datasets):
+        unflatten_into(local, weights)
+        result = train_local(
+            local,
+            ds,
+            epochs=local_epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed * 1_000_003 + r * 1009 + i,
+            dp=None
+            if (plan := plans[i]) is None
+            else RecordDP(plan.noise_multiplier, plan.clip, seed=seed * 7919 + r * 101 + i),
+        )
+        delta = compute_update(weights, flatten(local))
+        if dp is not None:
+            delta = privatize(delta, dp, rng)
+        weight = min(result.samples, norm)
+        total += weight * delta.astype(np.float64)
+        n_total += weight
+    return (total / n_total).astype(np.float32)
 
 
 def centralized(

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,9 @@ import torch
 from agents.data import Dataset, DatasetSchema, prepare
 from agents.modelio import flatten
 from agents.models import MLPSpec, ModelSpec, build_model
+
+if TYPE_CHECKING:
+    from dataspec.views import JobPublic, RoundPublic
 
 __all__ = [
     "ImprintModel",
@@ -140,6 +143,14 @@ class _RoundServer:
     def get_context(self, job_id: str) -> bytes:
         return self.context
 
+    def manifest(self, fingerprint: str) -> dict[str, Any]:
+        """What the buyer's signed manifest says of this model and the context `fingerprint`."""
+        return {
+            "job_id": "imprint",
+            "initial_model_sha256": hashlib.sha256(self.model_bytes).hexdigest(),
+            "context_fingerprint": fingerprint,
+        }
+
 
 def attack_round(
     providers: Sequence[Dataset],
@@ -162,15 +173,7 @@ def attack_round(
     set, which makes each update one large gradient step.
     """
     from agents.modelio import to_safetensors, unflatten_into
-    from agents.provider import ProviderAgent
-    from crypto import (
-        Accumulator,
-        BuyerKeys,
-        EnvelopeBinding,
-        decrypt_aggregate,
-        validate_envelope,
-    )
-    from dataspec.views import JobPublic, RoundPublic
+    from crypto import Accumulator, BuyerKeys, EnvelopeBinding, decrypt_aggregate, validate_envelope
 
     keys = BuyerKeys.generate()
     public = keys.public_context()
@@ -181,28 +184,55 @@ def attack_round(
     server = _RoundServer(to_safetensors(model), public.to_bytes())
     param_count = int(imprint.weights.size)
     n = len(providers)
-    # The harness plays the server: the job and round views an agent reads, as it serves them.
+    job, rnd = _round_views(
+        schema, imprint, public.preset.id, public.fingerprint, local,
+        job_privacy=job_privacy, learning_rate=learning_rate, seed=seed,
+    )  # fmt: skip
+    manifest = server.manifest(public.fingerprint)
+    acc = Accumulator.empty(public, job_id="imprint", round=1, param_count=param_count, summands=n)
+    for i, raw in enumerate(providers):
+        envelope = _agent_envelope(
+            server, raw, i, job, rnd, manifest, workdir=workdir, agent_options=agent_options
+        )
+        binding = EnvelopeBinding("imprint", 1, f"p{i}", param_count, n)
+        acc.add(validate_envelope(envelope, public, binding))
+    total = decrypt_aggregate(keys, acc.to_bytes()).total
+    candidates = reconstruct_rows(imprint, total)
+    return recovered_share(np.concatenate([d.X for d in local]), candidates)
+
+
+def _round_views(
+    schema: DatasetSchema,
+    imprint: ImprintModel,
+    preset: str,
+    fingerprint: str,
+    local: Sequence[Dataset],
+    *,
+    job_privacy: Mapping[str, Any] | str | None,
+    learning_rate: float,
+    seed: int,
+) -> tuple[JobPublic, RoundPublic]:
+    """The job and round views an agent reads, as the server would serve them."""
+    from dataspec.views import JobPublic, RoundPublic
+
+    n = len(local)
+    param_count = int(imprint.weights.size)
     now = datetime.now(UTC)
     spec = {
         "title": "imprint", "task": schema.task, "schema": schema.model_dump(),
         "model": imprint.spec.model_dump(), "rounds": 1, "local_epochs": 1,
         "learning_rate": learning_rate, "batch_size": max(len(d) for d in local),
-        "seed": seed, "sample_cap": 10**9, "preset": public.preset.id,
+        "seed": seed, "sample_cap": 10**9, "preset": preset,
         "privacy": job_privacy, "budget_cents": 1, "price_cap_cents": 0,
         "min_providers": max(n, 2), "max_providers": max(n, 2),
     }  # fmt: skip
     job = JobPublic.model_validate({
         "id": "imprint", "buyer_id": "harness", "title": "imprint", "state": "running",
         "spec": spec, "rounds_total": 1, "current_round": 1, "accepted_providers": [],
-        "param_count": param_count, "fingerprint": public.fingerprint, "budget_cents": 1,
+        "param_count": param_count, "fingerprint": fingerprint, "budget_cents": 1,
         "funded_cents": 1, "currency": "usd", "failure_reason": None,
         "has_final_model": False, "rounds": [], "created_at": now, "updated_at": now,
     })  # fmt: skip
-    manifest = {
-        "job_id": "imprint",
-        "initial_model_sha256": hashlib.sha256(server.model_bytes).hexdigest(),
-        "context_fingerprint": public.fingerprint,
-    }
     rnd = RoundPublic.model_validate({
         "job_id": "imprint", "round": 1, "state": "collecting", "attempt": 1,
         "deadline": now, "expected_count": n, "expected_providers": [], "submitted": 0,
@@ -210,25 +240,35 @@ def attack_round(
         "param_count": param_count, "quorum": 2, "summands": n, "metrics": None,
         "close_reason": None,
     })  # fmt: skip
-    acc = Accumulator.empty(public, job_id="imprint", round=1, param_count=param_count, summands=n)
-    for i, raw in enumerate(providers):
-        agent = ProviderAgent(
-            server,  # type: ignore[arg-type]
-            raw,
-            state_dir=workdir / f"provider-{i}",
-            listing_name=f"provider-{i}",
-            ask_cents=1,
-            seed=i,
-            notify=lambda msg: None,
-            **dict(agent_options or {}),
-        )
-        agent._active_jobs()["imprint"] = {"offer_id": "o", "submitted": {}, "done": False}
-        # The harness is the buyer: its manifest is the verified one (model and context
-        # are still checked against it before training).
-        agent._manifests["imprint"] = manifest
-        envelope = agent._build_envelope(job, rnd, f"p{i}")
-        binding = EnvelopeBinding("imprint", 1, f"p{i}", param_count, n)
-        acc.add(validate_envelope(envelope, public, binding))
-    total = decrypt_aggregate(keys, acc.to_bytes()).total
-    candidates = reconstruct_rows(imprint, total)
-    return recovered_share(np.concatenate([d.X for d in local]), candidates)
+    return job, rnd
+
+
+def _agent_envelope(
+    server: _RoundServer,
+    raw: Dataset,
+    i: int,
+    job: JobPublic,
+    rnd: RoundPublic,
+    manifest: dict[str, Any],
+    *,
+    workdir: Path,
+    agent_options: Mapping[str, Any] | None,
+) -> bytes:
+    """Provider `i`'s envelope of the round, made by the real agent on its raw data."""
+    from agents.provider import ProviderAgent
+
+    agent = ProviderAgent(
+        server,  # type: ignore[arg-type]
+        raw,
+        state_dir=workdir / f"provider-{i}",
+        listing_name=f"provider-{i}",
+        ask_cents=1,
+        seed=i,
+        notify=lambda msg: None,
+        **dict(agent_options or {}),
+    )
+    agent._active_jobs()["imprint"] = {"offer_id": "o", "submitted": {}, "done": False}
+    # The harness is the buyer: its manifest is the verified one (model and context
+    # are still checked against it before training).
+    agent.sealer.manifests["imprint"] = manifest
+    return agent._build_envelope(job, rnd, f"p{i}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -109,6 +109,13 @@ class EvalResult(NamedTuple):
     accuracy: float
 
 
+def warm_up() -> None:
+    """Pay torch's one-off start-up cost now rather than inside the first round's deadline:
+    the first optimizer built in a process imports torch's compiler stack, which takes
+    seconds on a busy machine."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 def _tensors(model: nn.Module, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """The dataset as tensors, after checking labels fit the model's output units.
 
@@ -155,15 +162,7 @@ def train_local(
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("epochs and batch_size must be ≥ 1 and lr > 0")
     X, y = _tensors(model, dataset)
-    opt: torch.optim.Optimizer
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
-    elif optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; use 'sgd' or 'adam'")
+    opt = _optimizer(model, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
     # Regression trains on the job's standardized target, so MSE is on the unit scale.
     loss_fn: nn.Module = nn.MSELoss() if dataset.continuous else nn.CrossEntropyLoss()
     if dp is not None:
@@ -183,24 +182,53 @@ def train_local(
     model.train()
     epoch_loss = float("nan")
     for epoch in range(1, epochs + 1):
-        # Manual batching instead of a DataLoader: the data is already one in-memory tensor,
-        # and DataLoader's per-batch overhead dominates on models this small.
         perm = torch.randperm(n, generator=gen)
-        total = 0.0
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(X[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        epoch_loss = total / n
-        if not np.isfinite(epoch_loss):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {epoch_loss})")
+        epoch_loss = _epoch(model, X, y, opt, loss_fn, perm, batch_size)
+        _check_finite(epoch, epoch_loss)
         logger.debug("epoch %d/%d loss %.4f", epoch, epochs, epoch_loss)
         if progress is not None:
             progress(EpochInfo(epoch=epoch, epochs=epochs, loss=epoch_loss, samples=n))
     return TrainResult(loss=epoch_loss, samples=n)
+
+
+def _optimizer(
+    model: nn.Module, name: OptimizerName, *, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adam'")
+
+
+def _epoch(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    perm: torch.Tensor,
+    batch_size: int,
+) -> float:
+    """One pass over the rows in `perm` order; the mean loss."""
+    # Manual batching instead of a DataLoader: the data is already one in-memory tensor,
+    # and DataLoader's per-batch overhead dominates on models this small.
+    total = 0.0
+    for start in range(0, len(perm), batch_size):
+        idx = perm[start : start + batch_size]
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(X[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+    return total / len(perm)
+
+
+def _check_finite(epoch: int, epoch_loss: float) -> None:
+    if not np.isfinite(epoch_loss):
+        raise FloatingPointError(f"training diverged at epoch {epoch} (loss {epoch_loss})")
 
 
 def _train_dp(
@@ -245,31 +273,38 @@ def _train_dp(
         try:
             model.train()
             for epoch in range(1, epochs + 1):
-                total, seen = 0.0, 0
-                for xb, yb in dp_loader:
-                    dp_opt.zero_grad(set_to_none=True)
-                    if len(xb) == 0:
-                        # An empty Poisson batch still takes a (pure-noise) step: skipping it
-                        # would make the batch count depend on the data.
-                        module(xb).sum().backward()
-                        dp_opt.step()
-                        continue
-                    loss = loss_fn(module(xb), yb)
-                    loss.backward()
-                    dp_opt.step()
-                    total += float(loss.detach()) * len(xb)
-                    seen += len(xb)
-                epoch_loss = total / max(seen, 1)
-                if not np.isfinite(epoch_loss):
-                    raise FloatingPointError(
-                        f"training diverged at epoch {epoch} (loss {epoch_loss})"
-                    )
+                epoch_loss = _dp_epoch(module, dp_opt, dp_loader, loss_fn)
+                _check_finite(epoch, epoch_loss)
                 if progress is not None:
                     progress(EpochInfo(epoch=epoch, epochs=epochs, loss=epoch_loss, samples=n))
         finally:
             module._close()
         steps = sum(int(h[2]) for h in engine.accountant.history)
     return TrainResult(loss=epoch_loss, samples=n, dp_steps=steps)
+
+
+def _dp_epoch(
+    module: nn.Module,
+    dp_opt: torch.optim.Optimizer,
+    dp_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: nn.Module,
+) -> float:
+    """One pass over opacus's Poisson batches; the mean loss over the rows drawn."""
+    total, seen = 0.0, 0
+    for xb, yb in dp_loader:
+        dp_opt.zero_grad(set_to_none=True)
+        if len(xb) == 0:
+            # An empty Poisson batch still takes a (pure-noise) step: skipping it
+            # would make the batch count depend on the data.
+            module(xb).sum().backward()
+            dp_opt.step()
+            continue
+        loss = loss_fn(module(xb), yb)
+        loss.backward()
+        dp_opt.step()
+        total += float(loss.detach()) * len(xb)
+        seen += len(xb)
+    return total / max(seen, 1)
 
 
 def compute_update(global_vec: npt.ArrayLike, local_vec: npt.ArrayLike) -> FloatVector:

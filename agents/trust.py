@@ -30,7 +30,7 @@ from crypto import PublicContext
 from crypto.errors import PollenError
 from crypto.identity import IdentityKey, SignatureError, canonical, fingerprint, verify_record
 from crypto.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
-from dataspec.views import JobPublic
+from dataspec.views import JobPublic, SubmissionReceipt
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +277,21 @@ class Trust:
     def keep_receipt(self, receipt: Json) -> None:
         self.data.setdefault("receipts", []).append(receipt)
         self.save()
+
+    def check_receipt(
+        self, client: PollenClient, job_id: str, number: int, receipt: SubmissionReceipt
+    ) -> None:
+        """Check the server's signed `accepted` record, and keep it for `pollen audit`."""
+        record = receipt.record
+        if record is None:
+            raise TrustError(f"job {job_id} round {number}: the server signed no receipt")
+        try:
+            body = verify_record(record, self.server_key(client), kind="accepted")
+        except SignatureError as exc:
+            raise TrustError(f"job {job_id} round {number}: receipt refused: {exc}") from exc
+        if body["job_id"] != job_id or body["round"] != number:
+            raise TrustError(f"job {job_id} round {number}: the receipt is for something else")
+        self.keep_receipt({"leaf_index": receipt.leaf_index, "record": record})
 
 
 def sha256_of(data: bytes | Path) -> str:

@@ -31,7 +31,7 @@ from agents.modelio import flatten, load_safetensors, unflatten_into
 from agents.models import build_model
 from agents.optim import FedAvg
 from agents.processes import free_port, start_agent, stop
-from agents.provider import train_seed
+from agents.sealing import train_seed
 from agents.training import compute_update, train_local
 from crypto import Accumulator, BuyerKeys, weight_norm
 from crypto.identity import IdentityKey
