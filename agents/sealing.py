@@ -93,8 +93,9 @@ def job_privacy(spec: JobCreate) -> dict[str, Any] | str | None:
 
 
 class ZeroPools:
-    """Per job: encryptions of zero for its next round, made while the agent waits (in
-    memory only, each used once: crypto.zeropool)."""
+    """Per job: encryptions of zero for its next round, made while the agent waits by a
+    child process at the lowest CPU priority (in memory only, each used once:
+    crypto.zeropool)."""
 
     def __init__(self) -> None:
         self._pools: dict[str, ZeroPool] = {}
@@ -119,9 +120,10 @@ class ZeroPools:
             pool.start_filling()
 
     def drop(self, job_id: str) -> None:
+        """The job ended: its pool's child process goes with it."""
         pool = self._pools.pop(job_id, None)
         if pool is not None:
-            pool.stop()
+            pool.close()
 
 
 def report_privacy(client: PollenClient, job_id: str, number: int, entry: dict[str, Any]) -> None:
