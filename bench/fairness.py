@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -60,17 +60,27 @@ def _envelope(
 
 
 class Freeloader(ProviderAgent):
-    def _build_envelope(self, job: JobPublic, rnd: RoundPublic, me: str) -> bytes:
+    """Submits an update of zeros with an honest sample claim, in place of training."""
+
+    def _write_envelope(
+        self, job: JobPublic, rnd: RoundPublic, me: str, out: BinaryIO
+    ) -> dict[str, float]:
         zeros = np.zeros(int(job.param_count or 0), dtype=np.float32)
-        return _envelope(self, job, rnd, me, zeros)
+        out.write(_envelope(self, job, rnd, me, zeros))
+        return {}
 
 
 class NoiseSubmitter(ProviderAgent):
-    def _build_envelope(self, job: JobPublic, rnd: RoundPublic, me: str) -> bytes:
+    """Submits uniform noise as large as the preset allows, in place of training."""
+
+    def _write_envelope(
+        self, job: JobPublic, rnd: RoundPublic, me: str, out: BinaryIO
+    ) -> dict[str, float]:
         bound = get_preset(job.spec.preset).max_update_abs(rnd.summands)
         rng = np.random.default_rng()
         noise = rng.uniform(-0.5 * bound, 0.5 * bound, int(job.param_count or 0))
-        return _envelope(self, job, rnd, me, noise.astype(np.float32))
+        out.write(_envelope(self, job, rnd, me, noise.astype(np.float32)))
+        return {}
 
 
 class Inflater(ProviderAgent):
