@@ -289,7 +289,8 @@ class ProviderAgent:
             self.progress.uploaded(job_id, number, size=size)
         except ApiError as exc:
             if exc.status == 409 and exc.code == "duplicate-submission":
-                receipt = exc.body.get("first", exc.body)
+                # Accepted before (its answer was lost): the first receipt, checked as any.
+                receipt = SubmissionReceipt.model_validate(exc.body.get("first", exc.body))
             elif exc.status == 409 and exc.code == "round-not-collecting":
                 # Too late (the round closed at its deadline while we trained or the server
                 # was away): nothing was added, so drop this update and wait for the next.

@@ -216,3 +216,55 @@ def test_agent_without_a_key_works_for_an_honest_buyer(
     for agent in agents:
         (receipt,) = agent.trust.data["receipts"]
         assert receipt["record"]["kind"] == "accepted"
+
+
+class LostAnswer(Operator):
+    """The network drops the answer to the first submission the server accepted; with
+    `hide`, the round view also says nothing was received (a stale cache, or an operator
+    inviting a second copy) and that the round still collects (the answer closed it), so
+    the agent sends the update again."""
+
+    def __init__(self, app: TestClient, *, hide: bool) -> None:
+        super().__init__(app)
+        self.dropped = 0
+        self.hide = hide
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        path = request.url.path
+        if (
+            request.method == "PUT"
+            and path.endswith("/submission")
+            and (self.dropped == 0 and response.status_code == 201)
+        ):
+            self.dropped += 1
+            raise httpx.ReadError("connection reset by peer", request=request)
+        if self.hide and request.method == "GET" and path.endswith("/rounds/1"):
+            body = response.json()
+            body["you_submitted"], body["state"] = False, "collecting"
+            return httpx.Response(200, json=body, request=request)
+        return response
+
+
+def test_a_lost_answer_to_an_accepted_upload_is_recorded_once(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys, tmp_path: Path
+) -> None:
+    """The server accepted the update but its answer never arrived. The agent records the
+    round as submitted and never counts twice: told the round neither holds its update nor
+    has closed, it sends it again, is refused as a duplicate with the first signed receipt,
+    checks that receipt and keeps it (the duplicate's answer once broke the agent on every
+    step: it read the receipt as a dict)."""
+    job_id, _, agents, _, ids = _market(client, buyer_keys, tmp_path)
+    lost = LostAnswer(client, hide=True)
+    agents[0].client = PollenClient("http://testserver", agents[0].client.api_key, transport=lost)
+    for _ in range(3):
+        try:
+            agents[0].step(ids[0])
+        except httpx.TransportError:
+            continue  # the step that lost its answer; the next one goes on
+    assert lost.dropped == 1
+    assert len(lost.submissions) == 2  # the lost one and the duplicate
+    assert "1" in agents[0].state.data["jobs"][job_id]["submitted"]
+    assert agents[0].trust is not None
+    (receipt,) = agents[0].trust.data["receipts"]
+    assert receipt["record"]["kind"] == "accepted"
