@@ -204,13 +204,14 @@ def submit(
                 partials.add(engine, ctx, job, rnd, checked)
             except Exception:
                 log.exception("update %s is not in this partial; the close replays it", sub_id)
-    if collecting and group.acc_count >= len(group.members):
-        # The group is complete: its sum is built now, not at the round's close.
-        try:
-            partials.build_group(engine, ctx, job, number, group.index)
-        except Exception:
-            log.exception("group %d of round %s not built; the close builds it", group.index,
-                          rnd.id)  # fmt: skip
+        if collecting and group.acc_count >= len(group.members):
+            # The group is complete: its sum is built now, not at the round's close (this
+            # update from the file it was just checked in, not read back from the store).
+            try:
+                partials.build_group(engine, ctx, job, number, group.index, last=checked)
+            except Exception:
+                log.exception("group %d of round %s not built; the close builds it",
+                              group.index, rnd.id)  # fmt: skip
     log.info("job %s round %d: update %d from %s", job.id, number, rnd.acc_count, provider.id)
     out = receipt(sub)
     out.record, out.leaf_index = record, leaf.index
