@@ -4,10 +4,10 @@
     job = client.create_job(spec)
     client.put_context(job.id, keys.public_context().to_bytes())
 
-Answers come back as the wire contract's views (:mod:`dataspec.views`, the server's response
-models), parsed with `model_validate`; a field the server adds later is ignored. The admin,
-money and transparency-log answers are still plain JSON (`Json`). Binaries come back as
-bytes, or are written to a file as they arrive.
+Answers come back as the wire contract's views (:mod:`dataspec.views`, :mod:`dataspec.money`,
+:mod:`dataspec.records`: the server's response models), parsed with `model_validate`; a
+field the server adds later is ignored. Binaries come back as bytes, or are written to a
+file as they arrive.
 
 Every error answer is raised as `ApiError` (a duplicate submission's body holds the first
 receipt under `first`); sending, streaming and riding out an outage (`Backoff`) live in
@@ -32,6 +32,17 @@ from agents.http import (
     is_transient,
     never_sent,
 )
+from dataspec.money import (
+    CreditCreate,
+    CreditPublic,
+    LedgerReport,
+    PayoutBatchPublic,
+    PayoutRun,
+    PayoutsView,
+    Receipt,
+    ReputationPublic,
+)
+from dataspec.records import Identity, Inclusion, Leaf, LoggedRecord, Proof, ServerKey, SignedRecord
 from dataspec.views import (
     AccountCreated,
     AccountPublic,
@@ -43,6 +54,7 @@ from dataspec.views import (
     PrivacyReportPublic,
     RoundPublic,
     SubmissionReceipt,
+    TickResult,
 )
 
 __all__ = [
@@ -174,16 +186,15 @@ class PollenClient:
 
     # -- admin ---------------------------------------------------------------------------
 
-    def credit_job(self, job_id: str, amount_cents: int, reference: str | None = None) -> Json:
-        body: Json = {"amount_cents": amount_cents}
-        if reference is not None:
-            body["reference"] = reference
-        result: Json = self._json("POST", f"/v1/admin/jobs/{job_id}/credit", json=body)
-        return result
+    def credit_job(
+        self, job_id: str, amount_cents: int, reference: str | None = None
+    ) -> CreditPublic:
+        credit = CreditCreate(amount_cents=amount_cents, reference=reference)
+        body = credit.model_dump(mode="json", exclude_none=True)
+        return self._view(CreditPublic, "POST", f"/v1/admin/jobs/{job_id}/credit", json=body)
 
-    def tick(self) -> Json:
-        result: Json = self._json("POST", "/v1/admin/tick")
-        return result
+    def tick(self) -> TickResult:
+        return self._view(TickResult, "POST", "/v1/admin/tick")
 
     def approve_provider(self, account_id: str) -> AccountPublic:
         """Operator: verify a provider (it is matched to jobs and counts toward quorums)."""
@@ -302,81 +313,65 @@ class PollenClient:
 
     # -- identities and the transparency log ---------------------------------------------
 
-    def register_identity(self, record: Json) -> Json:
+    def register_identity(self, record: Json) -> Identity:
         """Register this account's Ed25519 key from its self-signed identity record."""
-        result: Json = self._json("PUT", "/v1/accounts/me/identity", json=record)
-        return result
+        return self._view(Identity, "PUT", "/v1/accounts/me/identity", json=record)
 
-    def get_identity(self, account_id: str) -> Json:
-        result: Json = self._json("GET", f"/v1/accounts/{account_id}/identity")
-        return result
+    def get_identity(self, account_id: str) -> Identity:
+        return self._view(Identity, "GET", f"/v1/accounts/{account_id}/identity")
 
-    def log_key(self) -> Json:
-        result: Json = self._json("GET", "/v1/log/key")
-        return result
+    def log_key(self) -> ServerKey:
+        return self._view(ServerKey, "GET", "/v1/log/key")
 
-    def log_head(self) -> Json:
-        result: Json = self._json("GET", "/v1/log/head")
-        return result
+    def log_head(self) -> SignedRecord:
+        """The log's signed tree head: a `tree-head` record over its size, root and time."""
+        return self._view(SignedRecord, "GET", "/v1/log/head")
 
-    def log_consistency(self, first: int, second: int) -> Json:
-        result: Json = self._json("GET", f"/v1/log/consistency?first={first}&second={second}")
-        return result
+    def log_consistency(self, first: int, second: int) -> Proof:
+        return self._view(Proof, "GET", f"/v1/log/consistency?first={first}&second={second}")
 
-    def log_inclusion(self, index: int, size: int) -> Json:
-        result: Json = self._json("GET", f"/v1/log/inclusion?index={index}&size={size}")
-        return result
+    def log_inclusion(self, index: int, size: int) -> Inclusion:
+        return self._view(Inclusion, "GET", f"/v1/log/inclusion?index={index}&size={size}")
 
-    def log_leaf(self, index: int) -> Json:
-        result: Json = self._json("GET", f"/v1/log/leaves/{index}")
-        return result
+    def log_leaf(self, index: int) -> Leaf:
+        return self._view(Leaf, "GET", f"/v1/log/leaves/{index}")
 
-    def job_records(self, job_id: str) -> list[Json]:
+    def job_records(self, job_id: str) -> list[LoggedRecord]:
         """The job's signed records (manifest, models, acceptances, closes) from the log."""
-        result: list[Json] = self._json("GET", f"/v1/jobs/{job_id}/records")
-        return result
+        return self._views(LoggedRecord, f"/v1/jobs/{job_id}/records")
 
-    def my_records(self) -> list[Json]:
+    def my_records(self) -> list[LoggedRecord]:
         """The server-signed settlement and payout records about this account, with proofs."""
-        result: list[Json] = self._json("GET", "/v1/accounts/me/records")
-        return result
+        return self._views(LoggedRecord, "/v1/accounts/me/records")
 
-    def put_manifest(self, job_id: str, record: Json) -> Json:
-        result: Json = self._json("PUT", f"/v1/jobs/{job_id}/manifest", json=record)
-        return result
+    def put_manifest(self, job_id: str, record: Json) -> LoggedRecord:
+        return self._view(LoggedRecord, "PUT", f"/v1/jobs/{job_id}/manifest", json=record)
 
-    def post_record(self, job_id: str, record: Json) -> Json:
-        result: Json = self._json("POST", f"/v1/jobs/{job_id}/records", json=record)
-        return result
+    def post_record(self, job_id: str, record: Json) -> LoggedRecord:
+        return self._view(LoggedRecord, "POST", f"/v1/jobs/{job_id}/records", json=record)
 
     # -- money and reputation --------------------------------------------------------------
 
-    def payouts(self) -> Json:
+    def payouts(self) -> PayoutsView:
         """A provider's own earnings and payouts; an admin's view holds everyone's."""
-        result: Json = self._json("GET", "/v1/payouts")
-        return result
+        return self._view(PayoutsView, "GET", "/v1/payouts")
 
-    def run_payouts(self) -> Json:
+    def run_payouts(self) -> PayoutRun:
         """Admin: pay every provider what it is owed (transfers, or a CSV batch)."""
-        result: Json = self._json("POST", "/v1/admin/payouts/run")
-        return result
+        return self._view(PayoutRun, "POST", "/v1/admin/payouts/run")
 
-    def mark_payout_batch_paid(self, batch_id: str) -> Json:
-        result: Json = self._json("POST", f"/v1/admin/payouts/{batch_id}/mark-paid")
-        return result
+    def mark_payout_batch_paid(self, batch_id: str) -> PayoutBatchPublic:
+        path = f"/v1/admin/payouts/{batch_id}/mark-paid"
+        return self._view(PayoutBatchPublic, "POST", path)
 
-    def reputations(self) -> list[Json]:
-        result: list[Json] = self._json("GET", "/v1/reputation")
-        return result
+    def reputations(self) -> list[ReputationPublic]:
+        return self._views(ReputationPublic, "/v1/reputation")
 
-    def reputation(self, provider_id: str) -> Json:
-        result: Json = self._json("GET", f"/v1/reputation/{provider_id}")
-        return result
+    def reputation(self, provider_id: str) -> ReputationPublic:
+        return self._view(ReputationPublic, "GET", f"/v1/reputation/{provider_id}")
 
-    def verify_ledger(self) -> Json:
-        result: Json = self._json("GET", "/v1/ledger/verify")
-        return result
+    def verify_ledger(self) -> LedgerReport:
+        return self._view(LedgerReport, "GET", "/v1/ledger/verify")
 
-    def receipt(self, job_id: str) -> Json:
-        result: Json = self._json("GET", f"/v1/jobs/{job_id}/receipt")
-        return result
+    def receipt(self, job_id: str) -> Receipt:
+        return self._view(Receipt, "GET", f"/v1/jobs/{job_id}/receipt")
