@@ -149,8 +149,31 @@ def _check_settlement(client: PollenClient, trust: Trust, index: int, body: Json
             )
 
 
+# A provider's money per (currency, job id), in cents.
+PerJob = dict[tuple[str, str], int]
+
+
 def audit_provider_money(client: PollenClient, trust: Trust, key: str, me: str) -> list[str]:
-    settled: dict[tuple[str, str], int] = {}
+    """A provider's earnings and payouts as the server reports them hold to its signed
+    settlement and payout records, and the payouts stay within the settlements."""
+    settled, signed_payouts = _signed_provider_money(client, trust, key, me)
+    reported, reported_paid, payouts = _reported_earnings(client, me)
+    _check_earnings(settled, reported)
+    _check_payouts(payouts, signed_payouts)
+    _check_paid(signed_payouts, reported_paid, settled)
+    return [
+        f"earnings of {sum(settled.values())} cents on {len(settled)} job(s) match the "
+        f"signed settlement records; {len(signed_payouts)} payout(s) match the signed payout "
+        "records and stay within them"
+    ]
+
+
+def _signed_provider_money(
+    client: PollenClient, trust: Trust, key: str, me: str
+) -> tuple[PerJob, dict[str, Json]]:
+    """What the signed records about `me` settle per job, and its signed payouts by id,
+    each checked against the ledger leaves it cites."""
+    settled: PerJob = {}
     signed_payouts: dict[str, Json] = {}
     for r in client.my_records():
         body = _signed(client, trust, key, r)
@@ -169,8 +192,13 @@ def audit_provider_money(client: PollenClient, trust: Trust, key: str, me: str) 
                     f"{held['paid'].get(me, 0)} cents, its signed payout record {body['cents']}"
                 )
             signed_payouts[str(body["payout_id"])] = body
-    reported: dict[tuple[str, str], int] = {}
-    reported_paid: dict[tuple[str, str], int] = {}
+    return settled, signed_payouts
+
+
+def _reported_earnings(client: PollenClient, me: str) -> tuple[PerJob, PerJob, list[PayoutPublic]]:
+    """What the server reports `me` earned and was paid per job, and its paid payouts."""
+    reported: PerJob = {}
+    reported_paid: PerJob = {}
     payouts: list[PayoutPublic] = []
     for e in client.payouts().earnings:
         if e.provider_id != me:
@@ -179,6 +207,10 @@ def audit_provider_money(client: PollenClient, trust: Trust, key: str, me: str) 
             reported[(e.currency, j["job_id"])] = int(j["earned_cents"])
             reported_paid[(e.currency, j["job_id"])] = int(j["paid_cents"])
         payouts += [p for p in e.payouts if p.status == "paid"]
+    return reported, reported_paid, payouts
+
+
+def _check_earnings(settled: PerJob, reported: PerJob) -> None:
     for cur, job in sorted(set(settled) | set(reported)):
         said, signed = reported.get((cur, job), 0), settled.get((cur, job), 0)
         if said != signed:
@@ -186,7 +218,10 @@ def audit_provider_money(client: PollenClient, trust: Trust, key: str, me: str) 
                 f"amount mismatch: the server reports {said} {cur} cents earned on job {job}, "
                 f"its signed settlement records say {signed}"
             )
-    paid: dict[tuple[str, str], int] = {}
+
+
+def _check_payouts(payouts: list[PayoutPublic], signed_payouts: dict[str, Json]) -> None:
+    """Every payout reported as paid has its signed record, with the same amount and job."""
     for p in payouts:
         sp = signed_payouts.get(p.id)
         if sp is None:
@@ -204,6 +239,12 @@ def audit_provider_money(client: PollenClient, trust: Trust, key: str, me: str) 
                 f"{p.currency} cents for job {p.job_id}, its signed payout record says "
                 f"{sp['cents']} {sp['currency']} cents for {sp['jobs']}"
             )
+
+
+def _check_paid(signed_payouts: dict[str, Json], reported_paid: PerJob, settled: PerJob) -> None:
+    """The signed payouts per job are what the server reports paid, and within what the
+    signed settlements gave."""
+    paid: PerJob = {}
     for body in signed_payouts.values():
         k = (str(body["currency"]), str(body["jobs"][0]))
         paid[k] = paid.get(k, 0) + int(body["cents"])
@@ -218,11 +259,6 @@ def audit_provider_money(client: PollenClient, trust: Trust, key: str, me: str) 
                 f"job {k[1]}: the signed payouts ({paid[k]} {k[0]} cents) exceed the signed "
                 f"settlements ({settled.get(k, 0)})"
             )
-    return [
-        f"earnings of {sum(settled.values())} cents on {len(settled)} job(s) match the "
-        f"signed settlement records; {len(signed_payouts)} payout(s) match the signed payout "
-        "records and stay within them"
-    ]
 
 
 def audit_buyer_money(client: PollenClient, trust: Trust, key: str, job_id: str) -> list[str]:
