@@ -11,7 +11,8 @@ file as they arrive.
 
 Every error answer is raised as `ApiError` (a duplicate submission's body holds the first
 receipt under `first`); sending, streaming and riding out an outage (`Backoff`) live in
-:mod:`agents.http` and are re-exported here.
+:mod:`agents.http` and are re-exported here. For tests, pass `http=` an existing
+`httpx.Client` (e.g. FastAPI's `TestClient`) or `transport=` an `httpx.MockTransport`.
 """
 
 from __future__ import annotations
