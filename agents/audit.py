@@ -27,6 +27,8 @@ from agents.client import PollenClient
 from agents.trust import Trust, TrustError
 from crypto.identity import SignatureError, canonical, verify_record
 from crypto.merkle import ProofError, verify_consistency
+from dataspec.money import PayoutPublic
+from dataspec.records import LoggedRecord
 from dataspec.states import ROUND_HAS_AGGREGATE
 
 Json = dict[str, Any]
@@ -55,10 +57,10 @@ def audit(client: PollenClient, trust: Trust) -> list[str]:
         job_id, number = str(body["job_id"]), int(body["round"])
         if (job_id, number) not in closes:
             for r in client.job_records(job_id):
-                if r["kind"] == "round-closed":
-                    b = verify_record(r["record"], key, kind="round-closed")
+                if r.kind == "round-closed":
+                    b = verify_record(r.record, key, kind="round-closed")
                     closes[(job_id, int(b["round"]))] = b
-                    trust.check_inclusion(client, int(r["index"]), canonical(r["record"]).decode())
+                    trust.check_inclusion(client, r.index, canonical(r.record).decode())
         close = closes.get((job_id, number))
         if close is None:
             state = client.get_round(job_id, number).state
@@ -93,14 +95,13 @@ def buyer_job(trust: Trust) -> str | None:
     return name[: -len(suffix)] if name.endswith(suffix) else None
 
 
-def _signed(client: PollenClient, trust: Trust, key: str, r: Json) -> Json:
+def _signed(client: PollenClient, trust: Trust, key: str, r: LoggedRecord) -> Json:
     """A served money record: signed by the server's pinned key and included in the log."""
-    kind = str(r["kind"])
     try:
-        body: Json = verify_record(r["record"], key, kind=kind)
+        body: Json = verify_record(r.record, key, kind=r.kind)
     except SignatureError as exc:
-        raise TrustError(f"the {kind} record at leaf {r['index']} is forged: {exc}") from exc
-    trust.check_inclusion(client, int(r["index"]), canonical(r["record"]).decode())
+        raise TrustError(f"the {r.kind} record at leaf {r.index} is forged: {exc}") from exc
+    trust.check_inclusion(client, r.index, canonical(r.record).decode())
     return body
 
 
@@ -110,8 +111,8 @@ def _ledger_money(client: PollenClient, trust: Trust, body: Json) -> Json:
     for ref in body.get("ledger", []):
         index = int(ref["leaf_index"])
         leaf = client.log_leaf(index)
-        trust.check_inclusion(client, index, str(leaf["payload"]))
-        txn = json.loads(leaf["payload"]).get("txn", {})
+        trust.check_inclusion(client, index, leaf.payload)
+        txn = json.loads(leaf.payload).get("txn", {})
         if txn.get("id") != ref["txn_id"]:
             raise TrustError(f"leaf {index} is not ledger transaction {ref['txn_id']}")
         for account, amount in txn.get("postings", []):
@@ -148,19 +149,42 @@ def _check_settlement(client: PollenClient, trust: Trust, index: int, body: Json
             )
 
 
+# A provider's money per (currency, job id), in cents.
+PerJob = dict[tuple[str, str], int]
+
+
 def audit_provider_money(client: PollenClient, trust: Trust, key: str, me: str) -> list[str]:
-    settled: dict[tuple[str, str], int] = {}
+    """A provider's earnings and payouts as the server reports them hold to its signed
+    settlement and payout records, and the payouts stay within the settlements."""
+    settled, signed_payouts = _signed_provider_money(client, trust, key, me)
+    reported, reported_paid, payouts = _reported_earnings(client, me)
+    _check_earnings(settled, reported)
+    _check_payouts(payouts, signed_payouts)
+    _check_paid(signed_payouts, reported_paid, settled)
+    return [
+        f"earnings of {sum(settled.values())} cents on {len(settled)} job(s) match the "
+        f"signed settlement records; {len(signed_payouts)} payout(s) match the signed payout "
+        "records and stay within them"
+    ]
+
+
+def _signed_provider_money(
+    client: PollenClient, trust: Trust, key: str, me: str
+) -> tuple[PerJob, dict[str, Json]]:
+    """What the signed records about `me` settle per job, and its signed payouts by id,
+    each checked against the ledger leaves it cites."""
+    settled: PerJob = {}
     signed_payouts: dict[str, Json] = {}
     for r in client.my_records():
         body = _signed(client, trust, key, r)
-        if r["kind"] == "settlement":
-            _check_settlement(client, trust, int(r["index"]), body)
+        if r.kind == "settlement":
+            _check_settlement(client, trust, r.index, body)
             k = (str(body["currency"]), str(body["job_id"]))
             cents = sum(int(p["cents"]) for p in body["payees"] if p["provider_id"] == me)
             settled[k] = settled.get(k, 0) + cents
-        elif r["kind"] == "payout":
+        elif r.kind == "payout":
             if body["provider_id"] != me:
-                raise TrustError(f"the payout record at leaf {r['index']} is another's")
+                raise TrustError(f"the payout record at leaf {r.index} is another's")
             held = _ledger_money(client, trust, body)
             if held["paid"].get(me, 0) != int(body["cents"]):
                 raise TrustError(
@@ -168,16 +192,25 @@ def audit_provider_money(client: PollenClient, trust: Trust, key: str, me: str) 
                     f"{held['paid'].get(me, 0)} cents, its signed payout record {body['cents']}"
                 )
             signed_payouts[str(body["payout_id"])] = body
-    reported: dict[tuple[str, str], int] = {}
-    reported_paid: dict[tuple[str, str], int] = {}
-    payouts: list[Json] = []
-    for e in client.payouts().get("earnings", []):
-        if e["provider_id"] != me:
+    return settled, signed_payouts
+
+
+def _reported_earnings(client: PollenClient, me: str) -> tuple[PerJob, PerJob, list[PayoutPublic]]:
+    """What the server reports `me` earned and was paid per job, and its paid payouts."""
+    reported: PerJob = {}
+    reported_paid: PerJob = {}
+    payouts: list[PayoutPublic] = []
+    for e in client.payouts().earnings:
+        if e.provider_id != me:
             continue
-        for j in e["jobs"]:
-            reported[(e["currency"], j["job_id"])] = int(j["earned_cents"])
-            reported_paid[(e["currency"], j["job_id"])] = int(j["paid_cents"])
-        payouts += [p for p in e["payouts"] if p["status"] == "paid"]
+        for j in e.jobs:
+            reported[(e.currency, j["job_id"])] = int(j["earned_cents"])
+            reported_paid[(e.currency, j["job_id"])] = int(j["paid_cents"])
+        payouts += [p for p in e.payouts if p.status == "paid"]
+    return reported, reported_paid, payouts
+
+
+def _check_earnings(settled: PerJob, reported: PerJob) -> None:
     for cur, job in sorted(set(settled) | set(reported)):
         said, signed = reported.get((cur, job), 0), settled.get((cur, job), 0)
         if said != signed:
@@ -185,24 +218,33 @@ def audit_provider_money(client: PollenClient, trust: Trust, key: str, me: str) 
                 f"amount mismatch: the server reports {said} {cur} cents earned on job {job}, "
                 f"its signed settlement records say {signed}"
             )
-    paid: dict[tuple[str, str], int] = {}
+
+
+def _check_payouts(payouts: list[PayoutPublic], signed_payouts: dict[str, Json]) -> None:
+    """Every payout reported as paid has its signed record, with the same amount and job."""
     for p in payouts:
-        sp = signed_payouts.get(str(p["id"]))
+        sp = signed_payouts.get(p.id)
         if sp is None:
             raise TrustError(
-                f"payout {p['id']} ({p['amount_cents']} {p['currency']} cents, job "
-                f"{p['job_id']}) has no signed payout record in the log"
+                f"payout {p.id} ({p.amount_cents} {p.currency} cents, job "
+                f"{p.job_id}) has no signed payout record in the log"
             )
         if (int(sp["cents"]), sp["currency"], sp["jobs"]) != (
-            int(p["amount_cents"]),
-            p["currency"],
-            [p["job_id"]],
+            p.amount_cents,
+            p.currency,
+            [p.job_id],
         ):
             raise TrustError(
-                f"amount mismatch: payout {p['id']} is reported as {p['amount_cents']} "
-                f"{p['currency']} cents for job {p['job_id']}, its signed payout record says "
+                f"amount mismatch: payout {p.id} is reported as {p.amount_cents} "
+                f"{p.currency} cents for job {p.job_id}, its signed payout record says "
                 f"{sp['cents']} {sp['currency']} cents for {sp['jobs']}"
             )
+
+
+def _check_paid(signed_payouts: dict[str, Json], reported_paid: PerJob, settled: PerJob) -> None:
+    """The signed payouts per job are what the server reports paid, and within what the
+    signed settlements gave."""
+    paid: PerJob = {}
     for body in signed_payouts.values():
         k = (str(body["currency"]), str(body["jobs"][0]))
         paid[k] = paid.get(k, 0) + int(body["cents"])
@@ -217,54 +259,49 @@ def audit_provider_money(client: PollenClient, trust: Trust, key: str, me: str) 
                 f"job {k[1]}: the signed payouts ({paid[k]} {k[0]} cents) exceed the signed "
                 f"settlements ({settled.get(k, 0)})"
             )
-    return [
-        f"earnings of {sum(settled.values())} cents on {len(settled)} job(s) match the "
-        f"signed settlement records; {len(signed_payouts)} payout(s) match the signed payout "
-        "records and stay within them"
-    ]
 
 
 def audit_buyer_money(client: PollenClient, trust: Trust, key: str, job_id: str) -> list[str]:
     paid, fees, refund = 0, 0, 0
     per_payee: dict[str, int] = {}
     for r in client.job_records(job_id):
-        if r["kind"] != "settlement":
+        if r.kind != "settlement":
             continue
         body = _signed(client, trust, key, r)
         if body["job_id"] != job_id:
-            raise TrustError(f"the settlement record at leaf {r['index']} is another job's")
-        _check_settlement(client, trust, int(r["index"]), body)
+            raise TrustError(f"the settlement record at leaf {r.index} is another job's")
+        _check_settlement(client, trust, r.index, body)
         for p in body["payees"]:
             per_payee[p["provider_id"]] = per_payee.get(p["provider_id"], 0) + int(p["cents"])
             paid += int(p["cents"])
         fees += int(body["fees_cents"])
         refund += int(body["refund_cents"])
     receipt = client.receipt(job_id)
-    for name, field, signed in (
-        ("paid to providers", "paid_cents", paid),
-        ("fees", "fees_cents", fees),
-        ("refunded", "refunded_cents", refund),
+    for name, said, signed in (
+        ("paid to providers", receipt.paid_cents, paid),
+        ("fees", receipt.fees_cents, fees),
+        ("refunded", receipt.refunded_cents, refund),
     ):
-        if int(receipt[field]) != signed:
+        if said != signed:
             raise TrustError(
-                f"amount mismatch, job {job_id}: the receipt says {receipt[field]} cents "
+                f"amount mismatch, job {job_id}: the receipt says {said} cents "
                 f"{name}, the signed settlement records {signed}"
             )
-    for line in receipt["providers"]:
+    for line in receipt.providers:
         if int(line["earned_cents"]) != per_payee.get(line["provider_id"], 0):
             raise TrustError(
                 f"amount mismatch, job {job_id}: the receipt pays {line['provider_id']} "
                 f"{line['earned_cents']} cents, the signed settlement records "
                 f"{per_payee.get(line['provider_id'], 0)}"
             )
-    escrow = int(receipt["funded_cents"]) - paid - fees - refund
-    if escrow < 0 or escrow != int(receipt["escrow_cents"]):
+    escrow = receipt.funded_cents - paid - fees - refund
+    if escrow < 0 or escrow != receipt.escrow_cents:
         raise TrustError(
-            f"job {job_id}: funded {receipt['funded_cents']} ≠ paid {paid} + fees {fees} + "
-            f"refunded {refund} + escrow {receipt['escrow_cents']} by the signed settlement records"
+            f"job {job_id}: funded {receipt.funded_cents} ≠ paid {paid} + fees {fees} + "
+            f"refunded {refund} + escrow {receipt.escrow_cents} by the signed settlement records"
         )
     return [
-        f"job {job_id}: funded {receipt['funded_cents']} = paid {paid} + fees {fees} + "
+        f"job {job_id}: funded {receipt.funded_cents} = paid {paid} + fees {fees} + "
         f"refunded {refund} + escrow {escrow}, as the signed settlement records say"
     ]
 
@@ -286,7 +323,7 @@ def compare(client: PollenClient, trust: Trust, theirs: Json) -> None:
             f"{a['root'][:16]}… and {b['root'][:16]}…: the log forked (split view)"
         )
     small, large = (a, b) if a["size"] <= b["size"] else (b, a)
-    proof = client.log_consistency(int(small["size"]), int(large["size"]))["proof"]
+    proof = client.log_consistency(int(small["size"]), int(large["size"])).proof
     try:
         verify_consistency(
             int(small["size"]), int(large["size"]), bytes.fromhex(small["root"]),

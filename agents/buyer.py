@@ -262,9 +262,9 @@ class BuyerRun:
         """The aggregate is the one the server's signed round-closed record commits to."""
         key = self.trust.server_key(self.client)
         closes = [
-            verify_record(r["record"], key, kind="round-closed")
+            verify_record(r.record, key, kind="round-closed")
             for r in self.client.job_records(self.job_id)
-            if r["kind"] == "round-closed"
+            if r.kind == "round-closed"
         ]
         mine = [c for c in closes if c["round"] == number]
         if not mine or mine[-1]["aggregate_sha256"] != sha256_of(blob):

@@ -30,9 +30,7 @@ def admin_credit(
 ) -> None:
     """Manual rail: credit a job's funding after the money arrived by other means."""
     credit = api_client(server, api_key).credit_job(job_id, amount_cents)
-    console.print(
-        f"credited {amount_cents} to {escape(job_id)}: job is {escape(credit['job_state'])}"
-    )
+    console.print(f"credited {amount_cents} to {escape(job_id)}: job is {escape(credit.job_state)}")
 
 
 @admin_app.command("approve-provider")

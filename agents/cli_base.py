@@ -16,7 +16,7 @@ from rich.markup import escape
 from agents.data import DataError
 
 if TYPE_CHECKING:
-    from agents.client import PollenClient
+    from agents.client import Backoff, PollenClient
 
 # Soft wrap: a message stays one line in a log or a pipe (rich would cut it at 80 columns).
 console = Console(soft_wrap=True)
@@ -89,6 +89,21 @@ def api_client(server: str, api_key: str | None) -> PollenClient:
     if not api_key:
         raise ValueError("no API key: pass --api-key or set POLLEN_API_KEY")
     return PollenClient(server, api_key)
+
+
+def retrying(
+    retry_for: float, poll: float, max_retry_wait: float, notify: Callable[[str], None]
+) -> Backoff:
+    """The `--retry-for` / `--max-retry-wait` policy: the first retry after one poll (at
+    most the longest wait), `notify` told when an outage starts and ends."""
+    from agents.client import Backoff
+
+    return Backoff(
+        give_up_after_s=retry_for,
+        first_wait_s=min(poll, max_retry_wait),
+        max_wait_s=max_retry_wait,
+        notify=notify,
+    )
 
 
 def setup_logging(verbose: bool) -> None:

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -24,12 +25,18 @@ from agents.cli_base import (
     console,
     err_console,
     friendly,
+    retrying,
     say_as,
     setup_logging,
 )
 from agents.jobspec import load_spec  # (YAML specs; `schema_from`, `task`)
 from dataspec.states import JobState, OfferState
 from dataspec.views import JobPublic, MatchingPublic
+
+if TYPE_CHECKING:
+    from agents.buyer import BuyerRun
+    from agents.client import Backoff, PollenClient
+    from agents.progress import RoundWatch
 
 job_app = typer.Typer(help="Post, run and inspect training jobs (buyer).", no_args_is_help=True)
 
@@ -111,50 +118,22 @@ def job_run(
 
     While a round collects, shows how many updates are in and the time to its deadline
     (live on a terminal, a line per change otherwise); then the round's metrics."""
-    from agents.buyer import BuyerRun, RoundReport
-    from agents.client import Backoff
-    from agents.progress import RoundStatus, round_watch
-    from agents.tabular import read_table
-    from crypto import BuyerKeys
+    from agents.progress import round_watch
 
     setup_logging(verbose)
     say = functools.partial(say_as, "buyer")
-
-    from agents.cli_trust import identity_path
-    from crypto.identity import IdentityKey
-
     with round_watch(console, functools.partial(say_as, None), live=not no_progress) as watch:
-
-        def show(r: RoundReport) -> None:
-            watch.closed()
-            console.print(
-                escape(
-                    f"round {r.round:>3}/{run.rounds_total}: {r.describe()}  "
-                    f"providers {r.providers}  samples {r.samples}"
-                ),
-                highlight=False,
-            )
-
-        run = BuyerRun(
-            api_client(server, api_key),
-            BuyerKeys.load(keys),
+        run = _buyer_run(
             job_id,
-            read_table(test),
-            identity=IdentityKey.load_or_create(identity_path(keys)),
-            out_dir=out,
+            test,
+            client=api_client(server, api_key),
+            keys=keys,
+            out=out,
             optimizer=optimizer,
-            notify=say,
-            on_round=show,
-            on_collecting=lambda rnd: watch.collecting(
-                RoundStatus.from_round(rnd, run.rounds_total)
-            ),
-            poll_s=poll,
-            backoff=Backoff(
-                give_up_after_s=retry_for,
-                first_wait_s=min(poll, max_retry_wait),
-                max_wait_s=max_retry_wait,
-                notify=say,
-            ),
+            poll=poll,
+            backoff=retrying(retry_for, poll, max_retry_wait, say),
+            say=say,
+            watch=watch,
         )
         outcome = run.run()
     console.print(
@@ -163,6 +142,55 @@ def job_run(
             f"metrics {outcome.metrics_path}"
         )
     )
+
+
+def _buyer_run(
+    job_id: str,
+    test: Path,
+    *,
+    client: PollenClient,
+    keys: Path,
+    out: Path,
+    optimizer: str,
+    poll: float,
+    backoff: Backoff,
+    say: Callable[[str], None],
+    watch: RoundWatch,
+) -> BuyerRun:
+    """The buyer's run of the job, printing each round's outcome and showing the
+    collecting round on `watch`."""
+    from agents.buyer import BuyerRun, RoundReport
+    from agents.cli_trust import identity_path
+    from agents.progress import RoundStatus
+    from agents.tabular import read_table
+    from crypto import BuyerKeys
+    from crypto.identity import IdentityKey
+
+    def show(r: RoundReport) -> None:
+        watch.closed()
+        console.print(
+            escape(
+                f"round {r.round:>3}/{run.rounds_total}: {r.describe()}  "
+                f"providers {r.providers}  samples {r.samples}"
+            ),
+            highlight=False,
+        )
+
+    run = BuyerRun(
+        client,
+        BuyerKeys.load(keys),
+        job_id,
+        read_table(test),
+        identity=IdentityKey.load_or_create(identity_path(keys)),
+        out_dir=out,
+        optimizer=optimizer,
+        notify=say,
+        on_round=show,
+        on_collecting=lambda rnd: watch.collecting(RoundStatus.from_round(rnd, run.rounds_total)),
+        poll_s=poll,
+        backoff=backoff,
+    )
+    return run
 
 
 @job_app.command("status")

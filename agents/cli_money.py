@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agents.client import ApiError, PollenClient
+from dataspec.money import LedgerReport, PayoutsView, Receipt, ReputationPublic
 
 console = Console()
 err_console = Console(stderr=True)
@@ -50,89 +51,86 @@ def _short(ident: str) -> str:
     return plain(ident if len(ident) <= 14 else ident[:14] + "…")
 
 
-def payouts_table(view: Json, names: dict[str, str] | None = None) -> Table:
+def payouts_table(view: PayoutsView, names: dict[str, str] | None = None) -> Table:
     names = names or {}
     table = Table(title="Provider payouts")
     for col in ("provider", "earned", "paid out", "owed", "jobs", "payouts"):
         table.add_column(col, justify="left" if col == "provider" else "right")
-    for e in view["earnings"]:
-        cur = e["currency"]
+    for e in view.earnings:
+        cur = e.currency
         table.add_row(
-            plain(names.get(e["provider_id"], e["provider_id"])),
-            money(e["earned_cents"], cur),
-            money(e["paid_cents"], cur),
-            money(e["balance_cents"], cur),
-            str(len(e["jobs"])),
-            ", ".join(
-                f"{_short(p['external_id'] or p['id'])} {plain(p['status'])}" for p in e["payouts"]
-            )
+            plain(names.get(e.provider_id, e.provider_id)),
+            money(e.earned_cents, cur),
+            money(e.paid_cents, cur),
+            money(e.balance_cents, cur),
+            str(len(e.jobs)),
+            ", ".join(f"{_short(p.external_id or p.id)} {plain(p.status)}" for p in e.payouts)
             or "-",
         )
     return table
 
 
-def reputation_table(reps: list[Json]) -> Table:
+def reputation_table(reps: list[ReputationPublic]) -> Table:
     table = Table(title="Reputation (Beta, decayed)")
     for col in ("provider", "score", "α", "β", "events", "latest reason"):
         table.add_column(col, justify="left" if col in ("provider", "latest reason") else "right")
-    for r in sorted(reps, key=lambda r: -r["score"]):
-        latest = plain(r["history"][0]["reason"]) if r["history"] else "-"
+    for r in sorted(reps, key=lambda r: -r.score):
+        latest = plain(r.history[0].reason) if r.history else "-"
         table.add_row(
-            f"{plain(r['name'])} ({_short(r['provider_id'])})",
-            f"{r['score']:.3f}",
-            f"{r['alpha']:.2f}",
-            f"{r['beta']:.2f}",
-            str(r["events"]),
+            f"{plain(r.name)} ({_short(r.provider_id)})",
+            f"{r.score:.3f}",
+            f"{r.alpha:.2f}",
+            f"{r.beta:.2f}",
+            str(r.events),
             latest,
         )
     return table
 
 
-def history_table(rep: Json) -> Table:
-    table = Table(title=f"{plain(rep['name'])}: score {rep['score']:.3f}")
+def history_table(rep: ReputationPublic) -> Table:
+    table = Table(title=f"{plain(rep.name)}: score {rep.score:.3f}")
     for col in ("at", "event", "weight", "job", "round", "reason"):
         table.add_column(col)
-    for e in rep["history"]:
+    for e in rep.history:
         table.add_row(
-            plain(e["at"][:19]), plain(e["kind"]), f"{e['weight']:+g}",
-            _short(e["job_id"] or "-"), str(e["round"] or "-"), plain(e["reason"]),
+            plain(e.at.isoformat()[:19]), plain(e.kind), f"{e.weight:+g}",
+            _short(e.job_id or "-"), str(e.round or "-"), plain(e.reason),
         )  # fmt: skip
     return table
 
 
-def receipt_table(rec: Json, names: dict[str, str] | None = None) -> Table:
+def receipt_table(rec: Receipt, names: dict[str, str] | None = None) -> Table:
     names = names or {}
-    cur = rec["currency"]
+    cur = rec.currency
     table = Table(
-        title=f"Receipt for job {plain(rec['job_id'])} "
-        f"({plain(rec['state'])}, {plain(rec['rail'])} rail)"
+        title=f"Receipt for job {plain(rec.job_id)} ({plain(rec.state)}, {plain(rec.rail)} rail)"
     )
     table.add_column("line")
     table.add_column("amount", justify="right")
-    table.add_row("budget", money(rec["budget_cents"], cur))
-    table.add_row("[bold]funded[/bold]", money(rec["funded_cents"], cur))
-    for p in rec["providers"]:
+    table.add_row("budget", money(rec.budget_cents, cur))
+    table.add_row("[bold]funded[/bold]", money(rec.funded_cents, cur))
+    for p in rec.providers:
         label = plain(names.get(p["provider_id"], p["name"]))
         table.add_row(f"  paid to {label} ({p['rounds']} rounds)", money(p["earned_cents"], cur))
-    table.add_row("paid to providers", money(rec["paid_cents"], cur))
-    table.add_row(f"platform fees ({rec['fee_bps'] / 100:g}%)", money(rec["fees_cents"], cur))
-    table.add_row("refunded", money(rec["refunded_cents"], cur))
-    table.add_row("still in escrow", money(rec["escrow_cents"], cur))
-    table.add_row("adds up", "yes" if rec["balanced"] else "[red]NO[/red]")
+    table.add_row("paid to providers", money(rec.paid_cents, cur))
+    table.add_row(f"platform fees ({rec.fee_bps / 100:g}%)", money(rec.fees_cents, cur))
+    table.add_row("refunded", money(rec.refunded_cents, cur))
+    table.add_row("still in escrow", money(rec.escrow_cents, cur))
+    table.add_row("adds up", "yes" if rec.balanced else "[red]NO[/red]")
     return table
 
 
-def ledger_line(report: Json) -> str:
-    if report["ok"]:
+def ledger_line(report: LedgerReport) -> str:
+    if report.ok:
         return (
-            f"ledger verified: {report['transactions']} transactions, hash chain intact "
-            f"(head {report['head_hash'][:16]}…), balances add up"
+            f"ledger verified: {report.transactions} transactions, hash chain intact "
+            f"(head {report.head_hash[:16]}…), balances add up"
         )
-    broken = report.get("broken")
+    broken = report.broken
     where = (
-        f"first broken link: #{broken['seq']} {plain(broken['txn_id'])}: {plain(broken['reason'])}"
+        f"first broken link: #{broken.seq} {plain(broken.txn_id)}: {plain(broken.reason)}"
         if broken
-        else f"negative accounts: {plain(', '.join(report['negative_accounts']))}"
+        else f"negative accounts: {plain(', '.join(report.negative_accounts))}"
     )
     return f"[red]ledger verification FAILED[/red]: {where}"
 
@@ -168,28 +166,26 @@ def payouts(
     """A provider's balance, payouts and per-job earnings; an admin sees every provider."""
     client = _client(server, api_key)
     if run:
-        batch = client.run_payouts()["batch"]
+        batch = client.run_payouts().batch
         console.print(
-            f"payout batch: {plain(batch['id'])} ({plain(batch['status'])})"
-            if batch
-            else "nothing owed"
+            f"payout batch: {plain(batch.id)} ({plain(batch.status)})" if batch else "nothing owed"
         )
-        if batch and batch.get("csv") and batch["rail"] == "manual":
-            console.print(plain(batch["csv"]), end="")
+        if batch and batch.csv and batch.rail == "manual":
+            console.print(plain(batch.csv), end="")
     if mark_paid:
-        status = client.mark_payout_batch_paid(mark_paid)["status"]
+        status = client.mark_payout_batch_paid(mark_paid).status
         console.print(f"batch {plain(mark_paid)}: {plain(status)}")
     view = client.payouts()
     if as_json:
-        console.print_json(json.dumps(view))
+        console.print_json(view.model_dump_json())
         return
     console.print(payouts_table(view))
-    for e in view["earnings"]:
-        for j in e["jobs"]:
+    for e in view.earnings:
+        for j in e.jobs:
             console.print(
-                f"  {plain(e['provider_id'])} job {plain(j['job_id'])}: earned "
-                f"{money(j['earned_cents'], e['currency'])} over {j['rounds']} rounds, "
-                f"owed {money(j['owed_cents'], e['currency'])}"
+                f"  {plain(e.provider_id)} job {plain(j['job_id'])}: earned "
+                f"{money(j['earned_cents'], e.currency)} over {j['rounds']} rounds, "
+                f"owed {money(j['owed_cents'], e.currency)}"
             )
 
 
@@ -201,13 +197,18 @@ def reputation(
 ) -> None:
     """Public reputation: every provider's score, or one provider's history with reasons."""
     client = _client(server, "", required=False)
-    data: Any = client.reputation(provider) if provider else client.reputations()
+    if provider:
+        one = client.reputation(provider)
+        if as_json:
+            console.print_json(one.model_dump_json())
+        else:
+            console.print(history_table(one))
+        return
+    every = client.reputations()
     if as_json:
-        console.print_json(json.dumps(data))
-    elif provider:
-        console.print(history_table(data))
+        console.print_json(json.dumps([r.model_dump(mode="json") for r in every]))
     else:
-        console.print(reputation_table(data))
+        console.print(reputation_table(every))
 
 
 @_friendly
@@ -217,15 +218,15 @@ def ledger_verify(
     """Recompute the ledger's hash chain and balances; exit 1 if anything is broken."""
     report = _client(server, api_key, required=False).verify_ledger()
     if as_json:
-        console.print_json(json.dumps(report))
+        console.print_json(report.model_dump_json())
     else:
         console.print(ledger_line(report))
-        for currency, t in report.get("totals", {}).items():
+        for currency, t in report.totals.items():
             console.print(
                 "  "
                 + ", ".join(f"{k} {money(v, currency)}" for k, v in t.items() if k != "balanced")
             )
-    if not report["ok"]:
+    if not report.ok:
         raise typer.Exit(1)
 
 
@@ -239,7 +240,7 @@ def job_receipt(
     """The buyer's receipt: funded, paid to each provider, fees, refunded."""
     rec = _client(server, api_key).receipt(job_id)
     if as_json:
-        console.print_json(json.dumps(rec))
+        console.print_json(rec.model_dump_json())
     else:
         console.print(receipt_table(rec))
 

@@ -1,38 +1,49 @@
 """Typed HTTP client for the Pollen marketplace API (one method per endpoint).
 
-Every error answer is `application/problem+json`; it is raised as `ApiError` carrying the
-status, the problem `code` slug, title, detail and the whole body (a duplicate submission's
-body holds the first receipt under `first`). Large uploads given as a `Path` are streamed
-from disk rather than read into memory.
-
     client = PollenClient("http://127.0.0.1:8000", api_key)
     job = client.create_job(spec)
     client.put_context(job.id, keys.public_context().to_bytes())
 
-Answers come back as the wire contract's views (:mod:`dataspec.views`, the server's response
-models), parsed with `model_validate`; a field the server adds later is ignored. The admin,
-money and transparency-log answers are still plain JSON (`Json`).
+Answers come back as the wire contract's views (:mod:`dataspec.views`, :mod:`dataspec.money`,
+:mod:`dataspec.records`: the server's response models), parsed with `model_validate`; a
+field the server adds later is ignored. Binaries come back as bytes, or are written to a
+file as they arrive.
 
-For tests, pass `http=` an existing `httpx.Client` (e.g. FastAPI's `TestClient`) or
-`transport=` an `httpx.MockTransport`.
-
-`Backoff` lets the agent and the buyer ride out a server that is down or restarting: a call
-that gets no answer (or a 5xx) is retried with exponential waits, with one log line when the
-outage starts and one when it ends, until `give_up_after_s` passed without a single answer;
-then `ServerUnreachableError`.
+Every error answer is raised as `ApiError` (a duplicate submission's body holds the first
+receipt under `first`); sending, streaming and riding out an outage (`Backoff`) live in
+:mod:`agents.http` and are re-exported here. For tests, pass `http=` an existing
+`httpx.Client` (e.g. FastAPI's `TestClient`) or `transport=` an `httpx.MockTransport`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
+from agents.http import (
+    ApiError,
+    Backoff,
+    ServerUnreachableError,
+    Transport,
+    Upload,
+    is_transient,
+    never_sent,
+)
+from dataspec.money import (
+    CreditCreate,
+    CreditPublic,
+    LedgerReport,
+    PayoutBatchPublic,
+    PayoutRun,
+    PayoutsView,
+    Receipt,
+    ReputationPublic,
+)
+from dataspec.records import Identity, Inclusion, Leaf, LoggedRecord, Proof, ServerKey, SignedRecord
 from dataspec.views import (
     AccountCreated,
     AccountPublic,
@@ -44,6 +55,7 @@ from dataspec.views import (
     PrivacyReportPublic,
     RoundPublic,
     SubmissionReceipt,
+    TickResult,
 )
 
 __all__ = [
@@ -55,158 +67,8 @@ __all__ = [
     "never_sent",
 ]
 
-logger = logging.getLogger(__name__)
-T = TypeVar("T")
-
 Json = dict[str, Any]
-Upload = bytes | Path
-_CHUNK = 1 << 20
-
-
-class ApiError(Exception):
-    """A refused request, parsed from the server's problem+json answer."""
-
-    def __init__(self, status: int, code: str, title: str, detail: str, body: Json) -> None:
-        super().__init__(f"{status} {code}: {detail or title}")
-        self.status = status
-        self.code = code
-        self.title = title
-        self.detail = detail
-        self.body = body
-
-    @classmethod
-    def from_response(cls, response: httpx.Response) -> ApiError:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            text = response.text[:500]
-            return cls(response.status_code, f"http-{response.status_code}", "HTTP error", text, {})
-        return cls(
-            status=int(body.get("status", response.status_code)),
-            code=str(body.get("code", f"http-{response.status_code}")),
-            title=str(body.get("title", "")),
-            detail=str(body.get("detail", "")),
-            body=body,
-        )
-
-
-class ServerUnreachableError(Exception):
-    """The server gave no usable answer for longer than the client was told to wait."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: no answer at all (refused, reset, timed out) or a failure on the
-    server's side (5xx); a 4xx is a decision the server made and retrying will not change."""
-    if isinstance(exc, httpx.TransportError):
-        return True
-    return isinstance(exc, ApiError) and exc.status >= 500
-
-
-def never_sent(exc: BaseException) -> bool:
-    """The request cannot have reached the server (no connection was made): safe to repeat
-    even when repeating it would otherwise do the work twice."""
-    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-
-
-class Backoff:
-    """Retries transient failures with exponential waits for up to `give_up_after_s`.
-
-    One instance follows one client through its life: the clock starts at the first failure
-    of an outage and resets at the next success, so a server that restarts every hour is
-    ridden out every time while one that stays down makes the caller give up.
-    """
-
-    def __init__(
-        self,
-        *,
-        give_up_after_s: float = 300.0,
-        first_wait_s: float = 0.5,
-        max_wait_s: float = 10.0,
-        notify: Callable[[str], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.give_up_after_s = give_up_after_s
-        self.first_wait_s = first_wait_s
-        self.max_wait_s = max(max_wait_s, first_wait_s)
-        self.notify = notify or (lambda msg: logger.warning("%s", msg))
-        self._clock = clock
-        self._sleep = sleep
-        self._down_since: float | None = None
-        self._wait = first_wait_s
-        self._failures = 0
-
-    @property
-    def outage(self) -> bool:
-        return self._down_since is not None
-
-    def failed(self, exc: BaseException) -> None:
-        """Wait before the next attempt, or raise `ServerUnreachableError` once out of time."""
-        now = self._clock()
-        if self._down_since is None:
-            self._down_since = now
-            self._wait = self.first_wait_s
-            self._failures = 0
-            self.notify(
-                f"server unreachable ({_describe(exc)}); retrying for up to "
-                f"{self.give_up_after_s:.0f}s"
-            )
-        self._failures += 1
-        down_for = now - self._down_since
-        if down_for >= self.give_up_after_s:
-            self.notify(f"giving up: no answer from the server for {down_for:.0f}s")
-            raise ServerUnreachableError(
-                f"no answer from the server for {down_for:.0f}s "
-                f"({self._failures} attempts): {_describe(exc)}"
-            ) from exc
-        wait = min(self._wait, self.give_up_after_s - down_for)
-        logger.debug("attempt %d failed (%s); next in %.1fs", self._failures, exc, wait)
-        self._sleep(wait)
-        self._wait = min(self._wait * 2, self.max_wait_s)
-
-    def succeeded(self) -> None:
-        if self._down_since is not None:
-            down_for = self._clock() - self._down_since
-            self.notify(f"server reachable again after {down_for:.1f}s")
-            self._down_since = None
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`fn(*args, **kwargs)`, retried while it fails transiently; `fn` must be safe to
-        repeat (every caller re-derives what to do from the server's and its own state)."""
-        return self.call_if(is_transient, fn, *args, **kwargs)
-
-    def call_if(
-        self,
-        retry: Callable[[BaseException], bool],
-        fn: Callable[..., T],
-        *args: Any,
-        **kwargs: Any,
-    ) -> T:
-        """`call`, retrying only the failures `retry` accepts (e.g. `never_sent` for a request
-        that must not be repeated once the server may have seen it)."""
-        while True:
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                if not retry(exc):
-                    raise
-                self.failed(exc)
-                continue
-            self.succeeded()
-            return result
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 200 else text[:200] + "…"
-
-
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            yield chunk
+V = TypeVar("V", bound=BaseModel)
 
 
 class PollenClient:
@@ -221,15 +83,14 @@ class PollenClient:
         transport: httpx.BaseTransport | None = None,
         http: httpx.Client | None = None,
     ) -> None:
-        self.api_key = api_key
-        self._owned = http is None
-        self._http = http or httpx.Client(
-            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport
-        )
+        self._api = Transport(base_url, api_key, timeout=timeout, transport=transport, http=http)
+
+    @property
+    def api_key(self) -> str | None:
+        return self._api.api_key
 
     def close(self) -> None:
-        if self._owned:
-            self._http.close()
+        self._api.close()
 
     def __enter__(self) -> PollenClient:
         return self
@@ -237,39 +98,17 @@ class PollenClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- plumbing ------------------------------------------------------------------------
-
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        content: Upload | None = None,
-        extra_headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
-        headers = {"Accept": "application/json, application/problem+json"}
-        headers.update(extra_headers or {})
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        body: bytes | Iterator[bytes] | None = None
-        if isinstance(content, Path):
-            headers["Content-Length"] = str(content.stat().st_size)
-            body = _file_chunks(content)
-        elif content is not None:
-            body = content
-        if content is not None:
-            headers["Content-Type"] = "application/octet-stream"
-        response = self._http.request(method, path, json=json, content=body, headers=headers)
-        if response.status_code >= 400:
-            raise ApiError.from_response(response)
-        return response
-
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._send(method, path, **kwargs).json()
+        return self._api.json(method, path, **kwargs)
 
     def _bytes(self, path: str) -> bytes:
-        return self._send("GET", path).content
+        return self._api.binary(path)
+
+    def _view(self, view: type[V], method: str, path: str, **kwargs: Any) -> V:
+        return view.model_validate(self._api.json(method, path, **kwargs))
+
+    def _views(self, view: type[V], path: str) -> list[V]:
+        return [view.model_validate(x) for x in self._api.json("GET", path)]
 
     # -- accounts ------------------------------------------------------------------------
 
@@ -348,16 +187,15 @@ class PollenClient:
 
     # -- admin ---------------------------------------------------------------------------
 
-    def credit_job(self, job_id: str, amount_cents: int, reference: str | None = None) -> Json:
-        body: Json = {"amount_cents": amount_cents}
-        if reference is not None:
-            body["reference"] = reference
-        result: Json = self._json("POST", f"/v1/admin/jobs/{job_id}/credit", json=body)
-        return result
+    def credit_job(
+        self, job_id: str, amount_cents: int, reference: str | None = None
+    ) -> CreditPublic:
+        credit = CreditCreate(amount_cents=amount_cents, reference=reference)
+        body = credit.model_dump(mode="json", exclude_none=True)
+        return self._view(CreditPublic, "POST", f"/v1/admin/jobs/{job_id}/credit", json=body)
 
-    def tick(self) -> Json:
-        result: Json = self._json("POST", "/v1/admin/tick")
-        return result
+    def tick(self) -> TickResult:
+        return self._view(TickResult, "POST", "/v1/admin/tick")
 
     def approve_provider(self, account_id: str) -> AccountPublic:
         """Operator: verify a provider (it is matched to jobs and counts toward quorums)."""
@@ -443,19 +281,7 @@ class PollenClient:
         return self._download(url, path)
 
     def _download(self, url: str, path: Path) -> str:
-        headers = {"Accept": "application/octet-stream, application/problem+json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        digest = hashlib.sha256()
-        with self._http.stream("GET", url, headers=headers) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise ApiError.from_response(response)
-            with path.open("wb") as out:
-                for chunk in response.iter_bytes(_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-        return digest.hexdigest()
+        return self._api.download(url, path)
 
     def get_group_aggregate(self, job_id: str, number: int, index: int) -> bytes:
         """One random group's encrypted sum of a closed round (buyer only)."""
@@ -488,81 +314,65 @@ class PollenClient:
 
     # -- identities and the transparency log ---------------------------------------------
 
-    def register_identity(self, record: Json) -> Json:
+    def register_identity(self, record: Json) -> Identity:
         """Register this account's Ed25519 key from its self-signed identity record."""
-        result: Json = self._json("PUT", "/v1/accounts/me/identity", json=record)
-        return result
+        return self._view(Identity, "PUT", "/v1/accounts/me/identity", json=record)
 
-    def get_identity(self, account_id: str) -> Json:
-        result: Json = self._json("GET", f"/v1/accounts/{account_id}/identity")
-        return result
+    def get_identity(self, account_id: str) -> Identity:
+        return self._view(Identity, "GET", f"/v1/accounts/{account_id}/identity")
 
-    def log_key(self) -> Json:
-        result: Json = self._json("GET", "/v1/log/key")
-        return result
+    def log_key(self) -> ServerKey:
+        return self._view(ServerKey, "GET", "/v1/log/key")
 
-    def log_head(self) -> Json:
-        result: Json = self._json("GET", "/v1/log/head")
-        return result
+    def log_head(self) -> SignedRecord:
+        """The log's signed tree head: a `tree-head` record over its size, root and time."""
+        return self._view(SignedRecord, "GET", "/v1/log/head")
 
-    def log_consistency(self, first: int, second: int) -> Json:
-        result: Json = self._json("GET", f"/v1/log/consistency?first={first}&second={second}")
-        return result
+    def log_consistency(self, first: int, second: int) -> Proof:
+        return self._view(Proof, "GET", f"/v1/log/consistency?first={first}&second={second}")
 
-    def log_inclusion(self, index: int, size: int) -> Json:
-        result: Json = self._json("GET", f"/v1/log/inclusion?index={index}&size={size}")
-        return result
+    def log_inclusion(self, index: int, size: int) -> Inclusion:
+        return self._view(Inclusion, "GET", f"/v1/log/inclusion?index={index}&size={size}")
 
-    def log_leaf(self, index: int) -> Json:
-        result: Json = self._json("GET", f"/v1/log/leaves/{index}")
-        return result
+    def log_leaf(self, index: int) -> Leaf:
+        return self._view(Leaf, "GET", f"/v1/log/leaves/{index}")
 
-    def job_records(self, job_id: str) -> list[Json]:
+    def job_records(self, job_id: str) -> list[LoggedRecord]:
         """The job's signed records (manifest, models, acceptances, closes) from the log."""
-        result: list[Json] = self._json("GET", f"/v1/jobs/{job_id}/records")
-        return result
+        return self._views(LoggedRecord, f"/v1/jobs/{job_id}/records")
 
-    def my_records(self) -> list[Json]:
+    def my_records(self) -> list[LoggedRecord]:
         """The server-signed settlement and payout records about this account, with proofs."""
-        result: list[Json] = self._json("GET", "/v1/accounts/me/records")
-        return result
+        return self._views(LoggedRecord, "/v1/accounts/me/records")
 
-    def put_manifest(self, job_id: str, record: Json) -> Json:
-        result: Json = self._json("PUT", f"/v1/jobs/{job_id}/manifest", json=record)
-        return result
+    def put_manifest(self, job_id: str, record: Json) -> LoggedRecord:
+        return self._view(LoggedRecord, "PUT", f"/v1/jobs/{job_id}/manifest", json=record)
 
-    def post_record(self, job_id: str, record: Json) -> Json:
-        result: Json = self._json("POST", f"/v1/jobs/{job_id}/records", json=record)
-        return result
+    def post_record(self, job_id: str, record: Json) -> LoggedRecord:
+        return self._view(LoggedRecord, "POST", f"/v1/jobs/{job_id}/records", json=record)
 
     # -- money and reputation --------------------------------------------------------------
 
-    def payouts(self) -> Json:
+    def payouts(self) -> PayoutsView:
         """A provider's own earnings and payouts; an admin's view holds everyone's."""
-        result: Json = self._json("GET", "/v1/payouts")
-        return result
+        return self._view(PayoutsView, "GET", "/v1/payouts")
 
-    def run_payouts(self) -> Json:
+    def run_payouts(self) -> PayoutRun:
         """Admin: pay every provider what it is owed (transfers, or a CSV batch)."""
-        result: Json = self._json("POST", "/v1/admin/payouts/run")
-        return result
+        return self._view(PayoutRun, "POST", "/v1/admin/payouts/run")
 
-    def mark_payout_batch_paid(self, batch_id: str) -> Json:
-        result: Json = self._json("POST", f"/v1/admin/payouts/{batch_id}/mark-paid")
-        return result
+    def mark_payout_batch_paid(self, batch_id: str) -> PayoutBatchPublic:
+        path = f"/v1/admin/payouts/{batch_id}/mark-paid"
+        return self._view(PayoutBatchPublic, "POST", path)
 
-    def reputations(self) -> list[Json]:
-        result: list[Json] = self._json("GET", "/v1/reputation")
-        return result
+    def reputations(self) -> list[ReputationPublic]:
+        return self._views(ReputationPublic, "/v1/reputation")
 
-    def reputation(self, provider_id: str) -> Json:
-        result: Json = self._json("GET", f"/v1/reputation/{provider_id}")
-        return result
+    def reputation(self, provider_id: str) -> ReputationPublic:
+        return self._view(ReputationPublic, "GET", f"/v1/reputation/{provider_id}")
 
-    def verify_ledger(self) -> Json:
-        result: Json = self._json("GET", "/v1/ledger/verify")
-        return result
+    def verify_ledger(self) -> LedgerReport:
+        return self._view(LedgerReport, "GET", "/v1/ledger/verify")
 
-    def receipt(self, job_id: str) -> Json:
-        result: Json = self._json("GET", f"/v1/jobs/{job_id}/receipt")
-        return result
+    def receipt(self, job_id: str) -> Receipt:
+        return self._view(Receipt, "GET", f"/v1/jobs/{job_id}/receipt")

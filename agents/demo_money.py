@@ -123,18 +123,18 @@ def settle_and_report(
     admin: PollenClient, buyer: PollenClient, job_id: str, console: Console
 ) -> dict[str, Any]:
     """Pay providers, print payouts, reputation, the receipt and the ledger check."""
-    batch = admin.run_payouts()["batch"]
-    if batch is not None and batch["status"] != "paid":
-        admin.mark_payout_batch_paid(batch["id"])
+    batch = admin.run_payouts().batch
+    if batch is not None and batch.status != "paid":
+        admin.mark_payout_batch_paid(batch.id)
     reps = admin.reputations()
-    names = {r["provider_id"]: r["name"] for r in reps}
+    names = {r.provider_id: r.name for r in reps}
     view = admin.payouts()
     console.print(payouts_table(view, names))
     if batch is not None:
         console.print(
             escape(
-                f"payout batch {batch['id']} ({batch['rail']}, {len(batch['payouts'])} lines, "
-                f"{money(batch['total_cents'], 'usd')}) exported as CSV and marked paid"
+                f"payout batch {batch.id} ({batch.rail}, {len(batch.payouts)} lines, "
+                f"{money(batch.total_cents, 'usd')}) exported as CSV and marked paid"
             )
         )
     console.print(reputation_table(reps))
@@ -143,15 +143,15 @@ def settle_and_report(
     report = admin.verify_ledger()
     console.print(ledger_line(report))
     return {
-        "rail": receipt["rail"],
-        "funded_cents": receipt["funded_cents"],
-        "paid_cents": receipt["paid_cents"],
-        "fees_cents": receipt["fees_cents"],
-        "refunded_cents": receipt["refunded_cents"],
-        "escrow_cents": receipt["escrow_cents"],
-        "ledger_verified": bool(report["ok"]),
-        "ledger_transactions": report["transactions"],
+        "rail": receipt.rail,
+        "funded_cents": receipt.funded_cents,
+        "paid_cents": receipt.paid_cents,
+        "fees_cents": receipt.fees_cents,
+        "refunded_cents": receipt.refunded_cents,
+        "escrow_cents": receipt.escrow_cents,
+        "ledger_verified": report.ok,
+        "ledger_transactions": report.transactions,
         "payouts": {names.get(p["provider_id"], p["provider_id"]): p["earned_cents"]
-                    for p in receipt["providers"]},
-        "reputation": {r["name"]: round(r["score"], 4) for r in reps},
+                    for p in receipt.providers},
+        "reputation": {r.name: round(r.score, 4) for r in reps},
     }  # fmt: skip

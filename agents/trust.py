@@ -30,6 +30,7 @@ from crypto import PublicContext
 from crypto.errors import PollenError
 from crypto.identity import IdentityKey, SignatureError, canonical, fingerprint, verify_record
 from crypto.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
+from dataspec.records import Identity, LoggedRecord
 from dataspec.views import JobPublic, SubmissionReceipt
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class TrustError(PollenError):
     title = "Refused: not backed by a signature or the log"
 
 
-def register_identity(client: PollenClient, key: IdentityKey, account_id: str) -> Json:
+def register_identity(client: PollenClient, key: IdentityKey, account_id: str) -> Identity:
     """Register `key` as the account's identity (once; a different key is refused, 409)."""
     record = key.record("identity", {"account_id": account_id, "public_key": key.public_hex})
     try:
@@ -80,16 +81,16 @@ class Trust:
     # -- the server's key and the log ----------------------------------------------------
 
     def server_key(self, client: PollenClient) -> str:
-        served = client.log_key()
+        served = client.log_key().public_key
         pinned = self.data.get("server_key")
         if pinned is None:
-            self.data["server_key"] = served["public_key"]
+            self.data["server_key"] = served
             self.save()
-            logger.info("pinned the server's key %s", fingerprint(served["public_key"])[:16])
-            return str(served["public_key"])
-        if served["public_key"] != pinned:
+            logger.info("pinned the server's key %s", fingerprint(served)[:16])
+            return served
+        if served != pinned:
             raise TrustError(
-                f"the server now signs with key {fingerprint(served['public_key'])[:16]}…, "
+                f"the server now signs with key {fingerprint(served)[:16]}…, "
                 f"not the pinned {fingerprint(pinned)[:16]}…"
             )
         return str(pinned)
@@ -97,7 +98,7 @@ class Trust:
     def check_head(self, client: PollenClient) -> Json:
         """Fetch the signed head, verify it and its consistency with the saved one, save it."""
         key = self.server_key(client)
-        sth = client.log_head()
+        sth = client.log_head().model_dump(mode="json")
         try:
             body = verify_record(sth, key, kind="tree-head")
         except SignatureError as exc:
@@ -113,7 +114,7 @@ class Trust:
             try:
                 verify_consistency(
                     int(old["size"]), int(body["size"]), bytes.fromhex(old["root"]),
-                    bytes.fromhex(body["root"]), [bytes.fromhex(p) for p in proof["proof"]],
+                    bytes.fromhex(body["root"]), [bytes.fromhex(p) for p in proof.proof],
                 )  # fmt: skip
             except ProofError as exc:
                 raise TrustError(
@@ -137,7 +138,7 @@ class Trust:
         try:
             verify_inclusion(
                 index, size, leaf_hash(payload.encode()),
-                [bytes.fromhex(p) for p in proof["proof"]], bytes.fromhex(head["root"]),
+                [bytes.fromhex(p) for p in proof.proof], bytes.fromhex(head["root"]),
             )  # fmt: skip
         except ProofError as exc:
             raise TrustError(f"leaf {index} is not in the log: {exc.message}") from exc
@@ -147,7 +148,7 @@ class Trust:
     def buyer_key(self, client: PollenClient, buyer_id: str, expect: str | None = None) -> str:
         """The buyer's public key: pinned, or pinned now (must match `expect` if given)."""
         pins = self.data.setdefault("buyers", {})
-        served = client.get_identity(buyer_id)["public_key"]
+        served = client.get_identity(buyer_id).public_key
         wanted = expect or (fingerprint(pins[buyer_id]) if buyer_id in pins else None)
         if wanted is not None and fingerprint(served) != wanted:
             raise TrustError(
@@ -168,11 +169,11 @@ class Trust:
         job = view.model_dump(mode="json")
         key = self.buyer_key(client, str(job["buyer_id"]), expect_buyer)
         records = client.job_records(str(job["id"]))
-        found = [r for r in records if r["kind"] == "manifest"]
+        found = [r for r in records if r.kind == "manifest"]
         if not found:
             raise TrustError(f"job {job['id']} has no signed manifest: refusing to work for it")
         try:
-            body: Json = verify_record(found[0]["record"], key, kind="manifest")
+            body: Json = verify_record(found[0].record, key, kind="manifest")
         except SignatureError as exc:
             raise TrustError(f"job {job['id']}'s manifest refused: {exc}") from exc
         if body.get("job_id") != job["id"] or body.get("buyer_id") != job["buyer_id"]:
@@ -200,11 +201,11 @@ class Trust:
             signed = manifest["initial_model_sha256"]
         else:
             key = self.data["buyers"][manifest["buyer_id"]]
-            records = [r for r in client.job_records(job_id) if r["kind"] == "model"]
+            records = [r for r in client.job_records(job_id) if r.kind == "model"]
             bodies = []
             for r in records:
                 try:
-                    bodies.append(verify_record(r["record"], key, kind="model"))
+                    bodies.append(verify_record(r.record, key, kind="model"))
                 except SignatureError as exc:
                     raise TrustError(f"job {job_id}: a model record is forged: {exc}") from exc
             matching = [b for b in bodies if b.get("round") == number and b.get("job_id") == job_id]
@@ -222,11 +223,11 @@ class Trust:
     def round_closed(self, client: PollenClient, job_id: str, number: int) -> Json:
         """The server's signed round-closed record of round `number`, included in the log."""
         key = self.server_key(client)
-        found = [r for r in client.job_records(job_id) if r["kind"] == "round-closed"]
-        bodies: list[tuple[Json, Json]] = []
+        found = [r for r in client.job_records(job_id) if r.kind == "round-closed"]
+        bodies: list[tuple[LoggedRecord, Json]] = []
         for r in found:
             try:
-                body: Json = verify_record(r["record"], key, kind="round-closed")
+                body: Json = verify_record(r.record, key, kind="round-closed")
             except SignatureError as exc:
                 raise TrustError(f"job {job_id}: a round-closed record is forged: {exc}") from exc
             if body.get("job_id") == job_id and body.get("round") == number:
@@ -236,7 +237,7 @@ class Trust:
                 f"job {job_id} round {number}: the server signed no round-closed record"
             )
         record, body = bodies[-1]
-        self.check_inclusion(client, int(record["index"]), canonical(record["record"]).decode())
+        self.check_inclusion(client, record.index, canonical(record.record).decode())
         return body
 
     def check_group_sums(

@@ -170,7 +170,7 @@ def _run(cheat: bool) -> dict[str, Any]:
             excluded = sum(g["excluded"] for groups in timeline for g in groups)
         finally:
             stop(server)
-    earned = {ids[p["provider_id"]]: p["earned_cents"] for p in receipt["providers"]}
+    earned = {ids[p["provider_id"]]: p["earned_cents"] for p in receipt.providers}
     paid = sum(earned.values())
     shares = {name: earned.get(name, 0) / paid for name in names}
     return {

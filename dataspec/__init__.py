@@ -2,7 +2,9 @@
 
 The dataset schema (:mod:`dataspec.schema`, :mod:`dataspec.compat`), the job spec and its
 model and privacy specs (:mod:`dataspec.jobs`), the answers the server sends
-(:mod:`dataspec.views`) and the names of every state (:mod:`dataspec.states`).
+(:mod:`dataspec.views`; about money and reputation :mod:`dataspec.money`; about identities
+and the transparency log :mod:`dataspec.records`) and the names of every state
+(:mod:`dataspec.states`).
 
 Dependency-light on purpose (pydantic only; no web framework, database or torch): a provider's
 agent, the buyer's client and the server validate with the very same classes, so what one side

@@ -36,6 +36,7 @@ __all__ = [
     "RoundPublic",
     "RoundSummary",
     "SubmissionReceipt",
+    "TickResult",
     "View",
 ]
 
@@ -225,6 +226,10 @@ class RoundPublic(View):
     metrics: dict[str, float] | None
     close_reason: str | None
     groups: list[GroupPublic] = []
+
+
+class TickResult(View):
+    rounds_checked: int
 
 
 class PrivacyReportPublic(View):

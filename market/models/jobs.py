@@ -7,9 +7,8 @@ The job spec (:class:`JobCreate`, its model and privacy specs) is defined in
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import JSON, BigInteger
 from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
@@ -25,8 +24,8 @@ from dataspec.jobs import (
     ModelSpec,
     PrivacySpec,
 )
+from dataspec.money import CreditCreate, CreditPublic
 from dataspec.views import JobPublic, MatchingExclusion, MatchingPublic, RoundSummary
-from market.models.schema import Strict
 from market.models.types import UTCDateTime, utcnow
 
 __all__ = [
@@ -99,18 +98,3 @@ class Credit(SQLModel, table=True):
     reference: str | None = SQLField(default=None, unique=True, max_length=100)
     admin_id: str = SQLField(foreign_key="account.id", max_length=32)
     created_at: datetime = SQLField(default_factory=utcnow, sa_type=UTCDateTime)
-
-
-class CreditCreate(Strict):
-    amount_cents: Annotated[int, Field(ge=1, le=10**12)]
-    reference: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
-
-
-class CreditPublic(BaseModel):
-    id: str
-    job_id: str
-    amount_cents: int
-    reference: str | None
-    funded_cents: int
-    job_state: str
-    created_at: datetime

@@ -10,6 +10,9 @@ from pydantic import BaseModel
 from sqlalchemy import JSON, BigInteger, Column, ForeignKey, String
 from sqlmodel import Field, SQLModel
 
+# What `ledger verify` answers is the wire contract's view, re-exported here.
+from dataspec.money import BrokenLink as BrokenLink
+from dataspec.money import LedgerReport as LedgerReport
 from market.models.types import UTCDateTime, utcnow
 
 
@@ -79,21 +82,3 @@ class TransactionPublic(BaseModel):
     created_at: datetime
     hash: str
     postings: list[PostingPublic]
-
-
-class BrokenLink(BaseModel):
-    seq: int
-    txn_id: str
-    reason: str
-
-
-class LedgerReport(BaseModel):
-    """What `ledger verify` found: the chain's head and the first broken link, if any."""
-
-    ok: bool
-    transactions: int
-    head_hash: str
-    broken: BrokenLink | None
-    # Per currency: funded = paid + fees + refunded + escrow, recomputed from the postings.
-    totals: dict[str, dict[str, int]]
-    negative_accounts: list[str]

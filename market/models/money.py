@@ -7,13 +7,18 @@ These rows are mutable status trackers; the amounts that count are the ledger's.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import BigInteger, Index, Text, text
 from sqlmodel import Field, SQLModel
 
-from dataspec.views import PaymentPublic as PaymentPublic  # re-exported: the wire view
+# The answers about money are the wire contract's views, re-exported here.
+from dataspec.money import PayoutBatchPublic as PayoutBatchPublic
+from dataspec.money import PayoutPublic as PayoutPublic
+from dataspec.money import ProviderEarnings as ProviderEarnings
+from dataspec.money import Receipt as Receipt
+from dataspec.money import ReputationEventPublic as ReputationEventPublic
+from dataspec.money import ReputationPublic as ReputationPublic
+from dataspec.views import PaymentPublic as PaymentPublic
 from market.models.types import UTCDateTime, utcnow
 
 
@@ -104,78 +109,3 @@ class ReputationEvent(SQLModel, table=True):
     round_number: int | None = None
     key: str = Field(unique=True, max_length=200)
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
-
-
-class PayoutPublic(BaseModel):
-    id: str
-    batch_id: str
-    provider_id: str
-    job_id: str
-    amount_cents: int
-    currency: str
-    status: str
-    external_id: str | None
-    created_at: datetime
-    paid_at: datetime | None
-
-
-class PayoutBatchPublic(BaseModel):
-    id: str
-    rail: str
-    status: str
-    total_cents: int
-    payouts: list[PayoutPublic]
-    csv: str | None
-    created_at: datetime
-
-
-class ProviderEarnings(BaseModel):
-    """One provider's money, in one currency, with the per-job breakdown."""
-
-    provider_id: str
-    currency: str
-    earned_cents: int
-    paid_cents: int
-    balance_cents: int
-    jobs: list[dict[str, Any]]
-    payouts: list[PayoutPublic]
-
-
-class ReputationEventPublic(BaseModel):
-    kind: str
-    weight: float
-    reason: str
-    job_id: str | None
-    round: int | None
-    at: datetime
-
-
-class ReputationPublic(BaseModel):
-    provider_id: str
-    name: str
-    score: float
-    alpha: float
-    beta: float
-    events: int
-    history: list[ReputationEventPublic]
-
-
-class Receipt(BaseModel):
-    """What the buyer paid and where it went, to the cent."""
-
-    job_id: str
-    state: str
-    currency: str
-    rail: str
-    budget_cents: int
-    funded_cents: int
-    paid_cents: int
-    fees_cents: int
-    refunded_cents: int
-    escrow_cents: int
-    balanced: bool
-    fee_bps: int
-    providers: list[dict[str, Any]]
-    rounds: list[dict[str, Any]]
-    payments: list[PaymentPublic]
-    meta: dict[str, Any] = {}

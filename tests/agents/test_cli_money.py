@@ -113,39 +113,73 @@ def test_user_supplied_text_is_never_rich_markup() -> None:
     every table that listed it (payouts, reputation, receipt, history).
     """
     from agents import cli_money
+    from dataspec.money import LedgerReport, PayoutsView, Receipt, ReputationPublic
 
+    at = "2026-01-01T00:00:00Z"
     pay = {"provider_id": "prv_1", "name": HOSTILE, "earned_cents": 100, "rounds": 1}
+    payout = {
+        "id": HOSTILE,
+        "batch_id": "pb_1",
+        "provider_id": HOSTILE,
+        "job_id": "job_1",
+        "amount_cents": 1,
+        "currency": "usd",
+        "status": HOSTILE,
+        "external_id": None,
+        "created_at": at,
+        "paid_at": None,
+    }
+    earning = {
+        "currency": "usd",
+        "earned_cents": 1,
+        "paid_cents": 0,
+        "balance_cents": 1,
+        "jobs": [],
+    }
+    event = {
+        "at": at,
+        "kind": HOSTILE,
+        "weight": 1.0,
+        "job_id": None,
+        "round": None,
+        "reason": HOSTILE,
+    }
+    rep = {
+        "name": HOSTILE,
+        "provider_id": "prv_1",
+        "score": 0.5,
+        "alpha": 1,
+        "beta": 1,
+        "events": 1,
+        "history": [event],
+    }
     tables = [
+        cli_money.payouts_table(PayoutsView.model_validate(
+            {"earnings": [{**earning, "provider_id": HOSTILE, "payouts": [payout]}],
+             "batches": []}
+        )),
         cli_money.payouts_table(
-            {"earnings": [{"provider_id": HOSTILE, "currency": "usd", "earned_cents": 1,
-                           "paid_cents": 0, "balance_cents": 1, "jobs": [],
-                           "payouts": [{"id": HOSTILE, "external_id": None, "status": HOSTILE}]}]}
-        ),
-        cli_money.payouts_table(
-            {"earnings": [{"provider_id": "prv_1", "currency": "usd", "earned_cents": 1,
-                           "paid_cents": 0, "balance_cents": 1, "jobs": [], "payouts": []}]},
+            PayoutsView.model_validate(
+                {"earnings": [{**earning, "provider_id": "prv_1", "payouts": []}], "batches": []}
+            ),
             {"prv_1": HOSTILE},
         ),
-        cli_money.reputation_table(
-            [{"name": HOSTILE, "provider_id": "prv_1", "score": 0.5, "alpha": 1, "beta": 1,
-              "events": 1, "history": [{"reason": HOSTILE}]}]
-        ),
-        cli_money.history_table(
-            {"name": HOSTILE, "score": 0.5, "history": [
-                {"at": "2026-01-01T00:00:00", "kind": HOSTILE, "weight": 1.0, "job_id": None,
-                 "round": None, "reason": HOSTILE}]}
-        ),
-        cli_money.receipt_table(
+        cli_money.reputation_table([ReputationPublic.model_validate(rep)]),
+        cli_money.history_table(ReputationPublic.model_validate(rep)),
+        cli_money.receipt_table(Receipt.model_validate(
             {"job_id": HOSTILE, "state": "completed", "rail": "manual", "currency": "usd",
              "budget_cents": 1, "funded_cents": 1, "providers": [pay], "paid_cents": 1,
              "fee_bps": 500, "fees_cents": 0, "refunded_cents": 0, "escrow_cents": 0,
-             "balanced": True}
-        ),
+             "balanced": True, "rounds": [], "payments": []}
+        )),
     ]  # fmt: skip
     for table in tables:
         text = _rendered(table).replace("\n", "").replace(" ", "").replace("│", "")
         assert "[link=https://evil.example/pay]" in text, text
-    broken = {"ok": False, "broken": {"seq": 1, "txn_id": "ltx", "reason": HOSTILE}}
+    broken = LedgerReport.model_validate(
+        {"ok": False, "transactions": 1, "head_hash": "00" * 32, "totals": {},
+         "negative_accounts": [], "broken": {"seq": 1, "txn_id": "ltx", "reason": HOSTILE}}
+    )  # fmt: skip
     assert HOSTILE in _rendered(cli_money.ledger_line(broken))
 
 

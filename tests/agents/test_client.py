@@ -47,7 +47,7 @@ def test_full_job_through_the_client(
     buyer.put_context(job.id, ctx_file)  # streamed from disk
     assert buyer.put_model(job.id, model_file(PARAMS)).param_count == PARAMS
     assert buyer.fund_job(job.id).state == "funding"
-    assert admin.credit_job(job.id, 10_000, reference="wire-1")["job_state"] == "open"
+    assert admin.credit_job(job.id, 10_000, reference="wire-1").job_state == "open"
     for p in providers:
         (offer,) = p.list_offers()
         p.accept_offer(offer.id)
@@ -74,7 +74,7 @@ def test_full_job_through_the_client(
     assert buyer.complete_job(job.id).state == "completed"
     assert providers[0].get_final_model(job.id) == model_file(PARAMS, seed=9)
     assert [j.id for j in buyer.list_jobs()] == [job.id]
-    assert admin.tick()["rounds_checked"] == 0
+    assert admin.tick().rounds_checked == 0
 
 
 def test_errors_are_typed(client: TestClient) -> None:

@@ -13,6 +13,7 @@ def test_importing_dataspec_loads_no_server_or_torch() -> None:
     """`import dataspec` pulls in none of fastapi, sqlmodel, sqlalchemy or torch."""
     code = (
         "import sys, dataspec, dataspec.jobs, dataspec.views, dataspec.states\n"
+        "import dataspec.money, dataspec.records\n"
         "heavy = ('fastapi', 'sqlmodel', 'sqlalchemy', 'torch')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
     )

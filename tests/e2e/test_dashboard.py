@@ -94,8 +94,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
             for p in procs:
                 stop(p)
         assert outcome.state == "completed" and codes == [0] * PROVIDERS
-        batch = admin.run_payouts()["batch"]
-        admin.mark_payout_batch_paid(batch["id"])
+        batch = admin.run_payouts().batch
+        admin.mark_payout_batch_paid(batch.id)
         providers = []
         for i in range(PROVIDERS):
             state = StateFile(root / f"agent{i}" / "agent-state.json")

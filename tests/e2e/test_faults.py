@@ -298,9 +298,9 @@ def assert_completed_once_each(market: Market, providers: int = PROVIDERS) -> No
 
 def assert_ledger_intact(market: Market) -> None:
     report = market.admin.verify_ledger()
-    assert report["ok"] and report["broken"] is None, report
-    assert not report["negative_accounts"]
-    totals = report["totals"]["usd"]
+    assert report.ok and report.broken is None, report
+    assert not report.negative_accounts
+    totals = report.totals["usd"]
     assert (
         totals["funded"] == totals["paid"] + totals["fees"] + totals["refunded"] + totals["escrow"]
     )
@@ -437,7 +437,7 @@ def test_provider_gone_for_good_round_closes_at_deadline(market_factory: Any) ->
         market.start_buyer()
         proxy.wait_held(timeout=90)
         sigkill(victim)
-        before = market.buyer.reputation(ids[0])["score"]
+        before = market.buyer.reputation(ids[0]).score
         assert market.round(1).included == sorted(ids)
         market.wait_all()
 
@@ -446,16 +446,16 @@ def test_provider_gone_for_good_round_closes_at_deadline(market_factory: Any) ->
     assert rnd.included == sorted(ids[1:])
     assert market.buyer.get_job(market.job_id).state == "completed"
     gone = market.buyer.reputation(ids[0])
-    others = [market.buyer.reputation(pid)["score"] for pid in ids[1:]]
-    assert gone["score"] < before
-    assert all(gone["score"] < score for score in others)
-    missed = [e for e in gone["history"] if e["kind"] == "missed-deadline"]
-    assert [e["round"] for e in missed] == [2]
-    assert "no update by the deadline" in missed[0]["reason"]
+    others = [market.buyer.reputation(pid).score for pid in ids[1:]]
+    assert gone.score < before
+    assert all(gone.score < score for score in others)
+    missed = [e for e in gone.history if e.kind == "missed-deadline"]
+    assert [e.round for e in missed] == [2]
+    assert "no update by the deadline" in missed[0].reason
     # Leaving mid-job earns no completion credit to offset the miss; staying does.
-    assert "job-completed" not in {e["kind"] for e in gone["history"]}
+    assert "job-completed" not in {e.kind for e in gone.history}
     for pid in ids[1:]:
-        assert "job-completed" in {e["kind"] for e in market.buyer.reputation(pid)["history"]}
+        assert "job-completed" in {e.kind for e in market.buyer.reputation(pid).history}
     assert_ledger_intact(market)
 
 

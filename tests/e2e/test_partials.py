@@ -90,7 +90,7 @@ def test_kill_between_checkpoints_loses_no_accepted_update(server: ServerProcess
         rnd_view = buyer.client.get_round(job_id, 1)
         assert sorted(rnd_view.included) == sorted(p.id for p in providers)
         receipt = buyer.client.receipt(job_id)
-        paid = {line["provider_id"] for line in receipt["providers"] if line["earned_cents"] > 0}
+        paid = {line["provider_id"] for line in receipt.providers if line["earned_cents"] > 0}
         assert paid == {p.id for p in providers}
         # Nothing left to steal or to replay twice.
         assert list(round_dir.glob("env-*.bin")) == []

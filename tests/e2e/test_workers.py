@@ -83,14 +83,14 @@ def test_four_workers_lose_no_accepted_update(four_workers: tuple[str, str, Path
     assert rnd.state == "closed"
     agg = decrypt_aggregate(keys, buyer.client.get_aggregate(job_id, 1))
     receipt = buyer.client.receipt(job_id)
-    paid = {line["provider_id"] for line in receipt["providers"] if line["earned_cents"] > 0}
+    paid = {line["provider_id"] for line in receipt.providers if line["earned_cents"] > 0}
     assert (agg.count, len(paid)) == (PROVIDERS, PROVIDERS)
     assert sorted(agg.provider_ids) == sorted(accepted)
     assert rnd.close_reason == "all-in"
     want = sum(_value(i) for i in range(PROVIDERS))
     np.testing.assert_allclose(agg.total, want, atol=1e-3)
     assert paid == accepted
-    assert PollenClient(url, admin_key).verify_ledger()["ok"] is True
+    assert PollenClient(url, admin_key).verify_ledger().ok is True
     log = (data_dir / "server.log").read_text(errors="replace")
     errors = [line for line in log.splitlines() if "Error" in line or "Traceback" in line]
     assert not errors, errors[:8]

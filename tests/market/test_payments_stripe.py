@@ -211,7 +211,7 @@ def test_connect_transfers_pay_providers(world: World, tmp_path: Path) -> None:
 
     for i, p in enumerate(scn.providers):
         with PollenClient(world.url, p.api_key) as api:
-            paid = [r["record"]["body"] for r in api.my_records() if r["kind"] == "payout"]
+            paid = [r.record["body"] for r in api.my_records() if r.kind == "payout"]
             assert [b["rail"] for b in paid] == ["stripe"]
             assert paid[0]["rail_reference"] in world.connect.transfers
             assert paid[0]["cents"] == by_dest[p.id]

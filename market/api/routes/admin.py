@@ -5,8 +5,8 @@ approving and revoking providers (only verified providers are matched, see
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 
+from dataspec.views import TickResult
 from market.api.deps import AdminAccount, NowDep, SessionDep
 from market.errors import NotFoundError
 from market.models import AccountPublic, CreditCreate, CreditPublic, Job
@@ -27,10 +27,6 @@ def credit(
     return funding.credit(
         session, account, job, body.amount_cents, reference=body.reference, now=now
     )
-
-
-class TickResult(BaseModel):
-    rounds_checked: int
 
 
 @router.post("/tick", response_model=TickResult)

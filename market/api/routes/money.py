@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
+from dataspec.money import PayoutRun, PayoutsView
 from market import ledger
 from market.api.deps import (
     AdminAccount,
@@ -30,7 +31,6 @@ from market.models import (
     LedgerReport,
     PayoutBatch,
     PayoutBatchPublic,
-    ProviderEarnings,
     Receipt,
     ReputationPublic,
 )
@@ -38,15 +38,6 @@ from market.models.types import could_be_id
 from market.services import access, payments, payouts, receipts, reputation
 
 router = APIRouter(tags=["money"])
-
-
-class PayoutsView(BaseModel):
-    earnings: list[ProviderEarnings]
-    batches: list[PayoutBatchPublic]
-
-
-class PayoutRun(BaseModel):
-    batch: PayoutBatchPublic | None
 
 
 class WebhookResult(BaseModel):

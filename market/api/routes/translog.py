@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi import Path as FastPath
-from pydantic import BaseModel
 
+from dataspec.records import Identity, Inclusion, Leaf, Proof, ServerKey
 from market.api.deps import BlobsDep, BuyerAccount, CurrentAccount, NowDep, SessionDep
 from market.errors import NotFoundError
 from market.services import access, trust
@@ -22,37 +22,6 @@ from market.translog import consistency, current, head, inclusion, log
 router = APIRouter(tags=["log"])
 
 Size = Annotated[int, Query(ge=0, le=2**40)]
-
-
-class ServerKey(BaseModel):
-    public_key: str
-    fingerprint: str
-
-
-class Proof(BaseModel):
-    first: int
-    second: int
-    proof: list[str]
-
-
-class Inclusion(BaseModel):
-    index: int
-    size: int
-    leaf_hash: str
-    proof: list[str]
-
-
-class Leaf(BaseModel):
-    index: int
-    kind: str
-    leaf_hash: str
-    payload: str
-
-
-class Identity(BaseModel):
-    account_id: str
-    public_key: str
-    fingerprint: str
 
 
 @router.get("/v1/log/key", response_model=ServerKey)
