@@ -64,13 +64,17 @@ class RssSampler:
 
 
 def write_bytes(pids: tuple[int, ...]) -> int:
-    """Bytes `pids` (the blob server's, or any) wrote to storage, from /proc/PID/io."""
+    """Bytes `pids` (the blob server's, or any) wrote to storage, from /proc/PID/io: less
+    what they deleted before it reached the disk (an upload's buffer file, read and removed
+    within the request), which the kernel counts as written and then as cancelled."""
     total = 0
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/io").read_text().splitlines():
                 if line.startswith("write_bytes:"):
                     total += int(line.split()[1])
+                elif line.startswith("cancelled_write_bytes:"):
+                    total -= int(line.split()[1])
         except (FileNotFoundError, PermissionError):
             continue
     return total

@@ -38,7 +38,7 @@ from crypto.errors import (
 )
 from crypto.keys import BuyerKeys, PublicContext
 from crypto.presets import DEFAULT_PRESET_ID, PLAIN_PRESET_ID, PRESETS, Preset, get_preset
-from crypto.streaming import CheckedEnvelope, check_envelope_file
+from crypto.streaming import CheckedEnvelope, StreamedEnvelope, check_envelope_file, stream_envelope
 from crypto.sumfile import CheckedSum
 from crypto.weights import update_weight, weight_norm
 
@@ -69,6 +69,7 @@ __all__ = [
     "PresetError",
     "PublicContext",
     "ShapeMismatchError",
+    "StreamedEnvelope",
     "UnsupportedVersionError",
     "ValidatedEnvelope",
     "ValueRangeError",
@@ -79,6 +80,7 @@ __all__ = [
     "envelope_size",
     "get_preset",
     "read_header",
+    "stream_envelope",
     "update_weight",
     "validate_envelope",
     "weight_norm",

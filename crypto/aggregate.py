@@ -26,7 +26,7 @@ from crypto.envelope import EnvelopeBinding, ValidatedEnvelope
 from crypto.errors import AggregateError
 from crypto.keys import BuyerKeys, PublicContext
 from crypto.presets import Preset
-from crypto.streaming import CheckedEnvelope
+from crypto.streaming import CheckedEnvelope, StreamedEnvelope
 from crypto.sumfile import CheckedSum, SumHeader, pack_header, parse_header
 
 
@@ -106,7 +106,7 @@ class Accumulator:
             coefficients=preset.codec.zero_sum(param_count),
         )
 
-    def add(self, update: ValidatedEnvelope | CheckedEnvelope) -> None:
+    def add(self, update: ValidatedEnvelope | CheckedEnvelope | StreamedEnvelope) -> None:
         """Add one validated update; refuses anything that does not belong in this sum.
 
         A checked envelope is read from its file a piece at a time. Should the file no longer
@@ -135,7 +135,9 @@ class Accumulator:
         self.samples_sum += h.samples
         self.provider_ids.append(h.provider_id)
 
-    def _add_pieces(self, source: CheckedEnvelope | CheckedSum, what: str) -> None:
+    def _add_pieces(
+        self, source: CheckedEnvelope | StreamedEnvelope | CheckedSum, what: str
+    ) -> None:
         """Add what `source` holds a piece at a time; void this sum if it fails half-way."""
         codec = self.preset.codec
         try:

@@ -16,13 +16,20 @@ ciphertexts of one prime) beside the running sum:
 
 The caller owns the file handle and keeps it open while the checked envelope is used; on
 POSIX an open file stays readable after it is renamed or unlinked.
+
+`stream_envelope` is the one-pass form for a sum that is thrown away whole on any error (a
+group's sum rebuilt from stored envelopes): the header is checked first, then each piece is
+hashed and checked as it is added, and the payload's SHA-256 is compared before the last
+piece counts. A bad envelope therefore voids that sum (`Accumulator.add` raises) instead of
+being refused before it; in exchange it is read once, straight from its stream, with no
+local copy, second read or second unpacking.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -137,3 +144,75 @@ def check_envelope_file(
     if malformed is not None:
         raise malformed
     return CheckedEnvelope(header, preset, handle, pieces, tuple(digests))
+
+
+class _ChunkReader:
+    """`read(n)` over an iterator of byte chunks (a blob's body as it arrives)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buf = memoryview(b"")
+
+    def read(self, size: int) -> bytes:
+        parts, left = [], size
+        while left:
+            if not self._buf:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._buf = memoryview(chunk)
+            part = self._buf[:left]
+            self._buf = self._buf[len(part) :]
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class StreamedEnvelope:
+    """An envelope whose header passed every check and whose payload is checked while it is
+    added, read once from its stream (`stream_envelope`)."""
+
+    header: EnvelopeHeader
+    preset: Preset
+    reader: _ChunkReader = field(repr=False, compare=False)
+    pieces: tuple[Piece, ...] = field(repr=False)
+
+    def addends(self) -> Iterator[tuple[Piece, np.ndarray]]:
+        """Each piece and its addends, checked as `check_envelope_file` checks them; raises
+        CryptoError (before yielding the last piece) when the payload is not the one its
+        header hashes, is malformed or does not end where it should."""
+        codec = self.preset.codec
+        whole = hashlib.sha256()
+        last = len(self.pieces) - 1
+        for i, piece in enumerate(self.pieces):
+            raw = self.reader.read(piece.size)
+            if len(raw) != piece.size:
+                raise MalformedEnvelopeError("the envelope is shorter than its header says")
+            whole.update(raw)
+            if i == last:
+                if self.reader.read(1):
+                    raise MalformedEnvelopeError("the envelope is longer than its header says")
+                if whole.hexdigest() != self.header.payload_sha256:
+                    raise PayloadHashError("payload does not match the SHA-256 in its header")
+            yield piece, codec.read_payload_piece(piece, raw)
+
+
+def stream_envelope(
+    chunks: Iterable[bytes], size: int, ctx: PublicContext, binding: EnvelopeBinding
+) -> StreamedEnvelope:
+    """The envelope of `size` bytes arriving as `chunks`, its header checked as
+    `check_envelope_file` checks it; its payload is checked by `addends` as it is added."""
+    preset = ctx.preset
+    limit = size_limit(preset, binding, None)
+    if size > limit:
+        raise EnvelopeTooLargeError(f"envelope is {size} bytes; the limit is {limit}")
+    reader = _ChunkReader(chunks)
+    prefix = reader.read(_PREFIX.size)
+    if len(prefix) == _PREFIX.size:
+        header_len = _PREFIX.unpack_from(prefix)[2]
+        prefix += reader.read(min(header_len, size - _PREFIX.size))
+    header = read_header(prefix)
+    check_header(header, size, ctx, binding)
+    pieces = tuple(preset.codec.payload_pieces(binding.param_count))
+    return StreamedEnvelope(header, preset, reader, pieces)

@@ -73,8 +73,11 @@ class BlobStream:
 class TempBlob:
     """An upload being received: a temp file that refuses to grow past `limit` bytes."""
 
-    def __init__(self, directory: Path, limit: int) -> None:
+    def __init__(self, directory: Path, limit: int, *, sync: bool = True) -> None:
+        """`sync=False`: the file is only a buffer, read and deleted once the blob is stored
+        elsewhere (S3), so `finish` need not force it to disk."""
         directory.mkdir(parents=True, exist_ok=True)
+        self.sync = sync
         fd, name = tempfile.mkstemp(dir=directory, prefix="upload-", suffix=".part")
         self.path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")
@@ -92,9 +95,10 @@ class TempBlob:
         self._file.write(chunk)
 
     def finish(self) -> None:
-        """All bytes received, on disk (fsync): for an upload that becomes a blob."""
+        """All bytes received, on disk (fsync) when the file itself becomes the blob."""
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self.sync:
+            os.fsync(self._file.fileno())
         self._file.close()
 
     def close(self) -> None:

@@ -130,9 +130,15 @@ class S3BlobStore(BlobStore):
     def put_temp(self, key: str, temp: TempBlob) -> None:
         name = self._key(key)
         try:
-            # Read from the file part by part (multipart above 8 MiB), never whole.
             with _failing_as_unavailable(f"writing {key}"):
-                self.client.upload_file(str(temp.path), self.bucket, name, Config=TRANSFER)
+                if temp.size < TRANSFER.multipart_threshold:
+                    # One PUT from the open file: the transfer manager's threads and futures
+                    # cost more CPU than sending an envelope of a few MB.
+                    with temp.path.open("rb") as body:
+                        self.client.put_object(Bucket=self.bucket, Key=name, Body=body)
+                else:
+                    # Read from the file part by part (multipart above 8 MiB), never whole.
+                    self.client.upload_file(str(temp.path), self.bucket, name, Config=TRANSFER)
         finally:
             temp.discard()
 
@@ -167,7 +173,8 @@ class S3BlobStore(BlobStore):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def temp(self, limit: int) -> TempBlob:
-        return TempBlob(self._tmp, limit)
+        # A buffer: what lasts is the object in the bucket, written before any row names it.
+        return TempBlob(self._tmp, limit, sync=False)
 
     def sweep_temp(self, older_than_s: float) -> int:
         return sweep_upload_dir(self._tmp, older_than_s)

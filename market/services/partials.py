@@ -40,7 +40,9 @@ from crypto import (
     CryptoError,
     EnvelopeBinding,
     PublicContext,
+    StreamedEnvelope,
     check_envelope_file,
+    stream_envelope,
 )
 from market import blobkeys
 from market.blobs import BlobStore
@@ -249,10 +251,15 @@ def build_group(
         if last is not None and last.header.provider_id == sub.provider_id:
             gsum.add(last)  # checked a moment ago, its pieces compared again as they are read
             continue
-        with replayed(ctx, job, rnd, sub) as update:
+        # Read once from the store, checked as it is added: a bad one voids only `gsum`.
+        with streamed(ctx, job, rnd, sub) as update:
             if update is None:
                 return False
-            gsum.add(update)
+            try:
+                gsum.add(update)
+            except CryptoError:
+                log.exception("round %s: the envelope of %s cannot be replayed", rnd.id, sub.id)
+                return False
     blobs = store()
     # Named as the group's sum: the close keeps it as that when no other part joins it.
     key = blobkeys.group_sum(job.id, number, index)
@@ -376,6 +383,39 @@ def replayed(
             log.error("round %s: the envelope of %s does not match its receipt", rnd.id, sub.id)
             update = None
         yield update
+
+
+@contextmanager
+def streamed(
+    ctx: PublicContext, job: Job, rnd: Round, sub: Submission
+) -> Iterator[StreamedEnvelope | None]:
+    """The stored envelope of `sub` as one pass over its blob, its header checked against
+    its binding and its receipt (None, logged, when it cannot be); its payload is checked as
+    it is added, so only add it into a sum that is thrown away if that fails."""
+    assert job.param_count is not None and sub.envelope_key is not None
+    binding = EnvelopeBinding(job.id, rnd.number, sub.provider_id, job.param_count,
+                              job.max_providers)  # fmt: skip
+    try:
+        stream = store().open_read(sub.envelope_key)
+    except OSError:
+        log.exception("round %s: the envelope of %s cannot be read", rnd.id, sub.provider_id)
+        stream = None
+    try:
+        update: StreamedEnvelope | None = None
+        if stream is not None:
+            try:
+                update = stream_envelope(stream, stream.size, ctx, binding)
+            except CryptoError:
+                log.exception(
+                    "round %s: the envelope of %s cannot be replayed", rnd.id, sub.provider_id
+                )
+        if update is not None and update.header.payload_sha256 != sub.payload_sha256:
+            log.error("round %s: the envelope of %s does not match its receipt", rnd.id, sub.id)
+            update = None
+        yield update
+    finally:
+        if stream is not None:
+            stream.close()
 
 
 def forget(round_id: str) -> None:

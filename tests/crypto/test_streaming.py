@@ -27,6 +27,7 @@ from crypto import (
     decrypt_aggregate_file,
     encrypt_update,
     read_header,
+    stream_envelope,
     validate_envelope,
 )
 
@@ -164,6 +165,52 @@ def test_header_checks_are_the_bytes_paths(public: PublicContext, envelopes: lis
         assert type(streamed.value) is type(from_bytes.value)
         assert str(streamed.value) == str(from_bytes.value)
     assert check_envelope_file(io.BytesIO(env), public, _binding("p0")).header == read_header(env)
+
+
+def _chunks(data: bytes, size: int = 64 * 1024) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def test_one_pass_streams_give_the_files_sum(
+    public: PublicContext, envelopes: list[bytes], tmp_path: Path
+) -> None:
+    """Updates read once from a stream of chunks (a blob's body) give exactly the sum that
+    checking and adding them from their files gives."""
+    by_file, by_stream = _empty(public), _empty(public)
+    for i, env in enumerate(envelopes):
+        with _file(tmp_path, f"e{i}", env).open("rb") as handle:
+            by_file.add(check_envelope_file(handle, public, _binding(f"p{i}")))
+        by_stream.add(stream_envelope(_chunks(env), len(env), public, _binding(f"p{i}")))
+    assert by_stream.to_bytes() == by_file.to_bytes()
+
+
+def test_a_bad_stream_voids_the_sum_it_went_into(
+    public: PublicContext, envelopes: list[bytes]
+) -> None:
+    """A stream whose last piece is flipped, holds a coefficient outside its modulus, or is
+    cut short or too long is refused with the file path's error, and the sum it went into is
+    void; a wrong binding is refused before anything is added."""
+    flipped = bytearray(envelopes[1])
+    flipped[-1] ^= 0x01
+    outside = bytearray(envelopes[1])
+    outside[-5:] = b"\xff" * 5  # 2^40 - 1 > the 40-bit prime
+    cases = [(bytes(flipped), len(flipped), PayloadHashError, "SHA-256"),
+             (_reseal(outside), len(outside), CiphertextParameterError, "modulus"),
+             (envelopes[1][:-7], len(envelopes[1]), CryptoError, "shorter"),
+             (envelopes[1] + b"x", len(envelopes[1]), CryptoError, "longer")]  # fmt: skip
+    for data, size, error, what in cases:
+        acc = _empty(public)
+        update = stream_envelope(_chunks(data), size, public, _binding("p1"))
+        with pytest.raises(AggregateError, match=what) as raised:
+            acc.add(update)
+        assert isinstance(raised.value.__cause__, error)
+        with pytest.raises(AggregateError, match="void"):
+            acc.to_bytes()
+    with pytest.raises(CryptoError) as from_file:
+        check_envelope_file(io.BytesIO(envelopes[1]), public, _binding("p9"))
+    with pytest.raises(CryptoError) as streamed:
+        stream_envelope(_chunks(envelopes[1]), len(envelopes[1]), public, _binding("p9"))
+    assert str(streamed.value) == str(from_file.value)
 
 
 def test_file_decryption_matches_and_holds_the_result_only(

@@ -255,13 +255,17 @@ def test_each_envelope_is_read_back_once_when_no_checkpoint_holds_it(
     exact."""
     monkeypatch.setattr(partials._policy, "every_updates", 1000)
     reads: list[str] = []
-    replayed = partials.replayed
 
-    def counting(ctx: Any, job: Any, rnd: Any, sub: Submission) -> Any:
-        reads.append(sub.provider_id)
-        return replayed(ctx, job, rnd, sub)
+    def counting(read_back: Any) -> Any:
+        def read(ctx: Any, job: Any, rnd: Any, sub: Submission) -> Any:
+            reads.append(sub.provider_id)
+            return read_back(ctx, job, rnd, sub)
 
-    monkeypatch.setattr(partials, "replayed", counting)
+        return read
+
+    # Either way of reading an envelope back: checked from a file, or in one pass (groups).
+    for name in ("replayed", "streamed"):
+        monkeypatch.setattr(partials, name, counting(getattr(partials, name)))
     order = _by_group(scn)
     for i in order:
         _submit(scn, i)
