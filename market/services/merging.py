@@ -2,17 +2,18 @@
 
 `close_sums` runs in the close's transaction, under the job's lock (`market.services.rounds`).
 It merges the recorded parts of the round's total (`RoundPartial` rows without a group) and
-replays, from its envelope, each accepted update none of them covers: the partials still in
-other processes' memory are superseded, and an update accepted just before a kill -9 is in
-the sum all the same. Each random group's sum is completed the same way from its recorded
-parts and the envelopes of members they miss, one group at a time, so the close holds two
-sums, the total and one group's, plus a piece of one part or envelope (both are read from
-their blobs a piece at a time); a group no checkpoint of the total touches is added into
-the total as one merge, so its members' envelopes are not read a second time. The merged
-sum's provider
-list is what settlement pays and the signed round-closed record lists; it is checked against
-the accepted submissions and any difference is logged as an error. Once the close commits,
-the remaining envelopes and every recorded part are deleted.
+the closing process's own partial, still in its memory, and replays from its envelope each
+accepted update none of them covers: the partials still in other processes' memory are
+superseded, and an update accepted just before a kill -9 is in the sum all the same. Each
+random group's sum is completed the same way from its recorded parts and the envelopes of
+members they miss, one group at a time, so the close holds two sums, the total and one
+group's, plus a piece of one part or envelope (both are read from their blobs a piece at a
+time); a group the total holds none of yet is added into it as one merge, so its members'
+envelopes are not read a second time, and a group recorded whole is kept as it is. A round
+of one group (the quorum is the whole round) has one sum: the total is the group's. The
+merged sum's provider list is what settlement pays and the signed round-closed record
+lists; it is checked against the accepted submissions and any difference is logged as an
+error. Once the close commits, the remaining envelopes and every recorded part are deleted.
 
 A job without a public context has no ciphertexts (ledger-only tests): its round's list of
 accepted providers stands as it is.
@@ -47,9 +48,6 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
         return
     blobs = partials.store()
     ctx = partials.job_context(blobs, job)
-    # This process's partial is superseded by what follows (its updates are in recorded parts
-    # or replayed from their envelopes): dropped now, the close holds one sum fewer.
-    partials.forget(rnd.id)
     subs = {
         s.provider_id: s
         for s in session.exec(select(Submission).where(Submission.round_id == rnd.id))
@@ -63,64 +61,23 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
     )
     total = _legacy(ctx, rnd.acc_key) or partials.empty_sum(ctx, job, rnd.number)
     _merge_parts(ctx, rnd, total, [cp for cp in checkpoints if cp.group_index is None])
-    in_total = set(total.provider_ids)
+    _merge_own(rnd, total, partials.take(rnd.id), set(subs))
     stale = [k for k in (rnd.acc_key,) if k is not None]
-    # One group at a time: its recorded parts, then each missing member's envelope once.
-    # A group none of whose members a checkpoint holds goes into the total whole, as one
-    # merge; otherwise each replayed member goes into both, and members only the group's
-    # recorded part holds are replayed for the total below.
-    for group in groups.groups_of(session, rnd):
-        gsum = _legacy(ctx, group.acc_key) or partials.empty_sum(ctx, job, rnd.number)
-        if group.acc_key is not None:
-            stale.append(group.acc_key)
-        whole = not set(group.members) & in_total
-        parts = [cp for cp in checkpoints if cp.group_index == group.index]
-        _merge_parts(ctx, rnd, gsum, parts)
-        replays = 0
-        for pid in sorted(group.members):
-            sub = subs.get(pid)
-            if sub is None or pid in gsum.provider_ids:
-                continue
-            if sub.envelope_key is None:
-                log.error("round %s: %s has neither an envelope nor a sum", rnd.id, pid)
-                continue
-            with partials.replayed(ctx, job, rnd, sub) as update:
-                if update is None:
-                    continue
-                gsum.add(update)
-                replays += 1
-                if not whole and pid not in in_total:
-                    total.add(update)
-                    in_total.add(pid)
-        if whole and gsum.count:
-            total.merge(gsum)
-            in_total |= set(gsum.provider_ids)
-        # The group's sum is its one recorded part, unchanged: that blob serves as the sum
-        # (kept, not written again).
-        kept = (
-            parts[0]
-            if len(parts) == 1 and not replays and group.acc_key is None
-            and set(gsum.provider_ids) == set(parts[0].providers)
-            else None
-        )  # fmt: skip
-        _write_group(session, blobs, job, rnd, group, gsum, kept)
-        if kept is not None:
-            checkpoints.remove(kept)
-    # Accepted updates outside every group (a round opened before groups existed).
-    for pid, sub in sorted(subs.items()):
-        if pid not in in_total and sub.envelope_key is not None:
-            with partials.replayed(ctx, job, rnd, sub) as update:
-                if update is not None:
-                    total.add(update)
-                    in_total.add(pid)
-    key = blobkeys.round_sum(job.id, rnd.number)
-    sha256 = blobs.put_stream(key, total.chunks())
-    if set(total.provider_ids) != set(subs):
-        log.error(
-            "round %s: the merged sum holds %s but the accepted updates are %s; only those "
-            "inside the sum are paid",
-            rnd.id, sorted(total.provider_ids), sorted(subs),
-        )  # fmt: skip
+    rows = groups.groups_of(session, rnd)
+    if _one_group(rows, checkpoints):
+        # The group is the whole round: its sum is the total, one blob for both.
+        _replay_missing(ctx, job, rnd, total, subs)
+        key, sha256 = _write_total(blobs, job, rnd, total, subs)
+        group = rows[0]
+        group.acc_key = key if total.count else None
+        group.acc_count, group.acc_providers = total.count, list(total.provider_ids)
+        session.add(group)
+    else:
+        for group in rows:
+            _close_group(session, blobs, ctx, job, rnd, group, total, subs, checkpoints, stale)
+        # Accepted updates outside every group (a round opened before groups existed).
+        _replay_missing(ctx, job, rnd, total, subs)
+        key, sha256 = _write_total(blobs, job, rnd, total, subs)
     rnd.acc_key = key
     rnd.acc_count = total.count
     rnd.acc_providers = list(total.provider_ids)
@@ -137,6 +94,105 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
         session.delete(cp)
     partials.delete_after_commit(session, stale)
     partials.forget(rnd.id)
+
+
+def _merge_own(rnd: Round, total: Accumulator, own: Accumulator | None, accepted: set[str]) -> None:
+    """Merge this process's own partial, still in memory, into the total: the updates it
+    holds need not be read back from their envelopes. Left out (and replayed instead) if
+    it holds an update that is not accepted or one the recorded parts already hold."""
+    if own is None:
+        return
+    inside = set(own.provider_ids)
+    if not inside <= accepted or inside & set(total.provider_ids):
+        log.error("round %s: this process's partial does not fit the close; left out", rnd.id)
+        return
+    total.merge(own)
+
+
+def _one_group(rows: list[RoundGroup], checkpoints: list[RoundPartial]) -> bool:
+    """A round whose one group is all of it and has no sum of its own yet."""
+    return (
+        len(rows) == 1
+        and rows[0].acc_key is None
+        and not any(cp.group_index is not None for cp in checkpoints)
+    )
+
+
+def _replay_missing(
+    ctx: PublicContext, job: Job, rnd: Round, total: Accumulator, subs: dict[str, Submission]
+) -> None:
+    """Add into the total, from its envelope, each accepted update it does not hold."""
+    for pid, sub in sorted(subs.items()):
+        if pid not in total.provider_ids and sub.envelope_key is not None:
+            with partials.replayed(ctx, job, rnd, sub) as update:
+                if update is not None:
+                    total.add(update)
+
+
+def _write_total(
+    blobs: BlobStore, job: Job, rnd: Round, total: Accumulator, subs: dict[str, Submission]
+) -> tuple[str, str]:
+    """Write the round's sum; its key and SHA-256."""
+    key = blobkeys.round_sum(job.id, rnd.number)
+    sha256 = blobs.put_stream(key, total.chunks())
+    if set(total.provider_ids) != set(subs):
+        log.error(
+            "round %s: the merged sum holds %s but the accepted updates are %s; only those "
+            "inside the sum are paid",
+            rnd.id, sorted(total.provider_ids), sorted(subs),
+        )  # fmt: skip
+    return key, sha256
+
+
+def _close_group(
+    session: Session,
+    blobs: BlobStore,
+    ctx: PublicContext,
+    job: Job,
+    rnd: Round,
+    group: RoundGroup,
+    total: Accumulator,
+    subs: dict[str, Submission],
+    checkpoints: list[RoundPartial],
+    stale: list[str],
+) -> None:
+    """One group's sum: its recorded parts, then each missing member's envelope once. A
+    group none of whose members the total holds yet goes into it whole, as one merge;
+    otherwise each replayed member the total lacks goes into both."""
+    gsum = _legacy(ctx, group.acc_key) or partials.empty_sum(ctx, job, rnd.number)
+    if group.acc_key is not None:
+        stale.append(group.acc_key)
+    whole = not set(group.members) & set(total.provider_ids)
+    parts = [cp for cp in checkpoints if cp.group_index == group.index]
+    _merge_parts(ctx, rnd, gsum, parts)
+    replays = 0
+    for pid in sorted(group.members):
+        sub = subs.get(pid)
+        if sub is None or pid in gsum.provider_ids:
+            continue
+        if sub.envelope_key is None:
+            log.error("round %s: %s has neither an envelope nor a sum", rnd.id, pid)
+            continue
+        with partials.replayed(ctx, job, rnd, sub) as update:
+            if update is None:
+                continue
+            gsum.add(update)
+            replays += 1
+            if not whole and pid not in total.provider_ids:
+                total.add(update)
+    if whole and gsum.count:
+        total.merge(gsum)
+    # The group's sum is its one recorded part, unchanged: that blob serves as the sum
+    # (kept, not written again).
+    kept = (
+        parts[0]
+        if len(parts) == 1 and not replays and group.acc_key is None
+        and set(gsum.provider_ids) == set(parts[0].providers)
+        else None
+    )  # fmt: skip
+    _write_group(session, blobs, job, rnd, group, gsum, kept)
+    if kept is not None:
+        checkpoints.remove(kept)
 
 
 def _merge_parts(

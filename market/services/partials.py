@@ -418,6 +418,20 @@ def streamed(
             stream.close()
 
 
+def take(round_id: str) -> Accumulator | None:
+    """This process's partial of a closing round, removed from memory for the close to merge
+    (an addition in flight finishes first; later ones start a new partial, which the close
+    then forgets); None if there is none or it is void."""
+    with _guard:
+        part = _partials.pop(round_id, None)
+    if part is None:
+        return None
+    with part.lock:
+        part.sealed = True
+        acc = part.acc
+    return acc if acc.void is None and acc.count else None
+
+
 def forget(round_id: str) -> None:
     """Drop this process's partial of a round that closed (the close replayed its updates)."""
     with _guard:

@@ -305,3 +305,42 @@ def test_a_group_sum_recorded_whole_is_served_without_writing_it_again(
         assert sorted(gsum.provider_ids) == sorted(group["members"])
         expected = sum(_value(members[pid]) for pid in group["members"])
         np.testing.assert_allclose(gsum.total, expected, atol=1e-4)
+
+
+def test_a_round_of_one_group_reads_back_only_what_no_partial_holds(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quorum is the whole round, so its one group completes with the update that
+    closes it. The close merges the closing process's own partial from memory and reads
+    back from the store only the closing update (before: every envelope of the round,
+    once more each); the group's sum is the total itself, one blob, and both decrypt to
+    the exact sum of all five."""
+    monkeypatch.setattr(partials._policy, "every_updates", 1000)
+    scn = running_job(
+        client, clock, buyer_keys, providers=PROVIDERS, min_providers=PROVIDERS,
+        max_providers=PROVIDERS, quorum=PROVIDERS, round_deadline_s=60,
+    )  # fmt: skip
+    reads: list[str] = []
+    replayed = partials.replayed
+
+    def counting(ctx: Any, job: Any, rnd: Any, sub: Submission) -> Any:
+        reads.append(sub.provider_id)
+        return replayed(ctx, job, rnd, sub)
+
+    monkeypatch.setattr(partials, "replayed", counting)
+    for i in range(PROVIDERS):
+        _submit(scn, i)
+    rnd, cps, _ = _rows(scn)
+    assert rnd.state == "closed" and cps == []
+    assert reads == [scn.providers[-1].id]
+    (group,) = scn.round(1)["groups"]
+    assert group["count"] == PROVIDERS
+    assert [p.name.split("-")[0] for p in _round_dir(scn).glob("*.bin")] == ["sum"]
+    want = sum(_value(i) for i in range(PROVIDERS))
+    for path in ("aggregate", f"groups/{group['index']}/aggregate"):
+        got = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/{path}", headers=scn.buyer.headers)
+        assert got.status_code == 200, got.text
+        agg = decrypt_aggregate(scn.keys, got.content)
+        assert sorted(agg.provider_ids) == sorted(p.id for p in scn.providers)
+        np.testing.assert_allclose(agg.total, want, atol=1e-4)
+    assert partials.held() == {}
