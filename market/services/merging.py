@@ -32,6 +32,7 @@ from market.blobs import BlobStore
 from market.lifecycle import ROUND_ABANDONED
 from market.models import Job, Round, RoundGroup, RoundPartial, Submission
 from market.services import groups, partials
+from market.services.contexts import job_context
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
     if job.context_key is None:
         return
     blobs = partials.store()
-    ctx = partials.job_context(blobs, job)
+    ctx = job_context(blobs, job)
     subs = {
         s.provider_id: s
         for s in session.exec(select(Submission).where(Submission.round_id == rnd.id))

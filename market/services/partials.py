@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -81,29 +80,6 @@ def store() -> BlobStore:
     if _policy.blobs is None:
         raise RuntimeError("no blob store installed for partial sums (create_app installs it)")
     return _policy.blobs
-
-
-# --- the job's public context, parsed once per process --------------------------------------
-
-_context_guard = threading.Lock()
-_contexts: OrderedDict[str, PublicContext] = OrderedDict()
-_CONTEXT_CACHE = 16
-
-
-def job_context(blobs: BlobStore, job: Job) -> PublicContext:
-    """The job's public context, parsed once per process (keyed by its fingerprint)."""
-    assert job.context_key is not None and job.fingerprint is not None
-    with _context_guard:
-        ctx = _contexts.get(job.fingerprint)
-        if ctx is not None:
-            _contexts.move_to_end(job.fingerprint)
-            return ctx.for_preset(job.preset_id)
-    ctx = PublicContext.from_bytes(blobs.get_bytes(job.context_key))
-    with _context_guard:
-        _contexts[job.fingerprint] = ctx
-        while len(_contexts) > _CONTEXT_CACHE:
-            _contexts.popitem(last=False)
-    return ctx.for_preset(job.preset_id)
 
 
 def empty_sum(ctx: PublicContext, job: Job, number: int) -> Accumulator:
@@ -181,40 +157,8 @@ def held() -> dict[str, int]:
 def checkpoint(engine: Engine, round_id: str) -> bool:
     """Write this process's partial of `round_id` and record it; False if there was none
     or the round no longer collects (its close replays those updates from the envelopes)."""
-    with _guard:
-        part = _partials.pop(round_id, None)
-    if part is None:
-        return False
-    with part.lock:  # an addition in flight finishes first; later ones start a new partial
-        part.sealed = True
-        acc = part.acc
-    if acc.count == 0:
-        return False
-    blobs = store()
-    key = blobkeys.partial(part.job_id, part.number)
-    sha256 = blobs.put_stream(key, acc.chunks())
-    try:
-        with (
-            Session(engine) as session,
-            locked_job(session, part.job_id) as job,
-            unit_of_work(session),
-        ):
-            rnd = locked_round(session, job, part.number)
-            if rnd.state != RoundState.COLLECTING:
-                delete_blobs(blobs, [key])
-                return False
-            session.add(
-                RoundPartial(
-                    id=new_id("prt"), round_id=round_id, key=key, count=acc.count,
-                    providers=list(acc.provider_ids), sha256=sha256,
-                )
-            )  # fmt: skip
-            session.flush()
-            _release(session, rnd)
-    except Exception:
-        # Not recorded: the envelopes still hold these updates, the close replays them.
-        log.exception("checkpoint of round %s not recorded", round_id)
-        delete_blobs(blobs, [key])
+    acc = take(round_id)
+    if acc is None or not _record(engine, acc, blobkeys.partial(acc.job_id, acc.round), None):
         return False
     log.info("round %s: checkpoint of %d updates", round_id, acc.count)
     return True
@@ -246,7 +190,18 @@ def build_group(
         ]
     if not subs or any(s.envelope_key is None for s in subs):
         return False
-    gsum = empty_sum(ctx, job, number)
+    gsum = _sum_of(ctx, job, rnd, subs, last)
+    # Named as the group's sum: the close keeps it as that when no other part joins it.
+    return gsum is not None and _record(engine, gsum, blobkeys.group_sum(job.id, number, index),
+                                        index)  # fmt: skip
+
+
+def _sum_of(
+    ctx: PublicContext, job: Job, rnd: Round, subs: list[Submission], last: CheckedEnvelope | None
+) -> Accumulator | None:
+    """The sum of these stored updates (`last` from its open file); None if one cannot be
+    read back whole."""
+    gsum = empty_sum(ctx, job, rnd.number)
     for sub in sorted(subs, key=lambda x: x.provider_id):
         if last is not None and last.header.provider_id == sub.provider_id:
             gsum.add(last)  # checked a moment ago, its pieces compared again as they are read
@@ -254,38 +209,45 @@ def build_group(
         # Read once from the store, checked as it is added: a bad one voids only `gsum`.
         with streamed(ctx, job, rnd, sub) as update:
             if update is None:
-                return False
+                return None
             try:
                 gsum.add(update)
             except CryptoError:
                 log.exception("round %s: the envelope of %s cannot be replayed", rnd.id, sub.id)
-                return False
+                return None
+    return gsum
+
+
+def _record(engine: Engine, acc: Accumulator, key: str, group_index: int | None) -> bool:
+    """Write `acc` at `key` and record it as a part of its round's total (`group_index`
+    None) or of one group's sum, under a short lock on the round; False, the blob deleted,
+    if the round no longer collects, the group's recorded parts already hold one of its
+    updates, or the record failed (nothing is lost: the envelopes still hold them)."""
     blobs = store()
-    # Named as the group's sum: the close keeps it as that when no other part joins it.
-    key = blobkeys.group_sum(job.id, number, index)
-    sha256 = blobs.put_stream(key, gsum.chunks())
+    sha256 = blobs.put_stream(key, acc.chunks())
     try:
         with (
             Session(engine) as session,
-            locked_job(session, job.id) as fresh,
+            locked_job(session, acc.job_id) as job,
             unit_of_work(session),
         ):
-            rnd = locked_round(session, fresh, number)
-            if rnd.state != RoundState.COLLECTING or _covered(session, rnd.id, index) & set(
-                gsum.provider_ids
+            rnd = locked_round(session, job, acc.round)
+            if rnd.state != RoundState.COLLECTING or (
+                group_index is not None
+                and _covered(session, rnd.id, group_index) & set(acc.provider_ids)
             ):
                 delete_blobs(blobs, [key])
                 return False
             session.add(
                 RoundPartial(
-                    id=new_id("prt"), round_id=rnd.id, group_index=index, key=key,
-                    count=gsum.count, providers=list(gsum.provider_ids), sha256=sha256,
+                    id=new_id("prt"), round_id=rnd.id, group_index=group_index, key=key,
+                    count=acc.count, providers=list(acc.provider_ids), sha256=sha256,
                 )
             )  # fmt: skip
             session.flush()
             _release(session, rnd)
     except Exception:
-        log.exception("sum of group %d of round %s not recorded", index, rnd.id)
+        log.exception("part %s of round %d of job %s not recorded", key, acc.round, acc.job_id)
         delete_blobs(blobs, [key])
         return False
     return True

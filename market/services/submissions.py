@@ -29,15 +29,18 @@ import hashlib
 import json
 import logging
 from datetime import datetime
+from typing import BinaryIO
 
 import anyio
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from crypto import (
+    CheckedEnvelope,
     CryptoError,
     EnvelopeBinding,
     EnvelopeHeader,
+    PublicContext,
     check_envelope_file,
     envelope_size,
     get_preset,
@@ -63,8 +66,8 @@ from market.models import (
 )
 from market.models.types import new_id
 from market.services import access, groups, partials, reputation, trust
+from market.services.contexts import job_context
 from market.services.locks import locked_job, locked_round
-from market.services.partials import job_context
 from market.services.rounds import check_round, load_round
 
 __all__ = ["job_context", "precheck", "receipt", "submit", "upload_limit", "validation_limiter"]
@@ -169,20 +172,8 @@ def submit(
     # Open until the update is in this process's partial sum: it is read a piece at a time,
     # and stays readable once the upload is moved into the blob store.
     with upload.path.open("rb") as handle:
-        try:
-            checked = check_envelope_file(handle, ctx, binding, max_bytes=upload.limit)
-        except CryptoError as exc:
-            # The refusal changes nothing in the round; it is noted in the sender's reputation.
-            reputation.record_invalid(
-                session, job.id, number, provider.id, upload.sha256, exc, now=now
-            )
-            raise
-        handle.seek(0)
-        header_sha256 = hashlib.sha256(handle.read(checked.header.header_len)).hexdigest()
-        signed = trust.verify_envelope_signature(
-            session, provider, header_sha256, signature,
-            required=trust.job_is_signed(session, job.id),
-        )  # fmt: skip
+        checked, signed = _check(session, ctx, job, provider, upload, handle, binding,
+                                 signature, now=now)  # fmt: skip
         sub_id = new_id("sub")
         # Durable before the row that points at it; the round's close replays it from here.
         envelope_key = blobkeys.envelope(job.id, number, sub_id)
@@ -196,26 +187,86 @@ def submit(
             session.rollback()
             _discard(blobs, envelope_key)
             raise
-        collecting = rnd.state == RoundState.COLLECTING
-        engine: Engine = session.get_bind()  # type: ignore[assignment]
-        if collecting:
-            # Outside every database lock: into this process's own partial sum of the round.
-            try:
-                partials.add(engine, ctx, job, rnd, checked)
-            except Exception:
-                log.exception("update %s is not in this partial; the close replays it", sub_id)
-        if collecting and group.acc_count >= len(group.members):
-            # The group is complete: its sum is built now, not at the round's close (this
-            # update from the file it was just checked in, not read back from the store).
-            try:
-                partials.build_group(engine, ctx, job, number, group.index, last=checked)
-            except Exception:
-                log.exception("group %d of round %s not built; the close builds it",
-                              group.index, rnd.id)  # fmt: skip
+        if rnd.state == RoundState.COLLECTING:
+            _sum_accepted(session.get_bind(), ctx, job, rnd, group, checked)  # type: ignore[arg-type]
     log.info("job %s round %d: update %d from %s", job.id, number, rnd.acc_count, provider.id)
     out = receipt(sub)
     out.record, out.leaf_index = record, leaf.index
     return out
+
+
+def _check(
+    session: Session,
+    ctx: PublicContext,
+    job: Job,
+    provider: Account,
+    upload: TempBlob,
+    handle: BinaryIO,
+    binding: EnvelopeBinding,
+    signature: str | None,
+    *,
+    now: datetime,
+) -> tuple[CheckedEnvelope, trust.Record | None]:
+    """Every check of the uploaded envelope in `handle` and of its header's signature."""
+    try:
+        checked = check_envelope_file(handle, ctx, binding, max_bytes=upload.limit)
+    except CryptoError as exc:
+        # The refusal changes nothing in the round; it is noted in the sender's reputation.
+        reputation.record_invalid(
+            session, job.id, binding.round, provider.id, upload.sha256, exc, now=now
+        )
+        raise
+    handle.seek(0)
+    header_sha256 = hashlib.sha256(handle.read(checked.header.header_len)).hexdigest()
+    signed = trust.verify_envelope_signature(
+        session, provider, header_sha256, signature,
+        required=trust.job_is_signed(session, job.id),
+    )  # fmt: skip
+    return checked, signed
+
+
+def _sum_accepted(
+    engine: Engine, ctx: PublicContext, job: Job, rnd: Round, group: RoundGroup,
+    checked: CheckedEnvelope,
+) -> None:  # fmt: skip
+    """After the acceptance committed, outside every database lock: the update into this
+    process's own partial sum of the round, and its group's sum built if it completed it
+    (this update from the file it was just checked in, not read back from the store). A
+    failure loses nothing: the close replays or builds what is missing."""
+    try:
+        partials.add(engine, ctx, job, rnd, checked)
+    except Exception:
+        log.exception("an update of %s is not in this partial; the close replays it", rnd.id)
+    if group.acc_count >= len(group.members):
+        try:
+            partials.build_group(engine, ctx, job, rnd.number, group.index, last=checked)
+        except Exception:
+            log.exception("group %d of round %s not built; the close builds it",
+                          group.index, rnd.id)  # fmt: skip
+
+
+def _submission(
+    session: Session, job: Job, rnd: Round, provider: Account, header: EnvelopeHeader,
+    sub_id: str, envelope_key: str, size: int, *, now: datetime,
+) -> Submission:  # fmt: skip
+    """The accepted update's row; its sample claim never exceeds what was matched (the
+    listing's count when offered)."""
+    offer = access.offer_of(session, job.id, provider.id)
+    samples = header.samples if offer is None else min(header.samples, offer.samples)
+    return Submission(
+        id=sub_id,
+        job_id=job.id,
+        round_id=rnd.id,
+        round_number=rnd.number,
+        attempt=rnd.attempt,
+        provider_id=provider.id,
+        payload_sha256=header.payload_sha256,
+        envelope_key=envelope_key,
+        size_bytes=size,
+        samples=samples,
+        weight=header.weight,
+        accepted_at=now,
+    )
 
 
 def _accept(
@@ -246,25 +297,8 @@ def _accept(
         _refuse_if_not_open(session, fresh_job, rnd, provider)
         # Its random group (contribution is measured on group sums: market.services.groups).
         group = groups.group_for(session, rnd, provider.id)
-        offer = access.offer_of(session, job.id, provider.id)
-        # A claim never exceeds what was matched: the listing's count when offered.
-        samples = header.samples
-        if offer is not None:
-            samples = min(samples, offer.samples)
-        sub = Submission(
-            id=sub_id,
-            job_id=job.id,
-            round_id=rnd.id,
-            round_number=number,
-            attempt=rnd.attempt,
-            provider_id=provider.id,
-            payload_sha256=header.payload_sha256,
-            envelope_key=envelope_key,
-            size_bytes=size,
-            samples=samples,
-            weight=header.weight,
-            accepted_at=now,
-        )
+        sub = _submission(session, job, rnd, provider, header, sub_id, envelope_key, size,
+                          now=now)  # fmt: skip
         # Counted as accepted; once the round closes these become what its sums hold.
         rnd.acc_count += 1
         rnd.acc_providers = [*rnd.acc_providers, provider.id]
