@@ -69,3 +69,34 @@ def test_shipped_packages_do_not_import_the_tests() -> None:
         if any(m == "tests" or m.startswith("tests.") for m in _imports(p))
     ]
     assert offenders == []
+
+
+ROOT = MARKET.parent
+# Where a commit may stand without a word: the unit-of-work helper and the request's own
+# session (`market.db`, `market.api.deps`), and the job lock, which ends the read
+# transaction before it reads the job afresh (`market.services.locks`).
+_COMMITTERS = {"market/db.py", "market/api/deps.py", "market/services/locks.py"}
+
+
+def test_no_module_of_market_agents_or_crypto_is_over_400_lines() -> None:
+    long = {
+        str(p.relative_to(ROOT)): n
+        for top in ("market", "agents", "crypto", "dataspec")
+        for p in (ROOT / top).rglob("*.py")
+        if (n := p.read_text().count("\n")) > 400
+    }
+    assert long == {}
+
+
+def test_every_commit_outside_the_unit_of_work_says_why() -> None:
+    """Services commit through `market.db.unit_of_work` at their entry points; the few
+    commits elsewhere (a Stripe call between steps, a counter that stands alone) carry a
+    comment on the same line saying why."""
+    silent = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in MARKET.rglob("*.py")
+        if str(p.relative_to(ROOT)) not in _COMMITTERS
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"\.commit\(\)", line) and "#" not in line.split(".commit()", 1)[1]
+    ]
+    assert silent == []
