@@ -38,12 +38,13 @@ class _Scratch:
     def __init__(self) -> None:
         fd, path = tempfile.mkstemp(prefix="pollen-ct-", dir=_SCRATCH_DIR)
         os.unlink(path)
+        self.pid = os.getpid()
         self.fd = fd
         self.path = f"/proc/self/fd/{fd}"
         self.zstd = zstandard.ZstdDecompressor()
 
     def __del__(self) -> None:
-        os.close(self.fd)
+        os.close(self.fd)  # in a forked child, only the child's copy
 
     def write(self, data: bytes) -> None:
         os.ftruncate(self.fd, 0)
@@ -62,7 +63,8 @@ def _scratch() -> _Scratch | None:
     if not _HAS_PROC_FD:
         return None
     scratch: _Scratch | None = getattr(_local, "scratch", None)
-    if scratch is None:
+    # A forked child shares its parent's open file: it makes its own.
+    if scratch is None or scratch.pid != os.getpid():
         scratch = _local.scratch = _Scratch()
     return scratch
 
