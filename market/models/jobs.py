@@ -7,7 +7,7 @@ The job spec (:class:`JobCreate`, its model and privacy specs) is defined in
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger
 from sqlmodel import Field as SQLField
@@ -25,6 +25,7 @@ from dataspec.jobs import (
     PrivacySpec,
 )
 from dataspec.money import CreditCreate, CreditPublic
+from dataspec.states import JobState
 from dataspec.views import JobPublic, MatchingExclusion, MatchingPublic, RoundSummary
 from market.models.types import UTCDateTime, utcnow
 
@@ -48,15 +49,14 @@ __all__ = [
     "RoundSummary",
 ]
 
-JobState = Literal["draft", "funding", "open", "running", "completed", "cancelled", "failed"]
-TERMINAL_JOB_STATES = ("completed", "cancelled", "failed")
+TERMINAL_JOB_STATES = (JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED)
 
 
 class Job(SQLModel, table=True):
     id: str = SQLField(primary_key=True, max_length=32)
     buyer_id: str = SQLField(foreign_key="account.id", index=True, max_length=32)
     title: str = SQLField(max_length=200)
-    state: str = SQLField(default="draft", max_length=16, index=True)
+    state: str = SQLField(default=JobState.DRAFT, max_length=16, index=True)
     # The validated JobCreate, by alias; the columns below copy what queries need.
     spec: dict[str, Any] = SQLField(sa_type=JSON)
     preset_id: str = SQLField(max_length=64)

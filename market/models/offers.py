@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 from sqlalchemy import BigInteger, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from dataspec.states import OfferState
 from dataspec.views import OfferPublic
 from market.models.types import UTCDateTime, utcnow
 
 __all__ = ["LIVE_OFFER_STATES", "Offer", "OfferPublic", "OfferState"]
 
-OfferState = Literal["pending", "accepted", "declined", "expired", "withdrawn", "dropped"]
 # Offers that hold a listing's capacity and a share of the job's budget.
-LIVE_OFFER_STATES = ("pending", "accepted")
+LIVE_OFFER_STATES = (OfferState.PENDING, OfferState.ACCEPTED)
 
 
 class Offer(SQLModel, table=True):
@@ -26,7 +25,7 @@ class Offer(SQLModel, table=True):
     job_id: str = Field(foreign_key="job.id", index=True, max_length=32)
     listing_id: str = Field(foreign_key="listing.id", index=True, max_length=32)
     provider_id: str = Field(foreign_key="account.id", index=True, max_length=32)
-    state: str = Field(default="pending", max_length=16, index=True)
+    state: str = Field(default=OfferState.PENDING, max_length=16, index=True)
     price_cents: int = Field(sa_type=BigInteger)
     currency: str = Field(max_length=3)
     # min(listing samples, job sample cap): what the provider trains on and is weighted by.

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field
 from sqlalchemy import JSON, UniqueConstraint
 from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
 
+from dataspec.states import RoundState
 from dataspec.views import GroupPublic, RoundPublic, SubmissionReceipt
 from market.models.schema import Strict
 from market.models.types import UTCDateTime, utcnow
@@ -29,8 +30,6 @@ __all__ = [
     "SubmissionReceipt",
 ]
 
-RoundState = Literal["collecting", "closed", "published", "failed", "cancelled"]
-
 
 class Round(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("job_id", "number"),)
@@ -39,7 +38,7 @@ class Round(SQLModel, table=True):
     job_id: str = SQLField(foreign_key="job.id", index=True, max_length=32)
     number: int
     attempt: int = 1
-    state: str = SQLField(default="collecting", max_length=16, index=True)
+    state: str = SQLField(default=RoundState.COLLECTING, max_length=16, index=True)
     deadline: datetime = SQLField(sa_type=UTCDateTime, index=True)
     opened_at: datetime = SQLField(default_factory=utcnow, sa_type=UTCDateTime)
     closed_at: datetime | None = SQLField(default=None, sa_type=UTCDateTime)
