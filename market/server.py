@@ -17,6 +17,7 @@ from market.config import Settings
 from market.db import SQLITE_ONE_PROCESS, SqliteProcessClaim, is_sqlite, make_engine
 from market.errors import BlobStoreUnavailableError, DatabaseInUseError
 from market.migrate import upgrade
+from market.workers import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ def serve(
 ) -> None:
     """Serve the API on host:port with data (SQLite file, blobs) under `data_dir`.
 
-    With `workers` > 1, uvicorn starts that many processes, each building its app from the
-    environment (`market.app:create_app` as a factory).
+    With `workers` > 1, that many processes, each accepting on its own socket
+    (`market.workers`).
     """
     overrides: dict[str, object] = {"data_dir": Path(data_dir)}
     if database_url:
@@ -113,9 +114,10 @@ def serve(
     if workers == 1:
         uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port)).run()
         return
+    # Each worker builds its app from the environment (`market.app:create_app`).
     os.environ["POLLEN_DATA_DIR"] = str(settings.data_dir)
     os.environ["POLLEN_DATABASE_URL"] = settings.database_url
-    uvicorn.run(
-        "market.app:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level="info", **_proxy_options(settings),
-    )  # fmt: skip
+    options = {"log_level": "info", **_proxy_options(settings)}
+    code = Supervisor(host, port, workers, options).run()
+    if code:
+        raise SystemExit(code)
