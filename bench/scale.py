@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import ssl
 import subprocess
 import tempfile
 import time
@@ -44,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from agents.processes import free_port, start_server, stop, wait_ready
@@ -52,7 +50,7 @@ from bench import cpu, postgres, seaweed
 from bench.common import console, print_table, write_result
 from bench.load import SAMPLES, _value, setup_round, verify
 from bench.procfs import RssSampler, write_bytes
-from bench.uploads import SUBMIT_TIMEOUT_S, Outcome, Party, put_envelope
+from bench.uploads import Outcome, Party, put_envelope_lean
 from crypto import BuyerKeys, EnvelopeBinding, PublicContext, encrypt_update
 
 PROVIDERS = int(os.environ.get("POLLEN_BENCH_SCALE_PROVIDERS", 1000))
@@ -101,22 +99,11 @@ async def burst(
     while a thousand others open.) `in_flight` > 0 caps the uploads under way at once."""
     go = asyncio.Event()
     gate = asyncio.Semaphore(in_flight or len(providers))
-    limits = httpx.Limits(max_connections=1)
-    # One TLS context for every client: building one loads the CA bundle, which cost the
-    # generator more CPU per upload than sending the envelope (the URL is plain http anyway).
-    tls = ssl.create_default_context()
 
     async def one(p: Party, body: bytes) -> Outcome:
         await go.wait()
         async with gate:
-            return await upload(p, body)
-
-    async def upload(p: Party, body: bytes) -> Outcome:
-        async with httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Bearer {p.api_key}"}, limits=limits,
-            timeout=SUBMIT_TIMEOUT_S, verify=tls,
-        ) as client:  # fmt: skip
-            return await put_envelope(client, job_id, body, since=released)
+            return await put_envelope_lean(url, p.api_key, job_id, body, since=released)
 
     tasks = [asyncio.create_task(one(p, b)) for p, b in zip(providers, bodies, strict=True)]
     await asyncio.sleep(0.05)

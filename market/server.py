@@ -14,9 +14,16 @@ import uvicorn
 from market.app import create_app
 from market.blobs import store_for
 from market.config import Settings
-from market.db import SQLITE_ONE_PROCESS, SqliteProcessClaim, is_sqlite, make_engine
-from market.errors import BlobStoreUnavailableError, DatabaseInUseError
+from market.db import (
+    SQLITE_ONE_PROCESS,
+    SqliteProcessClaim,
+    is_sqlite,
+    make_engine,
+    session_scope,
+)
+from market.errors import BlobStoreUnavailableError, DatabaseInUseError, InvalidInputError
 from market.migrate import upgrade
+from market.services.accounts import ensure_admin
 from market.workers import Supervisor
 
 log = logging.getLogger(__name__)
@@ -104,11 +111,18 @@ def serve(
     if not return_large_buffers_to_the_os():
         log.info("could not set the allocator's mmap threshold; large buffers may linger")
     _check_and_claim(settings, workers)
-    if settings.auto_migrate:
-        # Once, here, before any worker starts: the workers then find the schema at head.
+    if settings.auto_migrate or settings.admin_api_key:
+        # Once, here, before any worker starts: the workers then find the schema at head
+        # and the admin account in place.
         engine = make_engine(settings.database_url)
         try:
-            upgrade(engine)
+            if settings.auto_migrate:
+                upgrade(engine)
+            if settings.admin_api_key:
+                with session_scope(engine) as session:
+                    ensure_admin(session, settings.admin_api_key)
+        except InvalidInputError as exc:
+            raise SystemExit(f"POLLEN_ADMIN_API_KEY: {exc.message}") from None
         finally:
             engine.dispose()
     if workers == 1:

@@ -12,7 +12,9 @@ The supervisor holds a socket bound to the address (not listening, so the kernel
 it a connection) for as long as it runs: no other program can take the port meanwhile, and a
 second `pollen server` on it is refused at start instead of silently sharing the traffic. A
 worker that dies is started again; one that fails before it serves (code 3, uvicorn's startup
-failure) stops the whole server, since its replacement would fail the same way. SIGINT or
+failure, or an error within seconds of its start) is given a new try, up to `STARTUP_TRIES`
+in all, after which the whole server stops: a failure that repeats is one its replacements
+would meet too, and restarting them forever would hide it. SIGINT or
 SIGTERM stops every worker gracefully (uvicorn finishes the requests under way).
 """
 
@@ -23,6 +25,7 @@ import multiprocessing
 import signal
 import socket
 import threading
+import time
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -31,6 +34,8 @@ import uvicorn
 log = logging.getLogger(__name__)
 
 STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that could not start serving
+STARTUP_TRIES = 3  # failed starts, over the server's life, before it gives up
+YOUNG_S = 10.0  # a worker that errors out sooner than this after its start failed to start
 STOP_GRACE_S = 30.0
 
 
@@ -79,12 +84,19 @@ class Supervisor:
         self._spawn = multiprocessing.get_context("spawn")
         self._stop = threading.Event()
         self.processes: list[BaseProcess] = []
+        self._started: dict[int, float] = {}
+
+    def _young(self, proc: BaseProcess) -> bool:
+        """Died of an error (not a signal) within `YOUNG_S` of its start: a crash at import
+        or configuration, which a new process would repeat."""
+        return time.monotonic() - self._started.get(proc.pid or 0, 0.0) < YOUNG_S
 
     def _start_one(self) -> BaseProcess:
         proc = self._spawn.Process(
             target=_worker, args=(self.host, self.port, self.options), daemon=False
         )
         proc.start()
+        self._started[proc.pid or 0] = time.monotonic()
         log.info("started worker process %s on %s:%d", proc.pid, self.host, self.port)
         return proc
 
@@ -105,13 +117,17 @@ class Supervisor:
                 signal.signal(sig, handler)
 
     def _watch(self) -> int:
+        failed_starts = 0
         while not self._stop.wait(0.5):
             for i, proc in enumerate(self.processes):
                 if proc.is_alive():
                     continue
-                if proc.exitcode == STARTUP_FAILURE:
-                    log.error("worker %s could not start; stopping the server", proc.pid)
-                    return 1
+                code = proc.exitcode or 0
+                if code == STARTUP_FAILURE or (code > 0 and self._young(proc)):
+                    failed_starts += 1
+                    if failed_starts >= STARTUP_TRIES:
+                        log.error("worker %s could not start; stopping the server", proc.pid)
+                        return 1
                 log.warning("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
                 self.processes[i] = self._start_one()
         return 0

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import secrets
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from market.db import unit_of_work
@@ -50,20 +51,33 @@ def create_account(
 
 
 def authenticate(session: Session, api_key: str) -> Account:
-    account = session.exec(select(Account).where(Account.key_hash == hash_key(api_key))).first()
+    account = _holder(session, api_key)
     if account is None:
         raise AuthenticationError("unknown API key")
     return account
 
 
 def ensure_admin(session: Session, api_key: str, name: str = "operator") -> Account:
-    """Make sure an admin account holds `api_key` (idempotent, used at startup)."""
-    existing = session.exec(select(Account).where(Account.key_hash == hash_key(api_key))).first()
-    if existing is not None:
-        if existing.role != "admin":
-            raise InvalidInputError("the configured admin key belongs to a non-admin account")
-        return existing
-    created = create_account(session, role="admin", name=name, api_key=api_key)
-    account = session.get(Account, created.id)
-    assert account is not None
-    return account
+    """Make sure an admin account holds `api_key` (idempotent, used at startup).
+
+    Server processes starting together on one database each run this: the one whose insert
+    loses the race on the unique key takes the winner's account.
+    """
+    existing = _holder(session, api_key)
+    if existing is None:
+        try:
+            created = create_account(session, role="admin", name=name, api_key=api_key)
+        except IntegrityError:
+            existing = _holder(session, api_key)  # another process inserted it first
+            if existing is None:
+                raise
+        else:
+            existing = session.get(Account, created.id)
+            assert existing is not None
+    if existing.role != "admin":
+        raise InvalidInputError("the configured admin key belongs to a non-admin account")
+    return existing
+
+
+def _holder(session: Session, api_key: str) -> Account | None:
+    return session.exec(select(Account).where(Account.key_hash == hash_key(api_key))).first()

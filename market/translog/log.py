@@ -40,10 +40,11 @@ def _append_locked(
     round: int | None = None,
     account_id: str | None = None,
 ) -> LogLeaf:
-    last = session.exec(select(func.max(LogLeaf.index))).one()
     payload = canonical(doc).decode()
     leaf = LogLeaf(
-        index=0 if last is None else int(last) + 1,
+        # The next index, read by the INSERT itself (the caller holds the chain's lock): one
+        # statement where a read and then a write were two round trips under that lock.
+        index=_next_index(),
         leaf_hash=leaf_hash(payload.encode()).hex(),
         kind=kind,
         job_id=job_id,
@@ -55,6 +56,10 @@ def _append_locked(
     session.add(leaf)
     session.flush()
     return leaf
+
+
+def _next_index() -> Any:
+    return select(func.coalesce(func.max(LogLeaf.index) + 1, 0)).scalar_subquery()
 
 
 def append(

@@ -31,7 +31,7 @@ schema_from: buyer.csv
 label: {label}
 model: {{arch: {arch}}}
 rounds: {rounds}
-local_epochs: 3
+local_epochs: 10
 learning_rate: 0.1
 batch_size: 16
 min_providers: 2
