@@ -35,9 +35,10 @@ browser:
 	  fi; }
 
 # POLLEN_REQUIRE_BROWSER=1 / POLLEN_REQUIRE_S3=1: a missing browser or SeaweedFS binary fails
-# the dashboard or S3 tests instead of skipping them.
+# the dashboard or S3 tests instead of skipping them. The 15 slowest tests are listed at the
+# end: CI is meant to stay under 20 minutes.
 pytest: setup browser
-	POLLEN_REQUIRE_BROWSER=1 POLLEN_REQUIRE_S3=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	POLLEN_REQUIRE_BROWSER=1 POLLEN_REQUIRE_S3=1 $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
