@@ -169,8 +169,8 @@ def _burst_into(
     blob_written_before = write_bytes(blob_pids)
     roles = cpu.Roles(sampler.pids, blob_pids)
     cpu_before = cpu.snapshot(roles)
-    with sampler:
-        outcomes, burst_s = asyncio.run(burst(url, job_id, parties, bodies, in_flight=in_flight))
+    # No sampling thread: the peak is the kernel's own high-water mark (VmHWM) per process.
+    outcomes, burst_s = asyncio.run(burst(url, job_id, parties, bodies, in_flight=in_flight))
     cpu_used = cpu.diff(cpu_before, cpu.snapshot(roles))
     hwm_kb = sampler.status_kb("VmHWM")
     written = _io_write_bytes(sampler) - written_before

@@ -78,7 +78,10 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    # Every connection stays open once made: an overflow connection is closed when handed
+    # back, and under a burst of uploads that churn cost PostgreSQL a new backend (fork,
+    # authentication, cold catalog caches) every other upload.
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_CAPACITY, max_overflow=0)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
