@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import InvalidatePoolError
 from sqlmodel import Session, create_engine
 
 from market.errors import DatabaseInUseError
@@ -47,6 +49,8 @@ SQLITE_ONE_PROCESS = (
 POOL_SIZE = 10
 POOL_OVERFLOW = 10
 POOL_CAPACITY = POOL_SIZE + POOL_OVERFLOW
+# A pooled PostgreSQL connection unused for longer is checked before a session gets it.
+PING_AFTER_IDLE_S = 2.0
 
 T = TypeVar("T")
 
@@ -81,7 +85,34 @@ def make_engine(url: str) -> Engine:
     # Every connection stays open once made: an overflow connection is closed when handed
     # back, and under a burst of uploads that churn cost PostgreSQL a new backend (fork,
     # authentication, cold catalog caches) every other upload.
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_CAPACITY, max_overflow=0)
+    engine = create_engine(url, pool_size=POOL_CAPACITY, max_overflow=0)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """A pooled connection idle for more than `PING_AFTER_IDLE_S` is pinged when taken
+    from the pool, and a dead one (the server restarted, a proxy cut it) is replaced, with
+    every connection older than it, before the session sees it.
+
+    SQLAlchemy's `pool_pre_ping` pings on every checkout: an upload takes a connection
+    about six times, so that was six round trips per upload, and as many statements for
+    PostgreSQL, while no connection had been idle for more than a few milliseconds."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _alive(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since <= PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool discards it and every connection made before it, then connects anew.
+            raise InvalidatePoolError(f"pooled connection is dead: {exc}") from exc
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
