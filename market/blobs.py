@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import anyio
 
 from market import blobkeys
-from market.errors import PayloadTooLargeError, UploadStalledError
+from market.errors import BlobStoreUnavailableError, PayloadTooLargeError, UploadStalledError
 
 if TYPE_CHECKING:
     from market.config import Settings
@@ -187,6 +187,17 @@ class BlobStore(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
+
+    def delete_many(self, keys: Iterable[str]) -> list[str]:
+        """Delete every one of `keys` (absent ones are no error); the keys that could not
+        be deleted. A store with a batch call overrides this."""
+        failed = []
+        for key in keys:
+            try:
+                self.delete(key)
+            except (OSError, BlobStoreUnavailableError):
+                failed.append(key)
+        return failed
 
     @abstractmethod
     def temp(self, limit: int) -> TempBlob:

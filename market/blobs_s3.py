@@ -13,7 +13,7 @@ by prefix; upload buffers are local to each process's machine and swept there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ TRANSFER = TransferConfig(
     io_chunksize=256 * 1024,
 )
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+DELETE_BATCH = 1000  # S3's limit of keys per DeleteObjects
 
 
 def _code(exc: ClientError) -> str:
@@ -172,6 +173,29 @@ class S3BlobStore(BlobStore):
         with _failing_as_unavailable(f"deleting {key}"):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def delete_many(self, keys: Iterable[str]) -> list[str]:
+        """One DeleteObjects request per 1,000 keys (S3's limit) instead of one request
+        each: a checkpoint releases the envelopes of every update it holds at once."""
+        names = {self._key(k): k for k in keys}
+        failed: list[str] = []
+        batch = list(names)
+        for start in range(0, len(batch), DELETE_BATCH):
+            part = batch[start : start + DELETE_BATCH]
+            try:
+                with _failing_as_unavailable(f"deleting {len(part)} blobs"):
+                    reply = self.client.delete_objects(
+                        Bucket=self.bucket,
+                        Delete={"Objects": [{"Key": n} for n in part], "Quiet": True},
+                    )
+            except BlobStoreUnavailableError:
+                failed.extend(names[n] for n in part)
+                continue
+            failed.extend(
+                names[e["Key"]] for e in reply.get("Errors", [])
+                if e.get("Key") in names and e.get("Code") not in _MISSING
+            )  # fmt: skip
+        return failed
+
     def temp(self, limit: int) -> TempBlob:
         # A buffer: what lasts is the object in the bucket, written before any row names it.
         return TempBlob(self._tmp, limit, sync=False)
@@ -190,10 +214,4 @@ class S3BlobStore(BlobStore):
 
     def sweep_envelopes(self) -> int:
         doomed = [k for k in self.keys("jobs/") if blobkeys.LEGACY_ENVELOPE.match(k)]
-        for start in range(0, len(doomed), 1000):  # S3's limit per DeleteObjects
-            batch = doomed[start : start + 1000]
-            self.client.delete_objects(
-                Bucket=self.bucket,
-                Delete={"Objects": [{"Key": self.prefix + k} for k in batch], "Quiet": True},
-            )
-        return len(doomed)
+        return len(doomed) - len(self.delete_many(doomed))

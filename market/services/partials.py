@@ -298,11 +298,10 @@ def _release(session: Session, rnd: Round) -> None:
 
 
 def delete_blobs(blobs: BlobStore, keys: Iterable[str]) -> None:
-    for key in keys:
-        try:
-            blobs.delete(key)
-        except OSError:
-            log.warning("could not delete blob %s", key, exc_info=True)
+    """Delete `keys` in as few requests as the store allows; one that cannot be deleted is
+    logged (it holds only what a committed part already holds)."""
+    for key in blobs.delete_many(keys):
+        log.warning("could not delete blob %s", key)
 
 
 def delete_after_commit(session: Session, keys: Iterable[str]) -> None:

@@ -15,12 +15,14 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from market.app import create_app
 from market.blobs import BlobStore, LocalBlobStore, store_for
+from market.blobs_s3 import S3BlobStore
 from market.config import Settings
 from market.errors import BlobStoreUnavailableError
 from tests.utils.seaweed import Seaweed
@@ -280,3 +282,38 @@ def test_s3_outage_is_a_clear_503(tmp_path: Path) -> None:
         store.open_read("jobs/j1/model.st")
     with pytest.raises(BlobStoreUnavailableError, match="writing jobs/j1/other failed"):
         store.put_bytes("jobs/j1/other", b"x")
+
+
+def test_delete_many_removes_every_key_and_ignores_absent_ones(store: BlobStore) -> None:
+    """A batch delete takes what exists, skips what does not, and reports no failure."""
+    keys = [f"jobs/j1/rounds/1/envelopes/sub_{i}.env" for i in range(5)]
+    for key in keys:
+        store.put_bytes(key, key.encode())
+    store.put_bytes("jobs/j1/model.st", b"kept")
+    assert store.delete_many([*keys, "jobs/never/written"]) == []
+    assert not any(store.exists(k) for k in keys)
+    assert store.get_bytes("jobs/j1/model.st") == b"kept"
+    assert store.delete_many([]) == []
+
+
+def test_s3_delete_many_is_one_request_per_thousand_keys(
+    seaweed: Seaweed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_for(_s3_settings(seaweed, f"s3://{seaweed.bucket}/batch", tmp_path / "data"))
+    assert isinstance(store, S3BlobStore)
+    keys = [f"jobs/j1/e/{i}" for i in range(7)]
+    for key in keys:
+        store.put_bytes(key, b"x")
+    monkeypatch.setattr("market.blobs_s3.DELETE_BATCH", 3)
+    calls: list[int] = []
+    real = store.client.delete_objects
+
+    def counted(**kw: Any) -> Any:
+        calls.append(len(kw["Delete"]["Objects"]))
+        return real(**kw)
+
+    monkeypatch.setattr(store.client, "delete_objects", counted)
+    monkeypatch.setattr(store.client, "delete_object", None)  # never one by one
+    assert store.delete_many(keys) == []
+    assert calls == [3, 3, 1]
+    assert not any(store.exists(k) for k in keys)
