@@ -16,6 +16,10 @@ the burst), and `bytes_written_per_update` (what the server's processes, and the
 server's, wrote to storage during the burst, close included, from /proc/PID/io, over the
 accepted updates: compare with `envelope_bytes`; the two parts are kept apart as
 `server_bytes_written_per_update` and `blob_server_bytes_written_per_update`).
+`vs_1_process` is a configuration's updates/s over the 1-process one's at the same number in
+flight; `machine_bound_updates_per_s` is what the machine's cores allow at that run's CPU per
+update of every party (`cpu_ms_per_update`), the ceiling any number of processes meets here
+(`machine_bound_vs_1_process`: over 1 process).
 Writes bench/results/scale.json as {"configs": [...]}.
 
 `--providers N` (or `POLLEN_BENCH_SCALE_PROVIDERS`, default 1,000), `--processes 1,2` and
@@ -56,6 +60,7 @@ from crypto import BuyerKeys, EnvelopeBinding, PublicContext, encrypt_update
 PROVIDERS = int(os.environ.get("POLLEN_BENCH_SCALE_PROVIDERS", 1000))
 HIDDEN = 1330  # 64·1330 + 1330 + 1330·10 + 10 = 99,760 parameters
 MB = 1024 * 1024
+CORES = os.cpu_count() or 1
 
 _ctx: PublicContext | None = None
 
@@ -264,7 +269,32 @@ def _config_result(
         "cpu_ms_per_update": (
             {k: round(1000 * v / accepted, 1) for k, v in m.cpu_used.items()} if accepted else None
         ),
+        # What the machine allows whatever the number of processes: every core busy with
+        # this run's parties (server, PostgreSQL, SeaweedFS, load generator) at their CPU
+        # per update. One process cannot pass one core of server work (its interpreter lock).
+        "cores": CORES,
+        "machine_bound_updates_per_s": _machine_bound(m.cpu_used, accepted),
     }
+
+
+def _machine_bound(cpu_used: dict[str, float], accepted: int) -> float | None:
+    ours = sum(v for k, v in cpu_used.items() if ":" not in k and k != "other")
+    return round(CORES * accepted / ours, 1) if accepted and ours else None
+
+
+def _speedups(configs: list[dict[str, Any]]) -> None:
+    """Each configuration's updates per second over the 1-process one's at the same number
+    in flight (`vs_1_process`), and what the machine's cores would allow it at most."""
+    one = {c["in_flight"]: c for c in configs if c["processes"] == 1}
+    for c in configs:
+        base = one.get(c["in_flight"])
+        if base is None or not base["updates_per_s"]:
+            continue
+        c["vs_1_process"] = round(c["updates_per_s"] / base["updates_per_s"], 2)
+        bound = c["machine_bound_updates_per_s"]
+        c["machine_bound_vs_1_process"] = (
+            round(bound / base["updates_per_s"], 2) if bound is not None else None
+        )
 
 
 def _blob_server(stack: contextlib.ExitStack) -> tuple[seaweed.Seaweed, int]:
@@ -283,14 +313,18 @@ def _print_configs(providers: int, configs: list[dict[str, Any]]) -> None:
         f"{providers} providers into one round ({configs[0]['param_count']:,} parameters, "
         f"envelope {configs[0]['envelope_bytes'] / MB:.2f} MB)",
         ["processes", "in flight", "accepted", "lost", "updates/s", "close s", "peak RSS MB",
-         "baseline MB", "bytes written / update (server + blob server)"],
+         "baseline MB", "bytes written / update (server + blob server)", "× 1 process",
+         "machine bound upd/s (× 1)"],
         [
             [str(c["processes"]), str(c["in_flight"]), str(c["accepted"]), str(c["lost"]),
              f"{c['updates_per_s']:.1f}",
              f"{c['close_s']}", f"{c['server_peak_rss_mb']:.0f}",
              f"{c['server_baseline_rss_mb']:.0f}",
              f"{c['bytes_written_per_update']:,} ({c['server_bytes_written_per_update']:,} + "
-             f"{c['blob_server_bytes_written_per_update']:,})"]
+             f"{c['blob_server_bytes_written_per_update']:,})",
+             f"{c.get('vs_1_process', '-')}",
+             f"{c['machine_bound_updates_per_s']} "
+             f"({c.get('machine_bound_vs_1_process', '-')}×)"]
             for c in configs
         ],
     )  # fmt: skip
@@ -328,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
             )  # fmt: skip
             configs.append(config)
             console.print(f"  {configs[-1]}", markup=False, highlight=False)
+    _speedups(configs)
     _print_configs(args.providers, configs)
     write_result("scale", {"configs": configs})
 
