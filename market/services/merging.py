@@ -21,12 +21,14 @@ accepted providers stands as it is.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from typing import BinaryIO
 
 from sqlmodel import Session, col, select
 
-from crypto import Accumulator, CheckedSum, PublicContext
+from crypto import Accumulator, CheckedSum, CryptoError, PublicContext
 from market import blobkeys
 from market.blobs import BlobStore
 from market.lifecycle import ROUND_ABANDONED
@@ -200,16 +202,35 @@ def _merge_parts(
     ctx: PublicContext, rnd: Round, into: Accumulator, parts: list[RoundPartial]
 ) -> None:
     """Merge recorded parts into `into`, one at a time and a piece at a time from their
-    blobs; a part that overlaps what is already in, or whose blob does not hold what its row
-    says, is left out (and logged)."""
+    blobs; a part that overlaps what is already in, whose blob does not hold what its row
+    says, or whose bytes are not the ones its row hashed when it was written, is left out
+    (and logged): the close then replays its updates from their envelopes, or leaves them
+    out of the sum (and unpaid) when those are gone, instead of failing or serving a sum
+    that is silently wrong."""
     for cp in parts:
-        with partials.store().open_file(cp.key) as handle:
-            part = CheckedSum.open(handle, ctx)
-            inside = set(part.header.provider_ids)
-            if inside & set(into.provider_ids) or inside != set(cp.providers):
-                log.error("round %s: part %s overlaps the sum or its row; left out", rnd.id, cp.id)
-                continue
-            into.merge(part)
+        try:
+            with partials.store().open_file(cp.key) as handle:
+                if _sha256_of(handle) != cp.sha256:
+                    log.error("round %s: part %s is not the blob recorded; left out", rnd.id, cp.id)
+                    continue
+                part = CheckedSum.open(handle, ctx)
+                inside = set(part.header.provider_ids)
+                if inside & set(into.provider_ids) or inside != set(cp.providers):
+                    log.error("round %s: part %s overlaps the sum or its row; left out",
+                              rnd.id, cp.id)  # fmt: skip
+                    continue
+                into.merge(part)
+        except (FileNotFoundError, CryptoError) as exc:
+            log.error("round %s: part %s cannot be read (%s); left out", rnd.id, cp.id, exc)
+
+
+def _sha256_of(handle: BinaryIO) -> str:
+    """The hash of the whole file, read a piece at a time; the file is left at its start."""
+    digest = hashlib.sha256()
+    while piece := handle.read(1 << 20):
+        digest.update(piece)
+    handle.seek(0)
+    return digest.hexdigest()
 
 
 def _write_group(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -344,3 +345,45 @@ def test_a_round_of_one_group_reads_back_only_what_no_partial_holds(
         assert sorted(agg.provider_ids) == sorted(p.id for p in scn.providers)
         np.testing.assert_allclose(agg.total, want, atol=1e-4)
     assert partials.held() == {}
+
+
+def _alter_payload(path: Path, *, keep_hash_consistent: bool) -> None:
+    """Flip one bit of one coefficient of the sum file at `path`, its header untouched or
+    with the payload hash it carries recomputed (crypto/sumfile.py's layout)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    if keep_hash_consistent:
+        header_len = int.from_bytes(data[6:10], "little")
+        payload_start = 10 + header_len
+        data[82:114] = hashlib.sha256(bytes(data[payload_start:])).digest()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("keep_hash_consistent", [False, True], ids=["corrupted", "forged"])
+def test_a_checkpoint_altered_in_storage_is_left_out_and_its_updates_replayed(
+    scn: Scenario, keep_hash_consistent: bool
+) -> None:
+    """A checkpoint's ciphertext bytes change in the blob store: a disk corrupts them, or
+    someone who can write the bucket but not the database (a leaked bucket key) forges them
+    and recomputes the hash the file carries. The close finds the blob is not the one its
+    row hashed when it was written, leaves it out and replays the updates it held from their
+    envelopes: the buyer's sum is exact, the round closes (it once failed on the corrupted
+    file, at every deadline pass, and took the forged one silently)."""
+    order = _by_group(scn)
+    for i in order[:2]:
+        _submit(scn, i)
+    _, cps, _ = _rows(scn)
+    assert len(cps) == 1 and len(cps[0].providers) == 2
+    _alter_payload(
+        Path(scn.client.app.state.blobs.root) / cps[0].key,  # type: ignore[attr-defined]
+        keep_hash_consistent=keep_hash_consistent,
+    )
+    partials._partials.clear()  # only the checkpoint holds them now
+    scn.clock.advance(61)
+    scn.tick()
+    rnd, _, _ = _rows(scn)
+    assert rnd.state == "closed" and rnd.acc_count == 2
+    agg = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
+    total = decrypt_aggregate(scn.keys, agg.content)
+    assert sorted(total.provider_ids) == sorted(scn.providers[i].id for i in order[:2])
+    np.testing.assert_allclose(total.total, sum(_value(i) for i in order[:2]), atol=1e-4)
