@@ -66,6 +66,17 @@ def _proxy_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+# The process id tells the lines of `--workers N` processes apart in the one log.
+LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging() -> None:
+    """The marketplace's own lines at INFO and above, on stderr (`server.log` under `pollen
+    server`): in the serving process and in every worker it spawns, which starts with no
+    handler at all (a spawned process inherits none) and would drop its INFO lines."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+
+
 def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
     """How uvicorn runs one app process (see `_proxy_options`)."""
     return uvicorn.Config(app, host=host, port=port, log_level="info", **_proxy_options(settings))
@@ -105,9 +116,7 @@ def serve(
     if database_url:
         overrides["database_url"] = database_url
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     if not return_large_buffers_to_the_os():
         log.info("could not set the allocator's mmap threshold; large buffers may linger")
     _check_and_claim(settings, workers)

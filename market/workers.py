@@ -68,8 +68,10 @@ def claim_address(host: str, port: int) -> socket.socket:
 def _worker(host: str, port: int, options: dict[str, Any]) -> None:
     """One worker process: its own socket on the shared address, the app from the
     environment (`market.app:create_app`)."""
-    from market.server import return_large_buffers_to_the_os  # imports the app: here, not above
+    # Imports the app: here, not above.
+    from market.server import configure_logging, return_large_buffers_to_the_os
 
+    configure_logging()
     return_large_buffers_to_the_os()
     sock = bind(host, port, reuse_port=True)
     config = uvicorn.Config("market.app:create_app", factory=True, **options)

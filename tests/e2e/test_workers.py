@@ -94,3 +94,9 @@ def test_four_workers_lose_no_accepted_update(four_workers: tuple[str, str, Path
     log = (data_dir / "server.log").read_text(errors="replace")
     errors = [line for line in log.splitlines() if "Error" in line or "Traceback" in line]
     assert not errors, errors[:8]
+    # Each worker's own lines reach the log, named by its process: every acceptance, and
+    # the close (a spawned worker once had no log handler and dropped them all).
+    accepted_lines = [line for line in log.splitlines() if f"job {job_id} round 1: update" in line]
+    assert len(accepted_lines) == PROVIDERS, log[-3000:]
+    assert len({line.split()[2] for line in accepted_lines}) > 1  # several worker pids
+    assert any(f"job {job_id} round 1 closed" in line for line in log.splitlines())
