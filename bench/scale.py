@@ -9,8 +9,9 @@ each over its own connection so the uploads spread over the processes.
 
 Measured per configuration: `accepted` (updates the buyer finds inside the decrypted sum,
 not merely answered 201), `lost` (a 2xx the sum does not hold, or no answer), `updates_per_s`
-(accepted updates over the seconds from the release to the last acceptance that did not close
-the round; the close, which merges the partial sums and builds the group sums, is `close_s`),
+(accepted updates over the seconds from the release to the start of the close: the last
+answer less `close_s`, the seconds the close held the job as the server logs them, merging
+the partial sums, completing the group sums and settling the round),
 `server_peak_rss_mb` (VmHWM summed over the server's processes, beside its baseline before
 the burst), and `bytes_written_per_update` (what the server's processes, and the blob
 server's, wrote to storage during the burst, close included, from /proc/PID/io, over the
@@ -37,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import subprocess
 import tempfile
@@ -140,6 +142,7 @@ class _Burst:
     encrypt_s: float
     # CPU seconds of each party over the burst (bench/cpu.py).
     cpu_used: dict[str, float]
+    job_id: str
 
 
 def _burst_into(
@@ -183,7 +186,7 @@ def _burst_into(
     verdict = verify(buyer, keys, job_id, parties, outcomes)
     return _Burst(
         outcomes, burst_s, verdict, params, len(bodies[0]), baseline_kb, hwm_kb, written,
-        blob_written, setup_s, encrypt_s, cpu_used,
+        blob_written, setup_s, encrypt_s, cpu_used, job_id,
     )  # fmt: skip
 
 
@@ -221,19 +224,36 @@ def run_config(
             raise
         finally:
             stop(server)
+        close_s = server_close_s(data_dir / "server.log", measured.job_id)
     blobs = "s3" if blob_env else "local"
-    return _config_result(measured, processes, providers, quorum, blobs, in_flight)
+    return _config_result(measured, processes, providers, quorum, blobs, in_flight, close_s)
+
+
+def server_close_s(log: Path, job_id: str) -> float | None:
+    """How long the close of the job's round 1 held the job, as the server logged it."""
+    pattern = re.compile(rf"job {re.escape(job_id)} round 1 closed \(.*?\) in ([0-9.]+) s")
+    found = pattern.search(log.read_text(errors="replace"))
+    return float(found.group(1)) if found else None
 
 
 def _config_result(
-    m: _Burst, processes: int, providers: int, quorum: int, blobs: str, in_flight: int
-) -> dict[str, Any]:
+    m: _Burst, processes: int, providers: int, quorum: int, blobs: str, in_flight: int,
+    close_s: float | None,
+) -> dict[str, Any]:  # fmt: skip
     """One entry of `scale.json`'s configs."""
     outcomes, burst_s, verdict = m.outcomes, m.burst_s, m.verdict
     hwm_kb, baseline_kb, written, blob_written = m.hwm_kb, m.baseline_kb, m.written, m.blob_written
     ok = sorted(seconds for status, seconds, _ in outcomes if status == 201)
-    # The last acceptance closed the round (all-in) in its own request: merge and group sums.
-    flowing = ok[-2] if len(ok) > 1 else burst_s
+    # The last acceptance closed the round (all-in) in its own request, under the job's lock:
+    # every other acceptance committed before that close began, though a few answers wait
+    # for its end (their checkpoint waits for the lock, then finds the round closed). So the
+    # updates flowed until the last answer less the close the server logged; without that
+    # line, until the last answer but one.
+    if close_s is not None and ok:
+        flowing = max(ok[-1] - close_s, 1e-9)
+    else:
+        flowing = ok[-2] if len(ok) > 1 else burst_s
+        close_s = round(ok[-1] - flowing, 2) if ok else None
     refused = Counter(str(s) if s is not None else d for s, _, d in outcomes if s != 201)
     accepted = verdict["accepted"]
     return {
@@ -258,7 +278,7 @@ def _config_result(
         "quorum": quorum,
         "groups": max(1, providers // quorum),
         "burst_s": round(burst_s, 2),
-        "close_s": round(ok[-1] - flowing, 2) if ok else None,
+        "close_s": close_s,
         "setup_s": round(m.setup_s, 1),
         "encrypt_s": round(m.encrypt_s, 1),
         "round_state": verdict["round_state"],
