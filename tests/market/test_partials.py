@@ -95,6 +95,19 @@ def _rows(scn: Scenario) -> tuple[Round, list[RoundPartial], list[Submission]]:
     return rnd, cps, subs
 
 
+def _closes_at_the_deadline_with_exactly(scn: Scenario, indexes: list[int]) -> None:
+    """Past the deadline the round closes holding the updates of these providers, once each
+    (the decrypted total is exact)."""
+    scn.clock.advance(61)
+    scn.tick()
+    rnd, _, _ = _rows(scn)
+    assert rnd.state == "closed" and rnd.acc_count == len(indexes)
+    agg = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
+    total = decrypt_aggregate(scn.keys, agg.content)
+    assert sorted(total.provider_ids) == sorted(scn.providers[i].id for i in indexes)
+    np.testing.assert_allclose(total.total, sum(_value(i) for i in indexes), atol=1e-4)
+
+
 def test_checkpoint_every_k_updates_names_the_updates_it_holds(scn: Scenario) -> None:
     """Every 2 accepted updates this process writes its partial sum once and records whose
     updates it holds; the envelopes stay until the round's sum holds them, and no running
@@ -199,14 +212,7 @@ def test_close_replays_updates_whose_partial_died_with_its_process(scn: Scenario
     rnd, _, _ = _rows(scn)
     assert partials.held() == {rnd.id: 1}
     partials._partials.clear()  # what a kill -9 leaves of this process's memory
-    scn.clock.advance(61)
-    scn.tick()
-    rnd, _, _ = _rows(scn)
-    assert rnd.state == "closed" and rnd.acc_count == 3
-    agg = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
-    total = decrypt_aggregate(scn.keys, agg.content)
-    assert sorted(total.provider_ids) == sorted(scn.providers[i].id for i in order[:3])
-    np.testing.assert_allclose(total.total, sum(_value(i) for i in order[:3]), atol=1e-4)
+    _closes_at_the_deadline_with_exactly(scn, order[:3])
     assert list(_round_dir(scn).glob("env-*.bin")) == []
 
 
@@ -379,11 +385,4 @@ def test_a_checkpoint_altered_in_storage_is_left_out_and_its_updates_replayed(
         keep_hash_consistent=keep_hash_consistent,
     )
     partials._partials.clear()  # only the checkpoint holds them now
-    scn.clock.advance(61)
-    scn.tick()
-    rnd, _, _ = _rows(scn)
-    assert rnd.state == "closed" and rnd.acc_count == 2
-    agg = scn.client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
-    total = decrypt_aggregate(scn.keys, agg.content)
-    assert sorted(total.provider_ids) == sorted(scn.providers[i].id for i in order[:2])
-    np.testing.assert_allclose(total.total, sum(_value(i) for i in order[:2]), atol=1e-4)
+    _closes_at_the_deadline_with_exactly(scn, order[:2])
