@@ -25,6 +25,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
 from market.db import in_unit_of_work
@@ -85,6 +87,45 @@ def job_unless_busy(session: Session, job_id: str) -> Iterator[Job | None]:
         yield _fresh_job(session, job_id, skip_locked=True)
     finally:
         lock.release()
+
+
+@contextmanager
+def job_within(session: Session, job_id: str, wait_s: float) -> Iterator[Job | None]:
+    """Like `locked_job`, but None when the job is still held by someone else after `wait_s`
+    seconds: work that may be dropped safely (a checkpoint, whose updates the close replays)
+    does not queue behind a long decision such as a round's close, and the upload that
+    triggered it is answered without waiting for that close to end."""
+    _outside_unit_of_work(session)
+    lock = _lock_for(job_id)
+    if not lock.acquire(timeout=wait_s):
+        yield None
+        return
+    try:
+        # End the current read transaction, as `locked_job` does.
+        session.commit()
+        session.expire_all()
+        yield _fresh_job_within(session, job_id, wait_s)
+    finally:
+        lock.release()
+
+
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when `lock_timeout` ran out
+
+
+def _fresh_job_within(session: Session, job_id: str, wait_s: float) -> Job | None:
+    if session.get_bind().dialect.name != "postgresql":
+        return _fresh_job(session, job_id, skip_locked=False)  # one process: the lock above
+    session.execute(text(f"SET LOCAL lock_timeout = '{max(1, round(wait_s * 1000))}ms'"))
+    try:
+        job = _fresh_job(session, job_id, skip_locked=False)
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+            raise
+        session.rollback()
+        return None
+    # Only this wait is bounded: the rest of the transaction waits as any other does.
+    session.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
+    return job
 
 
 def locked_round(session: Session, job: Job, number: int) -> Round:

@@ -50,11 +50,14 @@ from market.lifecycle import RoundState
 from market.models import Job, Round, RoundPartial, Submission
 from market.models.types import new_id
 from market.services import groups
-from market.services.locks import locked_job, locked_round
+from market.services.locks import job_within, locked_round
 
 log = logging.getLogger(__name__)
 
 _DELETE_AFTER_COMMIT = "pollen.delete_after_commit"
+# How long recording a part waits for the job: acceptances hold it for milliseconds, a
+# round's close for seconds (6 s at 1,000 providers), after which the part is not needed.
+RECORD_WAIT_S = 1.0
 
 
 @dataclass
@@ -226,30 +229,42 @@ def _record(engine: Engine, acc: Accumulator, key: str, group_index: int | None)
     blobs = store()
     sha256 = blobs.put_stream(key, acc.chunks())
     try:
-        with (
-            Session(engine) as session,
-            locked_job(session, acc.job_id) as job,
-            unit_of_work(session),
-        ):
-            rnd = locked_round(session, job, acc.round)
-            if rnd.state != RoundState.COLLECTING or (
-                group_index is not None
-                and _covered(session, rnd.id, group_index) & set(acc.provider_ids)
-            ):
+        with Session(engine) as session, job_within(session, acc.job_id, RECORD_WAIT_S) as job:
+            if job is None:
+                # A close under way (it holds the job until it commits): the round no longer
+                # collects, or will not once the close is in, which replays these updates.
+                log.info("job %s busy for %.1f s; part %s not recorded, its updates stay in "
+                         "their envelopes", acc.job_id, RECORD_WAIT_S, key)  # fmt: skip
                 delete_blobs(blobs, [key])
                 return False
-            session.add(
-                RoundPartial(
-                    id=new_id("prt"), round_id=rnd.id, group_index=group_index, key=key,
-                    count=acc.count, providers=list(acc.provider_ids), sha256=sha256,
-                )
-            )  # fmt: skip
-            session.flush()
-            _release(session, rnd)
+            return _record_locked(session, job, acc, key, sha256, group_index, blobs)
     except Exception:
         log.exception("part %s of round %d of job %s not recorded", key, acc.round, acc.job_id)
         delete_blobs(blobs, [key])
         return False
+
+
+def _record_locked(
+    session: Session, job: Job, acc: Accumulator, key: str, sha256: str,
+    group_index: int | None, blobs: BlobStore,
+) -> bool:  # fmt: skip
+    """`_record` once the job is held: the round's check, the row and the release, one unit."""
+    with unit_of_work(session):
+        rnd = locked_round(session, job, acc.round)
+        if rnd.state != RoundState.COLLECTING or (
+            group_index is not None
+            and _covered(session, rnd.id, group_index) & set(acc.provider_ids)
+        ):
+            delete_blobs(blobs, [key])
+            return False
+        session.add(
+            RoundPartial(
+                id=new_id("prt"), round_id=rnd.id, group_index=group_index, key=key,
+                count=acc.count, providers=list(acc.provider_ids), sha256=sha256,
+            )
+        )  # fmt: skip
+        session.flush()
+        _release(session, rnd)
     return True
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
@@ -16,7 +20,7 @@ from crypto import BuyerKeys, decrypt_aggregate
 from market.app import create_app
 from market.config import Settings
 from market.models import Round, RoundGroup, RoundPartial, Submission
-from market.services import merging, partials
+from market.services import locks, merging, partials
 from tests.conftest import ADMIN_KEY
 from tests.utils.clock import FakeClock
 from tests.utils.scenario import Scenario, running_job
@@ -385,4 +389,56 @@ def test_a_checkpoint_altered_in_storage_is_left_out_and_its_updates_replayed(
         keep_hash_consistent=keep_hash_consistent,
     )
     partials._partials.clear()  # only the checkpoint holds them now
+    _closes_at_the_deadline_with_exactly(scn, order[:2])
+
+
+@contextmanager
+def _job_held_elsewhere(settings: Settings, engine: Any, job_id: str) -> Iterator[None]:
+    """The job held, for 10 s at most, as a long close holds it: by another connection's
+    row lock on PostgreSQL (another process), by another thread of this process on SQLite
+    (one process serves it)."""
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        if settings.database_url.startswith("postgres"):
+            with psycopg.connect(settings.database_url) as other:
+                other.execute("SELECT id FROM job WHERE id = %s FOR UPDATE", (job_id,))
+                taken.set()
+                done.wait(10)
+                other.rollback()
+            return
+        with Session(engine) as s, locks.locked_job(s, job_id):
+            taken.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10)
+    try:
+        yield
+    finally:
+        done.set()
+        holder.join()
+
+
+def test_a_checkpoint_does_not_wait_for_a_close_under_way(
+    scn: Scenario, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint falls due while a close holds the job for seconds: it gives up after
+    `RECORD_WAIT_S` (so the upload that made it due is answered without waiting for the
+    close, as uploads once waited 6 s at 1,000 providers) and loses nothing: the update is
+    still in its envelope and the round's sum holds it."""
+    monkeypatch.setattr(partials, "RECORD_WAIT_S", 0.3)
+    order = _by_group(scn)
+    _submit(scn, order[0])
+    app: Any = scn.client.app
+    rnd, _, _ = _rows(scn)
+    with _job_held_elsewhere(settings, app.state.engine, scn.job_id):
+        started = time.monotonic()
+        recorded = partials.checkpoint(app.state.engine, rnd.id)
+        waited = time.monotonic() - started
+    assert (recorded, waited < 2.0) == (False, True), waited
+    _, cps, subs = _rows(scn)
+    assert cps == [] and all(s.envelope_key is not None for s in subs)
+    _submit(scn, order[1])  # the quorum (2), into a new partial
     _closes_at_the_deadline_with_exactly(scn, order[:2])
