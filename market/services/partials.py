@@ -55,9 +55,7 @@ from market.services.locks import job_within, locked_round
 log = logging.getLogger(__name__)
 
 _DELETE_AFTER_COMMIT = "pollen.delete_after_commit"
-# How long recording a part waits for the job: acceptances hold it for milliseconds, a
-# round's close for seconds (6 s at 1,000 providers), after which the part is not needed.
-RECORD_WAIT_S = 1.0
+RECORD_WAIT_S = 1.0  # acceptances hold the job for ms, a close for s (6 at 1,000 providers)
 
 
 @dataclass
@@ -223,48 +221,36 @@ def _sum_of(
 
 def _record(engine: Engine, acc: Accumulator, key: str, group_index: int | None) -> bool:
     """Write `acc` at `key` and record it as a part of its round's total (`group_index`
-    None) or of one group's sum, under a short lock on the round; False, the blob deleted,
-    if the round no longer collects, the group's recorded parts already hold one of its
-    updates, or the record failed (nothing is lost: the envelopes still hold them)."""
+    None) or of one group's sum; False, the blob deleted, if the job stays busy for
+    `RECORD_WAIT_S` (a close under way: no answer waits for it), the round no longer collects,
+    a recorded part holds one of its updates, or the record failed (none is lost)."""
     blobs = store()
     sha256 = blobs.put_stream(key, acc.chunks())
     try:
-        with Session(engine) as session, job_within(session, acc.job_id, RECORD_WAIT_S) as job:
-            if job is None:
-                # A close under way (it holds the job until it commits): the round no longer
-                # collects, or will not once the close is in, which replays these updates.
-                log.info("job %s busy for %.1f s; part %s not recorded, its updates stay in "
-                         "their envelopes", acc.job_id, RECORD_WAIT_S, key)  # fmt: skip
+        with (
+            Session(engine) as session,
+            job_within(session, acc.job_id, RECORD_WAIT_S) as job,
+            unit_of_work(session),
+        ):
+            rnd = None if job is None else locked_round(session, job, acc.round)
+            held: set[str] = set()
+            if rnd is not None and group_index is not None:
+                held = _covered(session, rnd.id, group_index)
+            if rnd is None or rnd.state != RoundState.COLLECTING or held & set(acc.provider_ids):
                 delete_blobs(blobs, [key])
                 return False
-            return _record_locked(session, job, acc, key, sha256, group_index, blobs)
+            session.add(
+                RoundPartial(
+                    id=new_id("prt"), round_id=rnd.id, group_index=group_index, key=key,
+                    count=acc.count, providers=list(acc.provider_ids), sha256=sha256,
+                )
+            )  # fmt: skip
+            session.flush()
+            _release(session, rnd)
     except Exception:
         log.exception("part %s of round %d of job %s not recorded", key, acc.round, acc.job_id)
         delete_blobs(blobs, [key])
         return False
-
-
-def _record_locked(
-    session: Session, job: Job, acc: Accumulator, key: str, sha256: str,
-    group_index: int | None, blobs: BlobStore,
-) -> bool:  # fmt: skip
-    """`_record` once the job is held: the round's check, the row and the release, one unit."""
-    with unit_of_work(session):
-        rnd = locked_round(session, job, acc.round)
-        if rnd.state != RoundState.COLLECTING or (
-            group_index is not None
-            and _covered(session, rnd.id, group_index) & set(acc.provider_ids)
-        ):
-            delete_blobs(blobs, [key])
-            return False
-        session.add(
-            RoundPartial(
-                id=new_id("prt"), round_id=rnd.id, group_index=group_index, key=key,
-                count=acc.count, providers=list(acc.provider_ids), sha256=sha256,
-            )
-        )  # fmt: skip
-        session.flush()
-        _release(session, rnd)
     return True
 
 
@@ -313,8 +299,7 @@ def _release(session: Session, rnd: Round) -> None:
 
 
 def delete_blobs(blobs: BlobStore, keys: Iterable[str]) -> None:
-    """Delete `keys` in as few requests as the store allows; one that cannot be deleted is
-    logged (it holds only what a committed part already holds)."""
+    """Delete `keys` in as few requests as the store allows; log those that remain."""
     for key in blobs.delete_many(keys):
         log.warning("could not delete blob %s", key)
 
