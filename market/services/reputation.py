@@ -27,8 +27,9 @@ weight and day of each event with a reason that names no job (`access.sees_event
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Session, col, select
@@ -65,6 +66,55 @@ def configure(*, decay: float) -> None:
     _config["decay"] = decay
 
 
+@dataclass(frozen=True)
+class Event:
+    """One event to record: who, what, why, and the key that makes recording it idempotent."""
+
+    provider_id: str
+    kind: str
+    reason: str
+    key: str
+    job_id: str | None = None
+    round_number: int | None = None
+
+
+_KEYS_PER_QUERY = 500  # well under SQLite's limit of bound parameters
+
+
+def record_all(session: Session, events: Iterable[Event], *, now: datetime) -> int:
+    """Add every event whose key is not on record yet (not committed); returns how many
+    were new. One query per 500 keys, not one per event: a round's close records two
+    events for each of its providers."""
+    fresh = {e.key: e for e in events}  # the same key twice in one call counts once
+    keys = list(fresh)
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        part = keys[start : start + _KEYS_PER_QUERY]
+        known = session.exec(
+            select(ReputationEvent.key).where(col(ReputationEvent.key).in_(part))
+        ).all()
+        for key in known:
+            del fresh[key]
+    for e in fresh.values():
+        session.add(
+            ReputationEvent(
+                id=new_id("rep"),
+                provider_id=e.provider_id,
+                kind=e.kind,
+                weight=WEIGHTS[e.kind],
+                reason=e.reason[:300],
+                job_id=e.job_id,
+                round_number=e.round_number,
+                key=e.key,
+                at=now,
+            )
+        )
+        log.debug("reputation %s %s: %s", e.provider_id, e.kind, e.reason)
+    if fresh:
+        kinds = Counter(e.kind for e in fresh.values())
+        log.info("reputation: %s", ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    return len(fresh)
+
+
 def record(
     session: Session,
     provider_id: str,
@@ -75,25 +125,9 @@ def record(
     now: datetime,
     job_id: str | None = None,
     round_number: int | None = None,
-) -> ReputationEvent:
+) -> None:
     """Add one event (not committed); the same `key` twice records it once."""
-    first = session.exec(select(ReputationEvent).where(ReputationEvent.key == key)).first()
-    if first is not None:
-        return first
-    event = ReputationEvent(
-        id=new_id("rep"),
-        provider_id=provider_id,
-        kind=kind,
-        weight=WEIGHTS[kind],
-        reason=reason[:300],
-        job_id=job_id,
-        round_number=round_number,
-        key=key,
-        at=now,
-    )
-    session.add(event)
-    log.info("reputation %s %s: %s", provider_id, kind, reason)
-    return event
+    record_all(session, [Event(provider_id, kind, reason, key, job_id, round_number)], now=now)
 
 
 def alpha_beta(events: Iterable[ReputationEvent], now: datetime) -> tuple[float, float]:

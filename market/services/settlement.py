@@ -284,16 +284,19 @@ def job_rail(session: Session, job: Job) -> str:
 def on_round_closed(session: Session, job: Job, rnd: Round, *, now: datetime) -> None:
     """Settle a round that just closed and record its reputation events (not committed)."""
     shares = settle_round(session, job, rnd, now=now)
-    for pid in sorted(shares):
-        where = f"job {job.id} round {rnd.number}"
-        reputation.record(
-            session, pid, "on-time-submission", f"valid update before the deadline ({where})",
-            key=f"rep:{rnd.id}:{pid}:on-time", now=now, job_id=job.id, round_number=rnd.number,
-        )  # fmt: skip
-        reputation.record(
-            session, pid, "included", f"update included in the aggregate ({where})",
-            key=f"rep:{rnd.id}:{pid}:included", now=now, job_id=job.id, round_number=rnd.number,
-        )  # fmt: skip
+    where = f"job {job.id} round {rnd.number}"
+    reputation.record_all(
+        session,
+        [
+            reputation.Event(pid, kind, reason, f"rep:{rnd.id}:{pid}:{suffix}", job.id, rnd.number)
+            for pid in sorted(shares)
+            for kind, reason, suffix in (
+                ("on-time-submission", f"valid update before the deadline ({where})", "on-time"),
+                ("included", f"update included in the aggregate ({where})", "included"),
+            )
+        ],
+        now=now,
+    )
     missing = sorted(set(rnd.expected) - set(shares))
     on_round_missed(session, job, rnd, missing, now=now)
 
@@ -311,13 +314,22 @@ def on_round_missed(
     if set(missing) >= set(rnd.expected) and not rnd.acc_providers:
         log.info("job %s round %d: every provider late; no one is blamed", job.id, rnd.number)
         return
-    for pid in missing:
-        reputation.record(
-            session, pid, "missed-deadline",
-            f"no update by the deadline of job {job.id} round {rnd.number}",
-            key=f"rep:{rnd.id}:{rnd.attempt}:{pid}:missed", now=now, job_id=job.id,
-            round_number=rnd.number,
-        )  # fmt: skip
+    reason = f"no update by the deadline of job {job.id} round {rnd.number}"
+    reputation.record_all(
+        session,
+        [
+            reputation.Event(
+                pid,
+                "missed-deadline",
+                reason,
+                f"rep:{rnd.id}:{rnd.attempt}:{pid}:missed",
+                job.id,
+                rnd.number,
+            )
+            for pid in missing
+        ],
+        now=now,
+    )
 
 
 def on_job_ended(session: Session, job: Job, *, now: datetime) -> Payment | None:
@@ -330,9 +342,18 @@ def on_job_ended(session: Session, job: Job, *, now: datetime) -> Payment | None
             .where(Submission.job_id == job.id, Submission.round_number == job.rounds_total)
             .distinct()
         ).all()
-        for pid in sorted(finishers):
-            reputation.record(
-                session, pid, "job-completed", f"saw job {job.id} through to completion",
-                key=f"rep:{job.id}:{pid}:completed", now=now, job_id=job.id,
-            )  # fmt: skip
+        reputation.record_all(
+            session,
+            [
+                reputation.Event(
+                    pid,
+                    "job-completed",
+                    f"saw job {job.id} through to completion",
+                    f"rep:{job.id}:{pid}:completed",
+                    job.id,
+                )
+                for pid in sorted(finishers)
+            ],
+            now=now,
+        )
     return close_out(session, job, rail=job_rail(session, job), now=now)

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlmodel import Session
+from sqlalchemy import event as sa_event
+from sqlmodel import Session, select
 
 from crypto import BuyerKeys
+from market.models import ReputationEvent
 from market.services import reputation
 from tests.utils.clock import FakeClock
 from tests.utils.factories import admin, listing_body, register
@@ -39,6 +41,38 @@ def test_score_is_beta_with_decay(client: TestClient) -> None:
         assert reputation.score(s, p.id, now=later) == pytest.approx(
             (1 + d) / ((1 + d) + (1 + 2 * d))
         )
+
+
+def test_recording_a_close_worth_of_events_asks_for_their_keys_in_batches(
+    client: TestClient,
+) -> None:
+    """A round's close records two events per provider: 1,200 of them cost 3 lookups of
+    known keys (500 a query), not 1,200; a key already on record, or twice in the batch,
+    is recorded once."""
+    p = register(client, "provider")
+    app: Any = client.app
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM reputation_event" in statement:
+            statements.append(statement)
+
+    with _session(client) as s:
+        reputation.record(s, p.id, "included", "earlier", key="k7", now=T0)
+        s.commit()
+        events = [reputation.Event(p.id, "included", f"r{i}", f"k{i}") for i in range(1200)]
+        events.append(reputation.Event(p.id, "included", "again", "k3"))
+        sa_event.listen(app.state.engine, "before_cursor_execute", seen)
+        try:
+            assert reputation.record_all(s, events, now=T0) == 1199
+            s.commit()
+        finally:
+            sa_event.remove(app.state.engine, "before_cursor_execute", seen)
+        assert len(statements) == 3
+        keys = s.exec(select(ReputationEvent.key).where(ReputationEvent.provider_id == p.id))
+        assert sorted(keys.all()) == sorted(f"k{i}" for i in range(1200))
+        # Recorded again, nothing is new.
+        assert reputation.record_all(s, events, now=T0) == 0
 
 
 def test_rounds_write_reputation_with_reasons(
