@@ -51,9 +51,10 @@ class Round(SQLModel, table=True):
     acc_key: str | None = SQLField(default=None, max_length=200)
     # Accepted updates so far (collecting); once closed, how many the sum holds.
     acc_count: int = 0
-    # The providers accepted so far (collecting); once closed, the providers inside the sum
-    # `acc_key` points at, copied from that sum's own header in the same transaction:
-    # settlement pays exactly these.
+    # Once closed, the providers inside the sum `acc_key` points at, copied from that sum's
+    # own header in the same transaction: settlement pays exactly these. Empty while the
+    # round collects (its `Submission` rows say who is in; rewriting a list that grows with
+    # every update cost O(providers²) bytes a round); a cancelled round's accepted submitters.
     acc_providers: list[str] = SQLField(default_factory=list, sa_type=JSON)
     # SHA-256 of the sum `acc_key` holds: what the signed round-closed record commits to.
     acc_sha256: str | None = SQLField(default=None, max_length=64)

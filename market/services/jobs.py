@@ -23,7 +23,7 @@ from market.models import Account, Job, JobCreate, Round
 from market.models.types import new_id
 from market.services import access, quotas, settlement
 from market.services.locks import locked_job
-from market.services.rounds import find_round, withdraw_pending_offers
+from market.services.rounds import find_round, submitters, withdraw_pending_offers
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,8 @@ def cancel_job(session: Session, job: Job, *, now: datetime, fee_bps: int = 0) -
             rnd.state = RoundState.CANCELLED
             rnd.closed_at = now
             rnd.close_reason = "cancelled by the buyer"
+            # Its accepted submitters are paid; their sum is never built.
+            rnd.acc_providers = submitters(session, rnd)
             session.add(rnd)
             if rnd.acc_providers:
                 settlement.settle_round(session, job, rnd, now=now)

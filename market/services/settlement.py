@@ -311,7 +311,7 @@ def on_round_missed(
     """
     if rnd.deadline > now:
         return
-    if set(missing) >= set(rnd.expected) and not rnd.acc_providers:
+    if set(missing) >= set(rnd.expected) and rnd.acc_count == 0:
         log.info("job %s round %d: every provider late; no one is blamed", job.id, rnd.number)
         return
     reason = f"no update by the deadline of job {job.id} round {rnd.number}"

@@ -301,7 +301,6 @@ def _accept(
                           now=now)  # fmt: skip
         # Counted as accepted; once the round closes these become what its sums hold.
         rnd.acc_count += 1
-        rnd.acc_providers = [*rnd.acc_providers, provider.id]
         group.acc_count += 1
         group.acc_providers = [*group.acc_providers, provider.id]
         session.add(sub)

@@ -225,6 +225,21 @@ def test_no_envelope_outlives_the_sum_that_holds_it(scn: Scenario) -> None:
     assert set(receipt["rounds"][0]["shares"]) == set(acc.provider_ids)
 
 
+def test_an_acceptance_writes_no_list_that_grows_with_the_round(scn: Scenario) -> None:
+    """An accepted update adds one count to its round's row, not the whole list of providers
+    accepted so far (rewritten at every acceptance, that cost O(providers²) bytes a round):
+    who is in stays in the `Submission` rows until the close lists the sum's own providers."""
+    app: Any = scn.client.app
+    for p in scn.providers[:2]:
+        assert scn.submit(p, 1).status_code == 201
+    with Session(app.state.engine) as session:
+        rnd = session.exec(select(Round).where(Round.job_id == scn.job_id)).one()
+        assert rnd.state == "collecting" and rnd.acc_count == 2
+        assert rnd.acc_providers == []
+    assert scn.submit(scn.providers[2], 1).status_code == 201
+    assert sorted(scn.round(1)["included"]) == sorted(p.id for p in scn.providers)
+
+
 def test_startup_deletes_envelopes_an_earlier_version_kept(settings: Settings) -> None:
     """Envelopes stored by an earlier version (every one is inside its round's sum) are
     deleted when the server starts; the sums stay."""

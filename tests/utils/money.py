@@ -100,7 +100,8 @@ def _listing(session: Session, provider_id: str) -> str:
 
 
 def submit(session: Session, rnd: Round, provider_id: str, samples: int, now: datetime) -> None:
-    """What `submissions.submit` records for an accepted envelope, minus the ciphertext."""
+    """What `submissions.submit` records for an accepted envelope, minus the ciphertext,
+    with the provider listed in `acc_providers` as the sum a close merges would list it."""
     session.add(
         Submission(
             id=new_id("sub"), job_id=rnd.job_id, round_id=rnd.id, round_number=rnd.number,
