@@ -49,15 +49,22 @@ def is_participant(session: Session, job_id: str, provider_id: str) -> bool:
     return offer is not None and offer.state == OfferState.ACCEPTED
 
 
-def visible_job(session: Session, job_id: str, viewer: Account) -> Job:
+def _visible(session: Session, job_id: str, viewer: Account) -> tuple[Job, Offer | None]:
+    """The job the viewer may see, with the viewer's offer for it when it is a provider
+    (read once: an upload asks both whether the job is visible and whether it takes part)."""
     job = session.get(Job, job_id) if could_be_id(job_id) else None
     if job is None:
         raise NotFoundError(f"no job {job_id}")
     if viewer.role == "admin" or (viewer.role == "buyer" and job.buyer_id == viewer.id):
-        return job
-    if viewer.role == "provider" and offer_of(session, job_id, viewer.id) is not None:
-        return job
+        return job, None
+    offer = offer_of(session, job_id, viewer.id) if viewer.role == "provider" else None
+    if offer is not None:
+        return job, offer
     raise NotFoundError(f"no job {job_id}")
+
+
+def visible_job(session: Session, job_id: str, viewer: Account) -> Job:
+    return _visible(session, job_id, viewer)[0]
 
 
 def visible_jobs(session: Session, viewer: Account) -> Sequence[Job]:
@@ -96,10 +103,10 @@ def owned_job(session: Session, job_id: str, viewer: Account) -> Job:
 
 def participant_job(session: Session, job_id: str, viewer: Account) -> Job:
     """The job, if the viewer is its buyer or an accepted provider."""
-    job = visible_job(session, job_id, viewer)
+    job, offer = _visible(session, job_id, viewer)
     if job.buyer_id == viewer.id:
         return job
-    if viewer.role == "provider" and is_participant(session, job_id, viewer.id):
+    if offer is not None and offer.state == OfferState.ACCEPTED:
         return job
     raise PermissionDeniedError("only the buyer and accepted providers may read this")
 
