@@ -199,21 +199,39 @@ class ProviderAgent:
         """Do this job's current round if it is ours to do; True if something was sent."""
         entry = self._active_jobs()[job_id]
         job = self.client.get_job(job_id)
+        sent = self._send_unrecorded(job, entry, me)
         if job.state in JOB_ENDED:
             self._end_job(job, entry)
-            return False
+            return sent
         rnd = self._round_to_work(job, entry, me)
         if rnd is None:
-            return False
+            return sent
         path = self._envelope_path(job_id, rnd.round)
-        # An envelope already on disk was prepared before a crash: send the same bytes.
         if not path.exists() and not self._prepare_envelope(job, rnd, me, path, entry):
-            return False
+            return sent
         receipt = self._upload(job_id, rnd.round, me, path, entry)
         if receipt is None:
-            return False
+            return sent
         self._record_submission(job, rnd.round, path, entry, receipt)
         return True
+
+    def _send_unrecorded(self, job: JobPublic, entry: dict[str, Any], me: str) -> bool:
+        """Send again, byte for byte, each envelope of the job still on disk with no answer
+        recorded: prepared before a crash, or sent and its answer lost (which the round
+        itself may have closed, and the job ended with it). Whatever the round's state now,
+        the server answers with the first receipt if it has the update, else says the round
+        is over; both are recorded. True if one was recorded as sent."""
+        sent = False
+        for path in sorted((self.state_dir / "envelopes").glob(f"{job.id}-r*.bin")):
+            number = int(path.stem.rsplit("-r", 1)[1])
+            if str(number) in entry["submitted"]:
+                path.unlink(missing_ok=True)  # a spare copy: its answer is recorded
+                continue
+            receipt = self._upload(job.id, number, me, path, entry)
+            if receipt is not None:
+                self._record_submission(job, number, path, entry, receipt)
+                sent = True
+        return sent
 
     def _end_job(self, job: JobPublic, entry: dict[str, Any]) -> None:
         self.sealer.pools.drop(job.id)
@@ -291,7 +309,7 @@ class ProviderAgent:
             if exc.status == 409 and exc.code == "duplicate-submission":
                 # Accepted before (its answer was lost): the first receipt, checked as any.
                 receipt = SubmissionReceipt.model_validate(exc.body.get("first", exc.body))
-            elif exc.status == 409 and exc.code == "round-not-collecting":
+            elif exc.status == 409 and exc.code in ("round-not-collecting", "invalid-state"):
                 # Too late (the round closed at its deadline while we trained or the server
                 # was away): nothing was added, so drop this update and wait for the next.
                 entry.setdefault("missed", {})[str(number)] = exc.detail
@@ -319,7 +337,8 @@ class ProviderAgent:
         entry["submitted"][str(number)] = sha256_of(path)
         self.state.save()
         path.unlink(missing_ok=True)
-        self.sealer.prefill(job)
+        if job.state not in JOB_ENDED:
+            self.sealer.prefill(job)
         self.trust.check_receipt(self.client, job.id, number, receipt)
         spent = f", ε spent {float(entry['epsilon']):.3f}" if "epsilon" in entry else ""
         self.notify(

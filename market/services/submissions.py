@@ -68,7 +68,7 @@ from market.models.types import new_id
 from market.services import access, groups, partials, reputation, trust
 from market.services.contexts import job_context
 from market.services.locks import locked_job, locked_round
-from market.services.rounds import check_round, load_round
+from market.services.rounds import check_round, find_round, load_round
 
 __all__ = ["job_context", "precheck", "receipt", "submit", "upload_limit", "validation_limiter"]
 
@@ -111,7 +111,8 @@ def upload_limit(job: Job) -> int:
     return envelope_size(get_preset(job.preset_id), job.param_count)
 
 
-def _refuse_if_not_open(session: Session, job: Job, rnd: Round, provider: Account) -> None:
+def _refuse_duplicate(session: Session, rnd: Round, provider: Account) -> None:
+    """409 with the first receipt if the provider already has an update in the round."""
     existing = session.exec(
         select(Submission).where(
             Submission.round_id == rnd.id, Submission.provider_id == provider.id
@@ -123,6 +124,14 @@ def _refuse_if_not_open(session: Session, job: Job, rnd: Round, provider: Accoun
             f"provider {provider.id} already submitted to round {rnd.number}",
             first=first.model_dump(mode="json"),
         )
+
+
+def _refuse_if_not_open(session: Session, job: Job, rnd: Round, provider: Account) -> None:
+    _refuse_duplicate(session, rnd, provider)
+    _refuse_if_closed(rnd, provider)
+
+
+def _refuse_if_closed(rnd: Round, provider: Account) -> None:
     if rnd.state != RoundState.COLLECTING:
         raise RoundClosedError(f"round {rnd.number} is {rnd.state}")
     if provider.id not in rnd.expected:
@@ -136,10 +145,14 @@ def precheck(
     if provider.role != "provider":
         raise PermissionDeniedError("only providers submit updates")
     job = access.participant_job(session, job_id, provider)
+    # First: an envelope resent because its answer was lost gets its receipt, even once
+    # its round (the job's last) closed and the job ended with it.
+    rnd = find_round(session, job.id, number)
+    if rnd is not None:
+        _refuse_duplicate(session, rnd, provider)
     if job.state != JobState.RUNNING:
         raise InvalidStateError(f"job is {job.state}, not running")
-    rnd = load_round(session, job, number)
-    _refuse_if_not_open(session, job, rnd, provider)
+    _refuse_if_closed(load_round(session, job, number) if rnd is None else rnd, provider)
     return job, upload_limit(job)
 
 

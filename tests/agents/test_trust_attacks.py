@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from agents.buyer import post_job
@@ -268,3 +269,29 @@ def test_a_lost_answer_to_an_accepted_upload_is_recorded_once(
     assert agents[0].trust is not None
     (receipt,) = agents[0].trust.data["receipts"]
     assert receipt["record"]["kind"] == "accepted"
+
+
+def test_a_lost_answer_to_the_update_that_closed_the_round_is_still_recorded(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys, tmp_path: Path
+) -> None:
+    """The answer lost is the one to the round's last expected update: accepting it closed
+    the round. The agent's next step sees a round no longer collecting; it still sends the
+    envelope left on disk again, gets the first signed receipt back as a duplicate, checks
+    and keeps it, records the round as sent and deletes the envelope. (Before, the agent
+    skipped a round that no longer collects: the round stayed unrecorded, no receipt was
+    kept and the envelope stayed on disk.)"""
+    job_id, _, agents, _, ids = _market(client, buyer_keys, tmp_path)
+    lost = LostAnswer(client, hide=False)
+    agents[0].client = PollenClient("http://testserver", agents[0].client.api_key, transport=lost)
+    # Agent 1's update is in since the job started; agent 0's is the last one expected.
+    with pytest.raises(httpx.TransportError):
+        agents[0].step(ids[0])
+    assert agents[1].client.get_round(job_id, 1).state == "closed"
+    agents[0].step(ids[0])
+    entry = agents[0].state.data["jobs"][job_id]
+    assert entry["submitted"].get("1") not in (None, "accepted-earlier")
+    assert len(lost.submissions) == 2  # the lost one and the duplicate
+    assert agents[0].trust is not None
+    (receipt,) = agents[0].trust.data["receipts"]
+    assert receipt["record"]["kind"] == "accepted"
+    assert not list((tmp_path / "agent0" / "envelopes").glob("*.bin"))

@@ -225,6 +225,33 @@ def test_no_envelope_outlives_the_sum_that_holds_it(scn: Scenario) -> None:
     assert set(receipt["rounds"][0]["shares"]) == set(acc.provider_ids)
 
 
+def test_the_last_update_resent_after_the_job_ended_gets_its_first_receipt(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """The answer to a job's last update is lost on the way back; by the time its agent
+    sends the envelope again, that update closed the round and the buyer completed the job. The
+    resend is answered 409 `duplicate-submission` with the first receipt, as any resend
+    is (409 `invalid-state` before: the agent could never record its round as sent)."""
+    scn = running_job(client, clock, buyer_keys, rounds=1, round_deadline_s=60)
+    bodies = {p.id: scn.envelope(p, 1) for p in scn.providers}
+    answers = [scn.submit(p, 1, bodies[p.id]) for p in scn.providers]
+    assert [r.status_code for r in answers] == [201, 201, 201]
+    done = scn.client.post(f"/v1/jobs/{scn.job_id}/complete", headers=scn.buyer.headers)
+    assert done.status_code == 200 and done.json()["state"] == "completed", done.text
+    last = scn.providers[-1]
+    before = snapshot(scn.client)
+    again = scn.submit(last, 1, bodies[last.id])
+    assert again.status_code == 409, again.text
+    assert again.json()["code"] == "duplicate-submission"
+    first = again.json()["first"]
+    assert first["submission_id"] == answers[-1].json()["submission_id"]
+    assert first["record"] == answers[-1].json()["record"]
+    assert snapshot(scn.client) == before
+    # An update for a round the ended job never opened is still told the job is over.
+    late = scn.submit(scn.providers[0], 2)
+    assert late.status_code == 409 and late.json()["code"] == "invalid-state", late.text
+
+
 def test_an_acceptance_writes_no_list_that_grows_with_the_round(scn: Scenario) -> None:
     """An accepted update adds one count to its round's row, not the whole list of providers
     accepted so far (rewritten at every acceptance, that cost O(providers²) bytes a round):
