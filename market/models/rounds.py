@@ -83,6 +83,9 @@ class RoundGroup(SQLModel, table=True):
     acc_key: str | None = SQLField(default=None, max_length=200)
     acc_count: int = 0
     acc_providers: list[str] = SQLField(default_factory=list, sa_type=JSON)
+    # SHA-256 of the blob `acc_key` as the server wrote it (None for rows from before it was
+    # kept): the close checks the blob against it and signs it without reading it again.
+    acc_sha256: str | None = SQLField(default=None, max_length=64)
     merged_into: int | None = None
     # The buyer's measure of the group's update (see market.services.groups), and the
     # held-out losses it reported beside it.

@@ -36,6 +36,7 @@ reason and visible to every party.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import secrets
 from collections import defaultdict
@@ -50,6 +51,8 @@ from market.errors import AggregateUnavailableError, ConflictError, InvalidInput
 from market.lifecycle import ROUND_HAS_AGGREGATE
 from market.models import GroupPublic, GroupValue, Job, Round, RoundGroup
 from market.models.types import new_id
+
+log = logging.getLogger(__name__)
 
 # Ridge on each provider's deviation from the common mean: about one group observation's
 # worth or less, so a few rounds already separate a freeloader; one lucky draw does not.
@@ -98,9 +101,11 @@ def group_for(session: Session, rnd: Round, provider_id: str) -> RoundGroup:
     return group
 
 
-def seal(session: Session, job: Job, rnd: Round) -> None:
+def seal(session: Session, job: Job, rnd: Round) -> list[str]:
     """At close: merge every group holding fewer than `group_size` updates into the smallest
-    other non-empty group, until each released sum holds enough (not committed)."""
+    other non-empty group, until each released sum holds enough (not committed). What still
+    holds fewer is withheld: its rows no longer point at a sum, and the keys of the blobs
+    that held one are returned for deletion once this commits."""
     size = group_size(job)
     live = [g for g in groups_of(session, rnd) if g.acc_count > 0]
     counts = {g.index: g.acc_count for g in live}
@@ -118,6 +123,27 @@ def seal(session: Session, job: Job, rnd: Round) -> None:
             if g.merged_into == small.index and g is not small:
                 g.merged_into = into.index
                 session.add(g)
+    return _withhold_small(session, rnd, size)
+
+
+def _withhold_small(session: Session, rnd: Round, size: int) -> list[str]:
+    """Never release a sum of fewer than `size` updates. The merges above leave one only when
+    the group sums together hold fewer than the round's total: a group sum damaged in storage
+    after its members' envelopes were released cannot be rebuilt whole, and what is left of
+    it may be a single provider's update."""
+    stale = []
+    for index, rows in released(session, rnd).items():
+        if sum(g.acc_count for g in rows) >= size:
+            continue
+        log.error(
+            "round %s: group %d would hold %d updates, fewer than %d; withheld",
+            rnd.id, index, sum(g.acc_count for g in rows), size,
+        )  # fmt: skip
+        for g in rows:
+            stale += [g.acc_key] if g.acc_key is not None else []
+            g.acc_key, g.acc_count, g.acc_providers, g.acc_sha256 = None, 0, [], None
+            session.add(g)
+    return stale
 
 
 def released(session: Session, rnd: Round) -> dict[int, list[RoundGroup]]:

@@ -73,6 +73,7 @@ def close_sums(session: Session, job: Job, rnd: Round) -> None:
         key, sha256 = _write_total(blobs, job, rnd, total, subs)
         group = rows[0]
         group.acc_key = key if total.count else None
+        group.acc_sha256 = sha256 if total.count else None
         group.acc_count, group.acc_providers = total.count, list(total.provider_ids)
         session.add(group)
     else:
@@ -162,11 +163,16 @@ def _close_group(
     """One group's sum: its recorded parts, then each missing member's envelope once. A
     group none of whose members the total holds yet goes into it whole, as one merge;
     otherwise each replayed member the total lacks goes into both."""
+    parts = [cp for cp in checkpoints if cp.group_index == group.index]
+    if _kept_as_recorded(group, parts, total, subs):
+        # The common case: nothing to merge, replay or write.
+        _write_group(session, blobs, job, rnd, group, None, parts[0])
+        checkpoints.remove(parts[0])
+        return
     gsum = _legacy(ctx, group.acc_key) or partials.empty_sum(ctx, job, rnd.number)
     if group.acc_key is not None:
         stale.append(group.acc_key)
     whole = not set(group.members) & set(total.provider_ids)
-    parts = [cp for cp in checkpoints if cp.group_index == group.index]
     _merge_parts(ctx, rnd, gsum, parts)
     replays = 0
     for pid in sorted(group.members):
@@ -196,6 +202,28 @@ def _close_group(
     _write_group(session, blobs, job, rnd, group, gsum, kept)
     if kept is not None:
         checkpoints.remove(kept)
+
+
+def _kept_as_recorded(
+    group: RoundGroup, parts: list[RoundPartial], total: Accumulator, subs: dict[str, Submission]
+) -> bool:
+    """The group's one recorded part holds every accepted member, the total holds them all
+    already, and its blob is byte for byte what was written (the hash its row recorded then,
+    recomputed as the blob streams by): that blob is the group's sum, and the hash the
+    round-closed record signs, without reading it into a sum. Otherwise the slow path
+    checks, merges and replays (`_merge_parts`)."""
+    if group.acc_key is not None or len(parts) != 1:
+        return False
+    inside = set(parts[0].providers)
+    if inside != {p for p in group.members if p in subs} or not inside <= set(total.provider_ids):
+        return False
+    digest = hashlib.sha256()
+    try:
+        for piece in partials.store().open_read(parts[0].key):
+            digest.update(piece)
+    except FileNotFoundError:
+        return False
+    return digest.hexdigest() == parts[0].sha256
 
 
 def _merge_parts(
@@ -239,19 +267,21 @@ def _write_group(
     job: Job,
     rnd: Round,
     group: RoundGroup,
-    gsum: Accumulator,
+    gsum: Accumulator | None,
     kept: RoundPartial | None,
 ) -> None:
-    """Point the group's row at its sum: the recorded part `kept` when that is the whole
-    sum, else `gsum` written out."""
-    if gsum.count == 0:
+    """Point the group's row at its sum, with the hash of its blob: the recorded part
+    `kept` when that is the whole sum, else `gsum` written out."""
+    if kept is not None:
+        group.acc_key, group.acc_count, group.acc_sha256 = kept.key, kept.count, kept.sha256
+        group.acc_providers = list(kept.providers)
+        session.delete(kept)
+    elif gsum is None or gsum.count == 0:
         group.acc_key, group.acc_count, group.acc_providers = None, 0, []
+        group.acc_sha256 = None
     else:
-        key = kept.key if kept is not None else blobkeys.group_sum(job.id, rnd.number, group.index)
-        if kept is None:
-            blobs.put_stream(key, gsum.chunks())
-        else:
-            session.delete(kept)
+        key = blobkeys.group_sum(job.id, rnd.number, group.index)
+        group.acc_sha256 = blobs.put_stream(key, gsum.chunks())
         group.acc_key, group.acc_count = key, gsum.count
         group.acc_providers = list(gsum.provider_ids)
     session.add(group)

@@ -150,7 +150,7 @@ def close_round(session: Session, job: Job, rnd: Round, *, now: datetime, reason
     # The processes' partial sums merged, the rest replayed from envelopes: what it holds
     # becomes `acc_providers`, what the record below signs and settlement pays.
     merging.close_sums(session, job, rnd)
-    groups.seal(session, job, rnd)
+    partials.delete_after_commit(session, groups.seal(session, job, rnd))
     summed = time.monotonic()
     # The signed promise of exactly which updates the aggregate holds, before its payments.
     trust.log_round_closed(session, current(), job, rnd, rnd.acc_sha256, now=now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from sqlmodel import Session, select
 from crypto import BuyerKeys, decrypt_aggregate
 from market.app import create_app
 from market.config import Settings
-from market.models import Round, RoundGroup, RoundPartial, Submission
+from market.models import LogLeaf, Round, RoundGroup, RoundPartial, Submission
 from market.services import locks, merging, partials
 from tests.conftest import ADMIN_KEY
 from tests.utils.clock import FakeClock
@@ -390,6 +391,111 @@ def test_a_checkpoint_altered_in_storage_is_left_out_and_its_updates_replayed(
     )
     partials._partials.clear()  # only the checkpoint holds them now
     _closes_at_the_deadline_with_exactly(scn, order[:2])
+
+
+def _group_sums_served_and_signed(scn: Scenario) -> list[tuple[str, str, list[str]]]:
+    """Each released group of round 1: the sha256 of the bytes the buyer downloads, the one
+    the signed round-closed record carries, and the providers the sum itself lists."""
+    app: Any = scn.client.app
+    with Session(app.state.engine) as s:
+        leaf = s.exec(
+            select(LogLeaf).where(LogLeaf.job_id == scn.job_id, LogLeaf.kind == "round-closed")
+        ).one()
+    out = []
+    for group in json.loads(leaf.payload)["body"]["groups"]:
+        url = f"/v1/jobs/{scn.job_id}/rounds/1/groups/{group['index']}/aggregate"
+        served = scn.client.get(url, headers=scn.buyer.headers)
+        assert served.status_code == 200, served.text
+        listed = decrypt_aggregate(scn.keys, served.content).provider_ids
+        out.append((hashlib.sha256(served.content).hexdigest(), group["sum_sha256"], listed))
+    return out
+
+
+@pytest.mark.parametrize("keep_hash_consistent", [False, True], ids=["corrupted", "forged"])
+def test_a_group_sum_altered_in_storage_is_never_released_short(
+    scn: Scenario, keep_hash_consistent: bool
+) -> None:
+    """The same attack on a group's sum, recorded once all 3 members were in (and their
+    envelopes released, since the round's checkpoint holds them too). The close takes a
+    group sum as it stands only when its blob hashes to what its row recorded at write
+    time; this one does not, and the envelopes that could rebuild it are gone. The
+    round's total is still exact, and the group's sum is withheld: rebuilt from what is
+    left it held 1 update, one provider's own, which the buyer could decrypt (the close
+    once released it so)."""
+    order = _by_group(scn)
+    for i in order[:3]:  # the larger group, complete: its sum is built and recorded
+        _submit(scn, i)
+    _, cps, subs = _rows(scn)
+    (built,) = [c for c in cps if c.group_index is not None]
+    assert sum(s.envelope_key is None for s in subs) == 2  # released: total and group hold them
+    _alter_payload(
+        Path(scn.client.app.state.blobs.root) / built.key,  # type: ignore[attr-defined]
+        keep_hash_consistent=keep_hash_consistent,
+    )
+    _closes_at_the_deadline_with_exactly(scn, order[:3])
+    assert _group_sums_served_and_signed(scn) == []
+    r = scn.client.get(
+        f"/v1/jobs/{scn.job_id}/rounds/1/groups/0/aggregate", headers=scn.buyer.headers
+    )
+    assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem")
+
+
+@pytest.mark.parametrize("keep_hash_consistent", [False, True], ids=["corrupted", "forged"])
+def test_a_group_sum_altered_before_its_envelopes_go_is_rebuilt_and_signed_as_served(
+    scn: Scenario, keep_hash_consistent: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, while the members' envelopes are still stored (no checkpoint of the total
+    holds them yet, so none was released): the close rebuilds the group's sum from them,
+    the buyer's sum holds exactly its members and the signed record carries the hash of the
+    bytes served."""
+    monkeypatch.setattr(partials._policy, "every_updates", 1000)
+    order = _by_group(scn)
+    for i in order[:3]:
+        _submit(scn, i)
+    _, cps, subs = _rows(scn)
+    (built,) = cps
+    assert built.group_index is not None and all(s.envelope_key for s in subs)
+    _alter_payload(
+        Path(scn.client.app.state.blobs.root) / built.key,  # type: ignore[attr-defined]
+        keep_hash_consistent=keep_hash_consistent,
+    )
+    _closes_at_the_deadline_with_exactly(scn, order[:3])
+    ((served, signed, listed),) = _group_sums_served_and_signed(scn)
+    assert served == signed
+    assert sorted(listed) == sorted(scn.providers[i].id for i in order[:3])
+
+
+def test_the_close_reads_a_group_sum_once_to_check_it_and_signs_its_recorded_hash(
+    scn: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group sum recorded whole is checked at close by streaming it once through SHA-256
+    (against the hash its row recorded when it was written); it is neither parsed into a
+    sum nor read again to hash it for the signed record, and a group sum the close writes
+    is not read back to hash it (3 reads here before, about 200 at 1,000 providers, under
+    the job's lock)."""
+    order = _by_group(scn)
+    app: Any = scn.client.app
+    reads: list[str] = []
+    store = app.state.blobs
+    for name in ("open_read", "open_file"):
+        real = getattr(store, name)
+
+        def counting(key: str, _real: Any = real) -> Any:
+            reads.append(key)
+            return _real(key)
+
+        monkeypatch.setattr(store, name, counting)
+    for i in order:
+        _submit(scn, i)  # both groups complete; the last update closes the round
+    rnd, _, _ = _rows(scn)
+    assert rnd.state == "closed"
+    # The first group was built when its last member came in, and is read once; the last
+    # update closed the round, so the close built the second from its envelopes and wrote
+    # it (not read back).
+    group_reads = [k for k in reads if "/group-" in k]
+    assert len(group_reads) == 1, group_reads
+    sums = _group_sums_served_and_signed(scn)
+    assert len(sums) == 2 and all(served == signed for served, signed, _ in sums)
 
 
 @contextmanager
