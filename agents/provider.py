@@ -206,21 +206,15 @@ class ProviderAgent:
         rnd = self._round_to_work(job, entry, me)
         if rnd is None:
             return sent
-        path = self._envelope_path(job_id, rnd.round)
-        if not path.exists() and not self._prepare_envelope(job, rnd, me, path, entry):
+        if not self._prepare_envelope(job, rnd, me, self._envelope_path(job_id, rnd.round), entry):
             return sent
-        receipt = self._upload(job_id, rnd.round, me, path, entry)
-        if receipt is None:
-            return sent
-        self._record_submission(job, rnd.round, path, entry, receipt)
-        return True
+        return self._send_unrecorded(job, entry, me)
 
     def _send_unrecorded(self, job: JobPublic, entry: dict[str, Any], me: str) -> bool:
-        """Send again, byte for byte, each envelope of the job still on disk with no answer
-        recorded: prepared before a crash, or sent and its answer lost (which the round
-        itself may have closed, and the job ended with it). Whatever the round's state now,
-        the server answers with the first receipt if it has the update, else says the round
-        is over; both are recorded. True if one was recorded as sent."""
+        """Send each envelope of the job on disk with no answer recorded, byte for byte: just
+        prepared, prepared before a crash, or sent and its answer lost (the round it closed
+        may be over, the job too). The server answers with the first receipt if it has the
+        update, else says the round is over; both are recorded. True if one was sent."""
         sent = False
         for path in sorted((self.state_dir / "envelopes").glob(f"{job.id}-r*.bin")):
             number = int(path.stem.rsplit("-r", 1)[1])
