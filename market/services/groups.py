@@ -127,20 +127,21 @@ def seal(session: Session, job: Job, rnd: Round) -> list[str]:
 
 
 def _withhold_small(session: Session, rnd: Round, size: int) -> list[str]:
-    """Never release a sum of fewer than `size` updates. The merges above leave one only when
-    the group sums together hold fewer than the round's total: a group sum damaged in storage
+    """Never release a sum of fewer than `size` updates unless it is the whole round (then it
+    shows nothing the round's total does not). The merges above leave one short of both only
+    when the group sums together hold fewer than the total: a group sum damaged in storage
     after its members' envelopes were released cannot be rebuilt whole, and what is left of
     it may be a single provider's update."""
     stale = []
     for index, rows in released(session, rnd).items():
-        if sum(g.acc_count for g in rows) >= size:
+        if sum(g.acc_count for g in rows) >= min(size, rnd.acc_count):
             continue
         log.error(
             "round %s: group %d would hold %d updates, fewer than %d; withheld",
             rnd.id, index, sum(g.acc_count for g in rows), size,
         )  # fmt: skip
         for g in rows:
-            stale += [g.acc_key] if g.acc_key is not None else []
+            stale += [g.acc_key] if g.acc_key not in (None, rnd.acc_key) else []
             g.acc_key, g.acc_count, g.acc_providers, g.acc_sha256 = None, 0, [], None
             session.add(g)
     return stale

@@ -92,6 +92,33 @@ def test_no_released_group_sum_holds_fewer_than_group_size(
     assert sum(bool(g["members"]) for g in mine) == 1
 
 
+def test_a_round_smaller_than_group_size_releases_its_one_group_and_keeps_its_sum(
+    client: TestClient, clock: FakeClock, buyer_keys: BuyerKeys
+) -> None:
+    """Groups of at least 3, quorum 2: three providers make one group, one stays away and
+    the round closes at its deadline with 2. That group is the whole round, so its sum
+    (the round's own sum, one blob for both) is released: it shows nothing the total does
+    not. Only a group sum short of both `group_size` and the round is withheld."""
+    scn = running_job(
+        client, clock, buyer_keys, providers=3, max_providers=3, min_providers=3, quorum=2,
+        group_size=3,
+    )  # fmt: skip
+    for p in scn.providers[:2]:
+        assert scn.submit(p, 1, scn.envelope(p, 1, summands=3)).status_code == 201
+    clock.advance(61)
+    scn.tick()
+    rnd = scn.round(1)
+    assert rnd["state"] == "closed"
+    (group,) = rnd["groups"]
+    assert group["count"] == 2
+    total = client.get(f"/v1/jobs/{scn.job_id}/rounds/1/aggregate", headers=scn.buyer.headers)
+    assert total.status_code == 200, total.text
+    assert decrypt_aggregate(buyer_keys, total.content).count == 2
+    url = f"/v1/jobs/{scn.job_id}/rounds/1/groups/{group['index']}/aggregate"
+    agg = client.get(url, headers=scn.buyer.headers)
+    assert agg.status_code == 200 and agg.content == total.content
+
+
 def _score_round(scn: Scenario, number: int, good: set[str]) -> None:
     """The buyer reports each group's improvement in proportion to its `good` members (a
     freeloader's zeros dilute its group's average update)."""
