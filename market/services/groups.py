@@ -127,23 +127,30 @@ def seal(session: Session, job: Job, rnd: Round) -> list[str]:
 
 
 def _withhold_small(session: Session, rnd: Round, size: int) -> list[str]:
-    """Never release a sum of fewer than `size` updates unless it is the whole round (then it
-    shows nothing the round's total does not). The merges above leave one short of both only
-    when the group sums together hold fewer than the total: a group sum damaged in storage
-    after its members' envelopes were released cannot be rebuilt whole, and what is left of
-    it may be a single provider's update."""
+    """Never let the buyer decrypt, or isolate by difference, fewer than `size` updates.
+
+    The merges above leave a sum short of `size` only when the group sums together hold
+    fewer updates than the round's total: a group sum damaged in storage after some of its
+    members' envelopes were released is rebuilt from the rest alone. A sum short of `size`
+    is withheld unless it is the whole round (then it shows nothing the total does not);
+    and if the updates no released sum holds are fewer than `size`, the total less the
+    released sums would be theirs, so every group sum of the round is withheld."""
+    sums = list(released(session, rnd).values())
+    short = [rows for rows in sums if sum(g.acc_count for g in rows) < min(size, rnd.acc_count)]
+    shown = {p for rows in sums if rows not in short for g in rows for p in g.acc_providers}
+    withheld = [g for rows in short for g in rows]
+    if 0 < len(set(rnd.acc_providers) - shown) < size:
+        withheld = [g for rows in sums for g in rows]
     stale = []
-    for index, rows in released(session, rnd).items():
-        if sum(g.acc_count for g in rows) >= min(size, rnd.acc_count):
-            continue
+    for g in withheld:
+        stale += [g.acc_key] if g.acc_key not in (None, rnd.acc_key) else []
+        g.acc_key, g.acc_count, g.acc_providers, g.acc_sha256 = None, 0, [], None
+        session.add(g)
+    if withheld:
         log.error(
-            "round %s: group %d would hold %d updates, fewer than %d; withheld",
-            rnd.id, index, sum(g.acc_count for g in rows), size,
+            "round %s: group sums hold %d of its %d updates; %d group rows withheld",
+            rnd.id, len(shown), rnd.acc_count, len(withheld),
         )  # fmt: skip
-        for g in rows:
-            stale += [g.acc_key] if g.acc_key not in (None, rnd.acc_key) else []
-            g.acc_key, g.acc_count, g.acc_providers, g.acc_sha256 = None, 0, [], None
-            session.add(g)
     return stale
 
 

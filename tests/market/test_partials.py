@@ -440,6 +440,37 @@ def test_a_group_sum_altered_in_storage_is_never_released_short(
     assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem")
 
 
+def test_a_damaged_group_sum_never_lets_the_total_isolate_one_update(
+    scn: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The difference attack after damage: a, d are checkpointed into the total; b, c
+    complete group {a, b, c}, whose sum is recorded, so a's envelope is released (both
+    parts hold it). The group's sum is then forged in storage. The close rebuilds it from
+    b's and c's envelopes and merges d's one-member group into it: {b, c, d}, which alone
+    would be fine, but the total holds a, b, c, d, so total − {b, c, d} is a's update by
+    itself. Every group sum of the round is withheld instead; the total stays exact (the
+    close once released {b, c, d})."""
+    order = _by_group(scn)
+    a, b, c, d = order[0], order[1], order[2], order[3]
+    _submit(scn, a)
+    _submit(scn, d)  # the second update: a checkpoint of the total holds a and d
+    monkeypatch.setattr(partials._policy, "every_updates", 1000)
+    _submit(scn, b)
+    _submit(scn, c)  # completes the larger group: its sum is built and recorded
+    _, cps, subs = _rows(scn)
+    (built,) = [cp for cp in cps if cp.group_index is not None]
+    released = {sb.provider_id for sb in subs if sb.envelope_key is None}
+    assert released == {scn.providers[a].id}
+    _alter_payload(
+        Path(scn.client.app.state.blobs.root) / built.key,  # type: ignore[attr-defined]
+        keep_hash_consistent=True,
+    )
+    _closes_at_the_deadline_with_exactly(scn, [a, b, c, d])
+    assert _group_sums_served_and_signed(scn) == []
+    rnd = scn.round(1)
+    assert all(g["count"] == 0 for g in rnd["groups"]), rnd["groups"]
+
+
 @pytest.mark.parametrize("keep_hash_consistent", [False, True], ids=["corrupted", "forged"])
 def test_a_group_sum_altered_before_its_envelopes_go_is_rebuilt_and_signed_as_served(
     scn: Scenario, keep_hash_consistent: bool, monkeypatch: pytest.MonkeyPatch
