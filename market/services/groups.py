@@ -9,7 +9,8 @@ the operating system's randomness when the round opens, recorded, and shown to e
 (a provider sees its own group's members). At close a group with fewer than `group_size`
 updates is merged into the smallest other one, so every sum the buyer may decrypt holds at
 least `group_size` ≥ quorum updates, and the groups partition the round: no difference of
-two released sums isolates anyone.
+two released sums isolates anyone. A group sum damaged in storage past repair is withheld,
+never released short (`_withhold_small`).
 
 The buyer decrypts each group's sum and reports its **value**: the alignment of the group's
 average update a_g with the step the other groups make, <a_g, u> / |u|² with u the average
